@@ -1,0 +1,1 @@
+//! kqd library.

@@ -1,0 +1,1 @@
+//! kq schema.
