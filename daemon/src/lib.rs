@@ -1,1 +1,32 @@
-//! kqd library.
+//! kqd: watches every kubeconfig context into one DuckDB file and serves it read-only over
+//! Arrow Flight SQL on a Unix socket. See ARCHITECTURE.md for how the parts fit.
+
+pub mod config;
+pub mod flight;
+pub mod kubeconfig;
+pub mod quantity;
+pub mod query;
+pub mod rows;
+pub mod socket;
+pub mod store;
+pub mod watch;
+
+mod daemon;
+
+pub use config::Config;
+pub use daemon::run;
+
+/// An error and its causes on one line, as logs and the `contexts` table show them.
+pub fn describe(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        let s_text = s.to_string();
+        if !out.contains(&s_text) {
+            out.push_str(": ");
+            out.push_str(&s_text);
+        }
+        src = s.source();
+    }
+    out
+}

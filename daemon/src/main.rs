@@ -1,1 +1,70 @@
-fn main() {}
+//! kqd: parse flags, load config, start tracing, run until SIGINT or SIGTERM.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::Parser;
+use kq_daemon::Config;
+use tokio_util::sync::CancellationToken;
+
+/// kqd watches every context of your kubeconfig files into one DuckDB file and serves it,
+/// read-only, over Arrow Flight SQL on a Unix socket. Query it with `kq`.
+#[derive(Parser, Debug)]
+#[command(name = "kqd", version)]
+struct Args {
+    /// Kubeconfig file (repeat for several); default: $KUBECONFIG, else ~/.kube/config.
+    #[arg(long)]
+    kubeconfig: Vec<PathBuf>,
+    /// Directory of the DuckDB file (kq.duckdb); default: $XDG_STATE_HOME/kq.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Unix socket to serve; default: $XDG_RUNTIME_DIR/kq/kq.sock, else /tmp/kq-$UID/kq.sock.
+    #[arg(long)]
+    socket: Option<PathBuf>,
+    /// Log level or tracing filter (error, warn, info, debug, trace).
+    #[arg(long)]
+    log_level: Option<String>,
+    /// Config file; default: ~/.config/kq/config.toml when it exists.
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let mut config = Config::load(args.config.as_deref())?;
+    if !args.kubeconfig.is_empty() {
+        config.kubeconfigs = args.kubeconfig;
+    }
+    if let Some(d) = args.data_dir {
+        config.data_dir = d;
+    }
+    if let Some(s) = args.socket {
+        config.socket = s;
+    }
+    if let Some(l) = args.log_level {
+        config.log_level = l;
+    }
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&config.log_level).context("--log-level is not a valid filter")?,
+        )
+        .init();
+    let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
+    runtime.block_on(async {
+        let shutdown = CancellationToken::new();
+        let signals = shutdown.clone();
+        tokio::spawn(async move {
+            use tokio::signal::unix::{SignalKind, signal};
+            let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            tracing::info!("signal received");
+            signals.cancel();
+        });
+        kq_daemon::run(config, shutdown).await
+    })?;
+    Ok(())
+}

@@ -1,1 +1,11 @@
-//! kq schema.
+//! kq-schema: the catalog of every kq table and column, and the versioned DuckDB migrations
+//! generated from it. kqd creates its tables from here; kq uses it for `.tables`, `.schema`
+//! and completion, so both always agree on what exists.
+
+mod catalog;
+mod migrations;
+pub mod paths;
+pub mod reference;
+
+pub use catalog::{CATALOG, Column, Table, table};
+pub use migrations::{MIGRATIONS, Migration, SCHEMA_VERSION, create_table_sql};

@@ -1,1 +1,154 @@
-//! kq.
+//! kq, the SQL shell: sends SQL to kqd over its Flight SQL socket and prints the results,
+//! interactively (history, completion, multi-line input, dot commands) or from `-c`, `-f`
+//! or stdin. It never opens DuckDB itself.
+
+mod client;
+mod format;
+mod repl;
+
+use std::io::{IsTerminal as _, Read as _};
+use std::path::PathBuf;
+
+use clap::Parser;
+
+pub use client::{Client, ClientError};
+pub use format::Format;
+
+/// kq: SQL over every cluster in your kubeconfig, answered by the kqd daemon.
+///
+/// Examples:
+///   kq                                  interactive shell
+///   kq -c "select context, count(*) from pods group by 1"
+///   kq -f report.sql --format csv
+///   echo "select * from contexts" | kq --format json
+#[derive(Parser, Debug, Clone)]
+#[command(name = "kq", version)]
+pub struct Args {
+    /// Run this SQL and exit.
+    #[arg(short = 'c', long = "command")]
+    pub command: Option<String>,
+    /// Run the statements of this file and exit.
+    #[arg(short = 'f', long = "file")]
+    pub file: Option<PathBuf>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+    /// kqd's socket; default: $XDG_RUNTIME_DIR/kq/kq.sock, else /tmp/kq-$UID/kq.sock.
+    #[arg(long, env = "KQ_SOCKET")]
+    pub socket: Option<PathBuf>,
+}
+
+/// Runs kq; returns the process exit status.
+pub fn run(args: Args) -> i32 {
+    let socket = args.socket.clone().unwrap_or_else(kq_schema::paths::default_socket);
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("kq: cannot start: {e}");
+            return 1;
+        }
+    };
+    let script = if let Some(c) = &args.command {
+        Some(c.clone())
+    } else if let Some(f) = &args.file {
+        match std::fs::read_to_string(f) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                eprintln!("kq: cannot read {}: {e}", f.display());
+                return 1;
+            }
+        }
+    } else if !std::io::stdin().is_terminal() {
+        let mut s = String::new();
+        if let Err(e) = std::io::stdin().read_to_string(&mut s) {
+            eprintln!("kq: cannot read stdin: {e}");
+            return 1;
+        }
+        Some(s)
+    } else {
+        None
+    };
+    runtime.block_on(async {
+        let mut client = match Client::connect(&socket).await {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("kq: {e}");
+                return 2;
+            }
+        };
+        match script {
+            Some(s) => run_script(&mut client, &s, args.format).await,
+            None => repl::run(&mut client, args.format).await,
+        }
+    })
+}
+
+/// Runs each statement of a script in turn, stopping at the first error.
+async fn run_script(client: &mut Client, script: &str, format: Format) -> i32 {
+    for stmt in split_statements(script) {
+        let mut out = std::io::stdout().lock();
+        match client.query(&stmt).await {
+            Ok(result) => {
+                if let Err(e) = format::write(&mut out, &result, format) {
+                    eprintln!("kq: cannot write the result: {e}");
+                    return 1;
+                }
+            }
+            Err(e) => {
+                eprintln!("kq: {e}");
+                return e.exit_code();
+            }
+        }
+    }
+    0
+}
+
+/// Splits a script on `;` outside quotes and comments, dropping empty statements.
+pub fn split_statements(script: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut chars = script.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\'' | '"' => {
+                cur.push(c);
+                for q in chars.by_ref() {
+                    cur.push(q);
+                    if q == c {
+                        break;
+                    }
+                }
+            }
+            '-' if chars.peek() == Some(&'-') => {
+                for q in chars.by_ref() {
+                    if q == '\n' {
+                        cur.push('\n');
+                        break;
+                    }
+                }
+            }
+            ';' => {
+                if !cur.trim().is_empty() {
+                    out.push(cur.trim().to_string());
+                }
+                cur.clear();
+            }
+            c => cur.push(c),
+        }
+    }
+    if !cur.trim().is_empty() {
+        out.push(cur.trim().to_string());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statements_split_outside_quotes_and_comments() {
+        let s = split_statements("select ';'; -- a; comment\nselect 2;\n\n  ;select 3");
+        assert_eq!(s, vec!["select ';'", "select 2", "select 3"]);
+    }
+}

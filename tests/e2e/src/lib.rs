@@ -1,1 +1,174 @@
-//! e2e
+//! The end-to-end harness: a simulated fleet, a kubeconfig for it, the real `kqd` and `kq`
+//! binaries started as processes, and waits on conditions with deadlines.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use kube_sim::{Fleet, FleetOptions, GenSpec, generate};
+
+/// A built binary of this workspace (`kqd`, `kq`, `kube-sim`), next to the test executable.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test knows its own path");
+    let dir = exe.parent().and_then(Path::parent).expect("tests run from target/<profile>/deps");
+    let p = dir.join(name);
+    assert!(p.exists(), "{} is not built: run `cargo test --workspace` (or `cargo build --workspace`) first", p.display());
+    p
+}
+
+/// A fleet, its kubeconfig, and room for kqd's socket and database.
+pub struct Env {
+    pub fleet: Fleet,
+    pub dir: tempfile::TempDir,
+    pub kubeconfig: PathBuf,
+    pub socket: PathBuf,
+    pub data_dir: PathBuf,
+}
+
+/// A running kqd; killed when dropped.
+pub struct Kqd {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Drop for Kqd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Kqd {
+    /// Sends SIGTERM and waits for a clean exit.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = rustix::process::Pid::from_raw(self.child.id() as i32).expect("a child has a pid");
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        let status = self.child.wait().expect("kqd exits");
+        std::mem::forget(self);
+        status
+    }
+
+    /// What kqd has logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Env {
+    /// `clusters` simulated clusters of `pods` pods each.
+    pub async fn start(clusters: usize, pods: usize) -> Env {
+        let fleet = Fleet::start(FleetOptions::new(clusters)).await.expect("fleet starts");
+        for (i, c) in fleet.clusters.iter().enumerate() {
+            let spec = GenSpec { nodes: 4, namespaces: 4, pods, seed: i as u64 + 1 };
+            generate::populate(&c.store, &spec).expect("generator populates");
+        }
+        let dir = tempfile::tempdir().expect("temp dir");
+        let kubeconfig = dir.path().join("kubeconfig");
+        fleet.write_kubeconfig(&kubeconfig).expect("kubeconfig written");
+        Env {
+            fleet,
+            socket: dir.path().join("run/kq.sock"),
+            data_dir: dir.path().join("state"),
+            kubeconfig,
+            dir,
+        }
+    }
+
+    /// Starts kqd on this env and waits until its socket accepts connections.
+    pub async fn kqd(&self) -> Kqd {
+        let log = self.dir.path().join(format!("kqd-{}.log", Instant::now().elapsed().as_nanos()));
+        let child = Command::new(bin("kqd"))
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--socket")
+            .arg(&self.socket)
+            .arg("--log-level")
+            .arg("info,kq_daemon=debug")
+            .env_remove("KUBECONFIG")
+            .env("HOME", self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("kqd starts");
+        let kqd = Kqd { child, log };
+        let sock = self.socket.clone();
+        let up = eventually(Duration::from_secs(30), || std::os::unix::net::UnixStream::connect(&sock).is_ok()).await;
+        assert!(up, "kqd did not open its socket; log:\n{}", kqd.log());
+        kqd
+    }
+
+    /// Runs `kq` with these arguments against this env's socket.
+    pub async fn kq(&self, args: &[&str]) -> Output {
+        let mut cmd = Command::new(bin("kq"));
+        cmd.arg("--socket").arg(&self.socket).args(args).stdin(Stdio::null());
+        tokio::task::spawn_blocking(move || cmd.output().expect("kq runs")).await.expect("kq finished")
+    }
+
+    /// `kq -c sql --format csv`, stdout on success.
+    pub async fn csv(&self, sql: &str) -> Result<String, String> {
+        let o = self.kq(&["-c", sql, "--format", "csv"]).await;
+        if o.status.success() {
+            Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&o.stderr).into_owned())
+        }
+    }
+
+    /// Polls `sql` until its CSV output equals `want`, or `timeout` passes; returns the last
+    /// output seen.
+    pub async fn wait_csv(&self, sql: &str, want: &str, timeout: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let got = self.csv(sql).await;
+            if got.as_deref() == Ok(want) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(format!("after {timeout:?}, {sql:?} gave {got:?}, wanted {want:?}"));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Polls `cond` until it holds or `timeout` passes; returns whether it held.
+pub async fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The simulator's truth for one cluster: sorted pod uids.
+pub fn sim_pod_uids(c: &kube_sim::Cluster) -> Vec<String> {
+    let rt = c.store.resolve_kind("v1", "Pod").expect("pods are built in");
+    let mut v: Vec<String> = c.store.list(&rt, &Default::default(), None, None).expect("list").items.iter().map(|p| p.uid.clone()).collect();
+    v.sort();
+    v
+}
+
+/// The simulator's truth: number of containers (init, app, ephemeral) over all pods.
+pub fn sim_container_count(c: &kube_sim::Cluster) -> usize {
+    let rt = c.store.resolve_kind("v1", "Pod").expect("pods are built in");
+    c.store
+        .list(&rt, &Default::default(), None, None)
+        .expect("list")
+        .items
+        .iter()
+        .map(|p| {
+            let v = p.value();
+            ["containers", "initContainers", "ephemeralContainers"]
+                .iter()
+                .map(|k| v["spec"][k].as_array().map_or(0, |a| a.len()))
+                .sum::<usize>()
+        })
+        .sum()
+}

@@ -159,10 +159,17 @@ pub fn populate(store: &Store, spec: &GenSpec) -> Result<usize, ApiError> {
                 rs_obj["metadata"]["labels"]["pod-template-hash"] = json!(hash);
                 let rs = create(store, "apps/v1", "ReplicaSet", ns, rs_obj)?;
                 for _ in 0..replicas {
-                    let name = format!("{app}-{hash}-{}", rng.hex(5));
-                    let mut p = pod(ns, &name, &app, &owner(&rs, true), &node_of(&mut rng), image, &mut rng);
-                    p["metadata"]["labels"]["pod-template-hash"] = json!(hash);
-                    create(store, "v1", "Pod", ns, p)?;
+                    // Random suffixes can collide, as they can for the ReplicaSet controller,
+                    // which then tries another one.
+                    loop {
+                        let name = format!("{app}-{hash}-{}", rng.hex(5));
+                        let mut p = pod(ns, &name, &app, &owner(&rs, true), &node_of(&mut rng), image, &mut rng);
+                        p["metadata"]["labels"]["pod-template-hash"] = json!(hash);
+                        match create(store, "v1", "Pod", ns, p) {
+                            Err(e) if e.code == 409 => continue,
+                            other => break other,
+                        }
+                    }?;
                 }
                 made += replicas;
                 create(store, "v1", "Service", ns, service(&app, &mut rng))?;

@@ -1,0 +1,129 @@
+//! kqd's configuration: defaults, then `~/.config/kq/config.toml`, then `KQ_*` variables,
+//! then command-line flags; one struct passed explicitly to everything that needs it.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::store::StoreOptions;
+
+/// Errors reading the configuration, naming the file or variable.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path} is invalid: {source}")]
+    Parse { path: PathBuf, source: toml::de::Error },
+    #[error("environment variable {name} is invalid: {reason}")]
+    Env { name: &'static str, reason: String },
+}
+
+/// Everything kqd needs to run.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Kubeconfig files, in merge order. Empty means `$KUBECONFIG`, else `~/.kube/config`.
+    pub kubeconfigs: Vec<PathBuf>,
+    pub data_dir: PathBuf,
+    pub socket: PathBuf,
+    pub log_level: String,
+    pub store: StoreOptions,
+}
+
+/// The TOML file's shape; every field optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    kubeconfig: Option<Vec<PathBuf>>,
+    data_dir: Option<PathBuf>,
+    socket: Option<PathBuf>,
+    log_level: Option<String>,
+    batch_max: Option<usize>,
+    batch_interval_ms: Option<u64>,
+    memory_limit: Option<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            kubeconfigs: Vec::new(),
+            data_dir: kq_schema::paths::default_data_dir(),
+            socket: kq_schema::paths::default_socket(),
+            log_level: "info".to_string(),
+            store: StoreOptions::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Defaults, then the config file (`path`, or the default one when it exists), then
+    /// `KQ_*` variables.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut c = Config::default();
+        let default_file = kq_schema::paths::default_config_file();
+        let file = match path {
+            Some(p) => Some(p.to_path_buf()),
+            None => default_file.exists().then_some(default_file),
+        };
+        if let Some(p) = file {
+            let text = std::fs::read_to_string(&p).map_err(|source| ConfigError::Read { path: p.clone(), source })?;
+            let f: FileConfig = toml::from_str(&text).map_err(|source| ConfigError::Parse { path: p.clone(), source })?;
+            c.apply_file(f);
+        }
+        c.apply_env()?;
+        Ok(c)
+    }
+
+    fn apply_file(&mut self, f: FileConfig) {
+        if let Some(k) = f.kubeconfig {
+            self.kubeconfigs = k;
+        }
+        if let Some(d) = f.data_dir {
+            self.data_dir = d;
+        }
+        if let Some(s) = f.socket {
+            self.socket = s;
+        }
+        if let Some(l) = f.log_level {
+            self.log_level = l;
+        }
+        if let Some(n) = f.batch_max {
+            self.store.batch_max = n.max(1);
+        }
+        if let Some(ms) = f.batch_interval_ms {
+            self.store.batch_interval = Duration::from_millis(ms);
+        }
+        if let Some(m) = f.memory_limit {
+            self.store.memory_limit = m;
+        }
+    }
+
+    fn apply_env(&mut self) -> Result<(), ConfigError> {
+        let var = |n: &str| std::env::var_os(n).filter(|v| !v.is_empty());
+        if let Some(v) = var("KQ_KUBECONFIG") {
+            self.kubeconfigs = std::env::split_paths(&v).collect();
+        }
+        if let Some(v) = var("KQ_DATA_DIR") {
+            self.data_dir = v.into();
+        }
+        if let Some(v) = var("KQ_SOCKET") {
+            self.socket = v.into();
+        }
+        if let Some(v) = var("KQ_LOG_LEVEL") {
+            self.log_level = v.to_string_lossy().into_owned();
+        }
+        if let Some(v) = var("KQ_BATCH_INTERVAL_MS") {
+            let ms = v.to_string_lossy().parse().map_err(|e| ConfigError::Env {
+                name: "KQ_BATCH_INTERVAL_MS",
+                reason: format!("{e}"),
+            })?;
+            self.store.batch_interval = Duration::from_millis(ms);
+        }
+        Ok(())
+    }
+
+    /// The DuckDB file.
+    pub fn database_path(&self) -> PathBuf {
+        self.data_dir.join("kq.duckdb")
+    }
+}

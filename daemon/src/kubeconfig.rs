@@ -1,0 +1,142 @@
+//! Reads the kubeconfig files (the `KUBECONFIG` list, else `~/.kube/config`), merges them
+//! with client-go's rules, and builds one kube `Client` per context, with exec credential
+//! plugins forced to run non-interactively.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use kube::config::{ExecInteractiveMode, KubeConfigOptions, Kubeconfig};
+
+use crate::store::ContextInfo;
+
+/// Errors building a client for one context.
+#[derive(Debug, thiserror::Error)]
+pub enum ContextError {
+    #[error("context {context}: {source}")]
+    Config { context: String, source: kube::config::KubeconfigError },
+    #[error("context {context}: cannot build a client: {source}")]
+    Client { context: String, source: kube::Error },
+}
+
+/// One context to watch.
+#[derive(Debug, Clone)]
+pub struct ContextSpec {
+    pub info: ContextInfo,
+}
+
+/// What reading the kubeconfig files found.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    pub contexts: Vec<ContextSpec>,
+    /// Files that could not be read or parsed, with the reason.
+    pub errors: Vec<(PathBuf, String)>,
+    /// The merged kubeconfig every client is built from.
+    pub merged: Kubeconfig,
+    pub files: Vec<PathBuf>,
+}
+
+/// The files to read: the explicit list, else `$KUBECONFIG`, else `~/.kube/config`.
+pub fn kubeconfig_paths(explicit: &[PathBuf]) -> Vec<PathBuf> {
+    if !explicit.is_empty() {
+        return explicit.to_vec();
+    }
+    match std::env::var_os("KUBECONFIG").filter(|v| !v.is_empty()) {
+        Some(v) => std::env::split_paths(&v).filter(|p| !p.as_os_str().is_empty()).collect(),
+        None => vec![kq_schema::paths::home().join(".kube/config")],
+    }
+}
+
+/// Reads and merges the files. A file that is missing or broken is reported and skipped;
+/// the others still count.
+pub fn load(paths: &[PathBuf]) -> Loaded {
+    let mut out = Loaded { files: paths.to_vec(), ..Default::default() };
+    let mut merged: Option<Kubeconfig> = None;
+    for path in paths {
+        let kc = match read(path) {
+            Ok(Some(kc)) => kc,
+            Ok(None) => continue,
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot read kubeconfig");
+                out.errors.push((path.clone(), e));
+                continue;
+            }
+        };
+        for named in &kc.contexts {
+            // client-go's merge keeps the first definition of a name, so the first file
+            // that defines a context is its source.
+            if out.contexts.iter().any(|c| c.info.name == named.name) {
+                continue;
+            }
+            let Some(ctx) = &named.context else { continue };
+            let server = kc
+                .clusters
+                .iter()
+                .find(|c| c.name == ctx.cluster)
+                .and_then(|c| c.cluster.as_ref())
+                .and_then(|c| c.server.clone())
+                .unwrap_or_default();
+            out.contexts.push(ContextSpec {
+                info: ContextInfo {
+                    name: named.name.clone(),
+                    cluster: ctx.cluster.clone(),
+                    server,
+                    user: ctx.user.clone().unwrap_or_default(),
+                    namespace: ctx.namespace.clone(),
+                    source_file: path.display().to_string(),
+                },
+            });
+        }
+        merged = Some(match merged {
+            None => kc,
+            Some(m) => match m.clone().merge(kc) {
+                Ok(m) => m,
+                Err(e) => {
+                    out.errors.push((path.clone(), e.to_string()));
+                    m
+                }
+            },
+        });
+    }
+    // A context whose cluster entry lives in a later file still gets its server.
+    let merged = merged.unwrap_or_default();
+    for c in &mut out.contexts {
+        if c.info.server.is_empty()
+            && let Some(s) = merged
+                .clusters
+                .iter()
+                .find(|n| n.name == c.info.cluster)
+                .and_then(|n| n.cluster.as_ref())
+                .and_then(|n| n.server.clone())
+        {
+            c.info.server = s;
+        }
+    }
+    out.merged = merged;
+    out
+}
+
+fn read(path: &Path) -> Result<Option<Kubeconfig>, String> {
+    match std::fs::metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e.to_string()),
+        Ok(_) => {}
+    }
+    Kubeconfig::read_from(path).map(Some).map_err(|e| crate::describe(&e))
+}
+
+/// Builds the client for one context of the merged kubeconfig.
+pub async fn client_for(merged: &Kubeconfig, context: &str) -> Result<kube::Client, ContextError> {
+    let mut kc = merged.clone();
+    // A daemon has no terminal: exec plugins must never prompt or inherit stdin.
+    for a in &mut kc.auth_infos {
+        if let Some(exec) = a.auth_info.as_mut().and_then(|ai| ai.exec.as_mut()) {
+            exec.interactive_mode = Some(ExecInteractiveMode::Never);
+        }
+    }
+    let opts = KubeConfigOptions { context: Some(context.to_string()), ..Default::default() };
+    let mut cfg = kube::Config::from_custom_kubeconfig(kc, &opts)
+        .await
+        .map_err(|source| ContextError::Config { context: context.to_string(), source })?;
+    cfg.connect_timeout = Some(Duration::from_secs(10));
+    kube::Client::try_from(cfg).map_err(|source| ContextError::Client { context: context.to_string(), source })
+}

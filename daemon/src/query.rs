@@ -1,0 +1,285 @@
+//! Runs client SQL on read connections, never on the writer's: one statement at a time,
+//! refused unless it only reads (or exports with COPY … TO), inside a read-only transaction
+//! that is always rolled back. Results stream as Arrow record batches.
+
+use std::sync::{Arc, Mutex};
+
+use duckdb::arrow::datatypes::SchemaRef;
+use duckdb::arrow::record_batch::RecordBatch;
+use duckdb::{Connection, InterruptHandle};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::store::Store;
+
+/// Why a query did not run.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum QueryError {
+    #[error("{0}")]
+    ReadOnly(String),
+    #[error("{0}")]
+    Sql(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// Statements that only read. `COPY` is allowed only as `COPY (query) TO …`.
+const READ_KEYWORDS: &[&str] = &[
+    "SELECT", "WITH", "FROM", "VALUES", "TABLE", "DESCRIBE", "SHOW", "SUMMARIZE", "EXPLAIN", "PIVOT", "UNPIVOT",
+];
+
+/// Statements that write, or change the session or the database outside any transaction.
+const WRITE_KEYWORDS: &[&str] = &[
+    "INSERT", "UPDATE", "DELETE", "MERGE", "UPSERT", "TRUNCATE", "CREATE", "DROP", "ALTER", "COMMENT", "ATTACH",
+    "DETACH", "USE", "SET", "RESET", "PRAGMA", "INSTALL", "LOAD", "FORCE", "UPDATE", "CHECKPOINT", "VACUUM",
+    "ANALYZE", "EXPORT", "IMPORT", "CALL", "BEGIN", "START", "COMMIT", "END", "ROLLBACK", "ABORT", "GRANT",
+    "REVOKE", "PREPARE", "EXECUTE", "DEALLOCATE", "COPY",
+];
+
+/// What [`classify`] makes of a statement.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Class {
+    /// Reads only: run it.
+    Read,
+    /// Writes: refuse it.
+    Write(String),
+    /// Starts with a word that is neither: let DuckDB's parser say what is wrong.
+    Unknown,
+}
+
+/// Classifies one statement by its first keyword.
+pub fn classify(sql: &str) -> Result<Class, QueryError> {
+    let stmt = single_statement(sql)?;
+    let keyword: String = stmt.chars().take_while(|c| c.is_ascii_alphabetic()).collect::<String>().to_ascii_uppercase();
+    if READ_KEYWORDS.contains(&keyword.as_str()) {
+        return Ok(Class::Read);
+    }
+    if keyword == "COPY" && stmt[4..].trim_start().starts_with('(') {
+        return Ok(Class::Read);
+    }
+    if WRITE_KEYWORDS.contains(&keyword.as_str()) {
+        return Ok(Class::Write(keyword));
+    }
+    Ok(Class::Unknown)
+}
+
+/// The error for a refused statement.
+pub fn read_only_error(keyword: &str) -> QueryError {
+    QueryError::ReadOnly(format!(
+        "read-only: kq cannot run {keyword} statements, the inventory is written only by kqd; use SELECT, or COPY (SELECT …) TO 'file' to export"
+    ))
+}
+
+/// Checks that `sql` is one statement that cannot change the inventory. Unknown statements
+/// are refused too; [`Engine::start`] first asks DuckDB's parser about them.
+pub fn check_read_only(sql: &str) -> Result<(), QueryError> {
+    match classify(sql)? {
+        Class::Read => Ok(()),
+        Class::Write(k) => Err(read_only_error(&k)),
+        Class::Unknown => Err(read_only_error("this")),
+    }
+}
+
+/// Strips comments and a trailing `;`, and refuses more than one statement.
+fn single_statement(sql: &str) -> Result<String, QueryError> {
+    let mut out = String::with_capacity(sql.len());
+    let mut chars = sql.chars().peekable();
+    let mut ended = false;
+    while let Some(c) = chars.next() {
+        match c {
+            '-' if chars.peek() == Some(&'-') => {
+                for c in chars.by_ref() {
+                    if c == '\n' {
+                        break;
+                    }
+                }
+                out.push(' ');
+            }
+            '/' if chars.peek() == Some(&'*') => {
+                chars.next();
+                let mut prev = ' ';
+                for c in chars.by_ref() {
+                    if prev == '*' && c == '/' {
+                        break;
+                    }
+                    prev = c;
+                }
+                out.push(' ');
+            }
+            '\'' | '"' => {
+                if ended {
+                    return Err(multiple());
+                }
+                out.push(c);
+                for q in chars.by_ref() {
+                    out.push(q);
+                    if q == c {
+                        break;
+                    }
+                }
+            }
+            ';' => ended = true,
+            c if ended && !c.is_whitespace() => return Err(multiple()),
+            c => out.push(c),
+        }
+    }
+    Ok(out.trim().to_string())
+}
+
+fn multiple() -> QueryError {
+    QueryError::Sql("one statement at a time, please: the input holds more than one".to_string())
+}
+
+/// A query that has started: its schema is known and its batches are on the way.
+pub struct Running {
+    pub schema: SchemaRef,
+    pub batches: mpsc::Receiver<Result<RecordBatch, QueryError>>,
+    pub interrupt: Arc<InterruptHandle>,
+}
+
+/// Hands out read connections, reusing idle ones.
+pub struct Engine {
+    store: Arc<Store>,
+    idle: Mutex<Vec<Connection>>,
+}
+
+impl Engine {
+    pub fn new(store: Arc<Store>) -> Engine {
+        Engine { store, idle: Mutex::new(Vec::new()) }
+    }
+
+    fn connection(&self) -> Result<Connection, QueryError> {
+        if let Some(c) = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop() {
+            return Ok(c);
+        }
+        self.store.reader().map_err(|e| QueryError::Internal(e.to_string()))
+    }
+
+    fn give_back(&self, c: Connection) {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < 8 {
+            idle.push(c);
+        }
+    }
+
+    /// Starts `sql` on a blocking thread and returns once its schema is known (or it failed).
+    pub async fn start(self: &Arc<Self>, sql: String) -> Result<Running, QueryError> {
+        let class = classify(&sql)?;
+        let conn = self.connection()?;
+        match class {
+            Class::Read => {}
+            Class::Write(k) => {
+                self.give_back(conn);
+                return Err(read_only_error(&k));
+            }
+            // A typo such as `selec` deserves DuckDB's syntax error, not a refusal. Preparing
+            // parses and binds without executing.
+            Class::Unknown => {
+                let parsed = conn.prepare(&sql).map(|_| ()).map_err(sql_error);
+                self.give_back(conn);
+                parsed?;
+                return Err(read_only_error("this"));
+            }
+        }
+        let (schema_tx, schema_rx) = oneshot::channel();
+        let (batch_tx, batch_rx) = mpsc::channel(4);
+        let engine = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let interrupt = conn.interrupt_handle();
+            run_blocking(&conn, &sql, interrupt, schema_tx, batch_tx);
+            // Whatever happened, leave no transaction open on a pooled connection.
+            let _ = conn.execute_batch("ROLLBACK");
+            engine.give_back(conn);
+        });
+        schema_rx.await.map_err(|_| QueryError::Internal("the query thread stopped".into()))?
+            .map(|(schema, interrupt)| Running { schema, batches: batch_rx, interrupt })
+    }
+}
+
+type SchemaResult = Result<(SchemaRef, Arc<InterruptHandle>), QueryError>;
+
+fn run_blocking(
+    conn: &Connection,
+    sql: &str,
+    interrupt: Arc<InterruptHandle>,
+    schema_tx: oneshot::Sender<SchemaResult>,
+    batch_tx: mpsc::Sender<Result<RecordBatch, QueryError>>,
+) {
+    if let Err(e) = conn.execute_batch("BEGIN TRANSACTION READ ONLY") {
+        let _ = schema_tx.send(Err(QueryError::Internal(e.to_string())));
+        return;
+    }
+    let mut stmt = match conn.prepare(sql) {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = schema_tx.send(Err(sql_error(e)));
+            return;
+        }
+    };
+    let stream = match stmt.stream_arrow([]) {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = schema_tx.send(Err(sql_error(e)));
+            return;
+        }
+    };
+    if schema_tx.send(Ok((stream.get_schema(), interrupt.clone()))).is_err() {
+        return;
+    }
+    for batch in stream {
+        let item = batch.map_err(sql_error);
+        let failed = item.is_err();
+        if batch_tx.blocking_send(item).is_err() {
+            // The client went away: stop DuckDB rather than compute what nobody reads.
+            interrupt.interrupt();
+            return;
+        }
+        if failed {
+            return;
+        }
+    }
+}
+
+fn sql_error(e: duckdb::Error) -> QueryError {
+    let text = e.to_string();
+    if text.contains("read-only") || text.contains("read only") {
+        QueryError::ReadOnly(format!("read-only: {text}"))
+    } else {
+        QueryError::Sql(text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_reads_pass() {
+        for ok in [
+            "select 1",
+            "  -- comment\n SELECT * FROM pods;",
+            "with x as (select 1) select * from x",
+            "FROM pods",
+            "copy (select * from pods) to '/tmp/x.csv'",
+            "describe pods",
+            "select ';' as semi",
+        ] {
+            assert!(check_read_only(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "insert into pods values (1)",
+            "delete from pods",
+            "drop table pods",
+            "copy pods from '/tmp/x.csv'",
+            "update pods set name = 'x'",
+            "attach 'x.db'",
+            "set threads = 1",
+            "select 1; drop table pods",
+            "/* hi */ create table t (a int)",
+        ] {
+            assert!(check_read_only(bad).is_err(), "{bad}");
+        }
+        let e = check_read_only("drop table pods").unwrap_err().to_string();
+        assert!(e.starts_with("read-only"), "{e}");
+        assert_eq!(classify("selec 1").unwrap(), Class::Unknown);
+    }
+}

@@ -1,0 +1,264 @@
+//! Turns typed Kubernetes objects into table rows, once per watch event. Nothing here keeps
+//! objects: each row is built, handed to the store, and dropped with the batch.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use duckdb::types::{TimeUnit, Value};
+use k8s_openapi::api::core::v1::{Container, ContainerStatus, Namespace, Node, Pod};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+
+use crate::quantity;
+
+/// One row, column values in catalog order.
+pub type Row = Vec<Value>;
+
+/// The inventory tables kqd writes from watch events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    Namespaces,
+    Nodes,
+    Pods,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 3] = [Kind::Namespaces, Kind::Nodes, Kind::Pods];
+
+    pub fn table(self) -> &'static str {
+        match self {
+            Kind::Namespaces => "namespaces",
+            Kind::Nodes => "nodes",
+            Kind::Pods => "pods",
+        }
+    }
+
+    /// The child table whose rows belong to one object of this kind, keyed by its uid.
+    pub fn child(self) -> Option<(&'static str, &'static str)> {
+        match self {
+            Kind::Pods => Some(("containers", "pod_uid")),
+            _ => None,
+        }
+    }
+}
+
+/// The rows one object contributes: its own row and its children's (containers of a pod).
+#[derive(Debug, Clone)]
+pub struct ObjectRows {
+    pub uid: String,
+    pub row: Row,
+    pub children: Vec<Row>,
+}
+
+fn text(s: Option<&str>) -> Value {
+    s.map_or(Value::Null, |s| Value::Text(s.to_string()))
+}
+
+fn opt_text(s: &Option<String>) -> Value {
+    text(s.as_deref())
+}
+
+fn json_map(m: &Option<BTreeMap<String, String>>) -> Value {
+    match m {
+        Some(m) => Value::Text(serde_json::to_string(m).expect("a string map serializes")),
+        None => Value::Text("{}".to_string()),
+    }
+}
+
+fn json_of<T: serde::Serialize>(v: &Option<T>) -> Value {
+    match v {
+        Some(v) => Value::Text(serde_json::to_string(v).expect("k8s types serialize")),
+        None => Value::Null,
+    }
+}
+
+fn time(t: &Option<Time>) -> Value {
+    t.as_ref()
+        .map_or(Value::Null, |t| Value::Timestamp(TimeUnit::Microsecond, t.0.as_microsecond()))
+}
+
+fn int(v: Option<i64>) -> Value {
+    v.map_or(Value::Null, Value::BigInt)
+}
+
+/// The columns every inventory table starts with, after `context` and `namespace`.
+fn common(meta: &ObjectMeta) -> [Value; 6] {
+    [
+        opt_text(&meta.name),
+        opt_text(&meta.uid),
+        json_map(&meta.labels),
+        json_map(&meta.annotations),
+        time(&meta.creation_timestamp),
+        opt_text(&meta.resource_version),
+    ]
+}
+
+pub fn namespace(ctx: &Arc<str>, ns: &Namespace) -> ObjectRows {
+    let mut row = vec![Value::Text(ctx.to_string())];
+    row.extend(common(&ns.metadata));
+    row.push(text(ns.status.as_ref().and_then(|s| s.phase.as_deref())));
+    ObjectRows { uid: ns.metadata.uid.clone().unwrap_or_default(), row, children: vec![] }
+}
+
+fn quantity_of(m: Option<&BTreeMap<String, Quantity>>, key: &str, f: fn(&str) -> Option<i64>) -> Value {
+    int(m.and_then(|m| m.get(key)).and_then(|q| f(&q.0)))
+}
+
+pub fn node(ctx: &Arc<str>, n: &Node) -> ObjectRows {
+    let spec = n.spec.as_ref();
+    let status = n.status.as_ref();
+    let info = status.and_then(|s| s.node_info.as_ref());
+    let cap = status.and_then(|s| s.capacity.as_ref());
+    let alloc = status.and_then(|s| s.allocatable.as_ref());
+    let ready = status
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|cs| cs.iter().find(|c| c.type_ == "Ready"))
+        .map(|c| c.status.clone());
+    let internal_ip = status
+        .and_then(|s| s.addresses.as_ref())
+        .and_then(|a| a.iter().find(|a| a.type_ == "InternalIP"))
+        .map(|a| a.address.clone());
+    let mut row = vec![Value::Text(ctx.to_string())];
+    row.extend(common(&n.metadata));
+    row.extend([
+        opt_text(&ready),
+        Value::Boolean(spec.and_then(|s| s.unschedulable).unwrap_or(false)),
+        opt_text(&internal_ip),
+        text(info.map(|i| i.kubelet_version.as_str())),
+        text(info.map(|i| i.os_image.as_str())),
+        text(info.map(|i| i.kernel_version.as_str())),
+        text(info.map(|i| i.container_runtime_version.as_str())),
+        text(info.map(|i| i.operating_system.as_str())),
+        text(info.map(|i| i.architecture.as_str())),
+        quantity_of(cap, "cpu", quantity::cpu_millis),
+        quantity_of(cap, "memory", quantity::bytes),
+        quantity_of(cap, "pods", quantity::bytes),
+        quantity_of(alloc, "cpu", quantity::cpu_millis),
+        quantity_of(alloc, "memory", quantity::bytes),
+        json_of(&status.and_then(|s| s.conditions.clone())),
+        json_of(&spec.and_then(|s| s.taints.clone())),
+        Value::Int(status.and_then(|s| s.images.as_ref()).map_or(0, |i| i.len() as i32)),
+    ]);
+    ObjectRows { uid: n.metadata.uid.clone().unwrap_or_default(), row, children: vec![] }
+}
+
+pub fn pod(ctx: &Arc<str>, p: &Pod) -> ObjectRows {
+    let meta = &p.metadata;
+    let spec = p.spec.as_ref();
+    let status = p.status.as_ref();
+    let owner = meta
+        .owner_references
+        .as_ref()
+        .and_then(|o| o.iter().find(|o| o.controller == Some(true)).or_else(|| o.first()));
+    let statuses = |f: fn(&k8s_openapi::api::core::v1::PodStatus) -> Option<&Vec<ContainerStatus>>| {
+        status.and_then(f).map(Vec::as_slice).unwrap_or_default()
+    };
+    let app_statuses = statuses(|s| s.container_statuses.as_ref());
+    let init_statuses = statuses(|s| s.init_container_statuses.as_ref());
+    let eph_statuses = statuses(|s| s.ephemeral_container_statuses.as_ref());
+    let restarts: i64 = app_statuses
+        .iter()
+        .chain(init_statuses)
+        .chain(eph_statuses)
+        .map(|c| c.restart_count as i64)
+        .sum();
+    let ready = status
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|cs| cs.iter().find(|c| c.type_ == "Ready"))
+        .is_some_and(|c| c.status == "True");
+    let ns = Value::Text(meta.namespace.clone().unwrap_or_default());
+    let mut row = vec![Value::Text(ctx.to_string()), ns.clone()];
+    row.extend(common(meta));
+    row.extend([
+        text(status.and_then(|s| s.phase.as_deref())),
+        text(status.and_then(|s| s.reason.as_deref())),
+        text(status.and_then(|s| s.message.as_deref())),
+        text(spec.and_then(|s| s.node_name.as_deref())),
+        text(status.and_then(|s| s.pod_ip.as_deref())),
+        text(status.and_then(|s| s.host_ip.as_deref())),
+        text(status.and_then(|s| s.qos_class.as_deref())),
+        text(spec.and_then(|s| s.service_account_name.as_deref())),
+        text(owner.map(|o| o.kind.as_str())),
+        text(owner.map(|o| o.name.as_str())),
+        text(owner.map(|o| o.uid.as_str())),
+        Value::Boolean(ready),
+        Value::BigInt(restarts),
+        Value::Int(spec.map_or(0, |s| s.containers.len() as i32)),
+        time(&status.and_then(|s| s.start_time.clone())),
+        Value::Boolean(meta.deletion_timestamp.is_some()),
+    ]);
+    let uid = meta.uid.clone().unwrap_or_default();
+    let pod_name = meta.name.clone().unwrap_or_default();
+    let mut children = Vec::new();
+    let mut push = |kind: &str, name: &str, image: Option<&str>, res: Option<&k8s_openapi::api::core::v1::ResourceRequirements>, st: &[ContainerStatus]| {
+        let cs = st.iter().find(|c| c.name == name);
+        children.push(container_row(ctx, &ns, &pod_name, &uid, kind, name, image, res, cs));
+    };
+    if let Some(spec) = spec {
+        for c in spec.init_containers.iter().flatten() {
+            push("init", &c.name, c.image.as_deref(), c.resources.as_ref(), init_statuses);
+        }
+        for c in &spec.containers {
+            let c: &Container = c;
+            push("container", &c.name, c.image.as_deref(), c.resources.as_ref(), app_statuses);
+        }
+        for c in spec.ephemeral_containers.iter().flatten() {
+            push("ephemeral", &c.name, c.image.as_deref(), c.resources.as_ref(), eph_statuses);
+        }
+    }
+    ObjectRows { uid, row, children }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn container_row(
+    ctx: &Arc<str>,
+    ns: &Value,
+    pod: &str,
+    pod_uid: &str,
+    kind: &str,
+    name: &str,
+    image: Option<&str>,
+    res: Option<&k8s_openapi::api::core::v1::ResourceRequirements>,
+    cs: Option<&ContainerStatus>,
+) -> Row {
+    let state = cs.and_then(|c| c.state.as_ref());
+    let (state_name, reason, started) = match state {
+        Some(s) if s.running.is_some() => ("running", None, s.running.as_ref().and_then(|r| r.started_at.clone())),
+        Some(s) if s.waiting.is_some() => ("waiting", s.waiting.as_ref().and_then(|w| w.reason.clone()), None),
+        Some(s) if s.terminated.is_some() => {
+            let t = s.terminated.as_ref().expect("checked");
+            ("terminated", t.reason.clone(), t.started_at.clone())
+        }
+        _ => ("", None, None),
+    };
+    // The last termination is lastState.terminated, or the current state when the container
+    // has terminated and not restarted (init containers, completed jobs).
+    let last = cs
+        .and_then(|c| c.last_state.as_ref())
+        .and_then(|s| s.terminated.as_ref())
+        .or_else(|| state.and_then(|s| s.terminated.as_ref()));
+    let requests = res.and_then(|r| r.requests.as_ref());
+    let limits = res.and_then(|r| r.limits.as_ref());
+    vec![
+        Value::Text(ctx.to_string()),
+        ns.clone(),
+        Value::Text(pod.to_string()),
+        Value::Text(pod_uid.to_string()),
+        Value::Text(name.to_string()),
+        Value::Text(kind.to_string()),
+        text(image),
+        text(cs.and_then(|c| (!c.image_id.is_empty()).then_some(c.image_id.as_str()))),
+        text((!state_name.is_empty()).then_some(state_name)),
+        opt_text(&reason),
+        cs.map_or(Value::Null, |c| Value::Boolean(c.ready)),
+        cs.map_or(Value::Null, |c| Value::Int(c.restart_count)),
+        last.map_or(Value::Null, |t| Value::Int(t.exit_code)),
+        text(last.and_then(|t| t.reason.as_deref())),
+        time(&last.and_then(|t| t.finished_at.clone())),
+        time(&started),
+        quantity_of(requests, "cpu", quantity::cpu_millis),
+        quantity_of(limits, "cpu", quantity::cpu_millis),
+        quantity_of(requests, "memory", quantity::bytes),
+        quantity_of(limits, "memory", quantity::bytes),
+    ]
+}

@@ -1,0 +1,86 @@
+//! The query socket: a Unix socket in a 0700 directory, mode 0600, accepting only peers
+//! with the daemon's own uid. Also takes a socket handed over by systemd.
+
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+
+use futures::{Stream, StreamExt as _};
+use tokio::net::{UnixListener, UnixStream};
+use tokio_stream::wrappers::UnixListenerStream;
+
+/// Errors preparing the socket, naming its path.
+#[derive(Debug, thiserror::Error)]
+pub enum SocketError {
+    #[error("cannot create the socket directory {path}: {source}")]
+    Dir { path: PathBuf, source: std::io::Error },
+    #[error("the socket directory {path} belongs to uid {owner}, not to this user ({uid}); refusing to use it")]
+    NotOurs { path: PathBuf, owner: u32, uid: u32 },
+    #[error("another kqd is already listening at {0}")]
+    InUse(PathBuf),
+    #[error("cannot listen at {path}: {source}")]
+    Bind { path: PathBuf, source: std::io::Error },
+}
+
+fn my_uid() -> u32 {
+    rustix::process::getuid().as_raw()
+}
+
+/// Creates the directory (0700) and binds the socket (0600), replacing a stale one.
+pub async fn bind(path: &Path) -> Result<UnixListener, SocketError> {
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    std::fs::create_dir_all(dir).map_err(|source| SocketError::Dir { path: dir.to_path_buf(), source })?;
+    let meta = std::fs::metadata(dir).map_err(|source| SocketError::Dir { path: dir.to_path_buf(), source })?;
+    let owner = std::os::unix::fs::MetadataExt::uid(&meta);
+    if owner != my_uid() {
+        return Err(SocketError::NotOurs { path: dir.to_path_buf(), owner, uid: my_uid() });
+    }
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(|source| SocketError::Dir { path: dir.to_path_buf(), source })?;
+    if path.exists() {
+        if UnixStream::connect(path).await.is_ok() {
+            return Err(SocketError::InUse(path.to_path_buf()));
+        }
+        let _ = std::fs::remove_file(path);
+    }
+    let listener = UnixListener::bind(path).map_err(|source| SocketError::Bind { path: path.to_path_buf(), source })?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|source| SocketError::Bind { path: path.to_path_buf(), source })?;
+    Ok(listener)
+}
+
+/// A listener systemd passed (LISTEN_FDS, fd 3), if this process is its target.
+pub fn from_systemd() -> Option<UnixListener> {
+    let pid: u32 = std::env::var("LISTEN_PID").ok()?.parse().ok()?;
+    let fds: u32 = std::env::var("LISTEN_FDS").ok()?.parse().ok()?;
+    if pid != std::process::id() || fds < 1 {
+        return None;
+    }
+    use std::os::fd::FromRawFd as _;
+    // SAFETY: systemd's protocol hands this process fd 3 as a listening socket it owns; we
+    // take ownership exactly once, here.
+    let std_listener = unsafe { std::os::unix::net::UnixListener::from_raw_fd(3) };
+    std_listener.set_nonblocking(true).ok()?;
+    UnixListener::from_std(std_listener).ok()
+}
+
+/// Accepted connections whose peer runs as our uid; others are closed and logged.
+pub fn incoming(listener: UnixListener) -> impl Stream<Item = std::io::Result<UnixStream>> {
+    let uid = my_uid();
+    UnixListenerStream::new(listener).filter(move |conn| {
+        let ok = match conn {
+            Ok(s) => match s.peer_cred() {
+                Ok(c) if c.uid() == uid => true,
+                Ok(c) => {
+                    tracing::warn!(peer_uid = c.uid(), "refused a connection from another user");
+                    false
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "refused a connection whose peer cannot be identified");
+                    false
+                }
+            },
+            Err(_) => true,
+        };
+        futures::future::ready(ok)
+    })
+}

@@ -1,0 +1,363 @@
+//! The writer thread: batches ops into transactions and merges staged rows by identity.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Instant;
+
+use duckdb::types::{TimeUnit, Value};
+use duckdb::{Connection, appender_params_from_iter, params_from_iter};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{Op, StoreError, StoreOptions};
+use crate::rows::{Kind, ObjectRows};
+
+/// Facts about a context that come from the kubeconfig.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ContextInfo {
+    pub name: String,
+    pub cluster: String,
+    pub server: String,
+    pub user: String,
+    pub namespace: Option<String>,
+    pub source_file: String,
+}
+
+/// A change of a context's connection state.
+#[derive(Debug, Clone)]
+pub struct ContextState {
+    pub name: String,
+    /// connecting | syncing | ready | error
+    pub state: &'static str,
+    pub error: Option<String>,
+    pub server_version: Option<String>,
+    /// The initial list of every watched kind completed.
+    pub synced: bool,
+}
+
+#[derive(Debug, Clone, Default)]
+struct ContextRow {
+    info: ContextInfo,
+    state: String,
+    error: Option<String>,
+    last_event_at: Option<i64>,
+    synced_at: Option<i64>,
+    server_version: Option<String>,
+    object_count: i64,
+    updated_at: i64,
+}
+
+type Key = (Arc<str>, String);
+
+/// Owns the writing connection. Only this type writes DuckDB.
+pub struct Writer {
+    conn: Connection,
+    opts: StoreOptions,
+    contexts: BTreeMap<String, ContextRow>,
+}
+
+fn now_micros() -> i64 {
+    jiff::Timestamp::now().as_microsecond()
+}
+
+fn ts(v: Option<i64>) -> Value {
+    v.map_or(Value::Null, |t| Value::Timestamp(TimeUnit::Microsecond, t))
+}
+
+impl Writer {
+    pub fn new(conn: Connection, opts: StoreOptions) -> Result<Writer, StoreError> {
+        // Staging tables mirror the inventory tables; they are emptied inside every
+        // transaction, so they never hold rows between batches.
+        let mut sql = String::from(
+            "CREATE SCHEMA IF NOT EXISTS kq_stage;
+             CREATE OR REPLACE TABLE kq_stage.keys (context VARCHAR, uid VARCHAR);
+             CREATE OR REPLACE TABLE kq_stage.containers AS SELECT * FROM main.containers LIMIT 0;",
+        );
+        for k in Kind::ALL {
+            sql.push_str(&format!(
+                "CREATE OR REPLACE TABLE kq_stage.{t} AS SELECT * FROM main.{t} LIMIT 0;",
+                t = k.table()
+            ));
+        }
+        conn.execute_batch(&sql)?;
+        // Contexts found in the file from an earlier run start as `connecting` until their
+        // supervisor reports; the daemon removes the ones no longer configured.
+        let mut contexts = BTreeMap::new();
+        {
+            let mut stmt = conn.prepare(
+                "SELECT name, cluster, server, \"user\", namespace, source_file FROM contexts",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok(ContextInfo {
+                    name: r.get(0)?,
+                    cluster: r.get::<_, Option<String>>(1)?.unwrap_or_default(),
+                    server: r.get::<_, Option<String>>(2)?.unwrap_or_default(),
+                    user: r.get::<_, Option<String>>(3)?.unwrap_or_default(),
+                    namespace: r.get(4)?,
+                    source_file: r.get::<_, Option<String>>(5)?.unwrap_or_default(),
+                })
+            })?;
+            for info in rows {
+                let info = info?;
+                contexts.insert(
+                    info.name.clone(),
+                    ContextRow { info, state: "connecting".into(), ..Default::default() },
+                );
+            }
+        }
+        Ok(Writer { conn, opts, contexts })
+    }
+
+    /// Runs until every sender is gone, then checkpoints the database.
+    pub fn run(mut self, mut rx: mpsc::Receiver<Op>) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("a current-thread runtime builds");
+        loop {
+            let Some(first) = rx.blocking_recv() else { break };
+            let deadline = Instant::now() + self.opts.batch_interval;
+            let mut batch = vec![first];
+            let mut closed = false;
+            while batch.len() < self.opts.batch_max {
+                match rx.try_recv() {
+                    Ok(op) => batch.push(op),
+                    Err(mpsc::error::TryRecvError::Disconnected) => {
+                        closed = true;
+                        break;
+                    }
+                    Err(mpsc::error::TryRecvError::Empty) => {
+                        let left = deadline.saturating_duration_since(Instant::now());
+                        if left.is_zero() {
+                            break;
+                        }
+                        match rt.block_on(async { tokio::time::timeout(left, rx.recv()).await }) {
+                            Ok(Some(op)) => batch.push(op),
+                            Ok(None) => {
+                                closed = true;
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                }
+            }
+            let n = batch.len();
+            let started = Instant::now();
+            let mut barriers = Vec::new();
+            match self.apply(batch, &mut barriers) {
+                Ok(()) => tracing::trace!(ops = n, elapsed_ms = started.elapsed().as_millis() as u64, "committed batch"),
+                Err(e) => tracing::error!(ops = n, error = %e, "a batch failed and was rolled back; its contexts will relist"),
+            }
+            for b in barriers {
+                let _ = b.send(());
+            }
+            if closed {
+                break;
+            }
+        }
+        if let Err(e) = self.conn.execute_batch("CHECKPOINT") {
+            tracing::warn!(error = %e, "final checkpoint failed; the WAL will be replayed at next start");
+        }
+        tracing::info!("store writer stopped");
+    }
+
+    fn apply(&mut self, batch: Vec<Op>, barriers: &mut Vec<oneshot::Sender<()>>) -> Result<(), StoreError> {
+        let mut pending: BTreeMap<Kind, HashMap<Key, Option<ObjectRows>>> = BTreeMap::new();
+        let mut touched: HashSet<Arc<str>> = HashSet::new();
+        let mut dirty: HashSet<String> = HashSet::new();
+        self.conn.execute_batch("BEGIN TRANSACTION")?;
+        let result = (|| -> Result<(), StoreError> {
+            for op in batch {
+                match op {
+                    Op::Upsert { kind, context, rows } => {
+                        touched.insert(context.clone());
+                        pending.entry(kind).or_default().insert((context, rows.uid.clone()), Some(rows));
+                    }
+                    Op::Delete { kind, context, uid } => {
+                        touched.insert(context.clone());
+                        pending.entry(kind).or_default().insert((context, uid), None);
+                    }
+                    Op::Sweep { kind, context, keep } => {
+                        self.flush(&mut pending)?;
+                        touched.insert(context.clone());
+                        self.sweep(kind, &context, &keep)?;
+                    }
+                    Op::ContextInfo(info) => {
+                        let row = self.contexts.entry(info.name.clone()).or_default();
+                        if row.state.is_empty() {
+                            row.state = "connecting".into();
+                        }
+                        row.info = info.clone();
+                        dirty.insert(info.name);
+                    }
+                    Op::ContextState(s) => {
+                        let row = self.contexts.entry(s.name.clone()).or_default();
+                        row.info.name = s.name.clone();
+                        row.state = s.state.to_string();
+                        row.error = s.error;
+                        if s.server_version.is_some() {
+                            row.server_version = s.server_version;
+                        }
+                        if s.synced {
+                            row.synced_at = Some(now_micros());
+                        }
+                        dirty.insert(s.name);
+                    }
+                    Op::RemoveContext { name } => {
+                        self.flush(&mut pending)?;
+                        self.remove_context(&name)?;
+                        touched.retain(|c| **c != *name);
+                        dirty.remove(&name);
+                    }
+                    Op::Barrier(b) => barriers.push(b),
+                }
+            }
+            self.flush(&mut pending)?;
+            let now = now_micros();
+            for ctx in &touched {
+                let count = self.count_objects(ctx)?;
+                if let Some(row) = self.contexts.get_mut(&**ctx) {
+                    row.last_event_at = Some(now);
+                    row.object_count = count;
+                    dirty.insert(ctx.to_string());
+                }
+            }
+            for name in &dirty {
+                self.write_context(name, now)?;
+            }
+            Ok(())
+        })();
+        match result {
+            Ok(()) => {
+                self.conn.execute_batch("COMMIT")?;
+                Ok(())
+            }
+            Err(e) => {
+                let _ = self.conn.execute_batch("ROLLBACK");
+                Err(e)
+            }
+        }
+    }
+
+    /// Merges pending upserts and deletes: stage the keys and rows, delete the old rows of
+    /// every staged key, insert the staged rows.
+    fn flush(&mut self, pending: &mut BTreeMap<Kind, HashMap<Key, Option<ObjectRows>>>) -> Result<(), StoreError> {
+        for (kind, objects) in std::mem::take(pending) {
+            if objects.is_empty() {
+                continue;
+            }
+            let table = kind.table();
+            {
+                let mut keys = self.conn.appender_to_db("keys", "kq_stage")?;
+                for (ctx, uid) in objects.keys() {
+                    keys.append_row([&**ctx, uid.as_str()])?;
+                }
+                keys.flush()?;
+            }
+            {
+                let mut rows = self.conn.appender_to_db(table, "kq_stage")?;
+                for r in objects.values().flatten() {
+                    rows.append_row(appender_params_from_iter(r.row.iter()))?;
+                }
+                rows.flush()?;
+            }
+            let mut sql = format!(
+                "DELETE FROM main.{table} USING kq_stage.keys k WHERE main.{table}.context = k.context AND main.{table}.uid = k.uid;
+                 INSERT INTO main.{table} SELECT * FROM kq_stage.{table};
+                 DELETE FROM kq_stage.{table};"
+            );
+            if let Some((child, fk)) = kind.child() {
+                let mut rows = self.conn.appender_to_db(child, "kq_stage")?;
+                for r in objects.values().flatten() {
+                    for c in &r.children {
+                        rows.append_row(appender_params_from_iter(c.iter()))?;
+                    }
+                }
+                rows.flush()?;
+                drop(rows);
+                sql.push_str(&format!(
+                    "DELETE FROM main.{child} USING kq_stage.keys k WHERE main.{child}.context = k.context AND main.{child}.{fk} = k.uid;
+                     INSERT INTO main.{child} SELECT * FROM kq_stage.{child};
+                     DELETE FROM kq_stage.{child};"
+                ));
+            }
+            sql.push_str("DELETE FROM kq_stage.keys;");
+            self.conn.execute_batch(&sql)?;
+        }
+        Ok(())
+    }
+
+    fn sweep(&mut self, kind: Kind, context: &str, keep: &[String]) -> Result<(), StoreError> {
+        {
+            let mut keys = self.conn.appender_to_db("keys", "kq_stage")?;
+            for uid in keep {
+                keys.append_row([context, uid.as_str()])?;
+            }
+            keys.flush()?;
+        }
+        let table = kind.table();
+        let removed = self.conn.execute(
+            &format!("DELETE FROM main.{table} WHERE context = ? AND uid NOT IN (SELECT uid FROM kq_stage.keys)"),
+            [context],
+        )?;
+        if let Some((child, fk)) = kind.child() {
+            self.conn.execute(
+                &format!("DELETE FROM main.{child} WHERE context = ? AND {fk} NOT IN (SELECT uid FROM kq_stage.keys)"),
+                [context],
+            )?;
+        }
+        self.conn.execute_batch("DELETE FROM kq_stage.keys")?;
+        if removed > 0 {
+            tracing::info!(context, table, removed, "relist removed rows of objects deleted while not watching");
+        }
+        Ok(())
+    }
+
+    fn remove_context(&mut self, name: &str) -> Result<(), StoreError> {
+        for k in Kind::ALL {
+            self.conn.execute(&format!("DELETE FROM main.{} WHERE context = ?", k.table()), [name])?;
+            if let Some((child, _)) = k.child() {
+                self.conn.execute(&format!("DELETE FROM main.{child} WHERE context = ?"), [name])?;
+            }
+        }
+        self.conn.execute("DELETE FROM contexts WHERE name = ?", [name])?;
+        self.contexts.remove(name);
+        Ok(())
+    }
+
+    fn count_objects(&self, context: &str) -> Result<i64, StoreError> {
+        let sql = Kind::ALL
+            .iter()
+            .map(|k| format!("(SELECT count(*) FROM main.{} WHERE context = $1)", k.table()))
+            .collect::<Vec<_>>()
+            .join(" + ");
+        Ok(self.conn.query_row(&format!("SELECT {sql}"), [context], |r| r.get(0))?)
+    }
+
+    fn write_context(&mut self, name: &str, now: i64) -> Result<(), StoreError> {
+        let Some(row) = self.contexts.get_mut(name) else { return Ok(()) };
+        row.updated_at = now;
+        let info = &row.info;
+        self.conn.execute("DELETE FROM contexts WHERE name = ?", [name])?;
+        let values: Vec<Value> = vec![
+            Value::Text(name.to_string()),
+            Value::Text(info.cluster.clone()),
+            Value::Text(info.server.clone()),
+            Value::Text(info.user.clone()),
+            info.namespace.clone().map_or(Value::Null, Value::Text),
+            Value::Text(info.source_file.clone()),
+            Value::Text(row.state.clone()),
+            row.error.clone().map_or(Value::Null, Value::Text),
+            ts(row.last_event_at),
+            ts(row.synced_at),
+            row.server_version.clone().map_or(Value::Null, Value::Text),
+            Value::BigInt(row.object_count),
+            ts(Some(row.updated_at)),
+        ];
+        self.conn.execute(
+            "INSERT INTO contexts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            params_from_iter(values.iter()),
+        )?;
+        Ok(())
+    }
+}

@@ -1,0 +1,216 @@
+//! One supervisor per context: connects, runs a kube-runtime watcher per kind, turns watch
+//! events into store ops, and reports the context's state. A failing context is marked
+//! `error` with the reason and retried with backoff; nothing it does touches other contexts.
+
+use std::collections::HashSet;
+use std::fmt::Debug;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt as _;
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use kube::config::Kubeconfig;
+use kube::runtime::watcher;
+use kube::{Api, Resource};
+use serde::de::DeserializeOwned;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::kubeconfig::{ContextSpec, client_for};
+use crate::rows::{self, Kind, ObjectRows};
+use crate::store::{ContextState, Op};
+
+/// What a watcher task tells its supervisor.
+#[derive(Debug)]
+enum Health {
+    InitDone(Kind),
+    Failed(Kind, String),
+}
+
+/// Backoff between reconnect attempts: 1 s doubling to 30 s, with jitter.
+struct Backoff {
+    next: Duration,
+}
+
+impl Backoff {
+    const MIN: Duration = Duration::from_secs(1);
+    const MAX: Duration = Duration::from_secs(30);
+
+    fn new() -> Self {
+        Backoff { next: Self::MIN }
+    }
+
+    fn reset(&mut self) {
+        self.next = Self::MIN;
+    }
+
+    fn step(&mut self) -> Duration {
+        let base = self.next;
+        self.next = (self.next * 2).min(Self::MAX);
+        // Up to 20 % jitter, so contexts that failed together do not retry in lockstep.
+        let jitter = (Instant::now().elapsed().subsec_nanos() as u64 ^ std::process::id() as u64) % 200;
+        base + base * jitter as u32 / 1000
+    }
+}
+
+async fn set_state(tx: &mpsc::Sender<Op>, name: &str, state: &'static str, error: Option<String>, version: Option<String>, synced: bool) {
+    let _ = tx
+        .send(Op::ContextState(ContextState { name: name.to_string(), state, error, server_version: version, synced }))
+        .await;
+}
+
+/// Runs until `cancel` fires.
+pub async fn supervise(spec: ContextSpec, kubeconfig: Arc<Kubeconfig>, tx: mpsc::Sender<Op>, cancel: CancellationToken) {
+    let name = spec.info.name.clone();
+    let ctx: Arc<str> = Arc::from(name.as_str());
+    let _ = tx.send(Op::ContextInfo(spec.info.clone())).await;
+    let mut backoff = Backoff::new();
+    loop {
+        set_state(&tx, &name, "connecting", None, None, false).await;
+        let attempt = connect_and_watch(&ctx, &kubeconfig, &tx, &cancel, &mut backoff);
+        let err = tokio::select! {
+            e = attempt => e,
+            _ = cancel.cancelled() => return,
+        };
+        let wait = backoff.step();
+        tracing::warn!(context = %name, error = %err, retry_in_ms = wait.as_millis() as u64, "context failed");
+        set_state(&tx, &name, "error", Some(err), None, false).await;
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = cancel.cancelled() => return,
+        }
+    }
+}
+
+/// Connects and watches until something fails; returns why.
+async fn connect_and_watch(
+    ctx: &Arc<str>,
+    kubeconfig: &Kubeconfig,
+    tx: &mpsc::Sender<Op>,
+    cancel: &CancellationToken,
+    backoff: &mut Backoff,
+) -> String {
+    let client = match client_for(kubeconfig, ctx).await {
+        Ok(c) => c,
+        Err(e) => return crate::describe(&e),
+    };
+    let version = match tokio::time::timeout(Duration::from_secs(15), client.apiserver_version()).await {
+        Ok(Ok(v)) => v.git_version,
+        Ok(Err(e)) => return classify(&e),
+        Err(_) => return "unreachable: the API server did not answer /version within 15 s".to_string(),
+    };
+    set_state(tx, ctx, "syncing", None, Some(version.clone()), false).await;
+    let (htx, mut hrx) = mpsc::channel(64);
+    let child = cancel.child_token();
+    let _stop = child.clone().drop_guard();
+    spawn_watch(Api::<Namespace>::all(client.clone()), Kind::Namespaces, ctx.clone(), rows::namespace, tx.clone(), htx.clone(), child.clone());
+    spawn_watch(Api::<Node>::all(client.clone()), Kind::Nodes, ctx.clone(), rows::node, tx.clone(), htx.clone(), child.clone());
+    spawn_watch(Api::<Pod>::all(client), Kind::Pods, ctx.clone(), rows::pod, tx.clone(), htx, child.clone());
+    let mut synced: HashSet<Kind> = HashSet::new();
+    while let Some(h) = hrx.recv().await {
+        match h {
+            Health::InitDone(kind) => {
+                let first_time = synced.insert(kind);
+                if first_time && synced.len() == Kind::ALL.len() {
+                    tracing::info!(context = %ctx, "initial sync complete");
+                    backoff.reset();
+                    set_state(tx, ctx, "ready", None, Some(version.clone()), true).await;
+                }
+            }
+            // A failing watcher takes the whole context down and back up: the reconnect
+            // relists every kind, which also repairs deletes missed while disconnected.
+            Health::Failed(kind, e) => return format!("{}: {e}", kind.table()),
+        }
+    }
+    "watchers stopped".to_string()
+}
+
+/// Words an error by its cause, so `contexts.error` says what to fix.
+fn classify(e: &kube::Error) -> String {
+    let text = crate::describe(e);
+    let kind = match e {
+        kube::Error::Api(s) if s.code == 401 => "unauthorized (credentials rejected)",
+        kube::Error::Api(s) if s.code == 403 => "forbidden",
+        kube::Error::Api(_) => "api error",
+        _ if text.contains("certificate") || text.to_lowercase().contains("tls") => "tls",
+        _ if text.contains("onnection refused") || text.contains("timed out") || text.contains("dns") => "unreachable",
+        kube::Error::Auth(_) => "authentication",
+        _ => "error",
+    };
+    format!("{kind}: {text}")
+}
+
+#[allow(clippy::too_many_arguments)]
+fn spawn_watch<K>(
+    api: Api<K>,
+    kind: Kind,
+    ctx: Arc<str>,
+    to_rows: fn(&Arc<str>, &K) -> ObjectRows,
+    tx: mpsc::Sender<Op>,
+    health: mpsc::Sender<Health>,
+    cancel: CancellationToken,
+) where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
+{
+    tokio::spawn(async move {
+        let cfg = watcher::Config::default().any_semantic().page_size(500);
+        let mut stream = watcher(api, cfg).boxed();
+        // Only the uids of the current relist are kept, never objects.
+        let mut seen: Vec<String> = Vec::new();
+        loop {
+            let ev = tokio::select! {
+                ev = stream.next() => ev,
+                _ = cancel.cancelled() => return,
+            };
+            let Some(ev) = ev else {
+                let _ = health.send(Health::Failed(kind, "watch stream ended".into())).await;
+                return;
+            };
+            let op = match ev {
+                Ok(watcher::Event::Init) => {
+                    seen.clear();
+                    continue;
+                }
+                Ok(watcher::Event::InitApply(o)) => {
+                    let rows = to_rows(&ctx, &o);
+                    seen.push(rows.uid.clone());
+                    Op::Upsert { kind, context: ctx.clone(), rows }
+                }
+                Ok(watcher::Event::InitDone) => {
+                    let keep = std::mem::take(&mut seen);
+                    if tx.send(Op::Sweep { kind, context: ctx.clone(), keep }).await.is_err() {
+                        return;
+                    }
+                    let _ = health.send(Health::InitDone(kind)).await;
+                    continue;
+                }
+                Ok(watcher::Event::Apply(o)) => Op::Upsert { kind, context: ctx.clone(), rows: to_rows(&ctx, &o) },
+                Ok(watcher::Event::Delete(o)) => Op::Delete {
+                    kind,
+                    context: ctx.clone(),
+                    uid: o.meta().uid.clone().unwrap_or_default(),
+                },
+                // The watcher recovers from these by itself: a 410 makes it relist, a broken
+                // stream makes it watch again from the last resource version.
+                Err(watcher::Error::WatchError(s)) if s.code == 410 => continue,
+                Err(e @ (watcher::Error::WatchFailed(_) | watcher::Error::WatchError(_))) => {
+                    tracing::debug!(context = %ctx, kind = kind.table(), error = %crate::describe(&e), "watch interrupted; resuming");
+                    continue;
+                }
+                // Failing to list or to start a watch means the cluster is not reachable (or
+                // refuses us): the supervisor reports it and reconnects with backoff.
+                Err(e) => {
+                    let msg = match &e {
+                        watcher::Error::InitialListFailed(k) | watcher::Error::WatchStartFailed(k) => classify(k),
+                        other => crate::describe(other),
+                    };
+                    let _ = health.send(Health::Failed(kind, msg)).await;
+                    return;
+                }
+            };
+            if tx.send(op).await.is_err() {
+                return;
+            }
+        }
+    });
+}

@@ -1,0 +1,79 @@
+//! Versioned DuckDB migrations. Each is applied once, in order, and recorded in `kq_meta`;
+//! a database written by a newer kq is refused rather than guessed at.
+
+use crate::catalog::{CATALOG, Table};
+
+/// One schema migration.
+pub struct Migration {
+    pub version: u32,
+    pub description: &'static str,
+    /// The SQL to run, built from the catalog as it stood for this version.
+    pub sql: fn() -> String,
+}
+
+/// The schema version this build writes.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Every migration, oldest first.
+pub static MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    description: "contexts, namespaces, nodes, pods and containers",
+    sql: v1,
+}];
+
+fn v1() -> String {
+    CATALOG
+        .iter()
+        .map(create_table_sql)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// `CREATE TABLE` for a catalog table, with its descriptions as DuckDB comments so that
+/// `duckdb_columns()` shows them too.
+pub fn create_table_sql(t: &Table) -> String {
+    let cols: Vec<String> = t
+        .columns
+        .iter()
+        .map(|c| format!("  {} {}", quote(c.name), c.sql_type))
+        .collect();
+    let mut sql = format!("CREATE TABLE {} (\n{}\n);\n", t.name, cols.join(",\n"));
+    sql.push_str(&format!("COMMENT ON TABLE {} IS '{}';\n", t.name, t.description.replace('\'', "''")));
+    for c in t.columns {
+        sql.push_str(&format!(
+            "COMMENT ON COLUMN {}.{} IS '{}';\n",
+            t.name,
+            quote(c.name),
+            c.description.replace('\'', "''")
+        ));
+    }
+    sql
+}
+
+fn quote(ident: &str) -> String {
+    format!("\"{ident}\"")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrations_are_numbered_in_order_up_to_the_schema_version() {
+        for (i, m) in MIGRATIONS.iter().enumerate() {
+            assert_eq!(m.version as usize, i + 1);
+        }
+        assert_eq!(MIGRATIONS.last().unwrap().version, SCHEMA_VERSION);
+    }
+
+    #[test]
+    fn every_table_has_unique_documented_columns() {
+        for t in CATALOG {
+            let mut names: Vec<_> = t.columns.iter().map(|c| c.name).collect();
+            names.sort();
+            names.dedup();
+            assert_eq!(names.len(), t.columns.len(), "duplicate column in {}", t.name);
+            assert!(t.columns.iter().all(|c| !c.description.is_empty()));
+        }
+    }
+}

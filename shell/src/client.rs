@@ -1,0 +1,117 @@
+//! The Flight SQL client: connects to kqd's Unix socket and runs one statement at a time.
+
+use std::path::{Path, PathBuf};
+
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+use arrow_flight::decode::FlightRecordBatchStream;
+use arrow_flight::error::FlightError;
+use arrow_flight::flight_service_client::FlightServiceClient;
+use arrow_flight::sql::{CommandStatementQuery, ProstMessageExt as _};
+use arrow_flight::FlightDescriptor;
+use futures::TryStreamExt as _;
+use hyper_util::rt::TokioIo;
+use prost::Message as _;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+/// What went wrong, worded for the person at the prompt.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("kqd is not running at {socket} — start it with `kqd` (or `systemctl --user start kqd`): {reason}")]
+    NotRunning { socket: PathBuf, reason: String },
+    #[error("your SQL is wrong: {0}")]
+    Sql(String),
+    #[error("{0}")]
+    ReadOnly(String),
+    #[error("kqd failed: {0}")]
+    Server(String),
+}
+
+impl ClientError {
+    /// 2 when kqd cannot be reached, 1 for everything else.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            ClientError::NotRunning { .. } => 2,
+            _ => 1,
+        }
+    }
+
+    fn from_status(s: tonic::Status, socket: &Path) -> ClientError {
+        match s.code() {
+            tonic::Code::InvalidArgument => ClientError::Sql(s.message().to_string()),
+            tonic::Code::PermissionDenied => ClientError::ReadOnly(s.message().to_string()),
+            tonic::Code::Unavailable => ClientError::NotRunning { socket: socket.to_path_buf(), reason: s.message().to_string() },
+            _ => ClientError::Server(s.message().to_string()),
+        }
+    }
+}
+
+/// The result of one statement.
+pub struct QueryResult {
+    pub schema: SchemaRef,
+    pub batches: Vec<RecordBatch>,
+}
+
+impl QueryResult {
+    pub fn rows(&self) -> usize {
+        self.batches.iter().map(|b| b.num_rows()).sum()
+    }
+}
+
+/// A connection to kqd.
+pub struct Client {
+    inner: FlightServiceClient<Channel>,
+    socket: PathBuf,
+}
+
+impl Client {
+    /// Connects to the socket; fails at once when nothing listens there.
+    pub async fn connect(socket: &Path) -> Result<Client, ClientError> {
+        let not_running = |reason: String| ClientError::NotRunning { socket: socket.to_path_buf(), reason };
+        // Probe first, so a missing daemon is reported plainly rather than as a gRPC error.
+        tokio::net::UnixStream::connect(socket).await.map_err(|e| not_running(e.to_string()))?;
+        let path = socket.to_path_buf();
+        let channel = Endpoint::try_from("http://kqd.local")
+            .map_err(|e| not_running(e.to_string()))?
+            .connect_with_connector(tower::service_fn(move |_: Uri| {
+                let path = path.clone();
+                async move { Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?)) }
+            }))
+            .await
+            .map_err(|e| not_running(e.to_string()))?;
+        let inner = FlightServiceClient::new(channel).max_decoding_message_size(64 << 20);
+        Ok(Client { inner, socket: socket.to_path_buf() })
+    }
+
+    /// Runs one statement and collects its result.
+    pub async fn query(&mut self, sql: &str) -> Result<QueryResult, ClientError> {
+        let cmd = CommandStatementQuery { query: sql.to_string(), transaction_id: None };
+        let descriptor = FlightDescriptor::new_cmd(cmd.as_any().encode_to_vec());
+        let info = self
+            .inner
+            .get_flight_info(descriptor)
+            .await
+            .map_err(|s| ClientError::from_status(s, &self.socket))?
+            .into_inner();
+        let schema: SchemaRef = std::sync::Arc::new(
+            info.clone().try_decode_schema().map_err(|e| ClientError::Server(format!("bad schema from kqd: {e}")))?,
+        );
+        let mut batches = Vec::new();
+        for ep in info.endpoint {
+            let Some(ticket) = ep.ticket else { continue };
+            let stream = self
+                .inner
+                .do_get(ticket)
+                .await
+                .map_err(|s| ClientError::from_status(s, &self.socket))?
+                .into_inner();
+            let decoded = FlightRecordBatchStream::new_from_flight_data(stream.map_err(|s| FlightError::Tonic(Box::new(s))));
+            let got: Vec<RecordBatch> = decoded.try_collect().await.map_err(|e| match e {
+                FlightError::Tonic(s) => ClientError::from_status(*s, &self.socket),
+                other => ClientError::Server(other.to_string()),
+            })?;
+            batches.extend(got);
+        }
+        Ok(QueryResult { schema, batches })
+    }
+}

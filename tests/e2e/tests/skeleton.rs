@@ -1,0 +1,201 @@
+//! kqd and kq end to end against the simulator: counts, live changes, crash recovery, a
+//! context that is down, read-only enforcement, and a Flight SQL client that is not kq.
+
+use std::time::{Duration, Instant};
+
+use kq_e2e::{Env, eventually, sim_container_count, sim_pod_uids};
+use kube_sim::scenario;
+
+fn expected_counts(env: &Env) -> String {
+    let mut s = String::from("context,count_star()\n");
+    for c in &env.fleet.clusters {
+        s.push_str(&format!("{},{}\n", c.name, sim_pod_uids(c).len()));
+    }
+    s
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kq_prints_exactly_the_simulators_pod_counts() {
+    let env = Env::start(2, 120).await;
+    let _kqd = env.kqd().await;
+    let sql = "select context, count(*) from pods group by 1 order by 1";
+    env.wait_csv(sql, &expected_counts(&env), Duration::from_secs(30)).await.unwrap();
+    let want = format!("{}\n", env.fleet.clusters.iter().map(|c| sim_container_count(c)).sum::<usize>());
+    let got = env.csv("select count(*) from containers").await.unwrap();
+    assert_eq!(got.lines().nth(1).map(|l| format!("{l}\n")), Some(want));
+    // Every context is ready, with its version and object count.
+    env.wait_csv(
+        "select name, state, server_version is not null, object_count > 0 from contexts order by 1",
+        "name,state,(server_version IS NOT NULL),(object_count > 0)\nsim-1,ready,true,true\nsim-2,ready,true,true\n",
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pod_created_or_deleted_shows_within_two_seconds() {
+    let env = Env::start(2, 30).await;
+    let _kqd = env.kqd().await;
+    env.wait_csv("select context, count(*) from pods group by 1 order by 1", &expected_counts(&env), Duration::from_secs(30))
+        .await
+        .unwrap();
+    let c = &env.fleet.clusters[1];
+    let started = Instant::now();
+    scenario::create_pod(&c.store, "default", "e2e-new", "nginx:1.27").unwrap();
+    env.wait_csv(
+        "select p.context, p.name, c.name, c.image from pods p join containers c on c.context = p.context and c.pod_uid = p.uid where p.name = 'e2e-new'",
+        "context,name,name_1,image\nsim-2,e2e-new,main,nginx:1.27\n",
+        Duration::from_secs(2),
+    )
+    .await
+    .unwrap();
+    let appeared = started.elapsed();
+    let started = Instant::now();
+    scenario::delete(&c.store, "v1", "Pod", "default", "e2e-new").unwrap();
+    env.wait_csv(
+        "select (select count(*) from pods where name = 'e2e-new') + (select count(*) from containers where pod = 'e2e-new') as n",
+        "n\n0\n",
+        Duration::from_secs(2),
+    )
+    .await
+    .unwrap();
+    eprintln!("appeared after {appeared:?}, disappeared after {:?}", started.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_mid_ingest_then_restart_converges_to_the_truth() {
+    let env = Env::start(2, 3000).await;
+    let kqd = env.kqd().await;
+    // Kill as soon as some, but not all, pods are in.
+    let mut partial = false;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if let Ok(out) = env.csv("select count(*) from pods").await {
+            let n: usize = out.lines().nth(1).and_then(|l| l.parse().ok()).unwrap_or(0);
+            if n > 0 {
+                partial = n < 6000;
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    drop(kqd); // SIGKILL
+    // While kqd is down, the clusters change: deletes it must notice, and new pods.
+    let c = &env.fleet.clusters[0];
+    let rt = c.store.resolve_kind("v1", "Pod").unwrap();
+    let victims: Vec<_> = c.store.list(&rt, &Default::default(), Some(25), None).unwrap().items;
+    for p in &victims {
+        c.store.delete(&rt, &p.namespace, &p.name).unwrap();
+    }
+    scenario::create_pod(&c.store, "default", "born-while-down", "redis:7").unwrap();
+    let _kqd = env.kqd().await;
+    env.wait_csv("select context, count(*) from pods group by 1 order by 1", &expected_counts(&env), Duration::from_secs(60))
+        .await
+        .unwrap();
+    for c in &env.fleet.clusters {
+        let got = env.csv(&format!("select uid from pods where context = '{}' order by uid", c.name)).await.unwrap();
+        let got: Vec<&str> = got.lines().skip(1).collect();
+        assert_eq!(got, sim_pod_uids(c), "pods of {} differ from the simulator", c.name);
+    }
+    let want = env.fleet.clusters.iter().map(|c| sim_container_count(c)).sum::<usize>();
+    env.wait_csv("select count(*) from containers", &format!("count_star()\n{want}\n"), Duration::from_secs(10)).await.unwrap();
+    eprintln!("killed while partial: {partial}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_context_that_is_down_is_in_error_and_recovers() {
+    let env = Env::start(2, 40).await;
+    let down = env.fleet.clusters[1].clone();
+    down.set_offline(true);
+    let _kqd = env.kqd().await;
+    let up = &env.fleet.clusters[0];
+    env.wait_csv(
+        "select context, count(*) from pods group by 1 order by 1",
+        &format!("context,count_star()\n{},{}\n", up.name, sim_pod_uids(up).len()),
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap();
+    env.wait_csv(
+        "select name, state, error is not null and error <> '' from contexts order by 1",
+        "name,state,((error IS NOT NULL) AND (error != ''))\nsim-1,ready,false\nsim-2,error,true\n",
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap();
+    let err = env.csv("select error from contexts where name = 'sim-2'").await.unwrap();
+    assert!(err.contains("unreachable") || err.contains("onnect"), "the reason names the cause: {err}");
+    down.set_offline(false);
+    env.wait_csv("select name, state from contexts order by 1", "name,state\nsim-1,ready\nsim-2,ready\n", Duration::from_secs(45))
+        .await
+        .unwrap();
+    env.wait_csv("select context, count(*) from pods group by 1 order by 1", &expected_counts(&env), Duration::from_secs(10))
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn writes_through_kq_are_refused_and_change_nothing() {
+    let env = Env::start(1, 20).await;
+    let _kqd = env.kqd().await;
+    let sql = "select count(*) from pods";
+    env.wait_csv(sql, "count_star()\n20\n", Duration::from_secs(30)).await.unwrap();
+    for stmt in [
+        "insert into pods (context, name) values ('x', 'y')",
+        "delete from pods",
+        "drop table pods",
+        "update pods set name = 'z'",
+        "select 1; drop table pods",
+    ] {
+        let out = env.kq(&["-c", stmt]).await;
+        assert!(!out.status.success(), "{stmt} succeeded");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("read-only") || err.contains("one statement"), "{stmt}: {err}");
+    }
+    assert_eq!(env.csv(sql).await.unwrap(), "count_star()\n20\n");
+    // Exporting stays possible.
+    let file = env.dir.path().join("pods.csv");
+    let out = env.kq(&["-c", &format!("copy (select name from pods) to '{}' (header)", file.display())]).await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(std::fs::read_to_string(&file).unwrap().lines().count(), 21);
+    // Bad SQL is told apart from a missing daemon.
+    let out = env.kq(&["-c", "selec nonsense"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("your SQL is wrong"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flight_sql_client_that_is_not_kq_can_query() {
+    let env = Env::start(2, 15).await;
+    let _kqd = env.kqd().await;
+    env.wait_csv("select context, count(*) from pods group by 1 order by 1", &expected_counts(&env), Duration::from_secs(30))
+        .await
+        .unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/flight_client.py");
+    let out = std::process::Command::new("python3")
+        .arg(script)
+        .arg(&env.socket)
+        .arg("select context, count(*) as pods from pods group by 1 order by 1")
+        .output()
+        .expect("python3 runs");
+    assert!(out.status.success(), "pyarrow client failed: {}", String::from_utf8_lossy(&out.stderr));
+    let got = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(got, "\"context\",\"pods\"\n\"sim-1\",15\n\"sim-2\",15\n");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_flushes_closes_and_removes_the_socket() {
+    let env = Env::start(1, 10).await;
+    let kqd = env.kqd().await;
+    env.wait_csv("select count(*) from pods", "count_star()\n10\n", Duration::from_secs(30)).await.unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(&env.socket).unwrap().permissions().mode() & 0o777;
+    let dir_mode = std::fs::metadata(env.socket.parent().unwrap()).unwrap().permissions().mode() & 0o777;
+    assert_eq!((mode, dir_mode), (0o600, 0o700));
+    let status = kqd.terminate();
+    assert!(status.success(), "kqd exited with {status}");
+    assert!(!env.socket.exists(), "the socket is removed");
+    let sock = env.socket.clone();
+    assert!(eventually(Duration::from_secs(1), || !sock.exists()).await);
+}
