@@ -73,7 +73,7 @@ impl KqFlightSql {
             parked.retain(|_, (at, r)| {
                 let keep = at.elapsed() < PARK_TIMEOUT;
                 if !keep {
-                    r.interrupt.interrupt();
+                    r.cancel.cancel();
                 }
                 keep
             });
@@ -108,12 +108,13 @@ pub fn to_status(e: QueryError) -> Status {
 
 type DoGetStream = Pin<Box<dyn Stream<Item = Result<arrow_flight::FlightData, Status>> + Send + 'static>>;
 
-/// Interrupts the query when the client stops reading before the end.
-struct InterruptOnDrop(Arc<duckdb::InterruptHandle>);
+/// Cancels the query when the client stops reading before the end (after the end it is a
+/// no-op).
+struct CancelOnDrop(crate::query::Cancel);
 
-impl Drop for InterruptOnDrop {
+impl Drop for CancelOnDrop {
     fn drop(&mut self) {
-        self.0.interrupt();
+        self.0.cancel();
     }
 }
 
@@ -163,8 +164,8 @@ impl FlightSqlService for KqFlightSql {
             .unwrap_or_else(|e| e.into_inner())
             .remove(ticket.statement_handle.as_ref())
             .ok_or_else(|| Status::not_found("unknown or expired ticket: call GetFlightInfo again"))?;
-        let Running { schema, batches, interrupt } = running;
-        let guard = InterruptOnDrop(interrupt);
+        let Running { schema, batches, cancel } = running;
+        let guard = CancelOnDrop(cancel);
         let stream = futures::stream::unfold((batches, guard), |(mut rx, guard)| async move {
             let item = rx.recv().await?;
             Some((item.map_err(|e| FlightError::Tonic(Box::new(to_status(e)))), (rx, guard)))
@@ -180,7 +181,7 @@ impl FlightSqlService for KqFlightSql {
         // Prepared statements are stateless: the handle is the SQL itself. Starting it here
         // reports bad SQL at prepare time and gives clients the result schema.
         let running = self.engine.start(query.query.clone()).await.map_err(to_status)?;
-        running.interrupt.interrupt();
+        running.cancel.cancel();
         let IpcMessage(schema) = SchemaAsIpc::new(&running.schema, &IpcWriteOptions::default())
             .try_into()
             .map_err(|e: duckdb::arrow::error::ArrowError| Status::internal(e.to_string()))?;
@@ -283,7 +284,7 @@ impl FlightSqlService for KqFlightSql {
         let mut b = query.into_builder();
         for t in kq_schema::CATALOG {
             let running = self.engine.start(format!("SELECT * FROM main.{} LIMIT 0", t.name)).await.map_err(to_status)?;
-            running.interrupt.interrupt();
+            running.cancel.cancel();
             b.append(CATALOG, "main", t.name, "TABLE", &running.schema).map_err(Status::from)?;
         }
         let schema = b.schema();

@@ -50,7 +50,7 @@ pub enum Class {
 pub fn classify(sql: &str) -> Result<Class, QueryError> {
     let stmt = single_statement(sql)?;
     let keyword: String = stmt.chars().take_while(|c| c.is_ascii_alphabetic()).collect::<String>().to_ascii_uppercase();
-    if READ_KEYWORDS.contains(&keyword.as_str()) {
+    if READ_KEYWORDS.contains(&keyword.as_str()) || stmt.starts_with('(') {
         return Ok(Class::Read);
     }
     if keyword == "COPY" && stmt[4..].trim_start().starts_with('(') {
@@ -133,7 +133,24 @@ fn multiple() -> QueryError {
 pub struct Running {
     pub schema: SchemaRef,
     pub batches: mpsc::Receiver<Result<RecordBatch, QueryError>>,
-    pub interrupt: Arc<InterruptHandle>,
+    pub cancel: Cancel,
+}
+
+/// Stops a running query. It only ever interrupts the query it was made for: once that
+/// query has ended, its connection goes back to the pool and cancelling does nothing.
+#[derive(Clone)]
+pub struct Cancel(Arc<Mutex<Option<Arc<InterruptHandle>>>>);
+
+impl Cancel {
+    pub fn cancel(&self) {
+        if let Some(h) = self.0.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            h.interrupt();
+        }
+    }
+
+    fn finish(&self) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
 }
 
 /// Hands out read connections, reusing idle ones.
@@ -182,61 +199,63 @@ impl Engine {
         }
         let (schema_tx, schema_rx) = oneshot::channel();
         let (batch_tx, batch_rx) = mpsc::channel(4);
+        let cancel = Cancel(Arc::new(Mutex::new(Some(conn.interrupt_handle()))));
         let engine = self.clone();
+        let thread_cancel = cancel.clone();
         tokio::task::spawn_blocking(move || {
-            let interrupt = conn.interrupt_handle();
-            run_blocking(&conn, &sql, interrupt, schema_tx, batch_tx);
-            // Whatever happened, leave no transaction open on a pooled connection.
-            let _ = conn.execute_batch("ROLLBACK");
-            engine.give_back(conn);
+            let clean = run_blocking(&conn, &sql, schema_tx, batch_tx);
+            thread_cancel.finish();
+            // Only a connection that ended cleanly, with its transaction rolled back, is
+            // reused; any other is dropped.
+            if clean && conn.execute_batch("ROLLBACK").is_ok() {
+                engine.give_back(conn);
+            }
         });
-        schema_rx.await.map_err(|_| QueryError::Internal("the query thread stopped".into()))?
-            .map(|(schema, interrupt)| Running { schema, batches: batch_rx, interrupt })
+        schema_rx
+            .await
+            .map_err(|_| QueryError::Internal("the query thread stopped".into()))?
+            .map(|schema| Running { schema, batches: batch_rx, cancel })
     }
 }
 
-type SchemaResult = Result<(SchemaRef, Arc<InterruptHandle>), QueryError>;
-
+/// Runs the statement, sending its schema, then its batches. Returns whether it ran to the
+/// end without error or cancellation.
 fn run_blocking(
     conn: &Connection,
     sql: &str,
-    interrupt: Arc<InterruptHandle>,
-    schema_tx: oneshot::Sender<SchemaResult>,
+    schema_tx: oneshot::Sender<Result<SchemaRef, QueryError>>,
     batch_tx: mpsc::Sender<Result<RecordBatch, QueryError>>,
-) {
+) -> bool {
     if let Err(e) = conn.execute_batch("BEGIN TRANSACTION READ ONLY") {
         let _ = schema_tx.send(Err(QueryError::Internal(e.to_string())));
-        return;
+        return false;
     }
     let mut stmt = match conn.prepare(sql) {
         Ok(s) => s,
         Err(e) => {
             let _ = schema_tx.send(Err(sql_error(e)));
-            return;
+            return false;
         }
     };
     let stream = match stmt.stream_arrow([]) {
         Ok(s) => s,
         Err(e) => {
             let _ = schema_tx.send(Err(sql_error(e)));
-            return;
+            return false;
         }
     };
-    if schema_tx.send(Ok((stream.get_schema(), interrupt.clone()))).is_err() {
-        return;
+    if schema_tx.send(Ok(stream.get_schema())).is_err() {
+        return false;
     }
     for batch in stream {
         let item = batch.map_err(sql_error);
         let failed = item.is_err();
-        if batch_tx.blocking_send(item).is_err() {
-            // The client went away: stop DuckDB rather than compute what nobody reads.
-            interrupt.interrupt();
-            return;
-        }
-        if failed {
-            return;
+        // A closed channel means the client went away; stop here.
+        if batch_tx.blocking_send(item).is_err() || failed {
+            return false;
         }
     }
+    true
 }
 
 fn sql_error(e: duckdb::Error) -> QueryError {

@@ -35,7 +35,9 @@ def statement_query(sql: str) -> bytes:
 
 def main() -> int:
     socket, sql = sys.argv[1], sys.argv[2]
-    client = flight.connect(f"grpc+unix://{socket}")
+    # gRPC C++ sends the socket path as the HTTP/2 :authority for unix: targets, which
+    # strict HTTP/2 servers (hyper, so tonic, so kqd) reject; name a plain authority instead.
+    client = flight.connect(f"grpc+unix://{socket}", generic_options=[("grpc.default_authority", "localhost")])
     info = client.get_flight_info(flight.FlightDescriptor.for_command(statement_query(sql)))
     tables = [client.do_get(ep.ticket).read_all() for ep in info.endpoints]
     for t in tables:
