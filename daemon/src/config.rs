@@ -12,9 +12,15 @@ use crate::store::StoreOptions;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("config file {path} is invalid: {source}")]
-    Parse { path: PathBuf, source: toml::de::Error },
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
     #[error("environment variable {name} is invalid: {reason}")]
     Env { name: &'static str, reason: String },
 }
@@ -66,8 +72,14 @@ impl Config {
             None => default_file.exists().then_some(default_file),
         };
         if let Some(p) = file {
-            let text = std::fs::read_to_string(&p).map_err(|source| ConfigError::Read { path: p.clone(), source })?;
-            let f: FileConfig = toml::from_str(&text).map_err(|source| ConfigError::Parse { path: p.clone(), source })?;
+            let text = std::fs::read_to_string(&p).map_err(|source| ConfigError::Read {
+                path: p.clone(),
+                source,
+            })?;
+            let f: FileConfig = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+                path: p.clone(),
+                source,
+            })?;
             c.apply_file(f);
         }
         c.apply_env()?;

@@ -10,7 +10,7 @@ use crate::config::Config;
 use crate::flight::KqFlightSql;
 use crate::kubeconfig;
 use crate::query::Engine;
-use crate::store::{Op, Store};
+use crate::store::{Op, Opened, Store};
 use crate::watch;
 
 /// Why kqd could not start.
@@ -23,13 +23,20 @@ pub enum RunError {
     #[error("the store writer for {0} stopped unexpectedly; see the log above")]
     WriterStopped(std::path::PathBuf),
     #[error("query server on {path}: {source}")]
-    Serve { path: std::path::PathBuf, source: tonic::transport::Error },
+    Serve {
+        path: std::path::PathBuf,
+        source: tonic::transport::Error,
+    },
 }
 
 /// Runs kqd until `shutdown` fires.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunError> {
     let db_path = config.database_path();
-    let (store, tx, writer) = Store::open(&db_path, config.store.clone())?;
+    let Opened {
+        store,
+        ops: tx,
+        writer,
+    } = Store::open(&db_path, config.store.clone())?;
     tracing::info!(path = %db_path.display(), "opened the inventory");
 
     let listener = match crate::socket::from_systemd() {
@@ -56,7 +63,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
     let mut tasks = Vec::new();
     for spec in loaded.contexts {
         tracing::info!(context = %spec.info.name, server = %spec.info.server, "watching context");
-        tasks.push(tokio::spawn(watch::supervise(spec, merged.clone(), tx.clone(), watchers.clone())));
+        tasks.push(tokio::spawn(watch::supervise(
+            spec,
+            merged.clone(),
+            tx.clone(),
+            watchers.clone(),
+        )));
     }
 
     let engine = Arc::new(Engine::new(store.clone()));
@@ -66,7 +78,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
     let stop = shutdown.clone();
     let serve = tonic::transport::Server::builder()
         .add_service(service)
-        .serve_with_incoming_shutdown(crate::socket::incoming(listener), async move { stop.cancelled().await });
+        .serve_with_incoming_shutdown(crate::socket::incoming(listener), async move {
+            stop.cancelled().await
+        });
     tokio::pin!(serve);
     let mut writer_task = tokio::task::spawn_blocking(move || writer.join());
     // The writer only ends once every sender is gone; ending earlier means it failed, and
@@ -94,11 +108,18 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
     if writer_failed {
         return Err(RunError::WriterStopped(db_path));
     }
-    served.map_err(|source| RunError::Serve { path: config.socket.clone(), source })
+    served.map_err(|source| RunError::Serve {
+        path: config.socket.clone(),
+        source,
+    })
 }
 
 /// Contexts recorded by an earlier run that the kubeconfig no longer has: drop their rows.
-async fn remove_stale_contexts(store: &Store, tx: &tokio::sync::mpsc::Sender<Op>, loaded: &kubeconfig::Loaded) {
+async fn remove_stale_contexts(
+    store: &Store,
+    tx: &tokio::sync::mpsc::Sender<Op>,
+    loaded: &kubeconfig::Loaded,
+) {
     let known: Vec<String> = match store.reader() {
         Ok(conn) => conn
             .prepare("SELECT name FROM contexts")

@@ -7,22 +7,23 @@ use std::pin::Pin;
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
+use arrow::ipc::writer::IpcWriteOptions;
 use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::error::FlightError;
 use arrow_flight::flight_service_server::FlightService;
 use arrow_flight::sql::metadata::{SqlInfoData, SqlInfoDataBuilder};
 use arrow_flight::sql::server::{FlightSqlService, PeekableFlightDataStream};
 use arrow_flight::sql::{
-    ActionClosePreparedStatementRequest, ActionCreatePreparedStatementRequest, ActionCreatePreparedStatementResult,
-    Any, CommandGetCatalogs, CommandGetDbSchemas, CommandGetSqlInfo, CommandGetTables, CommandPreparedStatementQuery,
-    CommandStatementQuery, CommandStatementUpdate, ProstMessageExt, SqlInfo, TicketStatementQuery,
+    ActionClosePreparedStatementRequest, ActionCreatePreparedStatementRequest,
+    ActionCreatePreparedStatementResult, Any, CommandGetCatalogs, CommandGetDbSchemas,
+    CommandGetSqlInfo, CommandGetTables, CommandPreparedStatementQuery, CommandStatementQuery,
+    CommandStatementUpdate, ProstMessageExt, SqlInfo, TicketStatementQuery,
 };
 use arrow_flight::{
-    Action, FlightDescriptor, FlightEndpoint, FlightInfo, HandshakeRequest, HandshakeResponse, IpcMessage,
-    SchemaAsIpc, Ticket,
+    Action, FlightDescriptor, FlightEndpoint, FlightInfo, HandshakeRequest, HandshakeResponse,
+    IpcMessage, SchemaAsIpc, Ticket,
 };
 use duckdb::arrow::datatypes::Schema;
-use arrow::ipc::writer::IpcWriteOptions;
 use futures::{Stream, TryStreamExt as _};
 use prost::Message as _;
 use tonic::{Request, Response, Status, Streaming};
@@ -59,12 +60,19 @@ pub struct KqFlightSql {
 
 impl KqFlightSql {
     pub fn new(engine: Arc<Engine>) -> Self {
-        KqFlightSql { engine, parked: Arc::new(Mutex::new(HashMap::new())) }
+        KqFlightSql {
+            engine,
+            parked: Arc::new(Mutex::new(HashMap::new())),
+        }
     }
 
     /// Starts the query so that its schema (and any SQL error) is known at GetFlightInfo,
     /// parks it, and returns a FlightInfo whose ticket DoGet redeems.
-    async fn plan(&self, sql: String, descriptor: FlightDescriptor) -> Result<Response<FlightInfo>, Status> {
+    async fn plan(
+        &self,
+        sql: String,
+        descriptor: FlightDescriptor,
+    ) -> Result<Response<FlightInfo>, Status> {
         let running = self.engine.start(sql).await.map_err(to_status)?;
         let schema = running.schema.clone();
         let handle = uuid_bytes();
@@ -79,8 +87,11 @@ impl KqFlightSql {
             });
             parked.insert(handle.clone(), (Instant::now(), running));
         }
-        let ticket = TicketStatementQuery { statement_handle: handle.into() };
-        let endpoint = FlightEndpoint::new().with_ticket(Ticket::new(ticket.as_any().encode_to_vec()));
+        let ticket = TicketStatementQuery {
+            statement_handle: handle.into(),
+        };
+        let endpoint =
+            FlightEndpoint::new().with_ticket(Ticket::new(ticket.as_any().encode_to_vec()));
         let info = FlightInfo::new()
             .try_with_schema(&schema)
             .map_err(|e| Status::internal(format!("encoding the schema: {e}")))?
@@ -106,7 +117,8 @@ pub fn to_status(e: QueryError) -> Status {
     }
 }
 
-type DoGetStream = Pin<Box<dyn Stream<Item = Result<arrow_flight::FlightData, Status>> + Send + 'static>>;
+type DoGetStream =
+    Pin<Box<dyn Stream<Item = Result<arrow_flight::FlightData, Status>> + Send + 'static>>;
 
 /// Cancels the query when the client stops reading before the end (after the end it is a
 /// no-op).
@@ -118,8 +130,26 @@ impl Drop for CancelOnDrop {
     }
 }
 
-fn encode(schema: Arc<Schema>, batches: impl Stream<Item = Result<duckdb::arrow::record_batch::RecordBatch, FlightError>> + Send + 'static) -> DoGetStream {
-    Box::pin(FlightDataEncoderBuilder::new().with_schema(schema).build(batches).map_err(Status::from))
+/// A metadata result: one batch.
+fn one_batch(
+    schema: Arc<Schema>,
+    batch: Result<duckdb::arrow::record_batch::RecordBatch, FlightError>,
+) -> DoGetStream {
+    encode(schema, futures::stream::once(async move { batch }))
+}
+
+fn encode(
+    schema: Arc<Schema>,
+    batches: impl Stream<Item = Result<duckdb::arrow::record_batch::RecordBatch, FlightError>>
+    + Send
+    + 'static,
+) -> DoGetStream {
+    Box::pin(
+        FlightDataEncoderBuilder::new()
+            .with_schema(schema)
+            .build(batches)
+            .map_err(Status::from),
+    )
 }
 
 #[tonic::async_trait]
@@ -129,10 +159,18 @@ impl FlightSqlService for KqFlightSql {
     async fn do_handshake(
         &self,
         _request: Request<Streaming<HandshakeRequest>>,
-    ) -> Result<Response<Pin<Box<dyn Stream<Item = Result<HandshakeResponse, Status>> + Send>>>, Status> {
+    ) -> Result<
+        Response<Pin<Box<dyn Stream<Item = Result<HandshakeResponse, Status>> + Send>>>,
+        Status,
+    > {
         // The socket's permissions and the peer uid check are the authentication.
-        let resp = HandshakeResponse { protocol_version: 0, payload: Default::default() };
-        Ok(Response::new(Box::pin(futures::stream::once(async { Ok(resp) }))))
+        let resp = HandshakeResponse {
+            protocol_version: 0,
+            payload: Default::default(),
+        };
+        Ok(Response::new(Box::pin(futures::stream::once(async {
+            Ok(resp)
+        }))))
     }
 
     async fn get_flight_info_statement(
@@ -163,12 +201,21 @@ impl FlightSqlService for KqFlightSql {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(ticket.statement_handle.as_ref())
-            .ok_or_else(|| Status::not_found("unknown or expired ticket: call GetFlightInfo again"))?;
-        let Running { schema, batches, cancel } = running;
+            .ok_or_else(|| {
+                Status::not_found("unknown or expired ticket: call GetFlightInfo again")
+            })?;
+        let Running {
+            schema,
+            batches,
+            cancel,
+        } = running;
         let guard = CancelOnDrop(cancel);
         let stream = futures::stream::unfold((batches, guard), |(mut rx, guard)| async move {
             let item = rx.recv().await?;
-            Some((item.map_err(|e| FlightError::Tonic(Box::new(to_status(e)))), (rx, guard)))
+            Some((
+                item.map_err(|e| FlightError::Tonic(Box::new(to_status(e)))),
+                (rx, guard),
+            ))
         });
         Ok(Response::new(encode(schema, stream)))
     }
@@ -180,7 +227,11 @@ impl FlightSqlService for KqFlightSql {
     ) -> Result<ActionCreatePreparedStatementResult, Status> {
         // Prepared statements are stateless: the handle is the SQL itself. Starting it here
         // reports bad SQL at prepare time and gives clients the result schema.
-        let running = self.engine.start(query.query.clone()).await.map_err(to_status)?;
+        let running = self
+            .engine
+            .start(query.query.clone())
+            .await
+            .map_err(to_status)?;
         running.cancel.cancel();
         let IpcMessage(schema) = SchemaAsIpc::new(&running.schema, &IpcWriteOptions::default())
             .try_into()
@@ -205,7 +256,9 @@ impl FlightSqlService for KqFlightSql {
         _ticket: CommandStatementUpdate,
         _request: Request<PeekableFlightDataStream>,
     ) -> Result<i64, Status> {
-        Err(Status::permission_denied("read-only: the inventory is written only by kqd"))
+        Err(Status::permission_denied(
+            "read-only: the inventory is written only by kqd",
+        ))
     }
 
     async fn get_flight_info_sql_info(
@@ -224,7 +277,7 @@ impl FlightSqlService for KqFlightSql {
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
         let b = query.into_builder(&SQL_INFO);
         let schema = b.schema();
-        Ok(Response::new(encode(schema, futures::stream::once(async move { b.build().map_err(FlightError::from) }))))
+        Ok(Response::new(one_batch(schema, b.build())))
     }
 
     async fn get_flight_info_catalogs(
@@ -232,7 +285,7 @@ impl FlightSqlService for KqFlightSql {
         query: CommandGetCatalogs,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let schema = query.clone().into_builder().schema();
+        let schema = query.into_builder().schema();
         metadata_info(query.as_any(), &schema, request.into_inner())
     }
 
@@ -244,7 +297,7 @@ impl FlightSqlService for KqFlightSql {
         let mut b = query.into_builder();
         b.append(CATALOG);
         let schema = b.schema();
-        Ok(Response::new(encode(schema, futures::stream::once(async move { b.build().map_err(FlightError::from) }))))
+        Ok(Response::new(one_batch(schema, b.build())))
     }
 
     async fn get_flight_info_schemas(
@@ -264,7 +317,7 @@ impl FlightSqlService for KqFlightSql {
         let mut b = query.into_builder();
         b.append(CATALOG, "main");
         let schema = b.schema();
-        Ok(Response::new(encode(schema, futures::stream::once(async move { b.build().map_err(FlightError::from) }))))
+        Ok(Response::new(one_batch(schema, b.build())))
     }
 
     async fn get_flight_info_tables(
@@ -283,18 +336,27 @@ impl FlightSqlService for KqFlightSql {
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
         let mut b = query.into_builder();
         for t in kq_schema::CATALOG {
-            let running = self.engine.start(format!("SELECT * FROM main.{} LIMIT 0", t.name)).await.map_err(to_status)?;
+            let running = self
+                .engine
+                .start(format!("SELECT * FROM main.{} LIMIT 0", t.name))
+                .await
+                .map_err(to_status)?;
             running.cancel.cancel();
-            b.append(CATALOG, "main", t.name, "TABLE", &running.schema).map_err(Status::from)?;
+            b.append(CATALOG, "main", t.name, "TABLE", &running.schema)
+                .map_err(Status::from)?;
         }
         let schema = b.schema();
-        Ok(Response::new(encode(schema, futures::stream::once(async move { b.build().map_err(FlightError::from) }))))
+        Ok(Response::new(one_batch(schema, b.build())))
     }
 
     async fn register_sql_info(&self, _id: i32, _result: &SqlInfo) {}
 }
 
-fn metadata_info(cmd: Any, schema: &Schema, descriptor: FlightDescriptor) -> Result<Response<FlightInfo>, Status> {
+fn metadata_info(
+    cmd: Any,
+    schema: &Schema,
+    descriptor: FlightDescriptor,
+) -> Result<Response<FlightInfo>, Status> {
     let endpoint = FlightEndpoint::new().with_ticket(Ticket::new(cmd.encode_to_vec()));
     let info = FlightInfo::new()
         .try_with_schema(schema)

@@ -13,9 +13,15 @@ use crate::store::ContextInfo;
 #[derive(Debug, thiserror::Error)]
 pub enum ContextError {
     #[error("context {context}: {source}")]
-    Config { context: String, source: kube::config::KubeconfigError },
+    Config {
+        context: String,
+        source: kube::config::KubeconfigError,
+    },
     #[error("context {context}: cannot build a client: {source}")]
-    Client { context: String, source: kube::Error },
+    Client {
+        context: String,
+        source: kube::Error,
+    },
 }
 
 /// One context to watch.
@@ -41,7 +47,9 @@ pub fn kubeconfig_paths(explicit: &[PathBuf]) -> Vec<PathBuf> {
         return explicit.to_vec();
     }
     match std::env::var_os("KUBECONFIG").filter(|v| !v.is_empty()) {
-        Some(v) => std::env::split_paths(&v).filter(|p| !p.as_os_str().is_empty()).collect(),
+        Some(v) => std::env::split_paths(&v)
+            .filter(|p| !p.as_os_str().is_empty())
+            .collect(),
         None => vec![kq_schema::paths::home().join(".kube/config")],
     }
 }
@@ -49,7 +57,10 @@ pub fn kubeconfig_paths(explicit: &[PathBuf]) -> Vec<PathBuf> {
 /// Reads and merges the files. A file that is missing or broken is reported and skipped;
 /// the others still count.
 pub fn load(paths: &[PathBuf]) -> Loaded {
-    let mut out = Loaded { files: paths.to_vec(), ..Default::default() };
+    let mut out = Loaded {
+        files: paths.to_vec(),
+        ..Default::default()
+    };
     let mut merged: Option<Kubeconfig> = None;
     for path in paths {
         let kc = match read(path) {
@@ -121,7 +132,9 @@ fn read(path: &Path) -> Result<Option<Kubeconfig>, String> {
         Err(e) => return Err(e.to_string()),
         Ok(_) => {}
     }
-    Kubeconfig::read_from(path).map(Some).map_err(|e| crate::describe(&e))
+    Kubeconfig::read_from(path)
+        .map(Some)
+        .map_err(|e| crate::describe(&e))
 }
 
 /// Builds the client for one context of the merged kubeconfig.
@@ -133,10 +146,19 @@ pub async fn client_for(merged: &Kubeconfig, context: &str) -> Result<kube::Clie
             exec.interactive_mode = Some(ExecInteractiveMode::Never);
         }
     }
-    let opts = KubeConfigOptions { context: Some(context.to_string()), ..Default::default() };
+    let opts = KubeConfigOptions {
+        context: Some(context.to_string()),
+        ..Default::default()
+    };
     let mut cfg = kube::Config::from_custom_kubeconfig(kc, &opts)
         .await
-        .map_err(|source| ContextError::Config { context: context.to_string(), source })?;
+        .map_err(|source| ContextError::Config {
+            context: context.to_string(),
+            source,
+        })?;
     cfg.connect_timeout = Some(Duration::from_secs(10));
-    kube::Client::try_from(cfg).map_err(|source| ContextError::Client { context: context.to_string(), source })
+    kube::Client::try_from(cfg).map_err(|source| ContextError::Client {
+        context: context.to_string(),
+        source,
+    })
 }

@@ -47,7 +47,8 @@ fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_new(&config.log_level).context("--log-level is not a valid filter")?,
+            tracing_subscriber::EnvFilter::try_new(&config.log_level)
+                .context("--log-level is not a valid filter")?,
         )
         .init();
     let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;

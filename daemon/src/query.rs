@@ -24,15 +24,59 @@ pub enum QueryError {
 
 /// Statements that only read. `COPY` is allowed only as `COPY (query) TO …`.
 const READ_KEYWORDS: &[&str] = &[
-    "SELECT", "WITH", "FROM", "VALUES", "TABLE", "DESCRIBE", "SHOW", "SUMMARIZE", "EXPLAIN", "PIVOT", "UNPIVOT",
+    "SELECT",
+    "WITH",
+    "FROM",
+    "VALUES",
+    "TABLE",
+    "DESCRIBE",
+    "SHOW",
+    "SUMMARIZE",
+    "EXPLAIN",
+    "PIVOT",
+    "UNPIVOT",
 ];
 
 /// Statements that write, or change the session or the database outside any transaction.
 const WRITE_KEYWORDS: &[&str] = &[
-    "INSERT", "UPDATE", "DELETE", "MERGE", "UPSERT", "TRUNCATE", "CREATE", "DROP", "ALTER", "COMMENT", "ATTACH",
-    "DETACH", "USE", "SET", "RESET", "PRAGMA", "INSTALL", "LOAD", "FORCE", "UPDATE", "CHECKPOINT", "VACUUM",
-    "ANALYZE", "EXPORT", "IMPORT", "CALL", "BEGIN", "START", "COMMIT", "END", "ROLLBACK", "ABORT", "GRANT",
-    "REVOKE", "PREPARE", "EXECUTE", "DEALLOCATE", "COPY",
+    "INSERT",
+    "UPDATE",
+    "DELETE",
+    "MERGE",
+    "UPSERT",
+    "TRUNCATE",
+    "CREATE",
+    "DROP",
+    "ALTER",
+    "COMMENT",
+    "ATTACH",
+    "DETACH",
+    "USE",
+    "SET",
+    "RESET",
+    "PRAGMA",
+    "INSTALL",
+    "LOAD",
+    "FORCE",
+    "UPDATE",
+    "CHECKPOINT",
+    "VACUUM",
+    "ANALYZE",
+    "EXPORT",
+    "IMPORT",
+    "CALL",
+    "BEGIN",
+    "START",
+    "COMMIT",
+    "END",
+    "ROLLBACK",
+    "ABORT",
+    "GRANT",
+    "REVOKE",
+    "PREPARE",
+    "EXECUTE",
+    "DEALLOCATE",
+    "COPY",
 ];
 
 /// What [`classify`] makes of a statement.
@@ -49,7 +93,11 @@ pub enum Class {
 /// Classifies one statement by its first keyword.
 pub fn classify(sql: &str) -> Result<Class, QueryError> {
     let stmt = single_statement(sql)?;
-    let keyword: String = stmt.chars().take_while(|c| c.is_ascii_alphabetic()).collect::<String>().to_ascii_uppercase();
+    let keyword: String = stmt
+        .chars()
+        .take_while(|c| c.is_ascii_alphabetic())
+        .collect::<String>()
+        .to_ascii_uppercase();
     if READ_KEYWORDS.contains(&keyword.as_str()) || stmt.starts_with('(') {
         return Ok(Class::Read);
     }
@@ -161,14 +209,19 @@ pub struct Engine {
 
 impl Engine {
     pub fn new(store: Arc<Store>) -> Engine {
-        Engine { store, idle: Mutex::new(Vec::new()) }
+        Engine {
+            store,
+            idle: Mutex::new(Vec::new()),
+        }
     }
 
     fn connection(&self) -> Result<Connection, QueryError> {
         if let Some(c) = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop() {
             return Ok(c);
         }
-        self.store.reader().map_err(|e| QueryError::Internal(e.to_string()))
+        self.store
+            .reader()
+            .map_err(|e| QueryError::Internal(e.to_string()))
     }
 
     fn give_back(&self, c: Connection) {
@@ -214,7 +267,11 @@ impl Engine {
         schema_rx
             .await
             .map_err(|_| QueryError::Internal("the query thread stopped".into()))?
-            .map(|schema| Running { schema, batches: batch_rx, cancel })
+            .map(|schema| Running {
+                schema,
+                batches: batch_rx,
+                cancel,
+            })
     }
 }
 

@@ -73,8 +73,9 @@ fn json_of<T: serde::Serialize>(v: &Option<T>) -> Value {
 }
 
 fn time(t: &Option<Time>) -> Value {
-    t.as_ref()
-        .map_or(Value::Null, |t| Value::Timestamp(TimeUnit::Microsecond, t.0.as_microsecond()))
+    t.as_ref().map_or(Value::Null, |t| {
+        Value::Timestamp(TimeUnit::Microsecond, t.0.as_microsecond())
+    })
 }
 
 fn int(v: Option<i64>) -> Value {
@@ -97,10 +98,18 @@ pub fn namespace(ctx: &Arc<str>, ns: &Namespace) -> ObjectRows {
     let mut row = vec![Value::Text(ctx.to_string())];
     row.extend(common(&ns.metadata));
     row.push(text(ns.status.as_ref().and_then(|s| s.phase.as_deref())));
-    ObjectRows { uid: ns.metadata.uid.clone().unwrap_or_default(), row, children: vec![] }
+    ObjectRows {
+        uid: ns.metadata.uid.clone().unwrap_or_default(),
+        row,
+        children: vec![],
+    }
 }
 
-fn quantity_of(m: Option<&BTreeMap<String, Quantity>>, key: &str, f: fn(&str) -> Option<i64>) -> Value {
+fn quantity_of(
+    m: Option<&BTreeMap<String, Quantity>>,
+    key: &str,
+    f: fn(&str) -> Option<i64>,
+) -> Value {
     int(m.and_then(|m| m.get(key)).and_then(|q| f(&q.0)))
 }
 
@@ -137,22 +146,32 @@ pub fn node(ctx: &Arc<str>, n: &Node) -> ObjectRows {
         quantity_of(alloc, "memory", quantity::bytes),
         json_of(&status.and_then(|s| s.conditions.clone())),
         json_of(&spec.and_then(|s| s.taints.clone())),
-        Value::Int(status.and_then(|s| s.images.as_ref()).map_or(0, |i| i.len() as i32)),
+        Value::Int(
+            status
+                .and_then(|s| s.images.as_ref())
+                .map_or(0, |i| i.len() as i32),
+        ),
     ]);
-    ObjectRows { uid: n.metadata.uid.clone().unwrap_or_default(), row, children: vec![] }
+    ObjectRows {
+        uid: n.metadata.uid.clone().unwrap_or_default(),
+        row,
+        children: vec![],
+    }
 }
 
 pub fn pod(ctx: &Arc<str>, p: &Pod) -> ObjectRows {
     let meta = &p.metadata;
     let spec = p.spec.as_ref();
     let status = p.status.as_ref();
-    let owner = meta
-        .owner_references
-        .as_ref()
-        .and_then(|o| o.iter().find(|o| o.controller == Some(true)).or_else(|| o.first()));
-    let statuses = |f: fn(&k8s_openapi::api::core::v1::PodStatus) -> Option<&Vec<ContainerStatus>>| {
-        status.and_then(f).map(Vec::as_slice).unwrap_or_default()
-    };
+    let owner = meta.owner_references.as_ref().and_then(|o| {
+        o.iter()
+            .find(|o| o.controller == Some(true))
+            .or_else(|| o.first())
+    });
+    let statuses =
+        |f: fn(&k8s_openapi::api::core::v1::PodStatus) -> Option<&Vec<ContainerStatus>>| {
+            status.and_then(f).map(Vec::as_slice).unwrap_or_default()
+        };
     let app_statuses = statuses(|s| s.container_statuses.as_ref());
     let init_statuses = statuses(|s| s.init_container_statuses.as_ref());
     let eph_statuses = statuses(|s| s.ephemeral_container_statuses.as_ref());
@@ -190,20 +209,44 @@ pub fn pod(ctx: &Arc<str>, p: &Pod) -> ObjectRows {
     let uid = meta.uid.clone().unwrap_or_default();
     let pod_name = meta.name.clone().unwrap_or_default();
     let mut children = Vec::new();
-    let mut push = |kind: &str, name: &str, image: Option<&str>, res: Option<&k8s_openapi::api::core::v1::ResourceRequirements>, st: &[ContainerStatus]| {
+    let mut push = |kind: &str,
+                    name: &str,
+                    image: Option<&str>,
+                    res: Option<&k8s_openapi::api::core::v1::ResourceRequirements>,
+                    st: &[ContainerStatus]| {
         let cs = st.iter().find(|c| c.name == name);
-        children.push(container_row(ctx, &ns, &pod_name, &uid, kind, name, image, res, cs));
+        children.push(container_row(
+            ctx, &ns, &pod_name, &uid, kind, name, image, res, cs,
+        ));
     };
     if let Some(spec) = spec {
         for c in spec.init_containers.iter().flatten() {
-            push("init", &c.name, c.image.as_deref(), c.resources.as_ref(), init_statuses);
+            push(
+                "init",
+                &c.name,
+                c.image.as_deref(),
+                c.resources.as_ref(),
+                init_statuses,
+            );
         }
         for c in &spec.containers {
             let c: &Container = c;
-            push("container", &c.name, c.image.as_deref(), c.resources.as_ref(), app_statuses);
+            push(
+                "container",
+                &c.name,
+                c.image.as_deref(),
+                c.resources.as_ref(),
+                app_statuses,
+            );
         }
         for c in spec.ephemeral_containers.iter().flatten() {
-            push("ephemeral", &c.name, c.image.as_deref(), c.resources.as_ref(), eph_statuses);
+            push(
+                "ephemeral",
+                &c.name,
+                c.image.as_deref(),
+                c.resources.as_ref(),
+                eph_statuses,
+            );
         }
     }
     ObjectRows { uid, row, children }
@@ -223,8 +266,16 @@ fn container_row(
 ) -> Row {
     let state = cs.and_then(|c| c.state.as_ref());
     let (state_name, reason, started) = match state {
-        Some(s) if s.running.is_some() => ("running", None, s.running.as_ref().and_then(|r| r.started_at.clone())),
-        Some(s) if s.waiting.is_some() => ("waiting", s.waiting.as_ref().and_then(|w| w.reason.clone()), None),
+        Some(s) if s.running.is_some() => (
+            "running",
+            None,
+            s.running.as_ref().and_then(|r| r.started_at.clone()),
+        ),
+        Some(s) if s.waiting.is_some() => (
+            "waiting",
+            s.waiting.as_ref().and_then(|w| w.reason.clone()),
+            None,
+        ),
         Some(s) if s.terminated.is_some() => {
             let t = s.terminated.as_ref().expect("checked");
             ("terminated", t.reason.clone(), t.started_at.clone())

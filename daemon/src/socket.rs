@@ -12,13 +12,21 @@ use tokio_stream::wrappers::UnixListenerStream;
 #[derive(Debug, thiserror::Error)]
 pub enum SocketError {
     #[error("cannot create the socket directory {path}: {source}")]
-    Dir { path: PathBuf, source: std::io::Error },
-    #[error("the socket directory {path} belongs to uid {owner}, not to this user ({uid}); refusing to use it")]
+    Dir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "the socket directory {path} belongs to uid {owner}, not to this user ({uid}); refusing to use it"
+    )]
     NotOurs { path: PathBuf, owner: u32, uid: u32 },
     #[error("another kqd is already listening at {0}")]
     InUse(PathBuf),
     #[error("cannot listen at {path}: {source}")]
-    Bind { path: PathBuf, source: std::io::Error },
+    Bind {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 fn my_uid() -> u32 {
@@ -28,23 +36,44 @@ fn my_uid() -> u32 {
 /// Creates the directory (0700) and binds the socket (0600), replacing a stale one.
 pub async fn bind(path: &Path) -> Result<UnixListener, SocketError> {
     let dir = path.parent().unwrap_or(Path::new("/"));
-    std::fs::create_dir_all(dir).map_err(|source| SocketError::Dir { path: dir.to_path_buf(), source })?;
-    let meta = std::fs::metadata(dir).map_err(|source| SocketError::Dir { path: dir.to_path_buf(), source })?;
+    std::fs::create_dir_all(dir).map_err(|source| SocketError::Dir {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let meta = std::fs::metadata(dir).map_err(|source| SocketError::Dir {
+        path: dir.to_path_buf(),
+        source,
+    })?;
     let owner = std::os::unix::fs::MetadataExt::uid(&meta);
     if owner != my_uid() {
-        return Err(SocketError::NotOurs { path: dir.to_path_buf(), owner, uid: my_uid() });
+        return Err(SocketError::NotOurs {
+            path: dir.to_path_buf(),
+            owner,
+            uid: my_uid(),
+        });
     }
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-        .map_err(|source| SocketError::Dir { path: dir.to_path_buf(), source })?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(|source| {
+        SocketError::Dir {
+            path: dir.to_path_buf(),
+            source,
+        }
+    })?;
     if path.exists() {
         if UnixStream::connect(path).await.is_ok() {
             return Err(SocketError::InUse(path.to_path_buf()));
         }
         let _ = std::fs::remove_file(path);
     }
-    let listener = UnixListener::bind(path).map_err(|source| SocketError::Bind { path: path.to_path_buf(), source })?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .map_err(|source| SocketError::Bind { path: path.to_path_buf(), source })?;
+    let listener = UnixListener::bind(path).map_err(|source| SocketError::Bind {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|source| {
+        SocketError::Bind {
+            path: path.to_path_buf(),
+            source,
+        }
+    })?;
     Ok(listener)
 }
 

@@ -48,19 +48,38 @@ impl Backoff {
         let base = self.next;
         self.next = (self.next * 2).min(Self::MAX);
         // Up to 20 % jitter, so contexts that failed together do not retry in lockstep.
-        let jitter = (Instant::now().elapsed().subsec_nanos() as u64 ^ std::process::id() as u64) % 200;
+        let jitter =
+            (Instant::now().elapsed().subsec_nanos() as u64 ^ std::process::id() as u64) % 200;
         base + base * jitter as u32 / 1000
     }
 }
 
-async fn set_state(tx: &mpsc::Sender<Op>, name: &str, state: &'static str, error: Option<String>, version: Option<String>, synced: bool) {
+async fn set_state(
+    tx: &mpsc::Sender<Op>,
+    name: &str,
+    state: &'static str,
+    error: Option<String>,
+    version: Option<String>,
+    synced: bool,
+) {
     let _ = tx
-        .send(Op::ContextState(ContextState { name: name.to_string(), state, error, server_version: version, synced }))
+        .send(Op::ContextState(ContextState {
+            name: name.to_string(),
+            state,
+            error,
+            server_version: version,
+            synced,
+        }))
         .await;
 }
 
 /// Runs until `cancel` fires.
-pub async fn supervise(spec: ContextSpec, kubeconfig: Arc<Kubeconfig>, tx: mpsc::Sender<Op>, cancel: CancellationToken) {
+pub async fn supervise(
+    spec: ContextSpec,
+    kubeconfig: Arc<Kubeconfig>,
+    tx: mpsc::Sender<Op>,
+    cancel: CancellationToken,
+) {
     let name = spec.info.name.clone();
     let ctx: Arc<str> = Arc::from(name.as_str());
     let _ = tx.send(Op::ContextInfo(spec.info.clone())).await;
@@ -94,18 +113,46 @@ async fn connect_and_watch(
         Ok(c) => c,
         Err(e) => return crate::describe(&e),
     };
-    let version = match tokio::time::timeout(Duration::from_secs(15), client.apiserver_version()).await {
+    let version = match tokio::time::timeout(Duration::from_secs(15), client.apiserver_version())
+        .await
+    {
         Ok(Ok(v)) => v.git_version,
         Ok(Err(e)) => return classify(&e),
-        Err(_) => return "unreachable: the API server did not answer /version within 15 s".to_string(),
+        Err(_) => {
+            return "unreachable: the API server did not answer /version within 15 s".to_string();
+        }
     };
     set_state(tx, ctx, "syncing", None, Some(version.clone()), false).await;
     let (htx, mut hrx) = mpsc::channel(64);
     let child = cancel.child_token();
     let _stop = child.clone().drop_guard();
-    spawn_watch(Api::<Namespace>::all(client.clone()), Kind::Namespaces, ctx.clone(), rows::namespace, tx.clone(), htx.clone(), child.clone());
-    spawn_watch(Api::<Node>::all(client.clone()), Kind::Nodes, ctx.clone(), rows::node, tx.clone(), htx.clone(), child.clone());
-    spawn_watch(Api::<Pod>::all(client), Kind::Pods, ctx.clone(), rows::pod, tx.clone(), htx, child.clone());
+    spawn_watch(
+        Api::<Namespace>::all(client.clone()),
+        Kind::Namespaces,
+        ctx.clone(),
+        rows::namespace,
+        tx.clone(),
+        htx.clone(),
+        child.clone(),
+    );
+    spawn_watch(
+        Api::<Node>::all(client.clone()),
+        Kind::Nodes,
+        ctx.clone(),
+        rows::node,
+        tx.clone(),
+        htx.clone(),
+        child.clone(),
+    );
+    spawn_watch(
+        Api::<Pod>::all(client),
+        Kind::Pods,
+        ctx.clone(),
+        rows::pod,
+        tx.clone(),
+        htx,
+        child.clone(),
+    );
     let mut synced: HashSet<Kind> = HashSet::new();
     while let Some(h) = hrx.recv().await {
         match h {
@@ -133,7 +180,12 @@ fn classify(e: &kube::Error) -> String {
         kube::Error::Api(s) if s.code == 403 => "forbidden",
         kube::Error::Api(_) => "api error",
         _ if text.contains("certificate") || text.to_lowercase().contains("tls") => "tls",
-        _ if text.contains("onnection refused") || text.contains("timed out") || text.contains("dns") => "unreachable",
+        _ if text.contains("onnection refused")
+            || text.contains("timed out")
+            || text.contains("dns") =>
+        {
+            "unreachable"
+        }
         kube::Error::Auth(_) => "authentication",
         _ => "error",
     };
@@ -163,7 +215,9 @@ fn spawn_watch<K>(
                 _ = cancel.cancelled() => return,
             };
             let Some(ev) = ev else {
-                let _ = health.send(Health::Failed(kind, "watch stream ended".into())).await;
+                let _ = health
+                    .send(Health::Failed(kind, "watch stream ended".into()))
+                    .await;
                 return;
             };
             let op = match ev {
@@ -174,17 +228,33 @@ fn spawn_watch<K>(
                 Ok(watcher::Event::InitApply(o)) => {
                     let rows = to_rows(&ctx, &o);
                     seen.push(rows.uid.clone());
-                    Op::Upsert { kind, context: ctx.clone(), rows }
+                    Op::Upsert {
+                        kind,
+                        context: ctx.clone(),
+                        rows,
+                    }
                 }
                 Ok(watcher::Event::InitDone) => {
                     let keep = std::mem::take(&mut seen);
-                    if tx.send(Op::Sweep { kind, context: ctx.clone(), keep }).await.is_err() {
+                    if tx
+                        .send(Op::Sweep {
+                            kind,
+                            context: ctx.clone(),
+                            keep,
+                        })
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
                     let _ = health.send(Health::InitDone(kind)).await;
                     continue;
                 }
-                Ok(watcher::Event::Apply(o)) => Op::Upsert { kind, context: ctx.clone(), rows: to_rows(&ctx, &o) },
+                Ok(watcher::Event::Apply(o)) => Op::Upsert {
+                    kind,
+                    context: ctx.clone(),
+                    rows: to_rows(&ctx, &o),
+                },
                 Ok(watcher::Event::Delete(o)) => Op::Delete {
                     kind,
                     context: ctx.clone(),
@@ -201,7 +271,8 @@ fn spawn_watch<K>(
                 // refuses us): the supervisor reports it and reconnects with backoff.
                 Err(e) => {
                     let msg = match &e {
-                        watcher::Error::InitialListFailed(k) | watcher::Error::WatchStartFailed(k) => classify(k),
+                        watcher::Error::InitialListFailed(k)
+                        | watcher::Error::WatchStartFailed(k) => classify(k),
                         other => crate::describe(other),
                     };
                     let _ = health.send(Health::Failed(kind, msg)).await;

@@ -7,10 +7,17 @@ fn a_broken_config_file_is_named_in_the_error() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("config.toml");
     std::fs::write(&cfg, "data_dir = [not toml").unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_kqd")).arg("--config").arg(&cfg).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_kqd"))
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains(&format!("config file {} is invalid", cfg.display())), "{err}");
+    assert!(
+        err.contains(&format!("config file {} is invalid", cfg.display())),
+        "{err}"
+    );
 }
 
 #[test]
@@ -34,6 +41,9 @@ fn a_database_from_a_newer_kq_is_refused() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("schema version 999, newer than this kqd supports"), "{err}");
+    assert!(
+        err.contains("schema version 999, newer than this kqd supports"),
+        "{err}"
+    );
     assert!(err.contains(&db.display().to_string()), "{err}");
 }

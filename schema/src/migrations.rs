@@ -38,7 +38,11 @@ pub fn create_table_sql(t: &Table) -> String {
         .map(|c| format!("  {} {}", quote(c.name), c.sql_type))
         .collect();
     let mut sql = format!("CREATE TABLE {} (\n{}\n);\n", t.name, cols.join(",\n"));
-    sql.push_str(&format!("COMMENT ON TABLE {} IS '{}';\n", t.name, t.description.replace('\'', "''")));
+    sql.push_str(&format!(
+        "COMMENT ON TABLE {} IS '{}';\n",
+        t.name,
+        t.description.replace('\'', "''")
+    ));
     for c in t.columns {
         sql.push_str(&format!(
             "COMMENT ON COLUMN {}.{} IS '{}';\n",
@@ -72,7 +76,12 @@ mod tests {
             let mut names: Vec<_> = t.columns.iter().map(|c| c.name).collect();
             names.sort();
             names.dedup();
-            assert_eq!(names.len(), t.columns.len(), "duplicate column in {}", t.name);
+            assert_eq!(
+                names.len(),
+                t.columns.len(),
+                "duplicate column in {}",
+                t.name
+            );
             assert!(t.columns.iter().all(|c| !c.description.is_empty()));
         }
     }

@@ -10,9 +10,17 @@ pub const END: &str = "<!-- tables:end -->";
 pub fn markdown() -> String {
     let mut out = String::new();
     for t in CATALOG {
-        out.push_str(&format!("\n### `{}`\n\n{}\n\n| column | type | description |\n|---|---|---|\n", t.name, t.description));
+        out.push_str(&format!(
+            "\n### `{}`\n\n{}\n\n| column | type | description |\n|---|---|---|\n",
+            t.name, t.description
+        ));
         for c in t.columns {
-            out.push_str(&format!("| `{}` | {} | {} |\n", c.name, c.sql_type, c.description.replace('|', "\\|")));
+            out.push_str(&format!(
+                "| `{}` | {} | {} |\n",
+                c.name,
+                c.sql_type,
+                c.description.replace('|', "\\|")
+            ));
         }
     }
     out
@@ -26,7 +34,10 @@ mod tests {
     fn readme_table_reference_matches_the_catalog() {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md");
         let readme = std::fs::read_to_string(path).expect("README.md is at the repository root");
-        let start = readme.find(BEGIN).expect("README has the tables:begin marker") + BEGIN.len();
+        let start = readme
+            .find(BEGIN)
+            .expect("README has the tables:begin marker")
+            + BEGIN.len();
         let end = readme.find(END).expect("README has the tables:end marker");
         let want = format!("\n{}\n", markdown().trim());
         if readme[start..end] != want {
@@ -35,7 +46,9 @@ mod tests {
                 std::fs::write(path, fixed).expect("README.md is writable");
                 return;
             }
-            panic!("README.md's table reference is out of date; run KQ_BLESS=1 cargo test -p kq-schema");
+            panic!(
+                "README.md's table reference is out of date; run KQ_BLESS=1 cargo test -p kq-schema"
+            );
         }
     }
 }

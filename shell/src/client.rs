@@ -4,11 +4,11 @@ use std::path::{Path, PathBuf};
 
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
+use arrow_flight::FlightDescriptor;
 use arrow_flight::decode::FlightRecordBatchStream;
 use arrow_flight::error::FlightError;
 use arrow_flight::flight_service_client::FlightServiceClient;
 use arrow_flight::sql::{CommandStatementQuery, ProstMessageExt as _};
-use arrow_flight::FlightDescriptor;
 use futures::TryStreamExt as _;
 use hyper_util::rt::TokioIo;
 use prost::Message as _;
@@ -17,7 +17,9 @@ use tonic::transport::{Channel, Endpoint, Uri};
 /// What went wrong, worded for the person at the prompt.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("kqd is not running at {socket} — start it with `kqd` (or `systemctl --user start kqd`): {reason}")]
+    #[error(
+        "kqd is not running at {socket} — start it with `kqd` (or `systemctl --user start kqd`): {reason}"
+    )]
     NotRunning { socket: PathBuf, reason: String },
     #[error("your SQL is wrong: {0}")]
     Sql(String),
@@ -40,7 +42,10 @@ impl ClientError {
         match s.code() {
             tonic::Code::InvalidArgument => ClientError::Sql(s.message().to_string()),
             tonic::Code::PermissionDenied => ClientError::ReadOnly(s.message().to_string()),
-            tonic::Code::Unavailable => ClientError::NotRunning { socket: socket.to_path_buf(), reason: s.message().to_string() },
+            tonic::Code::Unavailable => ClientError::NotRunning {
+                socket: socket.to_path_buf(),
+                reason: s.message().to_string(),
+            },
             _ => ClientError::Server(s.message().to_string()),
         }
     }
@@ -67,25 +72,40 @@ pub struct Client {
 impl Client {
     /// Connects to the socket; fails at once when nothing listens there.
     pub async fn connect(socket: &Path) -> Result<Client, ClientError> {
-        let not_running = |reason: String| ClientError::NotRunning { socket: socket.to_path_buf(), reason };
+        let not_running = |reason: String| ClientError::NotRunning {
+            socket: socket.to_path_buf(),
+            reason,
+        };
         // Probe first, so a missing daemon is reported plainly rather than as a gRPC error.
-        tokio::net::UnixStream::connect(socket).await.map_err(|e| not_running(e.to_string()))?;
+        tokio::net::UnixStream::connect(socket)
+            .await
+            .map_err(|e| not_running(e.to_string()))?;
         let path = socket.to_path_buf();
         let channel = Endpoint::try_from("http://kqd.local")
             .map_err(|e| not_running(e.to_string()))?
             .connect_with_connector(tower::service_fn(move |_: Uri| {
                 let path = path.clone();
-                async move { Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?)) }
+                async move {
+                    Ok::<_, std::io::Error>(TokioIo::new(
+                        tokio::net::UnixStream::connect(path).await?,
+                    ))
+                }
             }))
             .await
             .map_err(|e| not_running(e.to_string()))?;
         let inner = FlightServiceClient::new(channel).max_decoding_message_size(64 << 20);
-        Ok(Client { inner, socket: socket.to_path_buf() })
+        Ok(Client {
+            inner,
+            socket: socket.to_path_buf(),
+        })
     }
 
     /// Runs one statement and collects its result.
     pub async fn query(&mut self, sql: &str) -> Result<QueryResult, ClientError> {
-        let cmd = CommandStatementQuery { query: sql.to_string(), transaction_id: None };
+        let cmd = CommandStatementQuery {
+            query: sql.to_string(),
+            transaction_id: None,
+        };
         let descriptor = FlightDescriptor::new_cmd(cmd.as_any().encode_to_vec());
         let info = self
             .inner
@@ -94,7 +114,9 @@ impl Client {
             .map_err(|s| ClientError::from_status(s, &self.socket))?
             .into_inner();
         let schema: SchemaRef = std::sync::Arc::new(
-            info.clone().try_decode_schema().map_err(|e| ClientError::Server(format!("bad schema from kqd: {e}")))?,
+            info.clone()
+                .try_decode_schema()
+                .map_err(|e| ClientError::Server(format!("bad schema from kqd: {e}")))?,
         );
         let mut batches = Vec::new();
         for ep in info.endpoint {
@@ -105,7 +127,9 @@ impl Client {
                 .await
                 .map_err(|s| ClientError::from_status(s, &self.socket))?
                 .into_inner();
-            let decoded = FlightRecordBatchStream::new_from_flight_data(stream.map_err(|s| FlightError::Tonic(Box::new(s))));
+            let decoded = FlightRecordBatchStream::new_from_flight_data(
+                stream.map_err(|s| FlightError::Tonic(Box::new(s))),
+            );
             let got: Vec<RecordBatch> = decoded.try_collect().await.map_err(|e| match e {
                 FlightError::Tonic(s) => ClientError::from_status(*s, &self.socket),
                 other => ClientError::Server(other.to_string()),

@@ -23,29 +23,47 @@ impl std::str::FromStr for Format {
             "csv" => Ok(Format::Csv),
             "json" => Ok(Format::Json),
             "jsonl" | "jsonlines" | "ndjson" => Ok(Format::Jsonl),
-            other => Err(format!("unknown mode {other:?}: use table, csv, json or jsonl")),
+            other => Err(format!(
+                "unknown mode {other:?}: use table, csv, json or jsonl"
+            )),
         }
     }
 }
 
 /// Writes a result in the given format.
-pub fn write(out: &mut dyn Write, r: &QueryResult, format: Format) -> Result<(), arrow::error::ArrowError> {
+pub fn write(
+    out: &mut dyn Write,
+    r: &QueryResult,
+    format: Format,
+) -> Result<(), arrow::error::ArrowError> {
     match format {
         Format::Table => {
             let opts = FormatOptions::default().with_null("NULL");
             if r.batches.is_empty() {
                 let empty = arrow::record_batch::RecordBatch::new_empty(r.schema.clone());
-                writeln!(out, "{}", arrow::util::pretty::pretty_format_batches_with_options(&[empty], &opts)?)?;
+                writeln!(
+                    out,
+                    "{}",
+                    arrow::util::pretty::pretty_format_batches_with_options(&[empty], &opts)?
+                )?;
             } else {
-                writeln!(out, "{}", arrow::util::pretty::pretty_format_batches_with_options(&r.batches, &opts)?)?;
+                writeln!(
+                    out,
+                    "{}",
+                    arrow::util::pretty::pretty_format_batches_with_options(&r.batches, &opts)?
+                )?;
             }
             let n = r.rows();
             writeln!(out, "({n} row{})", if n == 1 { "" } else { "s" })?;
         }
         Format::Csv => {
-            let mut w = arrow::csv::WriterBuilder::new().with_header(true).build(&mut *out);
+            let mut w = arrow::csv::WriterBuilder::new()
+                .with_header(true)
+                .build(&mut *out);
             if r.batches.is_empty() {
-                w.write(&arrow::record_batch::RecordBatch::new_empty(r.schema.clone()))?;
+                w.write(&arrow::record_batch::RecordBatch::new_empty(
+                    r.schema.clone(),
+                ))?;
             }
             for b in &r.batches {
                 w.write(b)?;

@@ -40,8 +40,14 @@ pub struct Args {
 
 /// Runs kq; returns the process exit status.
 pub fn run(args: Args) -> i32 {
-    let socket = args.socket.clone().unwrap_or_else(kq_schema::paths::default_socket);
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let socket = args
+        .socket
+        .clone()
+        .unwrap_or_else(kq_schema::paths::default_socket);
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("kq: cannot start: {e}");

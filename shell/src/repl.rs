@@ -16,14 +16,53 @@ use crate::client::Client;
 use crate::format::{self, Format};
 
 const KEYWORDS: &[&str] = &[
-    "SELECT", "FROM", "WHERE", "GROUP BY", "ORDER BY", "HAVING", "LIMIT", "JOIN", "LEFT JOIN", "ON", "AND", "OR",
-    "NOT", "IN", "LIKE", "ILIKE", "AS", "COUNT", "SUM", "AVG", "MIN", "MAX", "DISTINCT", "WITH", "DESC", "ASC",
-    "IS NULL", "IS NOT NULL", "CASE", "WHEN", "THEN", "ELSE", "END", "DESCRIBE", "SUMMARIZE", "COPY",
+    "SELECT",
+    "FROM",
+    "WHERE",
+    "GROUP BY",
+    "ORDER BY",
+    "HAVING",
+    "LIMIT",
+    "JOIN",
+    "LEFT JOIN",
+    "ON",
+    "AND",
+    "OR",
+    "NOT",
+    "IN",
+    "LIKE",
+    "ILIKE",
+    "AS",
+    "COUNT",
+    "SUM",
+    "AVG",
+    "MIN",
+    "MAX",
+    "DISTINCT",
+    "WITH",
+    "DESC",
+    "ASC",
+    "IS NULL",
+    "IS NOT NULL",
+    "CASE",
+    "WHEN",
+    "THEN",
+    "ELSE",
+    "END",
+    "DESCRIBE",
+    "SUMMARIZE",
+    "COPY",
 ];
 
 const DOT_COMMANDS: &[(&str, &str)] = &[
-    (".tables", "list tables (optionally LIKE a pattern); also \\dt"),
-    (".schema", "show the columns of one table or all, with descriptions; also \\d"),
+    (
+        ".tables",
+        "list tables (optionally LIKE a pattern); also \\dt",
+    ),
+    (
+        ".schema",
+        "show the columns of one table or all, with descriptions; also \\d",
+    ),
     (".mode", "set the output format: table, csv, json or jsonl"),
     (".timer", "on|off: print how long each statement took"),
     (".help", "show this help; also \\?"),
@@ -36,7 +75,12 @@ struct SqlHelper;
 impl Completer for SqlHelper {
     type Candidate = Pair;
 
-    fn complete(&self, line: &str, pos: usize, _ctx: &Context<'_>) -> rustyline::Result<(usize, Vec<Pair>)> {
+    fn complete(
+        &self,
+        line: &str,
+        pos: usize,
+        _ctx: &Context<'_>,
+    ) -> rustyline::Result<(usize, Vec<Pair>)> {
         let start = line[..pos]
             .rfind(|c: char| !(c.is_alphanumeric() || c == '_' || c == '.'))
             .map_or(0, |i| i + 1);
@@ -48,7 +92,10 @@ impl Completer for SqlHelper {
         let mut out: Vec<Pair> = Vec::new();
         let mut add = |s: &str| {
             if s.to_lowercase().starts_with(&lower) && !out.iter().any(|p| p.replacement == s) {
-                out.push(Pair { display: s.to_string(), replacement: s.to_string() });
+                out.push(Pair {
+                    display: s.to_string(),
+                    replacement: s.to_string(),
+                });
             }
         };
         if start == 0 && word.starts_with('.') {
@@ -60,7 +107,11 @@ impl Completer for SqlHelper {
         }
         let upper = word.chars().next().is_some_and(|c| c.is_uppercase());
         for k in KEYWORDS {
-            if upper { add(k) } else { add(&k.to_lowercase()) }
+            if upper {
+                add(k)
+            } else {
+                add(&k.to_lowercase())
+            }
         }
         Ok((start, out))
     }
@@ -71,14 +122,22 @@ impl Hinter for SqlHelper {
 }
 
 impl Highlighter for SqlHelper {
-    fn highlight_prompt<'b, 's: 'b, 'p: 'b>(&'s self, prompt: &'p str, _default: bool) -> Cow<'b, str> {
+    fn highlight_prompt<'b, 's: 'b, 'p: 'b>(
+        &'s self,
+        prompt: &'p str,
+        _default: bool,
+    ) -> Cow<'b, str> {
         Cow::Borrowed(prompt)
     }
 }
 
 impl Validator for SqlHelper {
     fn validate(&self, ctx: &mut ValidationContext<'_>) -> rustyline::Result<ValidationResult> {
-        Ok(if is_complete(ctx.input()) { ValidationResult::Valid(None) } else { ValidationResult::Incomplete })
+        Ok(if is_complete(ctx.input()) {
+            ValidationResult::Valid(None)
+        } else {
+            ValidationResult::Incomplete
+        })
     }
 }
 
@@ -133,20 +192,24 @@ pub async fn run(client: &mut Client, mut mode: Format) -> i32 {
         .history_ignore_dups(true)
         .and_then(|b| b.max_history_size(10_000))
         .map(|b| b.completion_type(rustyline::CompletionType::List).build());
-    let mut rl: Editor<SqlHelper, rustyline::history::DefaultHistory> = match config.and_then(Editor::with_config) {
-        Ok(e) => e,
-        Err(e) => {
-            eprintln!("kq: cannot start the line editor: {e}");
-            return 1;
-        }
-    };
+    let mut rl: Editor<SqlHelper, rustyline::history::DefaultHistory> =
+        match config.and_then(Editor::with_config) {
+            Ok(e) => e,
+            Err(e) => {
+                eprintln!("kq: cannot start the line editor: {e}");
+                return 1;
+            }
+        };
     rl.set_helper(Some(SqlHelper));
     let history = history_path();
     if let Some(dir) = history.parent() {
         let _ = std::fs::create_dir_all(dir);
     }
     let _ = rl.load_history(&history);
-    println!("kq {} — SQL over every cluster in your kubeconfig. .help for help, .quit to leave.", env!("CARGO_PKG_VERSION"));
+    println!(
+        "kq {} — SQL over every cluster in your kubeconfig. .help for help, .quit to leave.",
+        env!("CARGO_PKG_VERSION")
+    );
     let mut timer = false;
     loop {
         let line = match rl.readline("kq> ") {
@@ -197,7 +260,12 @@ async fn run_one(client: &mut Client, sql: &str, mode: Format, timer: bool) {
 }
 
 /// Handles a dot command; `Some(false)` means quit, `None` an unknown command.
-async fn dot_command(client: &mut Client, input: &str, mode: &mut Format, timer: &mut bool) -> Option<bool> {
+async fn dot_command(
+    client: &mut Client,
+    input: &str,
+    mode: &mut Format,
+    timer: &mut bool,
+) -> Option<bool> {
     let mut words = input.split_whitespace();
     let cmd = words.next()?;
     let arg = words.next();
@@ -207,7 +275,9 @@ async fn dot_command(client: &mut Client, input: &str, mode: &mut Format, timer:
             for (c, what) in DOT_COMMANDS {
                 println!("{c:<10} {what}");
             }
-            println!("SQL runs until ';' and may span lines. Tables: .tables; columns: .schema <table>.");
+            println!(
+                "SQL runs until ';' and may span lines. Tables: .tables; columns: .schema <table>."
+            );
         }
         ".tables" | "\\dt" => {
             for t in kq_schema::CATALOG {
@@ -230,7 +300,15 @@ async fn dot_command(client: &mut Client, input: &str, mode: &mut Format, timer:
             };
             println!("Timer is {}", if *timer { "on" } else { "off" });
         }
-        ".status" => run_one(client, "select name, state, object_count, error from contexts order by name", *mode, false).await,
+        ".status" => {
+            run_one(
+                client,
+                "select name, state, object_count, error from contexts order by name",
+                *mode,
+                false,
+            )
+            .await
+        }
         _ => return None,
     }
     Some(true)
@@ -250,14 +328,25 @@ fn like(name: &str, pattern: &str) -> bool {
 }
 
 fn print_schema(table: Option<&str>) {
-    let tables: Vec<_> = kq_schema::CATALOG.iter().filter(|t| table.is_none_or(|n| n == t.name)).collect();
+    let tables: Vec<_> = kq_schema::CATALOG
+        .iter()
+        .filter(|t| table.is_none_or(|n| n == t.name))
+        .collect();
     if tables.is_empty() {
-        eprintln!("no table {:?}; .tables lists them", table.unwrap_or_default());
+        eprintln!(
+            "no table {:?}; .tables lists them",
+            table.unwrap_or_default()
+        );
     }
     for t in tables {
         println!("-- {}", t.description);
         println!("CREATE TABLE {} (", t.name);
-        let width = t.columns.iter().map(|c| c.name.len() + c.sql_type.len() + 1).max().unwrap_or(0);
+        let width = t
+            .columns
+            .iter()
+            .map(|c| c.name.len() + c.sql_type.len() + 1)
+            .max()
+            .unwrap_or(0);
         for (i, c) in t.columns.iter().enumerate() {
             let sep = if i + 1 == t.columns.len() { " " } else { "," };
             let decl = format!("{} {}", c.name, c.sql_type);

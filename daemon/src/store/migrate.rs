@@ -9,14 +9,24 @@ use super::StoreError;
 
 /// Brings the database to [`SCHEMA_VERSION`], one transaction per migration.
 pub fn apply(conn: &Connection, path: &Path) -> Result<(), StoreError> {
-    conn.execute_batch("CREATE TABLE IF NOT EXISTS kq_meta (key VARCHAR PRIMARY KEY, value VARCHAR)")?;
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS kq_meta (key VARCHAR PRIMARY KEY, value VARCHAR)",
+    )?;
     let found: u32 = conn
-        .query_row("SELECT value FROM kq_meta WHERE key = 'schema_version'", [], |r| r.get::<_, String>(0))
+        .query_row(
+            "SELECT value FROM kq_meta WHERE key = 'schema_version'",
+            [],
+            |r| r.get::<_, String>(0),
+        )
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
     if found > SCHEMA_VERSION {
-        return Err(StoreError::NewerSchema { path: path.to_path_buf(), found, supported: SCHEMA_VERSION });
+        return Err(StoreError::NewerSchema {
+            path: path.to_path_buf(),
+            found,
+            supported: SCHEMA_VERSION,
+        });
     }
     for m in MIGRATIONS.iter().filter(|m| m.version > found) {
         let sql = format!(
@@ -26,7 +36,11 @@ pub fn apply(conn: &Connection, path: &Path) -> Result<(), StoreError> {
         );
         conn.execute_batch(&sql).map_err(|source| {
             let _ = conn.execute_batch("ROLLBACK");
-            StoreError::Migrate { path: path.to_path_buf(), version: m.version, source }
+            StoreError::Migrate {
+                path: path.to_path_buf(),
+                version: m.version,
+                source,
+            }
         })?;
         tracing::info!(version = m.version, description = m.description, path = %path.display(), "applied schema migration");
     }

@@ -20,28 +20,54 @@ use crate::rows::{Kind, ObjectRows};
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("cannot open the database {path}: {source}")]
-    Open { path: PathBuf, source: duckdb::Error },
+    Open {
+        path: PathBuf,
+        source: duckdb::Error,
+    },
     #[error(
         "the database {path} has schema version {found}, newer than this kqd supports ({supported}); upgrade kqd or move the file aside"
     )]
-    NewerSchema { path: PathBuf, found: u32, supported: u32 },
+    NewerSchema {
+        path: PathBuf,
+        found: u32,
+        supported: u32,
+    },
     #[error("migrating {path} to schema version {version}: {source}")]
-    Migrate { path: PathBuf, version: u32, source: duckdb::Error },
+    Migrate {
+        path: PathBuf,
+        version: u32,
+        source: duckdb::Error,
+    },
     #[error("database error: {0}")]
     Db(#[from] duckdb::Error),
     #[error("cannot create {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// One change for the writer.
 #[derive(Debug)]
 pub enum Op {
     /// Insert or replace an object's rows.
-    Upsert { kind: Kind, context: Arc<str>, rows: ObjectRows },
+    Upsert {
+        kind: Kind,
+        context: Arc<str>,
+        rows: ObjectRows,
+    },
     /// Remove an object's rows.
-    Delete { kind: Kind, context: Arc<str>, uid: String },
+    Delete {
+        kind: Kind,
+        context: Arc<str>,
+        uid: String,
+    },
     /// A relist finished: remove rows of this context and kind whose uid was not listed.
-    Sweep { kind: Kind, context: Arc<str>, keep: Vec<String> },
+    Sweep {
+        kind: Kind,
+        context: Arc<str>,
+        keep: Vec<String>,
+    },
     /// Static facts about a context, from the kubeconfig.
     ContextInfo(ContextInfo),
     /// A context's connection state changed.
@@ -73,6 +99,13 @@ impl Default for StoreOptions {
     }
 }
 
+/// What [`Store::open`] returns: the store, the channel to the writer, and its thread.
+pub struct Opened {
+    pub store: Arc<Store>,
+    pub ops: mpsc::Sender<Op>,
+    pub writer: std::thread::JoinHandle<()>,
+}
+
 /// The open database: hands out read connections; the writer owns the writing one.
 pub struct Store {
     root: Mutex<Connection>,
@@ -82,34 +115,54 @@ pub struct Store {
 impl Store {
     /// Opens (or creates) the database file, applies migrations, and starts the writer
     /// thread. Returns the store and the channel to send ops on.
-    pub fn open(
-        path: &Path,
-        opts: StoreOptions,
-    ) -> Result<(Arc<Store>, mpsc::Sender<Op>, std::thread::JoinHandle<()>), StoreError> {
+    pub fn open(path: &Path, opts: StoreOptions) -> Result<Opened, StoreError> {
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|source| StoreError::Io { path: dir.to_path_buf(), source })?;
+            std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
+                path: dir.to_path_buf(),
+                source,
+            })?;
         }
         let config = duckdb::Config::default()
             .enable_autoload_extension(false)
             .and_then(|c| c.with("autoinstall_known_extensions", "false"))
             .and_then(|c| c.max_memory(&opts.memory_limit))
-            .map_err(|source| StoreError::Open { path: path.to_path_buf(), source })?;
-        let conn = Connection::open_with_flags(path, config)
-            .map_err(|source| StoreError::Open { path: path.to_path_buf(), source })?;
+            .map_err(|source| StoreError::Open {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        let conn =
+            Connection::open_with_flags(path, config).map_err(|source| StoreError::Open {
+                path: path.to_path_buf(),
+                source,
+            })?;
         migrate::apply(&conn, path)?;
         let writer_conn = conn.try_clone()?;
-        let store = Arc::new(Store { root: Mutex::new(conn), path: path.to_path_buf() });
+        let store = Arc::new(Store {
+            root: Mutex::new(conn),
+            path: path.to_path_buf(),
+        });
         let (tx, rx) = mpsc::channel(8192);
         let writer = Writer::new(writer_conn, opts)?;
         let handle = std::thread::Builder::new()
             .name("kq-store-writer".into())
             .spawn(move || writer.run(rx))
-            .map_err(|source| StoreError::Io { path: path.to_path_buf(), source })?;
-        Ok((store, tx, handle))
+            .map_err(|source| StoreError::Io {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        Ok(Opened {
+            store,
+            ops: tx,
+            writer: handle,
+        })
     }
 
     /// A new connection to the database for queries.
     pub fn reader(&self) -> Result<Connection, StoreError> {
-        Ok(self.root.lock().unwrap_or_else(|e| e.into_inner()).try_clone()?)
+        Ok(self
+            .root
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .try_clone()?)
     }
 }

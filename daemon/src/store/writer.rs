@@ -100,11 +100,19 @@ impl Writer {
                 let info = info?;
                 contexts.insert(
                     info.name.clone(),
-                    ContextRow { info, state: "connecting".into(), ..Default::default() },
+                    ContextRow {
+                        info,
+                        state: "connecting".into(),
+                        ..Default::default()
+                    },
                 );
             }
         }
-        Ok(Writer { conn, opts, contexts })
+        Ok(Writer {
+            conn,
+            opts,
+            contexts,
+        })
     }
 
     /// Runs until every sender is gone, then checkpoints the database.
@@ -114,7 +122,9 @@ impl Writer {
             .build()
             .expect("a current-thread runtime builds");
         loop {
-            let Some(first) = rx.blocking_recv() else { break };
+            let Some(first) = rx.blocking_recv() else {
+                break;
+            };
             let deadline = Instant::now() + self.opts.batch_interval;
             let mut batch = vec![first];
             let mut closed = false;
@@ -145,8 +155,14 @@ impl Writer {
             let started = Instant::now();
             let mut barriers = Vec::new();
             match self.apply(batch, &mut barriers) {
-                Ok(()) => tracing::trace!(ops = n, elapsed_ms = started.elapsed().as_millis() as u64, "committed batch"),
-                Err(e) => tracing::error!(ops = n, error = %e, "a batch failed and was rolled back; its contexts will relist"),
+                Ok(()) => tracing::trace!(
+                    ops = n,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "committed batch"
+                ),
+                Err(e) => {
+                    tracing::error!(ops = n, error = %e, "a batch failed and was rolled back; its contexts will relist")
+                }
             }
             for b in barriers {
                 let _ = b.send(());
@@ -161,7 +177,11 @@ impl Writer {
         tracing::info!("store writer stopped");
     }
 
-    fn apply(&mut self, batch: Vec<Op>, barriers: &mut Vec<oneshot::Sender<()>>) -> Result<(), StoreError> {
+    fn apply(
+        &mut self,
+        batch: Vec<Op>,
+        barriers: &mut Vec<oneshot::Sender<()>>,
+    ) -> Result<(), StoreError> {
         let mut pending: BTreeMap<Kind, HashMap<Key, Option<ObjectRows>>> = BTreeMap::new();
         let mut touched: HashSet<Arc<str>> = HashSet::new();
         let mut dirty: HashSet<String> = HashSet::new();
@@ -169,15 +189,29 @@ impl Writer {
         let result = (|| -> Result<(), StoreError> {
             for op in batch {
                 match op {
-                    Op::Upsert { kind, context, rows } => {
+                    Op::Upsert {
+                        kind,
+                        context,
+                        rows,
+                    } => {
                         touched.insert(context.clone());
-                        pending.entry(kind).or_default().insert((context, rows.uid.clone()), Some(rows));
+                        pending
+                            .entry(kind)
+                            .or_default()
+                            .insert((context, rows.uid.clone()), Some(rows));
                     }
                     Op::Delete { kind, context, uid } => {
                         touched.insert(context.clone());
-                        pending.entry(kind).or_default().insert((context, uid), None);
+                        pending
+                            .entry(kind)
+                            .or_default()
+                            .insert((context, uid), None);
                     }
-                    Op::Sweep { kind, context, keep } => {
+                    Op::Sweep {
+                        kind,
+                        context,
+                        keep,
+                    } => {
                         self.flush(&mut pending)?;
                         touched.insert(context.clone());
                         self.sweep(kind, &context, &keep)?;
@@ -241,7 +275,10 @@ impl Writer {
 
     /// Merges pending upserts and deletes: stage the keys and rows, delete the old rows of
     /// every staged key, insert the staged rows.
-    fn flush(&mut self, pending: &mut BTreeMap<Kind, HashMap<Key, Option<ObjectRows>>>) -> Result<(), StoreError> {
+    fn flush(
+        &mut self,
+        pending: &mut BTreeMap<Kind, HashMap<Key, Option<ObjectRows>>>,
+    ) -> Result<(), StoreError> {
         for (kind, objects) in std::mem::take(pending) {
             if objects.is_empty() {
                 continue;
@@ -308,19 +345,31 @@ impl Writer {
         }
         self.conn.execute_batch("DELETE FROM kq_stage.keys")?;
         if removed > 0 {
-            tracing::info!(context, table, removed, "relist removed rows of objects deleted while not watching");
+            tracing::info!(
+                context,
+                table,
+                removed,
+                "relist removed rows of objects deleted while not watching"
+            );
         }
         Ok(())
     }
 
     fn remove_context(&mut self, name: &str) -> Result<(), StoreError> {
         for k in Kind::ALL {
-            self.conn.execute(&format!("DELETE FROM main.{} WHERE context = ?", k.table()), [name])?;
+            self.conn.execute(
+                &format!("DELETE FROM main.{} WHERE context = ?", k.table()),
+                [name],
+            )?;
             if let Some((child, _)) = k.child() {
-                self.conn.execute(&format!("DELETE FROM main.{child} WHERE context = ?"), [name])?;
+                self.conn.execute(
+                    &format!("DELETE FROM main.{child} WHERE context = ?"),
+                    [name],
+                )?;
             }
         }
-        self.conn.execute("DELETE FROM contexts WHERE name = ?", [name])?;
+        self.conn
+            .execute("DELETE FROM contexts WHERE name = ?", [name])?;
         self.contexts.remove(name);
         Ok(())
     }
@@ -328,17 +377,27 @@ impl Writer {
     fn count_objects(&self, context: &str) -> Result<i64, StoreError> {
         let sql = Kind::ALL
             .iter()
-            .map(|k| format!("(SELECT count(*) FROM main.{} WHERE context = $1)", k.table()))
+            .map(|k| {
+                format!(
+                    "(SELECT count(*) FROM main.{} WHERE context = $1)",
+                    k.table()
+                )
+            })
             .collect::<Vec<_>>()
             .join(" + ");
-        Ok(self.conn.query_row(&format!("SELECT {sql}"), [context], |r| r.get(0))?)
+        Ok(self
+            .conn
+            .query_row(&format!("SELECT {sql}"), [context], |r| r.get(0))?)
     }
 
     fn write_context(&mut self, name: &str, now: i64) -> Result<(), StoreError> {
-        let Some(row) = self.contexts.get_mut(name) else { return Ok(()) };
+        let Some(row) = self.contexts.get_mut(name) else {
+            return Ok(());
+        };
         row.updated_at = now;
         let info = &row.info;
-        self.conn.execute("DELETE FROM contexts WHERE name = ?", [name])?;
+        self.conn
+            .execute("DELETE FROM contexts WHERE name = ?", [name])?;
         let values: Vec<Value> = vec![
             Value::Text(name.to_string()),
             Value::Text(info.cluster.clone()),

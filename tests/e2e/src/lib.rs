@@ -10,9 +10,16 @@ use kube_sim::{Fleet, FleetOptions, GenSpec, generate};
 /// A built binary of this workspace (`kqd`, `kq`, `kube-sim`), next to the test executable.
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("the test knows its own path");
-    let dir = exe.parent().and_then(Path::parent).expect("tests run from target/<profile>/deps");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("tests run from target/<profile>/deps");
     let p = dir.join(name);
-    assert!(p.exists(), "{} is not built: run `cargo test --workspace` (or `cargo build --workspace`) first", p.display());
+    assert!(
+        p.exists(),
+        "{} is not built: run `cargo test --workspace` (or `cargo build --workspace`) first",
+        p.display()
+    );
     p
 }
 
@@ -41,7 +48,8 @@ impl Drop for Kqd {
 impl Kqd {
     /// Sends SIGTERM and waits for a clean exit.
     pub fn terminate(mut self) -> std::process::ExitStatus {
-        let pid = rustix::process::Pid::from_raw(self.child.id() as i32).expect("a child has a pid");
+        let pid =
+            rustix::process::Pid::from_raw(self.child.id() as i32).expect("a child has a pid");
         let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
         let status = self.child.wait().expect("kqd exits");
         std::mem::forget(self);
@@ -57,14 +65,23 @@ impl Kqd {
 impl Env {
     /// `clusters` simulated clusters of `pods` pods each.
     pub async fn start(clusters: usize, pods: usize) -> Env {
-        let fleet = Fleet::start(FleetOptions::new(clusters)).await.expect("fleet starts");
+        let fleet = Fleet::start(FleetOptions::new(clusters))
+            .await
+            .expect("fleet starts");
         for (i, c) in fleet.clusters.iter().enumerate() {
-            let spec = GenSpec { nodes: 4, namespaces: 4, pods, seed: i as u64 + 1 };
+            let spec = GenSpec {
+                nodes: 4,
+                namespaces: 4,
+                pods,
+                seed: i as u64 + 1,
+            };
             generate::populate(&c.store, &spec).expect("generator populates");
         }
         let dir = tempfile::tempdir().expect("temp dir");
         let kubeconfig = dir.path().join("kubeconfig");
-        fleet.write_kubeconfig(&kubeconfig).expect("kubeconfig written");
+        fleet
+            .write_kubeconfig(&kubeconfig)
+            .expect("kubeconfig written");
         Env {
             fleet,
             socket: dir.path().join("run/kq.sock"),
@@ -76,7 +93,10 @@ impl Env {
 
     /// Starts kqd on this env and waits until its socket accepts connections.
     pub async fn kqd(&self) -> Kqd {
-        let log = self.dir.path().join(format!("kqd-{}.log", Instant::now().elapsed().as_nanos()));
+        let log = self
+            .dir
+            .path()
+            .join(format!("kqd-{}.log", Instant::now().elapsed().as_nanos()));
         let child = Command::new(bin("kqd"))
             .arg("--kubeconfig")
             .arg(&self.kubeconfig)
@@ -94,7 +114,10 @@ impl Env {
             .expect("kqd starts");
         let kqd = Kqd { child, log };
         let sock = self.socket.clone();
-        let up = eventually(Duration::from_secs(30), || std::os::unix::net::UnixStream::connect(&sock).is_ok()).await;
+        let up = eventually(Duration::from_secs(30), || {
+            std::os::unix::net::UnixStream::connect(&sock).is_ok()
+        })
+        .await;
         assert!(up, "kqd did not open its socket; log:\n{}", kqd.log());
         kqd
     }
@@ -102,8 +125,13 @@ impl Env {
     /// Runs `kq` with these arguments against this env's socket.
     pub async fn kq(&self, args: &[&str]) -> Output {
         let mut cmd = Command::new(bin("kq"));
-        cmd.arg("--socket").arg(&self.socket).args(args).stdin(Stdio::null());
-        tokio::task::spawn_blocking(move || cmd.output().expect("kq runs")).await.expect("kq finished")
+        cmd.arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .stdin(Stdio::null());
+        tokio::task::spawn_blocking(move || cmd.output().expect("kq runs"))
+            .await
+            .expect("kq finished")
     }
 
     /// `kq -c sql --format csv`, stdout on success.
@@ -126,7 +154,9 @@ impl Env {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                return Err(format!("after {timeout:?}, {sql:?} gave {got:?}, wanted {want:?}"));
+                return Err(format!(
+                    "after {timeout:?}, {sql:?} gave {got:?}, wanted {want:?}"
+                ));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -149,15 +179,28 @@ pub async fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bo
 
 /// The simulator's truth for one cluster: sorted pod uids.
 pub fn sim_pod_uids(c: &kube_sim::Cluster) -> Vec<String> {
-    let rt = c.store.resolve_kind("v1", "Pod").expect("pods are built in");
-    let mut v: Vec<String> = c.store.list(&rt, &Default::default(), None, None).expect("list").items.iter().map(|p| p.uid.clone()).collect();
+    let rt = c
+        .store
+        .resolve_kind("v1", "Pod")
+        .expect("pods are built in");
+    let mut v: Vec<String> = c
+        .store
+        .list(&rt, &Default::default(), None, None)
+        .expect("list")
+        .items
+        .iter()
+        .map(|p| p.uid.clone())
+        .collect();
     v.sort();
     v
 }
 
 /// The simulator's truth: number of containers (init, app, ephemeral) over all pods.
 pub fn sim_container_count(c: &kube_sim::Cluster) -> usize {
-    let rt = c.store.resolve_kind("v1", "Pod").expect("pods are built in");
+    let rt = c
+        .store
+        .resolve_kind("v1", "Pod")
+        .expect("pods are built in");
     c.store
         .list(&rt, &Default::default(), None, None)
         .expect("list")

@@ -19,8 +19,17 @@ async fn kq_prints_exactly_the_simulators_pod_counts() {
     let env = Env::start(2, 120).await;
     let _kqd = env.kqd().await;
     let sql = "select context, count(*) from pods group by 1 order by 1";
-    env.wait_csv(sql, &expected_counts(&env), Duration::from_secs(30)).await.unwrap();
-    let want = format!("{}\n", env.fleet.clusters.iter().map(|c| sim_container_count(c)).sum::<usize>());
+    env.wait_csv(sql, &expected_counts(&env), Duration::from_secs(30))
+        .await
+        .unwrap();
+    let want = format!(
+        "{}\n",
+        env.fleet
+            .clusters
+            .iter()
+            .map(|c| sim_container_count(c))
+            .sum::<usize>()
+    );
     let got = env.csv("select count(*) from containers").await.unwrap();
     assert_eq!(got.lines().nth(1).map(|l| format!("{l}\n")), Some(want));
     // Every context is ready, with its version and object count.
@@ -37,9 +46,13 @@ async fn kq_prints_exactly_the_simulators_pod_counts() {
 async fn a_pod_created_or_deleted_shows_within_two_seconds() {
     let env = Env::start(2, 30).await;
     let _kqd = env.kqd().await;
-    env.wait_csv("select context, count(*) from pods group by 1 order by 1", &expected_counts(&env), Duration::from_secs(30))
-        .await
-        .unwrap();
+    env.wait_csv(
+        "select context, count(*) from pods group by 1 order by 1",
+        &expected_counts(&env),
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap();
     let c = &env.fleet.clusters[1];
     let started = Instant::now();
     scenario::create_pod(&c.store, "default", "e2e-new", "nginx:1.27").unwrap();
@@ -60,7 +73,10 @@ async fn a_pod_created_or_deleted_shows_within_two_seconds() {
     )
     .await
     .unwrap();
-    eprintln!("appeared after {appeared:?}, disappeared after {:?}", started.elapsed());
+    eprintln!(
+        "appeared after {appeared:?}, disappeared after {:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -84,22 +100,52 @@ async fn sigkill_mid_ingest_then_restart_converges_to_the_truth() {
     // While kqd is down, the clusters change: deletes it must notice, and new pods.
     let c = &env.fleet.clusters[0];
     let rt = c.store.resolve_kind("v1", "Pod").unwrap();
-    let victims: Vec<_> = c.store.list(&rt, &Default::default(), Some(25), None).unwrap().items;
+    let victims: Vec<_> = c
+        .store
+        .list(&rt, &Default::default(), Some(25), None)
+        .unwrap()
+        .items;
     for p in &victims {
         c.store.delete(&rt, &p.namespace, &p.name).unwrap();
     }
     scenario::create_pod(&c.store, "default", "born-while-down", "redis:7").unwrap();
     let _kqd = env.kqd().await;
-    env.wait_csv("select context, count(*) from pods group by 1 order by 1", &expected_counts(&env), Duration::from_secs(60))
-        .await
-        .unwrap();
+    env.wait_csv(
+        "select context, count(*) from pods group by 1 order by 1",
+        &expected_counts(&env),
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap();
     for c in &env.fleet.clusters {
-        let got = env.csv(&format!("select uid from pods where context = '{}' order by uid", c.name)).await.unwrap();
+        let got = env
+            .csv(&format!(
+                "select uid from pods where context = '{}' order by uid",
+                c.name
+            ))
+            .await
+            .unwrap();
         let got: Vec<&str> = got.lines().skip(1).collect();
-        assert_eq!(got, sim_pod_uids(c), "pods of {} differ from the simulator", c.name);
+        assert_eq!(
+            got,
+            sim_pod_uids(c),
+            "pods of {} differ from the simulator",
+            c.name
+        );
     }
-    let want = env.fleet.clusters.iter().map(|c| sim_container_count(c)).sum::<usize>();
-    env.wait_csv("select count(*) from containers", &format!("count_star()\n{want}\n"), Duration::from_secs(10)).await.unwrap();
+    let want = env
+        .fleet
+        .clusters
+        .iter()
+        .map(|c| sim_container_count(c))
+        .sum::<usize>();
+    env.wait_csv(
+        "select count(*) from containers",
+        &format!("count_star()\n{want}\n"),
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
     eprintln!("killed while partial: {partial}");
 }
 
@@ -112,7 +158,11 @@ async fn a_context_that_is_down_is_in_error_and_recovers() {
     let up = &env.fleet.clusters[0];
     env.wait_csv(
         "select context, count(*) from pods group by 1 order by 1",
-        &format!("context,count_star()\n{},{}\n", up.name, sim_pod_uids(up).len()),
+        &format!(
+            "context,count_star()\n{},{}\n",
+            up.name,
+            sim_pod_uids(up).len()
+        ),
         Duration::from_secs(30),
     )
     .await
@@ -124,15 +174,29 @@ async fn a_context_that_is_down_is_in_error_and_recovers() {
     )
     .await
     .unwrap();
-    let err = env.csv("select error from contexts where name = 'sim-2'").await.unwrap();
-    assert!(err.contains("unreachable") || err.contains("onnect"), "the reason names the cause: {err}");
+    let err = env
+        .csv("select error from contexts where name = 'sim-2'")
+        .await
+        .unwrap();
+    assert!(
+        err.contains("unreachable") || err.contains("onnect"),
+        "the reason names the cause: {err}"
+    );
     down.set_offline(false);
-    env.wait_csv("select name, state from contexts order by 1", "name,state\nsim-1,ready\nsim-2,ready\n", Duration::from_secs(45))
-        .await
-        .unwrap();
-    env.wait_csv("select context, count(*) from pods group by 1 order by 1", &expected_counts(&env), Duration::from_secs(10))
-        .await
-        .unwrap();
+    env.wait_csv(
+        "select name, state from contexts order by 1",
+        "name,state\nsim-1,ready\nsim-2,ready\n",
+        Duration::from_secs(45),
+    )
+    .await
+    .unwrap();
+    env.wait_csv(
+        "select context, count(*) from pods group by 1 order by 1",
+        &expected_counts(&env),
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -140,7 +204,9 @@ async fn writes_through_kq_are_refused_and_change_nothing() {
     let env = Env::start(1, 20).await;
     let _kqd = env.kqd().await;
     let sql = "select count(*) from pods";
-    env.wait_csv(sql, "count_star()\n20\n", Duration::from_secs(30)).await.unwrap();
+    env.wait_csv(sql, "count_star()\n20\n", Duration::from_secs(30))
+        .await
+        .unwrap();
     for stmt in [
         "insert into pods (context, name) values ('x', 'y')",
         "delete from pods",
@@ -151,13 +217,28 @@ async fn writes_through_kq_are_refused_and_change_nothing() {
         let out = env.kq(&["-c", stmt]).await;
         assert!(!out.status.success(), "{stmt} succeeded");
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains("read-only") || err.contains("one statement"), "{stmt}: {err}");
+        assert!(
+            err.contains("read-only") || err.contains("one statement"),
+            "{stmt}: {err}"
+        );
     }
     assert_eq!(env.csv(sql).await.unwrap(), "count_star()\n20\n");
     // Exporting stays possible.
     let file = env.dir.path().join("pods.csv");
-    let out = env.kq(&["-c", &format!("copy (select name from pods) to '{}' (header)", file.display())]).await;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = env
+        .kq(&[
+            "-c",
+            &format!(
+                "copy (select name from pods) to '{}' (header)",
+                file.display()
+            ),
+        ])
+        .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(std::fs::read_to_string(&file).unwrap().lines().count(), 21);
     // Bad SQL is told apart from a missing daemon.
     let out = env.kq(&["-c", "selec nonsense"]).await;
@@ -169,9 +250,13 @@ async fn writes_through_kq_are_refused_and_change_nothing() {
 async fn a_flight_sql_client_that_is_not_kq_can_query() {
     let env = Env::start(2, 15).await;
     let _kqd = env.kqd().await;
-    env.wait_csv("select context, count(*) from pods group by 1 order by 1", &expected_counts(&env), Duration::from_secs(30))
-        .await
-        .unwrap();
+    env.wait_csv(
+        "select context, count(*) from pods group by 1 order by 1",
+        &expected_counts(&env),
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/flight_client.py");
     let out = std::process::Command::new("python3")
         .arg(script)
@@ -179,7 +264,11 @@ async fn a_flight_sql_client_that_is_not_kq_can_query() {
         .arg("select context, count(*) as pods from pods group by 1 order by 1")
         .output()
         .expect("python3 runs");
-    assert!(out.status.success(), "pyarrow client failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "pyarrow client failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let got = String::from_utf8_lossy(&out.stdout);
     assert_eq!(got, "\"context\",\"pods\"\n\"sim-1\",15\n\"sim-2\",15\n");
 }
@@ -188,10 +277,20 @@ async fn a_flight_sql_client_that_is_not_kq_can_query() {
 async fn sigterm_flushes_closes_and_removes_the_socket() {
     let env = Env::start(1, 10).await;
     let kqd = env.kqd().await;
-    env.wait_csv("select count(*) from pods", "count_star()\n10\n", Duration::from_secs(30)).await.unwrap();
+    env.wait_csv(
+        "select count(*) from pods",
+        "count_star()\n10\n",
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap();
     use std::os::unix::fs::PermissionsExt as _;
     let mode = std::fs::metadata(&env.socket).unwrap().permissions().mode() & 0o777;
-    let dir_mode = std::fs::metadata(env.socket.parent().unwrap()).unwrap().permissions().mode() & 0o777;
+    let dir_mode = std::fs::metadata(env.socket.parent().unwrap())
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
     assert_eq!((mode, dir_mode), (0o600, 0o700));
     let status = kqd.terminate();
     assert!(status.success(), "kqd exited with {status}");

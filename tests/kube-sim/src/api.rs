@@ -82,11 +82,17 @@ async fn respond(
         tokio::time::sleep(d).await;
     }
     if let Some(err) = cluster.faults.take_error() {
-        let e = ApiError::new(err.code, reason_for(err.code), format!("injected error {}", err.code));
+        let e = ApiError::new(
+            err.code,
+            reason_for(err.code),
+            format!("injected error {}", err.code),
+        );
         let mut resp = error_response(&e);
         if let Some(s) = err.retry_after {
-            resp.headers_mut()
-                .insert(header::RETRY_AFTER, s.to_string().parse().expect("digits are a valid header"));
+            resp.headers_mut().insert(
+                header::RETRY_AFTER,
+                s.to_string().parse().expect("digits are a valid header"),
+            );
         }
         return resp;
     }
@@ -118,7 +124,11 @@ async fn route(
     params: &HashMap<String, String>,
     watch: bool,
 ) -> Result<Response<Body>, ApiError> {
-    let segs: Vec<&str> = path.trim_matches('/').split('/').filter(|s| !s.is_empty()).collect();
+    let segs: Vec<&str> = path
+        .trim_matches('/')
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .collect();
     let store = &cluster.store;
     match segs.as_slice() {
         ["version"] => Ok(json_response(200, &version())),
@@ -140,12 +150,26 @@ async fn route(
                     x["apiVersion"] = json!("v1");
                     json_response(200, &x)
                 })
-                .ok_or_else(|| ApiError::new(404, "NotFound", "the server could not find the requested resource"))
+                .ok_or_else(|| {
+                    ApiError::new(
+                        404,
+                        "NotFound",
+                        "the server could not find the requested resource",
+                    )
+                })
         }
         ["apis", g, v] => resource_list(store, g, v),
-        ["api", "v1", rest @ ..] => resource_request(cluster, req, "", "v1", rest, params, watch).await,
-        ["apis", g, v, rest @ ..] => resource_request(cluster, req, g, v, rest, params, watch).await,
-        _ => Err(ApiError::new(404, "NotFound", "the server could not find the requested resource")),
+        ["api", "v1", rest @ ..] => {
+            resource_request(cluster, req, "", "v1", rest, params, watch).await
+        }
+        ["apis", g, v, rest @ ..] => {
+            resource_request(cluster, req, g, v, rest, params, watch).await
+        }
+        _ => Err(ApiError::new(
+            404,
+            "NotFound",
+            "the server could not find the requested resource",
+        )),
     }
 }
 
@@ -178,12 +202,26 @@ fn group_list(types: &[ResourceType]) -> Value {
     json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
 }
 
-fn resource_list(store: &store::Store, group: &str, version: &str) -> Result<Response<Body>, ApiError> {
+fn resource_list(
+    store: &store::Store,
+    group: &str,
+    version: &str,
+) -> Result<Response<Body>, ApiError> {
     let by_gv = store::by_group_version(&store.resource_types());
     let types = by_gv
         .get(&(group.to_string(), version.to_string()))
-        .ok_or_else(|| ApiError::new(404, "NotFound", "the server could not find the requested resource"))?;
-    let gv = if group.is_empty() { version.to_string() } else { format!("{group}/{version}") };
+        .ok_or_else(|| {
+            ApiError::new(
+                404,
+                "NotFound",
+                "the server could not find the requested resource",
+            )
+        })?;
+    let gv = if group.is_empty() {
+        version.to_string()
+    } else {
+        format!("{group}/{version}")
+    };
     let resources: Vec<Value> = types.iter().flat_map(|t| t.discovery_entries()).collect();
     Ok(json_response(
         200,
@@ -191,16 +229,30 @@ fn resource_list(store: &store::Store, group: &str, version: &str) -> Result<Res
     ))
 }
 
-/// Splits the part of a path after the group/version into namespace, resource, name and
-/// subresource. `namespaces/x` is the namespace itself; `namespaces/x/pods` is a collection.
-fn split_resource_path<'a>(rest: &[&'a str]) -> Option<(Option<&'a str>, &'a str, Option<&'a str>, Option<&'a str>)> {
-    match rest {
-        ["namespaces", ns, plural, tail @ ..] if !matches!(*plural, "status" | "finalize") => {
-            Some((Some(ns), plural, tail.first().copied(), tail.get(1).copied()))
+/// The part of a resource path after the group/version.
+struct ResourcePath<'a> {
+    namespace: Option<&'a str>,
+    plural: &'a str,
+    name: Option<&'a str>,
+    subresource: Option<&'a str>,
+}
+
+/// Splits a resource path. `namespaces/x` is the namespace itself; `namespaces/x/pods` is
+/// a collection in it.
+fn split_resource_path<'a>(rest: &[&'a str]) -> Option<ResourcePath<'a>> {
+    let (namespace, tail) = match rest {
+        ["namespaces", ns, plural, ..] if !matches!(*plural, "status" | "finalize") => {
+            (Some(*ns), &rest[2..])
         }
-        [plural, tail @ ..] => Some((None, plural, tail.first().copied(), tail.get(1).copied())),
-        [] => None,
-    }
+        _ => (None, rest),
+    };
+    let (plural, tail) = tail.split_first()?;
+    Some(ResourcePath {
+        namespace,
+        plural,
+        name: tail.first().copied(),
+        subresource: tail.get(1).copied(),
+    })
 }
 
 async fn resource_request(
@@ -212,10 +264,23 @@ async fn resource_request(
     params: &HashMap<String, String>,
     watch: bool,
 ) -> Result<Response<Body>, ApiError> {
-    let not_found = || ApiError::new(404, "NotFound", "the server could not find the requested resource");
-    let (ns, plural, name, sub) = split_resource_path(rest).ok_or_else(not_found)?;
+    let not_found = || {
+        ApiError::new(
+            404,
+            "NotFound",
+            "the server could not find the requested resource",
+        )
+    };
+    let ResourcePath {
+        namespace: ns,
+        plural,
+        name,
+        subresource: sub,
+    } = split_resource_path(rest).ok_or_else(not_found)?;
     let store = &cluster.store;
-    let rt = store.resolve(group, version, plural).ok_or_else(not_found)?;
+    let rt = store
+        .resolve(group, version, plural)
+        .ok_or_else(not_found)?;
     if ns.is_some() && !rt.namespaced {
         return Err(not_found());
     }
@@ -233,7 +298,15 @@ async fn resource_request(
                 watch_response(cluster, &rt, filter, params)
             } else {
                 let limit = params.get("limit").and_then(|l| l.parse().ok());
-                let page = store.list(&rt, &filter, limit, params.get("continue").map(String::as_str).filter(|c| !c.is_empty()))?;
+                let page = store.list(
+                    &rt,
+                    &filter,
+                    limit,
+                    params
+                        .get("continue")
+                        .map(String::as_str)
+                        .filter(|c| !c.is_empty()),
+                )?;
                 Ok(bytes_response(200, list_body(&rt, &page)))
             }
         }
@@ -252,7 +325,10 @@ async fn resource_request(
         }
         (Method::PUT, Some(n)) => {
             let body = read_json(req).await?;
-            Ok(bytes_response(200, store.update(&rt, ns_str, n, body, status_sub)?.json.clone()))
+            Ok(bytes_response(
+                200,
+                store.update(&rt, ns_str, n, body, status_sub)?.json.clone(),
+            ))
         }
         (Method::PATCH, Some(n)) => {
             let ct = req
@@ -265,9 +341,18 @@ async fn resource_request(
                 ApiError::new(415, "UnsupportedMediaType", format!("the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json (got {ct:?})"))
             })?;
             let body = read_body(req).await?;
-            Ok(bytes_response(200, store.patch(&rt, ns_str, n, kind, &body, status_sub)?.json.clone()))
+            Ok(bytes_response(
+                200,
+                store
+                    .patch(&rt, ns_str, n, kind, &body, status_sub)?
+                    .json
+                    .clone(),
+            ))
         }
-        (Method::DELETE, Some(n)) => Ok(bytes_response(200, store.delete(&rt, ns_str, n)?.json.clone())),
+        (Method::DELETE, Some(n)) => Ok(bytes_response(
+            200,
+            store.delete(&rt, ns_str, n)?.json.clone(),
+        )),
         (Method::DELETE, None) => {
             let filter = filter_from(ns, params)?;
             store.delete_collection(&rt, &filter)?;
@@ -278,10 +363,20 @@ async fn resource_request(
 }
 
 fn filter_from(ns: Option<&str>, params: &HashMap<String, String>) -> Result<Filter, ApiError> {
-    let labels = LabelSelector::parse(params.get("labelSelector").map(String::as_str).unwrap_or_default())
-        .map_err(|e| ApiError::bad_request(&format!("unable to parse requirement: {e}")))?;
-    let fields = FieldSelector::parse(params.get("fieldSelector").map(String::as_str).unwrap_or_default())
-        .map_err(|e| ApiError::bad_request(&e))?;
+    let labels = LabelSelector::parse(
+        params
+            .get("labelSelector")
+            .map(String::as_str)
+            .unwrap_or_default(),
+    )
+    .map_err(|e| ApiError::bad_request(&format!("unable to parse requirement: {e}")))?;
+    let fields = FieldSelector::parse(
+        params
+            .get("fieldSelector")
+            .map(String::as_str)
+            .unwrap_or_default(),
+    )
+    .map_err(|e| ApiError::bad_request(&e))?;
     Ok(Filter {
         namespace: ns.map(str::to_string),
         labels,
@@ -324,7 +419,8 @@ async fn read_body(req: Request<Incoming>) -> Result<Bytes, ApiError> {
 
 async fn read_json(req: Request<Incoming>) -> Result<Value, ApiError> {
     let b = read_body(req).await?;
-    serde_json::from_slice(&b).map_err(|e| ApiError::bad_request(&format!("the request body is not valid JSON: {e}")))
+    serde_json::from_slice(&b)
+        .map_err(|e| ApiError::bad_request(&format!("the request body is not valid JSON: {e}")))
 }
 
 fn event_line(kind: &str, obj: &[u8]) -> Bytes {
@@ -368,9 +464,14 @@ fn watch_response(
 ) -> Result<Response<Body>, ApiError> {
     let from = match params.get("resourceVersion").map(String::as_str) {
         None | Some("") => None,
-        Some(v) => Some(v.parse::<u64>().map_err(|_| ApiError::bad_request(&format!("invalid resource version {v:?}")))?),
+        Some(v) => Some(
+            v.parse::<u64>()
+                .map_err(|_| ApiError::bad_request(&format!("invalid resource version {v:?}")))?,
+        ),
     };
-    let bookmarks = params.get("allowWatchBookmarks").is_some_and(|v| v == "true");
+    let bookmarks = params
+        .get("allowWatchBookmarks")
+        .is_some_and(|v| v == "true");
     let timeout = params
         .get("timeoutSeconds")
         .and_then(|t| t.parse().ok())
@@ -384,7 +485,11 @@ fn watch_response(
         let start = match start {
             Ok(s) => s,
             Err(e) => {
-                let _ = send(&tx, event_line("ERROR", e.to_status().to_string().as_bytes())).await;
+                let _ = send(
+                    &tx,
+                    event_line("ERROR", e.to_status().to_string().as_bytes()),
+                )
+                .await;
                 return;
             }
         };
@@ -413,7 +518,12 @@ async fn stream_watch(
     timeout: Duration,
     tx: Tx,
 ) {
-    let store::WatchStart { initial, backlog, mut rx, start_rv } = start;
+    let store::WatchStart {
+        initial,
+        backlog,
+        mut rx,
+        start_rv,
+    } = start;
     let key = rt.key();
     let mut last_rv = start_rv;
     for obj in &initial {

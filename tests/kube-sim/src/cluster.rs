@@ -90,13 +90,17 @@ impl Cluster {
     }
 
     pub(crate) fn authorized(&self, h: Option<&HeaderValue>) -> bool {
-        let want = format!("Bearer {}", self.token.lock().unwrap_or_else(|e| e.into_inner()));
+        let want = format!(
+            "Bearer {}",
+            self.token.lock().unwrap_or_else(|e| e.into_inner())
+        );
         h.and_then(|v| v.to_str().ok()) == Some(want.as_str())
     }
 
     /// Makes the kubeconfig's token invalid (401 on every request) until restored.
     pub fn expire_token(&self) {
-        *self.token.lock().unwrap_or_else(|e| e.into_inner()) = format!("rotated-{}", uuid::Uuid::new_v4());
+        *self.token.lock().unwrap_or_else(|e| e.into_inner()) =
+            format!("rotated-{}", uuid::Uuid::new_v4());
     }
 
     pub fn restore_token(&self) {
@@ -179,7 +183,9 @@ async fn serve_conn(cluster: Arc<Cluster>, stream: TcpStream, id: u64) {
     let serve = async {
         match &cluster.tls {
             Some(acceptor) => {
-                let Ok(tls) = acceptor.accept(stream).await else { return };
+                let Ok(tls) = acceptor.accept(stream).await else {
+                    return;
+                };
                 let _ = builder.serve_connection(TokioIo::new(tls), svc).await;
             }
             None => {

@@ -55,11 +55,21 @@ impl TrafficLog {
     }
 
     pub fn requests(&self) -> Vec<RequestRecord> {
-        self.requests.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect()
+        self.requests
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .cloned()
+            .collect()
     }
 
     pub fn connections(&self) -> Vec<ConnRecord> {
-        self.conns.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect()
+        self.conns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .cloned()
+            .collect()
     }
 
     /// Watch requests received, oldest first.
@@ -106,7 +116,10 @@ impl Faults {
     }
 
     pub(crate) fn take_error(&self) -> Option<InjectedError> {
-        self.errors.lock().unwrap_or_else(|e| e.into_inner()).pop_front()
+        self.errors
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop_front()
     }
 
     /// Every request waits this long before it is answered; `None` ends the stall.

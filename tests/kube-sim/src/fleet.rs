@@ -39,7 +39,11 @@ pub struct Fleet {
 
 impl Fleet {
     pub async fn start(opts: FleetOptions) -> anyhow::Result<Fleet> {
-        let tls = if opts.tls { Some(FleetTls::generate()?) } else { None };
+        let tls = if opts.tls {
+            Some(FleetTls::generate()?)
+        } else {
+            None
+        };
         let mut fleet = Fleet {
             clusters: Vec::new(),
             tls,
@@ -65,7 +69,10 @@ impl Fleet {
 
     /// A kubeconfig with one context per cluster, each with its own cluster and user entry.
     pub fn kubeconfig(&self) -> Value {
-        kubeconfig_for(self.clusters.iter().map(|c| c.as_ref()), self.tls.as_ref().map(|t| t.ca_pem.as_str()))
+        kubeconfig_for(
+            self.clusters.iter().map(|c| c.as_ref()),
+            self.tls.as_ref().map(|t| t.ca_pem.as_str()),
+        )
     }
 
     /// Writes [`Fleet::kubeconfig`] to `path` (mode 0600, as kubectl does).
@@ -88,14 +95,18 @@ impl Drop for Fleet {
 }
 
 /// A kubeconfig for some clusters of a fleet.
-pub fn kubeconfig_for<'a>(clusters: impl Iterator<Item = &'a Cluster>, ca_pem: Option<&str>) -> Value {
+pub fn kubeconfig_for<'a>(
+    clusters: impl Iterator<Item = &'a Cluster>,
+    ca_pem: Option<&str>,
+) -> Value {
     let (mut cs, mut ctxs, mut users) = (vec![], vec![], vec![]);
     let mut first = None;
     for c in clusters {
         first.get_or_insert_with(|| c.name.clone());
         let mut cluster = json!({"server": c.server_url()});
         if let Some(pem) = ca_pem {
-            cluster["certificate-authority-data"] = json!(base64::engine::general_purpose::STANDARD.encode(pem));
+            cluster["certificate-authority-data"] =
+                json!(base64::engine::general_purpose::STANDARD.encode(pem));
         }
         cs.push(json!({"name": format!("{}-cluster", c.name), "cluster": cluster}));
         users.push(json!({"name": format!("{}-user", c.name), "user": {"token": c.token()}}));

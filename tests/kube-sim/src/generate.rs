@@ -36,24 +36,71 @@ pub struct Image {
 
 /// The images generated pods run; node status lists them with these sizes.
 pub const IMAGES: &[Image] = &[
-    Image { reference: "docker.io/library/nginx:1.27.2", size_bytes: 72_099_410 },
-    Image { reference: "docker.io/library/redis:7.4.1", size_bytes: 45_233_120 },
-    Image { reference: "docker.io/library/postgres:16.4", size_bytes: 158_341_882 },
-    Image { reference: "ghcr.io/acme/api:v2.14.0", size_bytes: 88_410_223 },
-    Image { reference: "ghcr.io/acme/worker:v2.14.0", size_bytes: 121_004_551 },
-    Image { reference: "quay.io/prometheus/node-exporter:v1.8.2", size_bytes: 11_893_220 },
-    Image { reference: "registry.k8s.io/ingress-nginx/controller:v1.11.2", size_bytes: 105_532_014 },
-    Image { reference: "docker.io/bitnami/kafka:3.8.0", size_bytes: 312_778_003 },
-    Image { reference: "docker.io/library/busybox:1.36.1", size_bytes: 2_155_104 },
+    Image {
+        reference: "docker.io/library/nginx:1.27.2",
+        size_bytes: 72_099_410,
+    },
+    Image {
+        reference: "docker.io/library/redis:7.4.1",
+        size_bytes: 45_233_120,
+    },
+    Image {
+        reference: "docker.io/library/postgres:16.4",
+        size_bytes: 158_341_882,
+    },
+    Image {
+        reference: "ghcr.io/acme/api:v2.14.0",
+        size_bytes: 88_410_223,
+    },
+    Image {
+        reference: "ghcr.io/acme/worker:v2.14.0",
+        size_bytes: 121_004_551,
+    },
+    Image {
+        reference: "quay.io/prometheus/node-exporter:v1.8.2",
+        size_bytes: 11_893_220,
+    },
+    Image {
+        reference: "registry.k8s.io/ingress-nginx/controller:v1.11.2",
+        size_bytes: 105_532_014,
+    },
+    Image {
+        reference: "docker.io/bitnami/kafka:3.8.0",
+        size_bytes: 312_778_003,
+    },
+    Image {
+        reference: "docker.io/library/busybox:1.36.1",
+        size_bytes: 2_155_104,
+    },
 ];
 
 const NAMESPACE_NAMES: &[&str] = &[
-    "payments", "checkout", "search", "web", "api", "data", "monitoring", "ingress", "auth", "billing",
-    "catalog", "orders",
+    "payments",
+    "checkout",
+    "search",
+    "web",
+    "api",
+    "data",
+    "monitoring",
+    "ingress",
+    "auth",
+    "billing",
+    "catalog",
+    "orders",
 ];
 const APP_NAMES: &[&str] = &[
-    "frontend", "backend", "cart", "ledger", "indexer", "gateway", "scheduler", "mailer", "cache",
-    "reporter", "sync", "notifier",
+    "frontend",
+    "backend",
+    "cart",
+    "ledger",
+    "indexer",
+    "gateway",
+    "scheduler",
+    "mailer",
+    "cache",
+    "reporter",
+    "sync",
+    "notifier",
 ];
 
 /// A small deterministic generator, so runs are reproducible without a rand dependency.
@@ -93,7 +140,13 @@ fn repo_of(reference: &str) -> &str {
     reference.rsplit_once(':').map_or(reference, |(r, _)| r)
 }
 
-fn create(store: &Store, api_version: &str, kind: &str, ns: &str, obj: Value) -> Result<Value, ApiError> {
+fn create(
+    store: &Store,
+    api_version: &str,
+    kind: &str,
+    ns: &str,
+    obj: Value,
+) -> Result<Value, ApiError> {
     let rt = store
         .resolve_kind(api_version, kind)
         .ok_or_else(|| ApiError::new(404, "NotFound", format!("no kind {kind}")))?;
@@ -113,21 +166,51 @@ pub fn populate(store: &Store, spec: &GenSpec) -> Result<usize, ApiError> {
     for ns in ["default", "kube-system", "kube-public"] {
         ensure_namespace(store, ns)?;
     }
-    create(store, "v1", "Namespace", "", json!({"metadata": {"name": "kube-node-lease"}}))?;
-    let nodes: Vec<String> = (0..spec.nodes).map(|i| format!("node-{:03}", i + 1)).collect();
+    create(
+        store,
+        "v1",
+        "Namespace",
+        "",
+        json!({"metadata": {"name": "kube-node-lease"}}),
+    )?;
+    let nodes: Vec<String> = (0..spec.nodes)
+        .map(|i| format!("node-{:03}", i + 1))
+        .collect();
     for (i, n) in nodes.iter().enumerate() {
         create(store, "v1", "Node", "", node(n, i, &mut rng))?;
     }
     let namespaces: Vec<String> = (0..spec.namespaces.max(1))
         .map(|i| {
             let base = NAMESPACE_NAMES[i % NAMESPACE_NAMES.len()];
-            if i < NAMESPACE_NAMES.len() { base.to_string() } else { format!("{base}-{}", i / NAMESPACE_NAMES.len()) }
+            if i < NAMESPACE_NAMES.len() {
+                base.to_string()
+            } else {
+                format!("{base}-{}", i / NAMESPACE_NAMES.len())
+            }
         })
         .collect();
     for ns in &namespaces {
-        create(store, "v1", "Namespace", "", json!({"metadata": {"name": ns, "labels": {"team": ns}}}))?;
-        create(store, "v1", "ServiceAccount", ns, json!({"metadata": {"name": "default"}}))?;
-        create(store, "v1", "ConfigMap", ns, json!({"metadata": {"name": "kube-root-ca.crt"}, "data": {"ca.crt": "-----BEGIN CERTIFICATE-----\nMIIC...\n-----END CERTIFICATE-----\n"}}))?;
+        create(
+            store,
+            "v1",
+            "Namespace",
+            "",
+            json!({"metadata": {"name": ns, "labels": {"team": ns}}}),
+        )?;
+        create(
+            store,
+            "v1",
+            "ServiceAccount",
+            ns,
+            json!({"metadata": {"name": "default"}}),
+        )?;
+        create(
+            store,
+            "v1",
+            "ConfigMap",
+            ns,
+            json!({"metadata": {"name": "kube-root-ca.crt"}, "data": {"ca.crt": "-----BEGIN CERTIFICATE-----\nMIIC...\n-----END CERTIFICATE-----\n"}}),
+        )?;
     }
     let mut made = 0usize;
     let mut w = 0usize;
@@ -136,24 +219,58 @@ pub fn populate(store: &Store, spec: &GenSpec) -> Result<usize, ApiError> {
         let app = format!("{}-{}", APP_NAMES[rng.below(APP_NAMES.len())], w);
         let left = spec.pods - made;
         let image = &IMAGES[rng.below(IMAGES.len())];
-        let node_of = |rng: &mut Rng| if nodes.is_empty() { String::new() } else { nodes[rng.below(nodes.len())].clone() };
+        let node_of = |rng: &mut Rng| {
+            if nodes.is_empty() {
+                String::new()
+            } else {
+                nodes[rng.below(nodes.len())].clone()
+            }
+        };
         match w % 10 {
             0 => {
                 made += job(store, ns, &app, image, node_of(&mut rng), &mut rng)?;
             }
             1 => {
                 let replicas = (1 + rng.below(3)).min(left);
-                let sts = create(store, "apps/v1", "StatefulSet", ns, workload("StatefulSet", &app, replicas, image))?;
+                let sts = create(
+                    store,
+                    "apps/v1",
+                    "StatefulSet",
+                    ns,
+                    workload("StatefulSet", &app, replicas, image),
+                )?;
                 for i in 0..replicas {
                     let name = format!("{app}-{i}");
-                    create(store, "v1", "Pod", ns, pod(ns, &name, &app, &owner(&sts, true), &node_of(&mut rng), image, &mut rng))?;
+                    create(
+                        store,
+                        "v1",
+                        "Pod",
+                        ns,
+                        pod(
+                            ns,
+                            &name,
+                            &app,
+                            &owner(&sts, true),
+                            &node_of(&mut rng),
+                            image,
+                            &mut rng,
+                        ),
+                    )?;
                 }
                 made += replicas;
             }
             _ => {
                 let replicas = (1 + rng.below(5)).min(left);
-                let dep = create(store, "apps/v1", "Deployment", ns, workload("Deployment", &app, replicas, image))?;
-                let hash = rng.hex(10).replace(|c: char| c.is_ascii_digit() && c < '2', "b");
+                let dep = create(
+                    store,
+                    "apps/v1",
+                    "Deployment",
+                    ns,
+                    workload("Deployment", &app, replicas, image),
+                )?;
+                let hash = rng
+                    .hex(10)
+                    .replace(|c: char| c.is_ascii_digit() && c < '2', "b");
                 let mut rs_obj = workload("ReplicaSet", &format!("{app}-{hash}"), replicas, image);
                 rs_obj["metadata"]["ownerReferences"] = owner(&dep, true);
                 rs_obj["metadata"]["labels"]["pod-template-hash"] = json!(hash);
@@ -163,7 +280,15 @@ pub fn populate(store: &Store, spec: &GenSpec) -> Result<usize, ApiError> {
                     // which then tries another one.
                     loop {
                         let name = format!("{app}-{hash}-{}", rng.hex(5));
-                        let mut p = pod(ns, &name, &app, &owner(&rs, true), &node_of(&mut rng), image, &mut rng);
+                        let mut p = pod(
+                            ns,
+                            &name,
+                            &app,
+                            &owner(&rs, true),
+                            &node_of(&mut rng),
+                            image,
+                            &mut rng,
+                        );
                         p["metadata"]["labels"]["pod-template-hash"] = json!(hash);
                         match create(store, "v1", "Pod", ns, p) {
                             Err(e) if e.code == 409 => continue,
@@ -182,7 +307,13 @@ pub fn populate(store: &Store, spec: &GenSpec) -> Result<usize, ApiError> {
 
 /// Creates a namespace unless it exists.
 pub fn ensure_namespace(store: &Store, name: &str) -> Result<(), ApiError> {
-    match create(store, "v1", "Namespace", "", json!({"metadata": {"name": name}})) {
+    match create(
+        store,
+        "v1",
+        "Namespace",
+        "",
+        json!({"metadata": {"name": name}}),
+    ) {
         Ok(_) => Ok(()),
         Err(e) if e.code == 409 => Ok(()),
         Err(e) => Err(e),
@@ -266,7 +397,15 @@ fn container(name: &str, image: &str) -> Value {
     })
 }
 
-fn pod(ns: &str, name: &str, app: &str, owners: &Value, node: &str, image: &Image, rng: &mut Rng) -> Value {
+fn pod(
+    ns: &str,
+    name: &str,
+    app: &str,
+    owners: &Value,
+    node: &str,
+    image: &Image,
+    rng: &mut Rng,
+) -> Value {
     let now = now_rfc3339();
     let main = container(app, image.reference);
     let cname = main["name"].clone();
@@ -293,7 +432,11 @@ fn pod(ns: &str, name: &str, app: &str, owners: &Value, node: &str, image: &Imag
             {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}]}},
         ]}}],
     });
-    let digest_ref = format!("{}@{}", repo_of(image.reference), image_digest(image.reference));
+    let digest_ref = format!(
+        "{}@{}",
+        repo_of(image.reference),
+        image_digest(image.reference)
+    );
     let mut status = json!({
         "phase": "Running",
         "conditions": [cond("PodReadyToStartContainers", "True", ""), cond("Initialized", "True", ""), cond("Ready", "True", ""), cond("ContainersReady", "True", ""), cond("PodScheduled", "True", "")],
@@ -335,13 +478,28 @@ fn pod(ns: &str, name: &str, app: &str, owners: &Value, node: &str, image: &Imag
     })
 }
 
-fn job(store: &Store, ns: &str, app: &str, image: &Image, node: String, rng: &mut Rng) -> Result<usize, ApiError> {
+fn job(
+    store: &Store,
+    ns: &str,
+    app: &str,
+    image: &Image,
+    node: String,
+    rng: &mut Rng,
+) -> Result<usize, ApiError> {
     let mut j = workload("Job", app, 1, image);
     j["spec"] = json!({"completions": 1, "parallelism": 1, "backoffLimit": 6, "template": template(app, image)});
     j["spec"]["template"]["spec"]["restartPolicy"] = json!("Never");
     j["status"] = json!({"active": 1, "startTime": now_rfc3339()});
     let job = create(store, "batch/v1", "Job", ns, j)?;
-    let mut p = pod(ns, &format!("{app}-{}", rng.hex(5)), app, &owner(&job, true), &node, image, rng);
+    let mut p = pod(
+        ns,
+        &format!("{app}-{}", rng.hex(5)),
+        app,
+        &owner(&job, true),
+        &node,
+        image,
+        rng,
+    );
     p["spec"]["restartPolicy"] = json!("Never");
     p["metadata"]["labels"]["job-name"] = json!(app);
     create(store, "v1", "Pod", ns, p)?;

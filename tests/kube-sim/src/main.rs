@@ -45,15 +45,25 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
         .init();
     let args = Args::parse();
     let mut opts = FleetOptions::new(args.clusters);
     opts.tls = !args.plain_http;
-    opts.cluster = ClusterOptions { compaction_window: args.compaction_window, ..ClusterOptions::default() };
+    opts.cluster = ClusterOptions {
+        compaction_window: args.compaction_window,
+        ..ClusterOptions::default()
+    };
     let fleet = Fleet::start(opts).await?;
     for (i, c) in fleet.clusters.iter().enumerate() {
-        let spec = GenSpec { nodes: args.nodes, namespaces: args.namespaces, pods: args.pods, seed: i as u64 + 1 };
+        let spec = GenSpec {
+            nodes: args.nodes,
+            namespaces: args.namespaces,
+            pods: args.pods,
+            seed: i as u64 + 1,
+        };
         generate::populate(&c.store, &spec).with_context(|| format!("populating {}", c.name))?;
     }
     fleet
@@ -61,9 +71,18 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("writing {}", args.kubeconfig.display()))?;
     let path = std::fs::canonicalize(&args.kubeconfig)?;
     for c in &fleet.clusters {
-        println!("{}  {}  objects={}", c.name, c.server_url(), c.store.counts().values().sum::<usize>());
+        println!(
+            "{}  {}  objects={}",
+            c.name,
+            c.server_url(),
+            c.store.counts().values().sum::<usize>()
+        );
     }
-    println!("kubeconfig: {}\n  export KUBECONFIG={}", path.display(), path.display());
+    println!(
+        "kubeconfig: {}\n  export KUBECONFIG={}",
+        path.display(),
+        path.display()
+    );
     println!("ready");
     if args.churn > 0 {
         let clusters = fleet.clusters.clone();
@@ -73,12 +92,29 @@ async fn main() -> anyhow::Result<()> {
                 tokio::time::sleep(Duration::from_secs(args.churn)).await;
                 n += 1;
                 let c = &clusters[n % clusters.len()];
-                let Some(rt) = c.store.resolve_kind("v1", "Pod") else { continue };
-                let Ok(page) = c.store.list(&rt, &Default::default(), None, None) else { continue };
-                let Some(p) = page.items.get(n * 7919 % page.items.len().max(1)) else { continue };
+                let Some(rt) = c.store.resolve_kind("v1", "Pod") else {
+                    continue;
+                };
+                let Ok(page) = c.store.list(&rt, &Default::default(), None, None) else {
+                    continue;
+                };
+                let Some(p) = page.items.get(n * 7919 % page.items.len().max(1)) else {
+                    continue;
+                };
                 let v = p.value();
-                let container = v["spec"]["containers"][0]["name"].as_str().unwrap_or_default().to_string();
-                let _ = scenario::crash_container(&c.store, &p.namespace, &p.name, &container, 1, "Error", Some("panic: demo crash"));
+                let container = v["spec"]["containers"][0]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string();
+                let _ = scenario::crash_container(
+                    &c.store,
+                    &p.namespace,
+                    &p.name,
+                    &container,
+                    1,
+                    "Error",
+                    Some("panic: demo crash"),
+                );
             }
         });
     }

@@ -43,7 +43,15 @@ pub fn apply(kind: PatchType, target: &Value, body: &[u8]) -> Result<Value, Stri
 }
 
 /// The keys Kubernetes' strategic merge uses to match list elements (patchMergeKey).
-const MERGE_KEYS: &[&str] = &["name", "containerPort", "mountPath", "type", "port", "ip", "devicePath"];
+const MERGE_KEYS: &[&str] = &[
+    "name",
+    "containerPort",
+    "mountPath",
+    "type",
+    "port",
+    "ip",
+    "devicePath",
+];
 
 fn strategic_merge(target: &mut Value, patch: &Value) {
     let Value::Object(p) = patch else {
@@ -126,10 +134,27 @@ mod tests {
     #[test]
     fn merge_and_json_patch() {
         let old = json!({"metadata": {"labels": {"a": "1", "b": "2"}}});
-        let out = apply(PatchType::Merge, &old, br#"{"metadata":{"labels":{"a":null}}}"#).unwrap();
+        let out = apply(
+            PatchType::Merge,
+            &old,
+            br#"{"metadata":{"labels":{"a":null}}}"#,
+        )
+        .unwrap();
         assert_eq!(out, json!({"metadata": {"labels": {"b": "2"}}}));
-        let out = apply(PatchType::Json, &old, br#"[{"op":"replace","path":"/metadata/labels/a","value":"9"}]"#).unwrap();
+        let out = apply(
+            PatchType::Json,
+            &old,
+            br#"[{"op":"replace","path":"/metadata/labels/a","value":"9"}]"#,
+        )
+        .unwrap();
         assert_eq!(out["metadata"]["labels"]["a"], "9");
-        assert!(apply(PatchType::Json, &old, br#"[{"op":"remove","path":"/nope"}]"#).is_err());
+        assert!(
+            apply(
+                PatchType::Json,
+                &old,
+                br#"[{"op":"remove","path":"/nope"}]"#
+            )
+            .is_err()
+        );
     }
 }

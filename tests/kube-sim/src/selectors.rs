@@ -133,7 +133,9 @@ impl FieldSelector {
             } else if let Some((f, v)) = term.split_once("==").or_else(|| term.split_once('=')) {
                 (f, true, v)
             } else {
-                return Err(format!("invalid selector: '{term}'; can't understand '{term}'"));
+                return Err(format!(
+                    "invalid selector: '{term}'; can't understand '{term}'"
+                ));
             };
             let field = field.trim();
             if !SUPPORTED_FIELDS.contains(&field) {
@@ -180,7 +182,11 @@ mod tests {
     fn field_selector_rejects_unknown_fields() {
         assert!(FieldSelector::parse("spec.foo=bar").is_err());
         let f = FieldSelector::parse("status.phase!=Running,metadata.name=a").unwrap();
-        assert!(f.matches(|k| if k == "metadata.name" { "a".into() } else { "Pending".into() }));
+        assert!(f.matches(|k| if k == "metadata.name" {
+            "a".into()
+        } else {
+            "Pending".into()
+        }));
         assert!(!f.matches(|_| "Running".into()));
     }
 }

@@ -30,17 +30,26 @@ impl ApiError {
     }
 
     pub fn not_found(rt: &ResourceType, name: &str) -> Self {
-        Self::new(404, "NotFound", format!("{} \"{name}\" not found", qualified(rt)))
-            .with_details(&rt.plural, &rt.group, name)
+        Self::new(
+            404,
+            "NotFound",
+            format!("{} \"{name}\" not found", qualified(rt)),
+        )
+        .with_details(&rt.plural, &rt.group, name)
     }
 
     pub fn not_found_kind(plural: &str, name: &str) -> Self {
-        Self::new(404, "NotFound", format!("{plural} \"{name}\" not found")).with_details(plural, "", name)
+        Self::new(404, "NotFound", format!("{plural} \"{name}\" not found"))
+            .with_details(plural, "", name)
     }
 
     pub fn already_exists(rt: &ResourceType, name: &str) -> Self {
-        Self::new(409, "AlreadyExists", format!("{} \"{name}\" already exists", qualified(rt)))
-            .with_details(&rt.plural, &rt.group, name)
+        Self::new(
+            409,
+            "AlreadyExists",
+            format!("{} \"{name}\" already exists", qualified(rt)),
+        )
+        .with_details(&rt.plural, &rt.group, name)
     }
 
     pub fn conflict(rt: &ResourceType, name: &str) -> Self {
@@ -77,7 +86,11 @@ impl ApiError {
     }
 
     pub fn method_not_allowed() -> Self {
-        Self::new(405, "MethodNotAllowed", "the server does not allow this method on the requested resource")
+        Self::new(
+            405,
+            "MethodNotAllowed",
+            "the server does not allow this method on the requested resource",
+        )
     }
 
     /// The `Status` object for the response body or a watch ERROR event.

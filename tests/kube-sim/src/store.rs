@@ -349,7 +349,10 @@ impl Store {
         } else if let Some(m) = md.as_object_mut() {
             m.remove("namespace");
         }
-        let key = (if rt.namespaced { ns } else { "" }.to_string(), name.clone());
+        let key = (
+            if rt.namespaced { ns } else { "" }.to_string(),
+            name.clone(),
+        );
         if table(&st, rt)?.objects.contains_key(&key) {
             return Err(ApiError::already_exists(rt, &name));
         }
@@ -426,7 +429,11 @@ impl Store {
             .ok_or_else(|| ApiError::not_found(rt, name))?;
         let old_value = old.value();
         let patched = patch::apply(patch_type, &old_value, body).map_err(|e| {
-            ApiError::new(422, "Invalid", format!("the patch could not be applied: {e}"))
+            ApiError::new(
+                422,
+                "Invalid",
+                format!("the patch could not be applied: {e}"),
+            )
         })?;
         if let Some(rv) = patched["metadata"]["resourceVersion"].as_str()
             && !rv.is_empty()
@@ -468,7 +475,12 @@ impl Store {
 
     /// Starts a watch. `from` is the resource version to resume after; `None` (or `0`)
     /// asks for the current state first, as synthetic ADDED events.
-    pub fn watch(&self, rt: &ResourceType, filter: &Filter, from: Option<u64>) -> Result<WatchStart, ApiError> {
+    pub fn watch(
+        &self,
+        rt: &ResourceType,
+        filter: &Filter,
+        from: Option<u64>,
+    ) -> Result<WatchStart, ApiError> {
         let st = self.lock();
         let table = table(&st, rt)?;
         let rx = self.tx.subscribe();
@@ -511,10 +523,16 @@ impl Store {
     }
 
     /// Looks up a namespaced or cluster object by apiVersion/kind for scenario code.
-    pub fn find(&self, api_version: &str, kind: &str, ns: &str, name: &str) -> Result<(ResourceType, Value), ApiError> {
-        let rt = self
-            .resolve_kind(api_version, kind)
-            .ok_or_else(|| ApiError::new(404, "NotFound", format!("no kind {kind} in {api_version}")))?;
+    pub fn find(
+        &self,
+        api_version: &str,
+        kind: &str,
+        ns: &str,
+        name: &str,
+    ) -> Result<(ResourceType, Value), ApiError> {
+        let rt = self.resolve_kind(api_version, kind).ok_or_else(|| {
+            ApiError::new(404, "NotFound", format!("no kind {kind} in {api_version}"))
+        })?;
         let ns = if rt.namespaced { ns } else { "" };
         let obj = self.get(&rt, ns, name)?;
         Ok((rt, obj.value()))
@@ -640,8 +658,12 @@ impl State {
             if let Some(t) = self.tables.get(&crd_key) {
                 dependents.extend(t.objects.keys().map(|k| (crd_key.clone(), k.clone())));
             }
-            for (rk, k) in dependents.drain(..).collect::<Vec<_>>() {
-                if self.tables.get(&rk).is_some_and(|t| t.objects.contains_key(&k)) {
+            for (rk, k) in std::mem::take(&mut dependents) {
+                if self
+                    .tables
+                    .get(&rk)
+                    .is_some_and(|t| t.objects.contains_key(&k))
+                {
                     self.delete_cascading(rk, k, tx);
                 }
             }
@@ -649,7 +671,11 @@ impl State {
             return gone;
         }
         for (rk, k) in dependents {
-            if self.tables.get(&rk).is_some_and(|t| t.objects.contains_key(&k)) {
+            if self
+                .tables
+                .get(&rk)
+                .is_some_and(|t| t.objects.contains_key(&k))
+            {
                 self.delete_cascading(rk, k, tx);
             }
         }
@@ -675,9 +701,16 @@ impl State {
 }
 
 fn table<'a>(st: &'a State, rt: &ResourceType) -> Result<&'a Table, ApiError> {
-    st.tables
-        .get(&rt.key())
-        .ok_or_else(|| ApiError::new(404, "NotFound", format!("the server could not find the requested resource ({})", rt.plural)))
+    st.tables.get(&rt.key()).ok_or_else(|| {
+        ApiError::new(
+            404,
+            "NotFound",
+            format!(
+                "the server could not find the requested resource ({})",
+                rt.plural
+            ),
+        )
+    })
 }
 
 fn check_kind(rt: &ResourceType, obj: &mut Value) -> Result<(), ApiError> {
@@ -705,7 +738,13 @@ fn merge_update(rt: &ResourceType, old: &Value, mut new: Value, status_only: boo
         return out;
     }
     // Identity and server-owned metadata never change through an update.
-    for f in ["uid", "creationTimestamp", "namespace", "name", "generation"] {
+    for f in [
+        "uid",
+        "creationTimestamp",
+        "namespace",
+        "name",
+        "generation",
+    ] {
         new["metadata"][f] = old["metadata"][f].clone();
     }
     if let Some(m) = new["metadata"].as_object_mut() {
@@ -737,11 +776,9 @@ fn apply_defaults(rt: &ResourceType, obj: &mut Value) {
                 obj["status"]["phase"] = json!("Active");
             }
         }
-        ("", "pods") => {
-            if obj["status"]["phase"].is_null() {
-                obj["status"]["phase"] = json!("Pending");
-                obj["status"]["qosClass"] = json!("BestEffort");
-            }
+        ("", "pods") if obj["status"]["phase"].is_null() => {
+            obj["status"]["phase"] = json!("Pending");
+            obj["status"]["qosClass"] = json!("BestEffort");
         }
         ("apiextensions.k8s.io", "customresourcedefinitions") => {
             let names = obj["spec"]["names"].clone();
@@ -764,9 +801,13 @@ fn validate_name(rt: &ResourceType, name: &str) -> Result<(), ApiError> {
     let max = if label_only { 63 } else { 253 };
     let ok = !name.is_empty()
         && name.len() <= max
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || (c == '.' && !label_only) || (c == ':' && rt.group.starts_with("rbac")))
+        && name.chars().all(|c| {
+            c.is_ascii_lowercase()
+                || c.is_ascii_digit()
+                || c == '-'
+                || (c == '.' && !label_only)
+                || (c == ':' && rt.group.starts_with("rbac"))
+        })
         && name.starts_with(|c: char| c.is_ascii_alphanumeric())
         && name.ends_with(|c: char| c.is_ascii_alphanumeric());
     if ok {
@@ -811,7 +852,9 @@ pub fn random_suffix() -> String {
 
 /// Now as the API server writes timestamps (RFC 3339, seconds, UTC).
 pub fn now_rfc3339() -> String {
-    jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+    jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
 }
 
 /// Groups the stored resource types by group/version, for discovery.
@@ -830,8 +873,13 @@ pub fn group_versions(types: &[ResourceType]) -> BTreeMap<String, Vec<String>> {
     let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let mut seen: HashMap<(String, String), ()> = HashMap::new();
     for t in types {
-        if seen.insert((t.group.clone(), t.version.clone()), ()).is_none() {
-            out.entry(t.group.clone()).or_default().push(t.version.clone());
+        if seen
+            .insert((t.group.clone(), t.version.clone()), ())
+            .is_none()
+        {
+            out.entry(t.group.clone())
+                .or_default()
+                .push(t.version.clone());
         }
     }
     out

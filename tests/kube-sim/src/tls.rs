@@ -23,7 +23,8 @@ impl FleetTls {
         let issuer = Issuer::new(ca_params, ca_key);
 
         let key = KeyPair::generate()?;
-        let mut params = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])?;
+        let mut params =
+            CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])?;
         params
             .distinguished_name
             .push(DnType::CommonName, "kube-apiserver");

@@ -24,8 +24,13 @@ enum Seen {
 
 async fn client(t: &common::TestFleet, context: &str) -> Client {
     let kc = Kubeconfig::read_from(&t.kubeconfig).unwrap();
-    let opts = KubeConfigOptions { context: Some(context.to_string()), ..Default::default() };
-    let cfg = kube::Config::from_custom_kubeconfig(kc, &opts).await.unwrap();
+    let opts = KubeConfigOptions {
+        context: Some(context.to_string()),
+        ..Default::default()
+    };
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &opts)
+        .await
+        .unwrap();
     Client::try_from(cfg).unwrap()
 }
 
@@ -33,7 +38,9 @@ fn record(api: Api<Pod>) -> Arc<Mutex<Vec<Seen>>> {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let out = seen.clone();
     tokio::spawn(async move {
-        let mut s = watcher(api, watcher::Config::default()).default_backoff().boxed();
+        let mut s = watcher(api, watcher::Config::default())
+            .default_backoff()
+            .boxed();
         while let Some(ev) = s.next().await {
             let name = |p: &Pod| p.metadata.name.clone().unwrap_or_default();
             let e = match ev {
@@ -65,15 +72,30 @@ async fn watcher_sees_init_apply_delete_and_recovers_by_relisting() {
     {
         let v = seen.lock().unwrap();
         assert_eq!(v[0], Seen::Init);
-        assert_eq!(v.iter().filter(|e| matches!(e, Seen::InitApply(_))).count(), 12);
+        assert_eq!(
+            v.iter().filter(|e| matches!(e, Seen::InitApply(_))).count(),
+            12
+        );
     }
 
     scenario::create_pod(&c.store, "default", "fresh", "nginx:1.27").unwrap();
     let s = seen.clone();
-    assert!(common::eventually(Duration::from_secs(10), || count(&s, &Seen::Apply("fresh".into())) == 1).await);
+    assert!(
+        common::eventually(Duration::from_secs(10), || count(
+            &s,
+            &Seen::Apply("fresh".into())
+        ) == 1)
+        .await
+    );
     scenario::delete(&c.store, "v1", "Pod", "default", "fresh").unwrap();
     let s = seen.clone();
-    assert!(common::eventually(Duration::from_secs(10), || count(&s, &Seen::Delete("fresh".into())) == 1).await);
+    assert!(
+        common::eventually(Duration::from_secs(10), || count(
+            &s,
+            &Seen::Delete("fresh".into())
+        ) == 1)
+        .await
+    );
 
     // A forced 410 makes the watcher list again: a second Init … InitDone.
     c.force_gone();
@@ -81,7 +103,12 @@ async fn watcher_sees_init_apply_delete_and_recovers_by_relisting() {
     assert!(
         common::eventually(Duration::from_secs(15), || count(&s, &Seen::InitDone) == 2).await,
         "no relist after 410: {:?}",
-        seen.lock().unwrap().iter().rev().take(5).collect::<Vec<_>>()
+        seen.lock()
+            .unwrap()
+            .iter()
+            .rev()
+            .take(5)
+            .collect::<Vec<_>>()
     );
     assert_eq!(count(&seen, &Seen::Init), 2);
 
@@ -89,10 +116,20 @@ async fn watcher_sees_init_apply_delete_and_recovers_by_relisting() {
     let watches_before = c.traffic.watches().len();
     c.faults.drop_watches();
     let cc = c.clone();
-    assert!(common::eventually(Duration::from_secs(15), || cc.traffic.watches().len() > watches_before).await);
+    assert!(
+        common::eventually(Duration::from_secs(15), || cc.traffic.watches().len()
+            > watches_before)
+        .await
+    );
     scenario::create_pod(&c.store, "default", "after-drop", "nginx:1.27").unwrap();
     let s = seen.clone();
-    assert!(common::eventually(Duration::from_secs(10), || count(&s, &Seen::Apply("after-drop".into())) == 1).await);
+    assert!(
+        common::eventually(Duration::from_secs(10), || count(
+            &s,
+            &Seen::Apply("after-drop".into())
+        ) == 1)
+        .await
+    );
 
     // An offline cluster comes back on the same port and the watcher resumes.
     c.set_offline(true);
@@ -103,7 +140,9 @@ async fn watcher_sees_init_apply_delete_and_recovers_by_relisting() {
     assert!(
         common::eventually(Duration::from_secs(20), || s.lock().unwrap()[before..]
             .iter()
-            .any(|e| matches!(e, Seen::Apply(n) | Seen::InitApply(n) if n == "after-outage")))
+            .any(
+                |e| matches!(e, Seen::Apply(n) | Seen::InitApply(n) if n == "after-outage")
+            ))
         .await
     );
 }
@@ -117,11 +156,17 @@ async fn injected_errors_and_stalls_are_observable() {
     // kubectl retries 429 after Retry-After, so it still succeeds, and the log shows both.
     assert!(out.ok, "{}", out.stderr);
     let codes: Vec<u16> = c.traffic.requests().iter().map(|r| r.status).collect();
-    assert!(codes.iter().filter(|s| **s == 429).count() == 2, "{codes:?}");
+    assert!(
+        codes.iter().filter(|s| **s == 429).count() == 2,
+        "{codes:?}"
+    );
     c.faults.fail_next(1, 500, None);
     let client = client(&t, "sim-1").await;
     let api: Api<Pod> = Api::all(client);
     let err = api.list(&Default::default()).await.unwrap_err();
-    assert!(err.to_string().contains("500") || err.to_string().contains("injected"), "{err}");
+    assert!(
+        err.to_string().contains("500") || err.to_string().contains("injected"),
+        "{err}"
+    );
     assert!(api.list(&Default::default()).await.is_ok());
 }

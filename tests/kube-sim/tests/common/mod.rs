@@ -15,15 +15,28 @@ pub struct TestFleet {
 }
 
 pub async fn start(clusters: usize, pods: usize) -> TestFleet {
-    let fleet = Fleet::start(FleetOptions::new(clusters)).await.expect("fleet starts");
+    let fleet = Fleet::start(FleetOptions::new(clusters))
+        .await
+        .expect("fleet starts");
     for (i, c) in fleet.clusters.iter().enumerate() {
-        let spec = GenSpec { nodes: 3, namespaces: 3, pods, seed: i as u64 + 1 };
+        let spec = GenSpec {
+            nodes: 3,
+            namespaces: 3,
+            pods,
+            seed: i as u64 + 1,
+        };
         generate::populate(&c.store, &spec).expect("generator populates");
     }
     let dir = tempfile::tempdir().expect("temp dir");
     let kubeconfig = dir.path().join("kubeconfig");
-    fleet.write_kubeconfig(&kubeconfig).expect("kubeconfig written");
-    TestFleet { fleet, dir, kubeconfig }
+    fleet
+        .write_kubeconfig(&kubeconfig)
+        .expect("kubeconfig written");
+    TestFleet {
+        fleet,
+        dir,
+        kubeconfig,
+    }
 }
 
 /// The output of one kubectl run.
@@ -45,7 +58,10 @@ impl TestFleet {
     }
 
     pub fn kubectl(&self, args: &[&str]) -> Out {
-        let o = self.kubectl_cmd(args).output().expect("kubectl runs (install kubernetes-client)");
+        let o = self
+            .kubectl_cmd(args)
+            .output()
+            .expect("kubectl runs (install kubernetes-client)");
         Out {
             ok: o.status.success(),
             stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
