@@ -335,7 +335,7 @@ impl FlightSqlService for KqFlightSql {
         _request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
         let mut b = query.into_builder();
-        for t in kq_schema::CATALOG {
+        for t in kq_schema::CATALOG.iter() {
             let running = self
                 .engine
                 .start(format!("SELECT * FROM main.{} LIMIT 0", t.name))

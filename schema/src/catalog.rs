@@ -1,5 +1,7 @@
 //! The table catalog: names, SQL types and one-line descriptions of every column.
 
+use std::sync::LazyLock;
+
 /// One column of a kq table.
 #[derive(Debug, Clone, Copy)]
 pub struct Column {
@@ -10,11 +12,11 @@ pub struct Column {
 }
 
 /// One kq table.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Table {
     pub name: &'static str,
     pub description: &'static str,
-    pub columns: &'static [Column],
+    pub columns: Vec<Column>,
 }
 
 const fn c(name: &'static str, sql_type: &'static str, description: &'static str) -> Column {
@@ -30,289 +32,266 @@ pub fn table(name: &str) -> Option<&'static Table> {
     CATALOG.iter().find(|t| t.name == name)
 }
 
+/// An inventory table: the columns every one of them starts with (`namespace` only for
+/// namespaced kinds), then the kind's own.
+fn inventory(
+    name: &'static str,
+    description: &'static str,
+    namespaced: bool,
+    kind_columns: &[Column],
+) -> Table {
+    let mut columns = vec![c(
+        "context",
+        "VARCHAR",
+        "Kubeconfig context the object came from.",
+    )];
+    if namespaced {
+        columns.push(c("namespace", "VARCHAR", "metadata.namespace."));
+    }
+    columns.extend([
+        c("name", "VARCHAR", "metadata.name."),
+        c(
+            "uid",
+            "VARCHAR",
+            "metadata.uid; (context, uid) identifies the row.",
+        ),
+        c(
+            "labels",
+            "JSON",
+            "metadata.labels as a JSON object (labels->>'app').",
+        ),
+        c(
+            "annotations",
+            "JSON",
+            "metadata.annotations as a JSON object.",
+        ),
+        c("created_at", "TIMESTAMPTZ", "metadata.creationTimestamp."),
+        c(
+            "resource_version",
+            "VARCHAR",
+            "metadata.resourceVersion of the stored state.",
+        ),
+    ]);
+    columns.extend_from_slice(kind_columns);
+    Table {
+        name,
+        description,
+        columns,
+    }
+}
+
 /// Every table kqd keeps, in the order `.tables` lists them.
-pub static CATALOG: &[Table] = &[
-    Table {
-        name: "contexts",
-        description: "One row per kubeconfig context kqd knows, with its connection and sync state.",
-        columns: &[
-            c("name", "VARCHAR", "Context name, as in the kubeconfig."),
-            c("cluster", "VARCHAR", "Cluster entry the context uses."),
-            c("server", "VARCHAR", "API server URL."),
-            c("user", "VARCHAR", "User entry the context uses."),
-            c(
-                "namespace",
-                "VARCHAR",
-                "The context's default namespace, if set.",
-            ),
-            c(
-                "source_file",
-                "VARCHAR",
-                "Kubeconfig file the context was read from.",
-            ),
-            c("state", "VARCHAR", "connecting | syncing | ready | error."),
-            c(
-                "error",
-                "VARCHAR",
-                "Why the context is in error, naming the cause (TLS, auth, unreachable, forbidden…).",
-            ),
-            c(
-                "last_event_at",
-                "TIMESTAMPTZ",
-                "When the last watch event from this context was applied.",
-            ),
-            c(
-                "synced_at",
-                "TIMESTAMPTZ",
-                "When the initial list of every watched kind last completed.",
-            ),
-            c(
-                "server_version",
-                "VARCHAR",
-                "Kubernetes version the API server reports (gitVersion).",
-            ),
-            c(
-                "object_count",
-                "BIGINT",
-                "Objects of this context currently in the inventory.",
-            ),
-            c("updated_at", "TIMESTAMPTZ", "When this row last changed."),
-        ],
-    },
-    Table {
-        name: "namespaces",
-        description: "Namespaces of every context.",
-        columns: &[
-            c(
-                "context",
-                "VARCHAR",
-                "Kubeconfig context the object came from.",
-            ),
-            c("name", "VARCHAR", "Namespace name."),
-            c(
-                "uid",
-                "VARCHAR",
-                "metadata.uid; (context, uid) identifies the row.",
-            ),
-            c(
-                "labels",
-                "JSON",
-                "metadata.labels as a JSON object (labels->>'team').",
-            ),
-            c(
-                "annotations",
-                "JSON",
-                "metadata.annotations as a JSON object.",
-            ),
-            c("created_at", "TIMESTAMPTZ", "metadata.creationTimestamp."),
-            c(
-                "resource_version",
-                "VARCHAR",
-                "metadata.resourceVersion of the stored state.",
-            ),
-            c("phase", "VARCHAR", "status.phase: Active or Terminating."),
-        ],
-    },
-    Table {
-        name: "nodes",
-        description: "Nodes of every context, with capacity, readiness and versions.",
-        columns: &[
-            c(
-                "context",
-                "VARCHAR",
-                "Kubeconfig context the object came from.",
-            ),
-            c("name", "VARCHAR", "Node name."),
-            c(
-                "uid",
-                "VARCHAR",
-                "metadata.uid; (context, uid) identifies the row.",
-            ),
-            c("labels", "JSON", "metadata.labels as a JSON object."),
-            c(
-                "annotations",
-                "JSON",
-                "metadata.annotations as a JSON object.",
-            ),
-            c("created_at", "TIMESTAMPTZ", "metadata.creationTimestamp."),
-            c(
-                "resource_version",
-                "VARCHAR",
-                "metadata.resourceVersion of the stored state.",
-            ),
-            c(
-                "ready",
-                "VARCHAR",
-                "Status of the Ready condition: True, False or Unknown.",
-            ),
-            c("unschedulable", "BOOLEAN", "spec.unschedulable (cordoned)."),
-            c("internal_ip", "VARCHAR", "The InternalIP address."),
-            c(
-                "kubelet_version",
-                "VARCHAR",
-                "status.nodeInfo.kubeletVersion.",
-            ),
-            c("os_image", "VARCHAR", "status.nodeInfo.osImage."),
-            c(
-                "kernel_version",
-                "VARCHAR",
-                "status.nodeInfo.kernelVersion.",
-            ),
-            c(
-                "container_runtime",
-                "VARCHAR",
-                "status.nodeInfo.containerRuntimeVersion.",
-            ),
-            c("os", "VARCHAR", "status.nodeInfo.operatingSystem."),
-            c("arch", "VARCHAR", "status.nodeInfo.architecture."),
-            c("cpu_capacity_m", "BIGINT", "CPU capacity in millicores."),
-            c(
-                "memory_capacity_bytes",
-                "BIGINT",
-                "Memory capacity in bytes.",
-            ),
-            c("pods_capacity", "BIGINT", "Maximum pods."),
-            c(
-                "cpu_allocatable_m",
-                "BIGINT",
-                "Allocatable CPU in millicores.",
-            ),
-            c(
-                "memory_allocatable_bytes",
-                "BIGINT",
-                "Allocatable memory in bytes.",
-            ),
-            c(
-                "conditions",
-                "JSON",
-                "status.conditions as JSON (type, status, reason, message).",
-            ),
-            c("taints", "JSON", "spec.taints as JSON."),
-            c(
-                "image_count",
-                "INTEGER",
-                "Number of images in status.images.",
-            ),
-        ],
-    },
-    Table {
-        name: "pods",
-        description: "Pods of every context, with phase, placement, owner and restarts.",
-        columns: &[
-            c(
-                "context",
-                "VARCHAR",
-                "Kubeconfig context the object came from.",
-            ),
-            c("namespace", "VARCHAR", "metadata.namespace."),
-            c("name", "VARCHAR", "Pod name."),
-            c(
-                "uid",
-                "VARCHAR",
-                "metadata.uid; (context, uid) identifies the row.",
-            ),
-            c(
-                "labels",
-                "JSON",
-                "metadata.labels as a JSON object (labels->>'app').",
-            ),
-            c(
-                "annotations",
-                "JSON",
-                "metadata.annotations as a JSON object.",
-            ),
-            c("created_at", "TIMESTAMPTZ", "metadata.creationTimestamp."),
-            c(
-                "resource_version",
-                "VARCHAR",
-                "metadata.resourceVersion of the stored state.",
-            ),
-            c(
+pub static CATALOG: LazyLock<Vec<Table>> = LazyLock::new(|| {
+    vec![
+        Table {
+            name: "contexts",
+            description: "One row per kubeconfig context kqd knows, with its connection and sync state.",
+            columns: vec![
+                c("name", "VARCHAR", "Context name, as in the kubeconfig."),
+                c("cluster", "VARCHAR", "Cluster entry the context uses."),
+                c("server", "VARCHAR", "API server URL."),
+                c("user", "VARCHAR", "User entry the context uses."),
+                c(
+                    "namespace",
+                    "VARCHAR",
+                    "The context's default namespace, if set.",
+                ),
+                c(
+                    "source_file",
+                    "VARCHAR",
+                    "Kubeconfig file the context was read from.",
+                ),
+                c("state", "VARCHAR", "connecting | syncing | ready | error."),
+                c(
+                    "error",
+                    "VARCHAR",
+                    "Why the context is in error, naming the cause (TLS, auth, unreachable, forbidden…).",
+                ),
+                c(
+                    "last_event_at",
+                    "TIMESTAMPTZ",
+                    "When the last watch event from this context was applied.",
+                ),
+                c(
+                    "synced_at",
+                    "TIMESTAMPTZ",
+                    "When the initial list of every watched kind last completed.",
+                ),
+                c(
+                    "server_version",
+                    "VARCHAR",
+                    "Kubernetes version the API server reports (gitVersion).",
+                ),
+                c(
+                    "object_count",
+                    "BIGINT",
+                    "Objects of this context currently in the inventory.",
+                ),
+                c("updated_at", "TIMESTAMPTZ", "When this row last changed."),
+            ],
+        },
+        inventory(
+            "namespaces",
+            "Namespaces of every context.",
+            false,
+            &[c(
                 "phase",
                 "VARCHAR",
-                "status.phase: Pending, Running, Succeeded, Failed, Unknown.",
-            ),
-            c("reason", "VARCHAR", "status.reason, e.g. Evicted."),
-            c("message", "VARCHAR", "status.message."),
-            c("node", "VARCHAR", "spec.nodeName."),
-            c("pod_ip", "VARCHAR", "status.podIP."),
-            c("host_ip", "VARCHAR", "status.hostIP."),
-            c("qos_class", "VARCHAR", "status.qosClass."),
-            c("service_account", "VARCHAR", "spec.serviceAccountName."),
-            c(
-                "owner_kind",
-                "VARCHAR",
-                "Kind of the controlling owner reference (ReplicaSet, Job, StatefulSet…).",
-            ),
-            c("owner_name", "VARCHAR", "Name of the controlling owner."),
-            c("owner_uid", "VARCHAR", "uid of the controlling owner."),
-            c("ready", "BOOLEAN", "The Ready condition is True."),
-            c(
-                "restarts",
-                "BIGINT",
-                "Sum of restart counts over all containers.",
-            ),
-            c("containers", "INTEGER", "Number of app containers."),
-            c("started_at", "TIMESTAMPTZ", "status.startTime."),
-            c("deleting", "BOOLEAN", "metadata.deletionTimestamp is set."),
-        ],
-    },
-    Table {
-        name: "containers",
-        description: "One row per container of every pod: app, init and ephemeral containers.",
-        columns: &[
-            c(
-                "context",
-                "VARCHAR",
-                "Kubeconfig context the pod came from.",
-            ),
-            c("namespace", "VARCHAR", "Pod namespace."),
-            c("pod", "VARCHAR", "Pod name."),
-            c(
-                "pod_uid",
-                "VARCHAR",
-                "Pod uid; joins pods.uid with context.",
-            ),
-            c("name", "VARCHAR", "Container name."),
-            c("kind", "VARCHAR", "container | init | ephemeral."),
-            c("image", "VARCHAR", "Image as written in the pod spec."),
-            c(
-                "image_id",
-                "VARCHAR",
-                "Resolved image (status imageID), when running.",
-            ),
-            c(
-                "state",
-                "VARCHAR",
-                "running | waiting | terminated, or NULL before the first status.",
-            ),
-            c(
-                "reason",
-                "VARCHAR",
-                "Reason of the waiting or terminated state (CrashLoopBackOff, OOMKilled…).",
-            ),
-            c(
-                "ready",
-                "BOOLEAN",
-                "The container passes its readiness probe.",
-            ),
-            c("restart_count", "INTEGER", "restartCount."),
-            c(
-                "last_exit_code",
-                "INTEGER",
-                "Exit code of the last termination (lastState.terminated, or the current one).",
-            ),
-            c("last_reason", "VARCHAR", "Reason of the last termination."),
-            c(
-                "last_finished_at",
-                "TIMESTAMPTZ",
-                "When the last termination happened.",
-            ),
-            c("started_at", "TIMESTAMPTZ", "When the current run started."),
-            c("cpu_request_m", "BIGINT", "CPU request in millicores."),
-            c("cpu_limit_m", "BIGINT", "CPU limit in millicores."),
-            c("memory_request_bytes", "BIGINT", "Memory request in bytes."),
-            c("memory_limit_bytes", "BIGINT", "Memory limit in bytes."),
-        ],
-    },
-];
+                "status.phase: Active or Terminating.",
+            )],
+        ),
+        inventory(
+            "nodes",
+            "Nodes of every context, with capacity, readiness and versions.",
+            false,
+            &[
+                c(
+                    "ready",
+                    "VARCHAR",
+                    "Status of the Ready condition: True, False or Unknown.",
+                ),
+                c("unschedulable", "BOOLEAN", "spec.unschedulable (cordoned)."),
+                c("internal_ip", "VARCHAR", "The InternalIP address."),
+                c(
+                    "kubelet_version",
+                    "VARCHAR",
+                    "status.nodeInfo.kubeletVersion.",
+                ),
+                c("os_image", "VARCHAR", "status.nodeInfo.osImage."),
+                c(
+                    "kernel_version",
+                    "VARCHAR",
+                    "status.nodeInfo.kernelVersion.",
+                ),
+                c(
+                    "container_runtime",
+                    "VARCHAR",
+                    "status.nodeInfo.containerRuntimeVersion.",
+                ),
+                c("os", "VARCHAR", "status.nodeInfo.operatingSystem."),
+                c("arch", "VARCHAR", "status.nodeInfo.architecture."),
+                c("cpu_capacity_m", "BIGINT", "CPU capacity in millicores."),
+                c(
+                    "memory_capacity_bytes",
+                    "BIGINT",
+                    "Memory capacity in bytes.",
+                ),
+                c("pods_capacity", "BIGINT", "Maximum pods."),
+                c(
+                    "cpu_allocatable_m",
+                    "BIGINT",
+                    "Allocatable CPU in millicores.",
+                ),
+                c(
+                    "memory_allocatable_bytes",
+                    "BIGINT",
+                    "Allocatable memory in bytes.",
+                ),
+                c(
+                    "conditions",
+                    "JSON",
+                    "status.conditions as JSON (type, status, reason, message).",
+                ),
+                c("taints", "JSON", "spec.taints as JSON."),
+                c(
+                    "image_count",
+                    "INTEGER",
+                    "Number of images in status.images.",
+                ),
+            ],
+        ),
+        inventory(
+            "pods",
+            "Pods of every context, with phase, placement, owner and restarts.",
+            true,
+            &[
+                c(
+                    "phase",
+                    "VARCHAR",
+                    "status.phase: Pending, Running, Succeeded, Failed, Unknown.",
+                ),
+                c("reason", "VARCHAR", "status.reason, e.g. Evicted."),
+                c("message", "VARCHAR", "status.message."),
+                c("node", "VARCHAR", "spec.nodeName."),
+                c("pod_ip", "VARCHAR", "status.podIP."),
+                c("host_ip", "VARCHAR", "status.hostIP."),
+                c("qos_class", "VARCHAR", "status.qosClass."),
+                c("service_account", "VARCHAR", "spec.serviceAccountName."),
+                c(
+                    "owner_kind",
+                    "VARCHAR",
+                    "Kind of the controlling owner reference (ReplicaSet, Job, StatefulSet…).",
+                ),
+                c("owner_name", "VARCHAR", "Name of the controlling owner."),
+                c("owner_uid", "VARCHAR", "uid of the controlling owner."),
+                c("ready", "BOOLEAN", "The Ready condition is True."),
+                c(
+                    "restarts",
+                    "BIGINT",
+                    "Sum of restart counts over all containers.",
+                ),
+                c("containers", "INTEGER", "Number of app containers."),
+                c("started_at", "TIMESTAMPTZ", "status.startTime."),
+                c("deleting", "BOOLEAN", "metadata.deletionTimestamp is set."),
+            ],
+        ),
+        Table {
+            name: "containers",
+            description: "One row per container of every pod: app, init and ephemeral containers.",
+            columns: vec![
+                c(
+                    "context",
+                    "VARCHAR",
+                    "Kubeconfig context the pod came from.",
+                ),
+                c("namespace", "VARCHAR", "Pod namespace."),
+                c("pod", "VARCHAR", "Pod name."),
+                c(
+                    "pod_uid",
+                    "VARCHAR",
+                    "Pod uid; joins pods.uid with context.",
+                ),
+                c("name", "VARCHAR", "Container name."),
+                c("kind", "VARCHAR", "container | init | ephemeral."),
+                c("image", "VARCHAR", "Image as written in the pod spec."),
+                c(
+                    "image_id",
+                    "VARCHAR",
+                    "Resolved image (status imageID), when running.",
+                ),
+                c(
+                    "state",
+                    "VARCHAR",
+                    "running | waiting | terminated, or NULL before the first status.",
+                ),
+                c(
+                    "reason",
+                    "VARCHAR",
+                    "Reason of the waiting or terminated state (CrashLoopBackOff, OOMKilled…).",
+                ),
+                c(
+                    "ready",
+                    "BOOLEAN",
+                    "The container passes its readiness probe.",
+                ),
+                c("restart_count", "INTEGER", "restartCount."),
+                c(
+                    "last_exit_code",
+                    "INTEGER",
+                    "Exit code of the last termination (lastState.terminated, or the current one).",
+                ),
+                c("last_reason", "VARCHAR", "Reason of the last termination."),
+                c(
+                    "last_finished_at",
+                    "TIMESTAMPTZ",
+                    "When the last termination happened.",
+                ),
+                c("started_at", "TIMESTAMPTZ", "When the current run started."),
+                c("cpu_request_m", "BIGINT", "CPU request in millicores."),
+                c("cpu_limit_m", "BIGINT", "CPU limit in millicores."),
+                c("memory_request_bytes", "BIGINT", "Memory request in bytes."),
+                c("memory_limit_bytes", "BIGINT", "Memory limit in bytes."),
+            ],
+        },
+    ]
+});

@@ -9,12 +9,12 @@ pub const END: &str = "<!-- tables:end -->";
 /// The table reference as Markdown.
 pub fn markdown() -> String {
     let mut out = String::new();
-    for t in CATALOG {
+    for t in CATALOG.iter() {
         out.push_str(&format!(
             "\n### `{}`\n\n{}\n\n| column | type | description |\n|---|---|---|\n",
             t.name, t.description
         ));
-        for c in t.columns {
+        for c in &t.columns {
             out.push_str(&format!(
                 "| `{}` | {} | {} |\n",
                 c.name,

@@ -101,7 +101,7 @@ impl Completer for SqlHelper {
         if start == 0 && word.starts_with('.') {
             DOT_COMMANDS.iter().for_each(|(c, _)| add(c));
         }
-        for t in kq_schema::CATALOG {
+        for t in kq_schema::CATALOG.iter() {
             add(t.name);
             t.columns.iter().for_each(|c| add(c.name));
         }
@@ -280,7 +280,7 @@ async fn dot_command(
             );
         }
         ".tables" | "\\dt" => {
-            for t in kq_schema::CATALOG {
+            for t in kq_schema::CATALOG.iter() {
                 if arg.is_none_or(|p| like(t.name, p)) {
                     println!("{:<12} {}", t.name, t.description);
                 }

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use kube_sim::{Fleet, FleetOptions, GenSpec, generate};
+use kube_sim::{Fleet, FleetOptions, GenSpec};
 
 /// A built binary of this workspace (`kqd`, `kq`, `kube-sim`), next to the test executable.
 pub fn bin(name: &str) -> PathBuf {
@@ -65,18 +65,15 @@ impl Kqd {
 impl Env {
     /// `clusters` simulated clusters of `pods` pods each.
     pub async fn start(clusters: usize, pods: usize) -> Env {
-        let fleet = Fleet::start(FleetOptions::new(clusters))
+        let spec = GenSpec {
+            nodes: 4,
+            namespaces: 4,
+            pods,
+            seed: 1,
+        };
+        let fleet = Fleet::start_generated(FleetOptions::new(clusters), &spec)
             .await
             .expect("fleet starts");
-        for (i, c) in fleet.clusters.iter().enumerate() {
-            let spec = GenSpec {
-                nodes: 4,
-                namespaces: 4,
-                pods,
-                seed: i as u64 + 1,
-            };
-            generate::populate(&c.store, &spec).expect("generator populates");
-        }
         let dir = tempfile::tempdir().expect("temp dir");
         let kubeconfig = dir.path().join("kubeconfig");
         fleet
@@ -159,6 +156,28 @@ impl Env {
                 ));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Env {
+    /// `select context, count(*) from pods …` as the simulator says it should print.
+    pub fn expected_pod_counts(&self) -> String {
+        let mut s = String::from("context,count_star()\n");
+        for c in &self.fleet.clusters {
+            s.push_str(&format!("{},{}\n", c.name, sim_pod_uids(c).len()));
+        }
+        s
+    }
+
+    /// Waits until kq's pod counts per context equal the simulator's.
+    pub async fn wait_pods_synced(&self, timeout: Duration) {
+        let sql = "select context, count(*) from pods group by 1 order by 1";
+        if let Err(e) = self
+            .wait_csv(sql, &self.expected_pod_counts(), timeout)
+            .await
+        {
+            panic!("{e}");
         }
     }
 }

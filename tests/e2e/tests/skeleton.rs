@@ -6,22 +6,11 @@ use std::time::{Duration, Instant};
 use kq_e2e::{Env, eventually, sim_container_count, sim_pod_uids};
 use kube_sim::scenario;
 
-fn expected_counts(env: &Env) -> String {
-    let mut s = String::from("context,count_star()\n");
-    for c in &env.fleet.clusters {
-        s.push_str(&format!("{},{}\n", c.name, sim_pod_uids(c).len()));
-    }
-    s
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn kq_prints_exactly_the_simulators_pod_counts() {
     let env = Env::start(2, 120).await;
     let _kqd = env.kqd().await;
-    let sql = "select context, count(*) from pods group by 1 order by 1";
-    env.wait_csv(sql, &expected_counts(&env), Duration::from_secs(30))
-        .await
-        .unwrap();
+    env.wait_pods_synced(Duration::from_secs(30)).await;
     let want = format!(
         "{}\n",
         env.fleet
@@ -46,13 +35,7 @@ async fn kq_prints_exactly_the_simulators_pod_counts() {
 async fn a_pod_created_or_deleted_shows_within_two_seconds() {
     let env = Env::start(2, 30).await;
     let _kqd = env.kqd().await;
-    env.wait_csv(
-        "select context, count(*) from pods group by 1 order by 1",
-        &expected_counts(&env),
-        Duration::from_secs(30),
-    )
-    .await
-    .unwrap();
+    env.wait_pods_synced(Duration::from_secs(30)).await;
     let c = &env.fleet.clusters[1];
     let started = Instant::now();
     scenario::create_pod(&c.store, "default", "e2e-new", "nginx:1.27").unwrap();
@@ -110,13 +93,7 @@ async fn sigkill_mid_ingest_then_restart_converges_to_the_truth() {
     }
     scenario::create_pod(&c.store, "default", "born-while-down", "redis:7").unwrap();
     let _kqd = env.kqd().await;
-    env.wait_csv(
-        "select context, count(*) from pods group by 1 order by 1",
-        &expected_counts(&env),
-        Duration::from_secs(60),
-    )
-    .await
-    .unwrap();
+    env.wait_pods_synced(Duration::from_secs(60)).await;
     for c in &env.fleet.clusters {
         let got = env
             .csv(&format!(
@@ -190,13 +167,7 @@ async fn a_context_that_is_down_is_in_error_and_recovers() {
     )
     .await
     .unwrap();
-    env.wait_csv(
-        "select context, count(*) from pods group by 1 order by 1",
-        &expected_counts(&env),
-        Duration::from_secs(10),
-    )
-    .await
-    .unwrap();
+    env.wait_pods_synced(Duration::from_secs(10)).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -250,13 +221,7 @@ async fn writes_through_kq_are_refused_and_change_nothing() {
 async fn a_flight_sql_client_that_is_not_kq_can_query() {
     let env = Env::start(2, 15).await;
     let _kqd = env.kqd().await;
-    env.wait_csv(
-        "select context, count(*) from pods group by 1 order by 1",
-        &expected_counts(&env),
-        Duration::from_secs(30),
-    )
-    .await
-    .unwrap();
+    env.wait_pods_synced(Duration::from_secs(30)).await;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/flight_client.py");
     let out = std::process::Command::new("python3")
         .arg(script)

@@ -7,6 +7,7 @@ use base64::Engine as _;
 use serde_json::{Value, json};
 
 use crate::cluster::{Cluster, ClusterOptions};
+use crate::generate::{self, GenSpec};
 use crate::tls::FleetTls;
 
 /// How to start a fleet.
@@ -51,6 +52,21 @@ impl Fleet {
         };
         for name in &opts.names {
             fleet.add_cluster(name).await?;
+        }
+        Ok(fleet)
+    }
+
+    /// Starts `opts.names.len()` clusters and fills cluster i with `spec` (seed i + 1, so
+    /// clusters differ).
+    pub async fn start_generated(opts: FleetOptions, spec: &GenSpec) -> anyhow::Result<Fleet> {
+        let fleet = Fleet::start(opts).await?;
+        for (i, c) in fleet.clusters.iter().enumerate() {
+            let spec = GenSpec {
+                seed: i as u64 + 1,
+                ..spec.clone()
+            };
+            generate::populate(&c.store, &spec)
+                .map_err(|e| anyhow::anyhow!("populating {}: {e}", c.name))?;
         }
         Ok(fleet)
     }

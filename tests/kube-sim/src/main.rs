@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
-use kube_sim::{ClusterOptions, Fleet, FleetOptions, GenSpec, generate, scenario};
+use kube_sim::{ClusterOptions, Fleet, FleetOptions, GenSpec, scenario};
 
 /// Start a fleet of simulated Kubernetes clusters on 127.0.0.1 and write a kubeconfig with
 /// one context per cluster (sim-1, sim-2, …). Point kubectl or kqd at it with
@@ -56,16 +56,13 @@ async fn main() -> anyhow::Result<()> {
         compaction_window: args.compaction_window,
         ..ClusterOptions::default()
     };
-    let fleet = Fleet::start(opts).await?;
-    for (i, c) in fleet.clusters.iter().enumerate() {
-        let spec = GenSpec {
-            nodes: args.nodes,
-            namespaces: args.namespaces,
-            pods: args.pods,
-            seed: i as u64 + 1,
-        };
-        generate::populate(&c.store, &spec).with_context(|| format!("populating {}", c.name))?;
-    }
+    let spec = GenSpec {
+        nodes: args.nodes,
+        namespaces: args.namespaces,
+        pods: args.pods,
+        seed: 1,
+    };
+    let fleet = Fleet::start_generated(opts, &spec).await?;
     fleet
         .write_kubeconfig(&args.kubeconfig)
         .with_context(|| format!("writing {}", args.kubeconfig.display()))?;

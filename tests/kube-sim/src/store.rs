@@ -386,6 +386,40 @@ impl Store {
             return Err(ApiError::bad_request("the body must be a JSON object"));
         }
         check_kind(rt, &mut obj)?;
+        self.modify(rt, ns, name, status, |_| Ok(obj))
+    }
+
+    /// Applies a patch of the given type, then stores the result as an update would.
+    pub fn patch(
+        &self,
+        rt: &ResourceType,
+        ns: &str,
+        name: &str,
+        patch_type: PatchType,
+        body: &[u8],
+        status: bool,
+    ) -> Result<Arc<Stored>, ApiError> {
+        self.modify(rt, ns, name, status, |old| {
+            patch::apply(patch_type, old, body).map_err(|e| {
+                ApiError::new(
+                    422,
+                    "Invalid",
+                    format!("the patch could not be applied: {e}"),
+                )
+            })
+        })
+    }
+
+    /// The common path of update and patch: `f` builds the new object from the stored one;
+    /// a resourceVersion in it must match (optimistic concurrency), its name must not change.
+    fn modify(
+        &self,
+        rt: &ResourceType,
+        ns: &str,
+        name: &str,
+        status: bool,
+        f: impl FnOnce(&Value) -> Result<Value, ApiError>,
+    ) -> Result<Arc<Stored>, ApiError> {
         let mut st = self.lock();
         let key = (ns.to_string(), name.to_string());
         let old = table(&st, rt)?
@@ -393,6 +427,8 @@ impl Store {
             .get(&key)
             .cloned()
             .ok_or_else(|| ApiError::not_found(rt, name))?;
+        let old_value = old.value();
+        let obj = f(&old_value)?;
         if let Some(rv) = obj["metadata"]["resourceVersion"].as_str()
             && !rv.is_empty()
             && rv != old.rv.to_string()
@@ -406,42 +442,7 @@ impl Store {
                 "the name of the object does not match the name on the URL",
             ));
         }
-        let new = merge_update(rt, &old.value(), obj, status);
-        Ok(st.replace(rt, key, &old, new, &self.tx))
-    }
-
-    /// Applies a patch of the given type, then stores the result as an update would.
-    pub fn patch(
-        &self,
-        rt: &ResourceType,
-        ns: &str,
-        name: &str,
-        patch_type: PatchType,
-        body: &[u8],
-        status: bool,
-    ) -> Result<Arc<Stored>, ApiError> {
-        let mut st = self.lock();
-        let key = (ns.to_string(), name.to_string());
-        let old = table(&st, rt)?
-            .objects
-            .get(&key)
-            .cloned()
-            .ok_or_else(|| ApiError::not_found(rt, name))?;
-        let old_value = old.value();
-        let patched = patch::apply(patch_type, &old_value, body).map_err(|e| {
-            ApiError::new(
-                422,
-                "Invalid",
-                format!("the patch could not be applied: {e}"),
-            )
-        })?;
-        if let Some(rv) = patched["metadata"]["resourceVersion"].as_str()
-            && !rv.is_empty()
-            && rv != old.rv.to_string()
-        {
-            return Err(ApiError::conflict(rt, name));
-        }
-        let new = merge_update(rt, &old_value, patched, status);
+        let new = merge_update(rt, &old_value, obj, status);
         Ok(st.replace(rt, key, &old, new, &self.tx))
     }
 

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use kube_sim::{Fleet, FleetOptions, GenSpec, generate};
+use kube_sim::{Fleet, FleetOptions, GenSpec};
 
 pub struct TestFleet {
     pub fleet: Fleet,
@@ -15,18 +15,15 @@ pub struct TestFleet {
 }
 
 pub async fn start(clusters: usize, pods: usize) -> TestFleet {
-    let fleet = Fleet::start(FleetOptions::new(clusters))
+    let spec = GenSpec {
+        nodes: 3,
+        namespaces: 3,
+        pods,
+        seed: 1,
+    };
+    let fleet = Fleet::start_generated(FleetOptions::new(clusters), &spec)
         .await
         .expect("fleet starts");
-    for (i, c) in fleet.clusters.iter().enumerate() {
-        let spec = GenSpec {
-            nodes: 3,
-            namespaces: 3,
-            pods,
-            seed: i as u64 + 1,
-        };
-        generate::populate(&c.store, &spec).expect("generator populates");
-    }
     let dir = tempfile::tempdir().expect("temp dir");
     let kubeconfig = dir.path().join("kubeconfig");
     fleet
