@@ -11,7 +11,9 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
-pub use client::{Client, ClientError};
+/// The arrow crate kq decodes results with, for library users.
+pub use arrow;
+pub use client::{Client, ClientError, QueryResult};
 pub use format::Format;
 
 /// kq: SQL over every cluster in your kubeconfig, answered by the kqd daemon.

@@ -3,6 +3,7 @@
 //! stages rows with the Appender and merges them by (context, uid). Readers get their own
 //! connections to the same database through [`Store::reader`].
 
+mod batch;
 mod migrate;
 mod writer;
 
@@ -38,6 +39,8 @@ pub enum StoreError {
         version: u32,
         source: duckdb::Error,
     },
+    #[error("cannot stage rows: {0}")]
+    Batch(String),
     #[error("database error: {0}")]
     Db(#[from] duckdb::Error),
     #[error("cannot create {path}: {source}")]

@@ -4,8 +4,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
+use duckdb::arrow::datatypes::SchemaRef;
 use duckdb::types::{TimeUnit, Value};
-use duckdb::{Connection, appender_params_from_iter, params_from_iter};
+use duckdb::{Connection, params_from_iter};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Op, StoreError, StoreOptions};
@@ -53,6 +54,8 @@ pub struct Writer {
     conn: Connection,
     opts: StoreOptions,
     contexts: BTreeMap<String, ContextRow>,
+    /// The Arrow schema of each staging table, for building record batches.
+    stage_schemas: HashMap<&'static str, SchemaRef>,
 }
 
 fn now_micros() -> i64 {
@@ -79,6 +82,14 @@ impl Writer {
             ));
         }
         conn.execute_batch(&sql)?;
+        let mut stage_schemas = HashMap::new();
+        for t in Kind::ALL.iter().map(|k| k.table()).chain(["containers"]) {
+            let schema = conn
+                .prepare(&format!("SELECT * FROM kq_stage.{t} LIMIT 0"))?
+                .query_arrow([])?
+                .get_schema();
+            stage_schemas.insert(t, schema);
+        }
         // Contexts found in the file from an earlier run start as `connecting` until their
         // supervisor reports; the daemon removes the ones no longer configured.
         let mut contexts = BTreeMap::new();
@@ -112,6 +123,7 @@ impl Writer {
             conn,
             opts,
             contexts,
+            stage_schemas,
         })
     }
 
@@ -246,7 +258,9 @@ impl Writer {
                     Op::Barrier(b) => barriers.push(b),
                 }
             }
+            let t = Instant::now();
             self.flush(&mut pending)?;
+            tracing::trace!(flush_ms = t.elapsed().as_millis() as u64, "flushed");
             let now = now_micros();
             for ctx in &touched {
                 let count = self.count_objects(ctx)?;
@@ -263,7 +277,9 @@ impl Writer {
         })();
         match result {
             Ok(()) => {
+                let t = Instant::now();
                 self.conn.execute_batch("COMMIT")?;
+                tracing::trace!(commit_ms = t.elapsed().as_millis() as u64, "committed");
                 Ok(())
             }
             Err(e) => {
@@ -291,27 +307,20 @@ impl Writer {
                 }
                 keys.flush()?;
             }
-            {
-                let mut rows = self.conn.appender_to_db(table, "kq_stage")?;
-                for r in objects.values().flatten() {
-                    rows.append_row(appender_params_from_iter(r.row.iter()))?;
-                }
-                rows.flush()?;
-            }
+            self.stage(table, objects.values().flatten().map(|r| r.row.as_slice()))?;
             let mut sql = format!(
                 "DELETE FROM main.{table} USING kq_stage.keys k WHERE main.{table}.context = k.context AND main.{table}.uid = k.uid;
                  INSERT INTO main.{table} SELECT * FROM kq_stage.{table};
                  DELETE FROM kq_stage.{table};"
             );
             if let Some((child, fk)) = kind.child() {
-                let mut rows = self.conn.appender_to_db(child, "kq_stage")?;
-                for r in objects.values().flatten() {
-                    for c in &r.children {
-                        rows.append_row(appender_params_from_iter(c.iter()))?;
-                    }
-                }
-                rows.flush()?;
-                drop(rows);
+                self.stage(
+                    child,
+                    objects
+                        .values()
+                        .flatten()
+                        .flat_map(|r| r.children.iter().map(Vec::as_slice)),
+                )?;
                 sql.push_str(&format!(
                     "DELETE FROM main.{child} USING kq_stage.keys k WHERE main.{child}.context = k.context AND main.{child}.{fk} = k.uid;
                      INSERT INTO main.{child} SELECT * FROM kq_stage.{child};
@@ -319,8 +328,32 @@ impl Writer {
                 ));
             }
             sql.push_str("DELETE FROM kq_stage.keys;");
+            let staged = Instant::now();
             self.conn.execute_batch(&sql)?;
+            tracing::trace!(
+                table,
+                objects = objects.len(),
+                merge_ms = staged.elapsed().as_millis() as u64,
+                "merged staged rows"
+            );
         }
+        Ok(())
+    }
+
+    /// Appends rows to a staging table as one Arrow batch.
+    fn stage<'a>(
+        &self,
+        table: &'static str,
+        rows: impl Iterator<Item = &'a [Value]> + Clone,
+    ) -> Result<(), StoreError> {
+        if rows.clone().next().is_none() {
+            return Ok(());
+        }
+        let schema = &self.stage_schemas[table];
+        let batch = super::batch::record_batch(schema, rows)?;
+        let mut app = self.conn.appender_to_db(table, "kq_stage")?;
+        app.append_record_batch(batch)?;
+        app.flush()?;
         Ok(())
     }
 

@@ -1,7 +1,7 @@
 //! The end-to-end harness: a simulated fleet, a kubeconfig for it, the real `kqd` and `kq`
 //! binaries started as processes, and waits on conditions with deadlines.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -10,10 +10,11 @@ use kube_sim::{Fleet, FleetOptions, GenSpec};
 /// A built binary of this workspace (`kqd`, `kq`, `kube-sim`), next to the test executable.
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("the test knows its own path");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("tests run from target/<profile>/deps");
+    // Tests run from target/<profile>/deps, binaries (kq-bench) from target/<profile>.
+    let mut dir = exe.parent().expect("an executable has a directory");
+    if dir.ends_with("deps") {
+        dir = dir.parent().expect("deps has a parent");
+    }
     let p = dir.join(name);
     assert!(
         p.exists(),

@@ -1,0 +1,227 @@
+//! kq-bench: measures kqd against the simulator and prints each figure next to its target
+//! and, where one exists, as a ratio of a baseline measured in the same run.
+//!
+//! - initial sync rate vs the raw typed-JSON parse rate of the same pods (one core);
+//! - peak RSS of kqd after the initial sync;
+//! - `select count(*) from pods` over the socket (in-process Flight client) and through
+//!   `kq -c` (a new process each time);
+//! - watch-to-query latency: a pod created in the simulator until a query sees it.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use k8s_openapi::api::core::v1::Pod;
+use kq_e2e::{Env, sim_pod_uids};
+use kube_sim::scenario;
+
+#[derive(Parser)]
+#[command(name = "kq-bench", about = "Measure kqd against the simulator")]
+struct Args {
+    /// Simulated clusters.
+    #[arg(long, default_value_t = 2)]
+    clusters: usize,
+    /// Pods per cluster.
+    #[arg(long, default_value_t = 5000)]
+    pods: usize,
+    /// Samples for each latency figure.
+    #[arg(long, default_value_t = 100)]
+    samples: usize,
+}
+
+fn percentile(v: &mut [Duration], p: f64) -> Duration {
+    v.sort();
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
+}
+
+fn peak_rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    eprintln!(
+        "generating {} clusters × {} pods …",
+        args.clusters, args.pods
+    );
+    let env = Env::start(args.clusters, args.pods).await;
+    let total: usize = env
+        .fleet
+        .clusters
+        .iter()
+        .map(|c| sim_pod_uids(c).len())
+        .sum();
+
+    // Baseline: parse every pod of the fleet once, typed, on one core.
+    let bodies: Vec<bytes_of::Bytes> = bytes_of::pods(&env);
+    let started = Instant::now();
+    let mut parsed = 0usize;
+    for b in &bodies {
+        let p: Pod = serde_json::from_slice(b)?;
+        parsed += usize::from(p.metadata.name.is_some());
+    }
+    let parse_rate = parsed as f64 / started.elapsed().as_secs_f64();
+
+    // Initial sync: from kqd's start until every pod is queryable.
+    let started = Instant::now();
+    let kqd = env.kqd().await;
+    env.wait_pods_synced(Duration::from_secs(600)).await;
+    let sync = started.elapsed();
+    let sync_rate = total as f64 / sync.as_secs_f64();
+    let rss = peak_rss_mib(kqd.child.id());
+
+    let mut client = kq_shell::Client::connect(&env.socket).await?;
+    let mut socket_lat = Vec::new();
+    for _ in 0..args.samples {
+        let t = Instant::now();
+        client.query("select count(*) from pods").await?;
+        socket_lat.push(t.elapsed());
+    }
+    let mut cli_lat = Vec::new();
+    for _ in 0..args.samples.min(50) {
+        let t = Instant::now();
+        let out = env
+            .kq(&["-c", "select count(*) from pods", "--format", "csv"])
+            .await;
+        anyhow::ensure!(out.status.success(), "kq -c failed");
+        cli_lat.push(t.elapsed());
+    }
+
+    let c = &env.fleet.clusters[0];
+    let mut watch_lat = Vec::new();
+    for i in 0..args.samples.min(50) {
+        let name = format!("bench-{i}");
+        let t = Instant::now();
+        scenario::create_pod(&c.store, "default", &name, "nginx:1.27")
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let sql = format!("select count(*) from pods where name = '{name}'");
+        loop {
+            let r = client.query(&sql).await?;
+            let seen = r.batches.first().map(|b| {
+                let col = b
+                    .column(0)
+                    .as_any()
+                    .downcast_ref::<arrow_array_i64::Int64Array>()
+                    .map(|a| a.value(0));
+                col == Some(1)
+            });
+            if seen == Some(true) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        watch_lat.push(t.elapsed());
+    }
+    let rss_after = peak_rss_mib(kqd.child.id());
+
+    let db: PathBuf = env.data_dir.join("kq.duckdb");
+    let db_mib = std::fs::metadata(&db)
+        .map(|m| m.len() as f64 / 1048576.0)
+        .unwrap_or(0.0);
+    println!(
+        "kq-bench: {} clusters × {} pods ({total} pods)",
+        args.clusters, args.pods
+    );
+    println!("{:<44} {:>14} {:>22}", "figure", "value", "target / ratio");
+    println!(
+        "{:<44} {:>14} {:>22}",
+        "baseline: typed Pod JSON parse, 1 core",
+        format!("{parse_rate:.0} /s"),
+        ""
+    );
+    println!(
+        "{:<44} {:>14} {:>22}",
+        "initial sync (kqd start → all pods queryable)",
+        format!("{:.2} s", sync.as_secs_f64()),
+        format!(
+            "{sync_rate:.0} pods/s = {:.2}× parse",
+            sync_rate / parse_rate
+        )
+    );
+    println!(
+        "{:<44} {:>14} {:>22}",
+        "kqd peak RSS after initial sync",
+        format!("{rss:.0} MiB"),
+        ""
+    );
+    println!(
+        "{:<44} {:>14} {:>22}",
+        "kqd peak RSS at the end",
+        format!("{rss_after:.0} MiB"),
+        ""
+    );
+    println!(
+        "{:<44} {:>14} {:>22}",
+        "database file",
+        format!("{db_mib:.1} MiB"),
+        ""
+    );
+    println!(
+        "{:<44} {:>14} {:>22}",
+        "count(*) over the socket, p50",
+        ms(percentile(&mut socket_lat, 0.5)),
+        "≤ 2 ms"
+    );
+    println!(
+        "{:<44} {:>14} {:>22}",
+        "count(*) over the socket, p99",
+        ms(percentile(&mut socket_lat, 0.99)),
+        ""
+    );
+    println!(
+        "{:<44} {:>14} {:>22}",
+        "count(*) through `kq -c`, p50",
+        ms(percentile(&mut cli_lat, 0.5)),
+        ""
+    );
+    println!(
+        "{:<44} {:>14} {:>22}",
+        "watch-to-query latency, p50",
+        ms(percentile(&mut watch_lat, 0.5)),
+        ""
+    );
+    println!(
+        "{:<44} {:>14} {:>22}",
+        "watch-to-query latency, p99",
+        ms(percentile(&mut watch_lat, 0.99)),
+        "≤ 250 ms"
+    );
+    drop(kqd);
+    Ok(())
+}
+
+/// Arrow's Int64Array, through kq-shell's arrow.
+mod arrow_array_i64 {
+    pub use kq_shell::arrow::array::Int64Array;
+}
+
+/// The pods' JSON exactly as the simulator serves them.
+mod bytes_of {
+    pub use bytes::Bytes;
+
+    pub fn pods(env: &kq_e2e::Env) -> Vec<Bytes> {
+        let mut out = Vec::new();
+        for c in &env.fleet.clusters {
+            let rt = c
+                .store
+                .resolve_kind("v1", "Pod")
+                .expect("pods are built in");
+            let page = c
+                .store
+                .list(&rt, &Default::default(), None, None)
+                .expect("list");
+            out.extend(page.items.iter().map(|p| p.json.clone()));
+        }
+        out
+    }
+}
