@@ -30,7 +30,8 @@ struct Args {
     /// Where to write the kubeconfig.
     #[arg(long, default_value = "kube-sim.kubeconfig")]
     kubeconfig: PathBuf,
-    /// Serve plain HTTP instead of HTTPS with a self-signed CA.
+    /// Serve plain HTTP, without authentication, instead of HTTPS with a self-signed CA
+    /// and bearer tokens.
     #[arg(long)]
     plain_http: bool,
     /// Changes kept for watches to resume from; older resource versions get 410 Gone.

@@ -290,3 +290,30 @@ async fn errors_are_status_objects_with_the_right_codes() {
     c.restore_token();
     assert!(t.kubectl(&["get", "ns"]).ok);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn plain_http_fleets_work_too() {
+    let mut opts = kube_sim::FleetOptions::new(1);
+    opts.tls = false;
+    let spec = kube_sim::GenSpec {
+        pods: 4,
+        ..Default::default()
+    };
+    let fleet = kube_sim::Fleet::start_generated(opts, &spec).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let kc = dir.path().join("kubeconfig");
+    fleet.write_kubeconfig(&kc).unwrap();
+    assert!(fleet.clusters[0].server_url().starts_with("http://"));
+    let out = std::process::Command::new("kubectl")
+        .env("KUBECONFIG", &kc)
+        .env("HOME", dir.path())
+        .args(["get", "pods", "-A", "-o", "name"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 4);
+}
