@@ -29,6 +29,7 @@ use prost::Message as _;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::query::{Engine, QueryError, Running};
+use crate::socket::PeerInfo;
 
 /// The database (catalog) name clients see.
 pub const CATALOG: &str = "kq";
@@ -71,9 +72,24 @@ impl KqFlightSql {
     async fn plan(
         &self,
         sql: String,
-        descriptor: FlightDescriptor,
+        request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let running = self.engine.start(sql).await.map_err(to_status)?;
+        // A query runs to its first batch before GetFlightInfo answers. If the client hangs up
+        // meanwhile, dropping `start` interrupts DuckDB (tonic does not drop the request).
+        let gone = request
+            .extensions()
+            .get::<PeerInfo>()
+            .map(|p| p.gone.clone());
+        tracing::debug!(tracked = gone.is_some(), "planning query");
+        let gone = gone.unwrap_or_default();
+        let descriptor = request.into_inner();
+        let running = tokio::select! {
+            r = self.engine.start(sql) => r.map_err(to_status)?,
+            _ = gone.cancelled() => {
+                tracing::debug!("client hung up during GetFlightInfo");
+                return Err(Status::cancelled("the client went away"));
+            }
+        };
         let schema = running.schema.clone();
         let handle = uuid_bytes();
         {
@@ -178,7 +194,7 @@ impl FlightSqlService for KqFlightSql {
         query: CommandStatementQuery,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.plan(query.query, request.into_inner()).await
+        self.plan(query.query, request).await
     }
 
     async fn get_flight_info_prepared_statement(
@@ -188,7 +204,7 @@ impl FlightSqlService for KqFlightSql {
     ) -> Result<Response<FlightInfo>, Status> {
         let sql = String::from_utf8(cmd.prepared_statement_handle.to_vec())
             .map_err(|_| Status::invalid_argument("the prepared statement handle is not kq's"))?;
-        self.plan(sql, request.into_inner()).await
+        self.plan(sql, request).await
     }
 
     async fn do_get_statement(

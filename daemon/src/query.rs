@@ -201,6 +201,21 @@ impl Cancel {
     }
 }
 
+/// Cancels its query when dropped while still armed.
+struct Armed(Option<Cancel>);
+
+impl Drop for Armed {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.take() {
+            c.cancel();
+        }
+    }
+}
+
+fn is_interrupt(e: &QueryError) -> bool {
+    matches!(e, QueryError::Sql(m) if m.contains("INTERRUPT") || m.contains("nterrupted"))
+}
+
 /// Hands out read connections, reusing idle ones.
 pub struct Engine {
     store: Arc<Store>,
@@ -264,8 +279,11 @@ impl Engine {
                 engine.give_back(conn);
             }
         });
-        schema_rx
-            .await
+        // Until the schema arrives, a caller that goes away (its future dropped) cancels too.
+        let mut armed = Armed(Some(cancel.clone()));
+        let schema = schema_rx.await;
+        armed.0 = None;
+        schema
             .map_err(|_| QueryError::Internal("the query thread stopped".into()))?
             .map(|schema| Running {
                 schema,
@@ -294,10 +312,15 @@ fn run_blocking(
             return false;
         }
     };
+    tracing::debug!(sql, "query started");
     let stream = match stmt.stream_arrow([]) {
         Ok(s) => s,
         Err(e) => {
-            let _ = schema_tx.send(Err(sql_error(e)));
+            let e = sql_error(e);
+            if is_interrupt(&e) {
+                tracing::info!(sql, "query cancelled: the client went away");
+            }
+            let _ = schema_tx.send(Err(e));
             return false;
         }
     };
@@ -306,8 +329,13 @@ fn run_blocking(
     }
     for batch in stream {
         let item = batch.map_err(sql_error);
+        let interrupted = item.as_ref().err().is_some_and(is_interrupt);
         let failed = item.is_err();
         // A closed channel means the client went away; stop here.
+        if batch_tx.is_closed() || interrupted {
+            tracing::info!(sql, "query cancelled: the client went away");
+            return false;
+        }
         if batch_tx.blocking_send(item).is_err() || failed {
             return false;
         }

@@ -4,9 +4,15 @@
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
 use futures::{Stream, StreamExt as _};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{UnixListener, UnixStream};
 use tokio_stream::wrappers::UnixListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::server::Connected;
 
 /// Errors preparing the socket, naming its path.
 #[derive(Debug, thiserror::Error)]
@@ -92,8 +98,62 @@ pub fn from_systemd() -> Option<UnixListener> {
     UnixListener::from_std(std_listener).ok()
 }
 
+/// What a request knows about its connection: `gone` fires once the client's connection
+/// has closed, so work done for it can stop (request futures are not dropped by then).
+#[derive(Clone, Debug)]
+pub struct PeerInfo {
+    pub gone: CancellationToken,
+}
+
+/// A client connection that cancels its [`PeerInfo::gone`] token when it is dropped.
+pub struct PeerStream {
+    inner: UnixStream,
+    gone: CancellationToken,
+}
+
+impl Drop for PeerStream {
+    fn drop(&mut self) {
+        self.gone.cancel();
+    }
+}
+
+impl Connected for PeerStream {
+    type ConnectInfo = PeerInfo;
+    fn connect_info(&self) -> PeerInfo {
+        PeerInfo {
+            gone: self.gone.clone(),
+        }
+    }
+}
+
+impl AsyncRead for PeerStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for PeerStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
 /// Accepted connections whose peer runs as our uid; others are closed and logged.
-pub fn incoming(listener: UnixListener) -> impl Stream<Item = std::io::Result<UnixStream>> {
+pub fn incoming(listener: UnixListener) -> impl Stream<Item = std::io::Result<PeerStream>> {
     let uid = my_uid();
     UnixListenerStream::new(listener).filter(move |conn| {
         let ok = match conn {
@@ -112,4 +172,5 @@ pub fn incoming(listener: UnixListener) -> impl Stream<Item = std::io::Result<Un
         };
         futures::future::ready(ok)
     })
+    .map(|conn| conn.map(|inner| PeerStream { inner, gone: CancellationToken::new() }))
 }

@@ -263,3 +263,48 @@ async fn sigterm_flushes_closes_and_removes_the_socket() {
     let sock = env.socket.clone();
     assert!(eventually(Duration::from_secs(1), || !sock.exists()).await);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_goes_away_cancels_its_query() {
+    let env = Env::start(1, 5).await;
+    let kqd = env.kqd().await;
+    env.wait_pods_synced(Duration::from_secs(30)).await;
+    // A query that would run for minutes.
+    let mut client = std::process::Command::new(kq_e2e::bin("kq"))
+        .arg("--socket")
+        .arg(&env.socket)
+        .args([
+            "-c",
+            "select sum(a.range * b.range) from range(100000000) a, range(100000) b",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = |log: &str| {
+        log.lines()
+            .any(|l| l.contains("query started") && l.contains("range(100000000)"))
+    };
+    assert!(
+        eventually(Duration::from_secs(20), || started(&kqd.log())).await,
+        "{}",
+        kqd.log()
+    );
+    client.kill().unwrap();
+    client.wait().unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || kqd
+            .log()
+            .lines()
+            .any(|l| l.contains("query cancelled: the client went away")
+                && l.contains("range(100000000)")))
+        .await,
+        "kqd kept running the query: {}",
+        kqd.log()
+    );
+    // The daemon still answers.
+    assert_eq!(
+        env.csv("select count(*) from pods").await.unwrap(),
+        "count_star()\n5\n"
+    );
+}

@@ -294,7 +294,8 @@ pub fn populate(store: &Store, spec: &GenSpec) -> Result<usize, ApiError> {
                             Err(e) if e.code == 409 => continue,
                             other => break other,
                         }
-                    }?;
+                    }
+                    .and_then(|p| scheduled_event(store, &p))?;
                 }
                 made += replicas;
                 create(store, "v1", "Service", ns, service(&app, &mut rng))?;
@@ -303,6 +304,26 @@ pub fn populate(store: &Store, spec: &GenSpec) -> Result<usize, ApiError> {
         w += 1;
     }
     Ok(made)
+}
+
+/// The Normal event the scheduler records for a pod, as every real cluster keeps (for an
+/// hour) for each pod it placed.
+fn scheduled_event(store: &Store, pod: &Value) -> Result<(), ApiError> {
+    let md = &pod["metadata"];
+    let (ns, name) = (
+        md["namespace"].as_str().unwrap_or_default(),
+        md["name"].as_str().unwrap_or_default(),
+    );
+    let node = pod["spec"]["nodeName"].as_str().unwrap_or_default();
+    let now = now_rfc3339();
+    let ev = json!({
+        "metadata": {"name": format!("{name}.{:x}", name.len() * 7919), "namespace": ns},
+        "involvedObject": {"kind": "Pod", "namespace": ns, "name": name, "uid": md["uid"], "apiVersion": "v1"},
+        "reason": "Scheduled", "message": format!("Successfully assigned {ns}/{name} to {node}"), "type": "Normal",
+        "count": 1, "firstTimestamp": now, "lastTimestamp": now,
+        "source": {"component": "default-scheduler"}, "reportingComponent": "default-scheduler",
+    });
+    create(store, "v1", "Event", ns, ev).map(|_| ())
 }
 
 /// Creates a namespace unless it exists.
