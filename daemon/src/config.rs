@@ -34,6 +34,8 @@ pub struct Config {
     pub socket: PathBuf,
     pub log_level: String,
     pub store: StoreOptions,
+    /// Contexts that may run their initial list at the same time.
+    pub initial_sync_concurrency: usize,
 }
 
 /// The TOML file's shape; every field optional.
@@ -47,6 +49,7 @@ struct FileConfig {
     batch_max: Option<usize>,
     batch_interval_ms: Option<u64>,
     memory_limit: Option<String>,
+    initial_sync_concurrency: Option<usize>,
 }
 
 impl Default for Config {
@@ -57,6 +60,11 @@ impl Default for Config {
             socket: kq_schema::paths::default_socket(),
             log_level: "info".to_string(),
             store: StoreOptions::default(),
+            // One initial list per core: listing is parse-bound, and each list in flight holds
+            // a page of objects, so more at once only raises peak memory.
+            initial_sync_concurrency: std::thread::available_parallelism()
+                .map_or(2, |n| n.get())
+                .clamp(1, 4),
         }
     }
 }
@@ -107,6 +115,9 @@ impl Config {
         }
         if let Some(m) = f.memory_limit {
             self.store.memory_limit = m;
+        }
+        if let Some(n) = f.initial_sync_concurrency {
+            self.initial_sync_concurrency = n.max(1);
         }
     }
 

@@ -60,6 +60,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
 
     let merged = Arc::new(loaded.merged);
     let watchers = shutdown.child_token();
+    let sync_slots = Arc::new(tokio::sync::Semaphore::new(
+        config.initial_sync_concurrency.max(1),
+    ));
     let mut tasks = Vec::new();
     for spec in loaded.contexts {
         tracing::info!(context = %spec.info.name, server = %spec.info.server, "watching context");
@@ -67,6 +70,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
             spec,
             merged.clone(),
             tx.clone(),
+            sync_slots.clone(),
             watchers.clone(),
         )));
     }

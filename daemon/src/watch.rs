@@ -13,7 +13,7 @@ use kube::config::Kubeconfig;
 use kube::runtime::watcher;
 use kube::{Api, Resource};
 use serde::de::DeserializeOwned;
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::kubeconfig::{ContextSpec, client_for};
@@ -73,11 +73,13 @@ async fn set_state(
         .await;
 }
 
-/// Runs until `cancel` fires.
+/// Runs until `cancel` fires. `sync_slots` bounds how many contexts run their initial list
+/// at once, which bounds the daemon's peak memory with many large clusters.
 pub async fn supervise(
     spec: ContextSpec,
     kubeconfig: Arc<Kubeconfig>,
     tx: mpsc::Sender<Op>,
+    sync_slots: Arc<Semaphore>,
     cancel: CancellationToken,
 ) {
     let name = spec.info.name.clone();
@@ -86,7 +88,7 @@ pub async fn supervise(
     let mut backoff = Backoff::new();
     loop {
         set_state(&tx, &name, "connecting", None, None, false).await;
-        let attempt = connect_and_watch(&ctx, &kubeconfig, &tx, &cancel, &mut backoff);
+        let attempt = connect_and_watch(&ctx, &kubeconfig, &tx, &sync_slots, &cancel, &mut backoff);
         let err = tokio::select! {
             e = attempt => e,
             _ = cancel.cancelled() => return,
@@ -106,6 +108,7 @@ async fn connect_and_watch(
     ctx: &Arc<str>,
     kubeconfig: &Kubeconfig,
     tx: &mpsc::Sender<Op>,
+    sync_slots: &Arc<Semaphore>,
     cancel: &CancellationToken,
     backoff: &mut Backoff,
 ) -> String {
@@ -121,6 +124,9 @@ async fn connect_and_watch(
         Err(_) => {
             return "unreachable: the API server did not answer /version within 15 s".to_string();
         }
+    };
+    let Ok(mut slot) = sync_slots.clone().acquire_owned().await.map(Some) else {
+        return "shutting down".to_string();
     };
     set_state(tx, ctx, "syncing", None, Some(version.clone()), false).await;
     let (htx, mut hrx) = mpsc::channel(64);
@@ -161,6 +167,7 @@ async fn connect_and_watch(
                 if first_time && synced.len() == Kind::ALL.len() {
                     tracing::info!(context = %ctx, "initial sync complete");
                     backoff.reset();
+                    slot.take();
                     set_state(tx, ctx, "ready", None, Some(version.clone()), true).await;
                 }
             }

@@ -144,7 +144,7 @@ impl Store {
             root: Mutex::new(conn),
             path: path.to_path_buf(),
         });
-        let (tx, rx) = mpsc::channel(8192);
+        let (tx, rx) = mpsc::channel(1024);
         let writer = Writer::new(writer_conn, opts)?;
         let handle = std::thread::Builder::new()
             .name("kq-store-writer".into())
