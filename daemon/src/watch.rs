@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
+use k8s_openapi::api::batch::v1::{CronJob, Job};
+use k8s_openapi::api::core::v1::{ConfigMap, Event, Namespace, Node, Pod, Secret, Service};
 use kube::config::Kubeconfig;
 use kube::runtime::watcher;
 use kube::{Api, Resource};
@@ -132,33 +134,76 @@ async fn connect_and_watch(
     let (htx, mut hrx) = mpsc::channel(64);
     let child = cancel.child_token();
     let _stop = child.clone().drop_guard();
-    spawn_watch(
+    // The kube-system namespace's uid identifies the cluster behind the context.
+    let cluster_id = match Api::<Namespace>::all(client.clone())
+        .get_opt("kube-system")
+        .await
+    {
+        Ok(ns) => ns.and_then(|n| n.metadata.uid),
+        Err(e) => return classify(&e),
+    };
+    let _ = tx
+        .send(Op::ClusterId {
+            name: ctx.to_string(),
+            cluster_id,
+        })
+        .await;
+    let w = Watch {
+        ctx: ctx.clone(),
+        tx: tx.clone(),
+        health: htx,
+        cancel: child.clone(),
+    };
+    w.spawn(
         Api::<Namespace>::all(client.clone()),
         Kind::Namespaces,
-        ctx.clone(),
         rows::namespace,
-        tx.clone(),
-        htx.clone(),
-        child.clone(),
     );
-    spawn_watch(
-        Api::<Node>::all(client.clone()),
-        Kind::Nodes,
-        ctx.clone(),
-        rows::node,
-        tx.clone(),
-        htx.clone(),
-        child.clone(),
+    w.spawn(Api::<Node>::all(client.clone()), Kind::Nodes, rows::node);
+    w.spawn(Api::<Pod>::all(client.clone()), Kind::Pods, rows::pod);
+    w.spawn(
+        Api::<Deployment>::all(client.clone()),
+        Kind::Deployments,
+        rows::deployment,
     );
-    spawn_watch(
-        Api::<Pod>::all(client),
-        Kind::Pods,
-        ctx.clone(),
-        rows::pod,
-        tx.clone(),
-        htx,
-        child.clone(),
+    w.spawn(
+        Api::<ReplicaSet>::all(client.clone()),
+        Kind::ReplicaSets,
+        rows::replicaset,
     );
+    w.spawn(
+        Api::<StatefulSet>::all(client.clone()),
+        Kind::StatefulSets,
+        rows::statefulset,
+    );
+    w.spawn(
+        Api::<DaemonSet>::all(client.clone()),
+        Kind::DaemonSets,
+        rows::daemonset,
+    );
+    w.spawn(Api::<Job>::all(client.clone()), Kind::Jobs, rows::job);
+    w.spawn(
+        Api::<CronJob>::all(client.clone()),
+        Kind::CronJobs,
+        rows::cronjob,
+    );
+    w.spawn(
+        Api::<Service>::all(client.clone()),
+        Kind::Services,
+        rows::service,
+    );
+    w.spawn(
+        Api::<ConfigMap>::all(client.clone()),
+        Kind::ConfigMaps,
+        rows::configmap,
+    );
+    w.spawn(
+        Api::<Secret>::all(client.clone()),
+        Kind::Secrets,
+        rows::secret,
+    );
+    w.spawn(Api::<Event>::all(client), Kind::Events, rows::event);
+    drop(w);
     let mut synced: HashSet<Kind> = HashSet::new();
     while let Some(h) = hrx.recv().await {
         match h {
@@ -199,96 +244,109 @@ fn classify(e: &kube::Error) -> String {
     format!("{kind}: {text}")
 }
 
-#[allow(clippy::too_many_arguments)]
-fn spawn_watch<K>(
-    api: Api<K>,
-    kind: Kind,
+/// What every watcher task of one context shares.
+struct Watch {
     ctx: Arc<str>,
-    to_rows: fn(&Arc<str>, &K) -> ObjectRows,
     tx: mpsc::Sender<Op>,
     health: mpsc::Sender<Health>,
     cancel: CancellationToken,
-) where
-    K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
-{
-    tokio::spawn(async move {
-        let cfg = watcher::Config::default().any_semantic().page_size(500);
-        let mut stream = watcher(api, cfg).boxed();
-        // Only the uids of the current relist are kept, never objects.
-        let mut seen: Vec<String> = Vec::new();
-        loop {
-            let ev = tokio::select! {
-                ev = stream.next() => ev,
-                _ = cancel.cancelled() => return,
-            };
-            let Some(ev) = ev else {
-                let _ = health
-                    .send(Health::Failed(kind, "watch stream ended".into()))
-                    .await;
-                return;
-            };
-            let op = match ev {
-                Ok(watcher::Event::Init) => {
-                    seen.clear();
-                    continue;
-                }
-                Ok(watcher::Event::InitApply(o)) => {
-                    let rows = to_rows(&ctx, &o);
-                    seen.push(rows.uid.clone());
-                    Op::Upsert {
-                        kind,
-                        context: ctx.clone(),
-                        rows,
+}
+
+impl Watch {
+    /// Starts the watcher of one kind: events become ops, list and watch failures are
+    /// reported to the supervisor.
+    fn spawn<K>(&self, api: Api<K>, kind: Kind, to_rows: fn(&Arc<str>, &K) -> ObjectRows)
+    where
+        K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
+    {
+        let (ctx, tx, health, cancel) = (
+            self.ctx.clone(),
+            self.tx.clone(),
+            self.health.clone(),
+            self.cancel.clone(),
+        );
+        tokio::spawn(async move {
+            let cfg = watcher::Config::default().any_semantic().page_size(500);
+            let mut stream = watcher(api, cfg).boxed();
+            // Only the uids of the current relist are kept, never objects.
+            let mut seen: Vec<String> = Vec::new();
+            loop {
+                let ev = tokio::select! {
+                    ev = stream.next() => ev,
+                    _ = cancel.cancelled() => return,
+                };
+                let Some(ev) = ev else {
+                    let _ = health
+                        .send(Health::Failed(kind, "watch stream ended".into()))
+                        .await;
+                    return;
+                };
+                let op = match ev {
+                    Ok(watcher::Event::Init) => {
+                        seen.clear();
+                        continue;
                     }
-                }
-                Ok(watcher::Event::InitDone) => {
-                    let keep = std::mem::take(&mut seen);
-                    if tx
-                        .send(Op::Sweep {
+                    Ok(watcher::Event::InitApply(o)) => {
+                        let rows = to_rows(&ctx, &o);
+                        seen.push(rows.uid.clone());
+                        Op::Upsert {
                             kind,
                             context: ctx.clone(),
-                            keep,
-                        })
-                        .await
-                        .is_err()
-                    {
+                            rows,
+                        }
+                    }
+                    Ok(watcher::Event::InitDone) => {
+                        let keep = std::mem::take(&mut seen);
+                        if !kind.keeps_deleted()
+                            && tx
+                                .send(Op::Sweep {
+                                    kind,
+                                    context: ctx.clone(),
+                                    keep,
+                                })
+                                .await
+                                .is_err()
+                        {
+                            return;
+                        }
+                        let _ = health.send(Health::InitDone(kind)).await;
+                        continue;
+                    }
+                    Ok(watcher::Event::Apply(o)) => Op::Upsert {
+                        kind,
+                        context: ctx.clone(),
+                        rows: to_rows(&ctx, &o),
+                    },
+                    // Events stay after the cluster expires them; retention removes them later.
+                    Ok(watcher::Event::Delete(_)) if kind.keeps_deleted() => continue,
+                    Ok(watcher::Event::Delete(o)) => Op::Delete {
+                        kind,
+                        context: ctx.clone(),
+                        uid: o.meta().uid.clone().unwrap_or_default(),
+                    },
+                    // The watcher recovers from these by itself: a 410 makes it relist, a broken
+                    // stream makes it watch again from the last resource version.
+                    Err(watcher::Error::WatchError(s)) if s.code == 410 => continue,
+                    Err(e @ (watcher::Error::WatchFailed(_) | watcher::Error::WatchError(_))) => {
+                        tracing::debug!(context = %ctx, kind = kind.table(), error = %crate::describe(&e), "watch interrupted; resuming");
+                        continue;
+                    }
+                    // Failing to list or to start a watch means the cluster is not reachable (or
+                    // refuses us): the supervisor reports it and reconnects with backoff.
+                    Err(e) => {
+                        let msg = match &e {
+                            watcher::Error::InitialListFailed(k)
+                            | watcher::Error::WatchStartFailed(k) => classify(k),
+                            other => crate::describe(other),
+                        };
+                        let _ = health.send(Health::Failed(kind, msg)).await;
                         return;
                     }
-                    let _ = health.send(Health::InitDone(kind)).await;
-                    continue;
-                }
-                Ok(watcher::Event::Apply(o)) => Op::Upsert {
-                    kind,
-                    context: ctx.clone(),
-                    rows: to_rows(&ctx, &o),
-                },
-                Ok(watcher::Event::Delete(o)) => Op::Delete {
-                    kind,
-                    context: ctx.clone(),
-                    uid: o.meta().uid.clone().unwrap_or_default(),
-                },
-                // The watcher recovers from these by itself: a 410 makes it relist, a broken
-                // stream makes it watch again from the last resource version.
-                Err(watcher::Error::WatchError(s)) if s.code == 410 => continue,
-                Err(e @ (watcher::Error::WatchFailed(_) | watcher::Error::WatchError(_))) => {
-                    tracing::debug!(context = %ctx, kind = kind.table(), error = %crate::describe(&e), "watch interrupted; resuming");
-                    continue;
-                }
-                // Failing to list or to start a watch means the cluster is not reachable (or
-                // refuses us): the supervisor reports it and reconnects with backoff.
-                Err(e) => {
-                    let msg = match &e {
-                        watcher::Error::InitialListFailed(k)
-                        | watcher::Error::WatchStartFailed(k) => classify(k),
-                        other => crate::describe(other),
-                    };
-                    let _ = health.send(Health::Failed(kind, msg)).await;
+                };
+                if tx.send(op).await.is_err() {
                     return;
                 }
-            };
-            if tx.send(op).await.is_err() {
-                return;
             }
-        }
-    });
+        });
+    }
 }

@@ -128,6 +128,11 @@ pub static CATALOG: LazyLock<Vec<Table>> = LazyLock::new(|| {
                     "Objects of this context currently in the inventory.",
                 ),
                 c("updated_at", "TIMESTAMPTZ", "When this row last changed."),
+                c(
+                    "cluster_id",
+                    "VARCHAR",
+                    "uid of the cluster's kube-system namespace: two contexts with the same cluster_id reach the same cluster.",
+                ),
             ],
         },
         inventory(
@@ -293,5 +298,225 @@ pub static CATALOG: LazyLock<Vec<Table>> = LazyLock::new(|| {
                 c("memory_limit_bytes", "BIGINT", "Memory limit in bytes."),
             ],
         },
+        workload(
+            "deployments",
+            "Deployments of every context, with their rollout state.",
+        ),
+        workload(
+            "replicasets",
+            "ReplicaSets of every context; owner_name names the Deployment.",
+        ),
+        workload("statefulsets", "StatefulSets of every context."),
+        workload(
+            "daemonsets",
+            "DaemonSets of every context; desired is the number of nodes that should run one.",
+        ),
+        inventory(
+            "jobs",
+            "Jobs of every context, with completions and their conditions.",
+            true,
+            &[
+                c(
+                    "owner_kind",
+                    "VARCHAR",
+                    "Kind of the controlling owner (CronJob), if any.",
+                ),
+                c("owner_name", "VARCHAR", "Name of the controlling owner."),
+                c("completions", "INTEGER", "spec.completions."),
+                c("parallelism", "INTEGER", "spec.parallelism."),
+                c("backoff_limit", "INTEGER", "spec.backoffLimit."),
+                c("active", "INTEGER", "status.active."),
+                c("succeeded", "INTEGER", "status.succeeded."),
+                c("failed", "INTEGER", "status.failed."),
+                c("start_time", "TIMESTAMPTZ", "status.startTime."),
+                c("completion_time", "TIMESTAMPTZ", "status.completionTime."),
+                c(
+                    "conditions",
+                    "JSON",
+                    "status.conditions as JSON (Complete, Failed with reason BackoffLimitExceeded…).",
+                ),
+            ],
+        ),
+        inventory(
+            "cronjobs",
+            "CronJobs of every context.",
+            true,
+            &[
+                c("schedule", "VARCHAR", "spec.schedule, in cron syntax."),
+                c("suspend", "BOOLEAN", "spec.suspend."),
+                c(
+                    "last_schedule_time",
+                    "TIMESTAMPTZ",
+                    "status.lastScheduleTime.",
+                ),
+                c(
+                    "last_successful_time",
+                    "TIMESTAMPTZ",
+                    "status.lastSuccessfulTime.",
+                ),
+                c(
+                    "active",
+                    "INTEGER",
+                    "Jobs currently running (status.active).",
+                ),
+            ],
+        ),
+        inventory(
+            "services",
+            "Services of every context.",
+            true,
+            &[
+                c(
+                    "type",
+                    "VARCHAR",
+                    "spec.type: ClusterIP, NodePort, LoadBalancer or ExternalName.",
+                ),
+                c("cluster_ip", "VARCHAR", "spec.clusterIP."),
+                c("external_ips", "JSON", "spec.externalIPs as a JSON array."),
+                c(
+                    "load_balancer_ingress",
+                    "JSON",
+                    "status.loadBalancer.ingress as JSON (ip, hostname).",
+                ),
+                c(
+                    "ports",
+                    "JSON",
+                    "spec.ports as JSON (name, port, targetPort, protocol, nodePort).",
+                ),
+                c("selector", "JSON", "spec.selector as a JSON object."),
+            ],
+        ),
+        inventory(
+            "configmaps",
+            "ConfigMaps of every context: key names and sizes, not values.",
+            true,
+            &[
+                c(
+                    "keys",
+                    "JSON",
+                    "Names of the keys in data and binaryData, as a JSON array.",
+                ),
+                c("data_bytes", "BIGINT", "Total size of the values in bytes."),
+            ],
+        ),
+        inventory(
+            "secrets",
+            "Secrets of every context: type and key names only. Values are never read into the inventory.",
+            true,
+            &[
+                c(
+                    "type",
+                    "VARCHAR",
+                    "Secret type, e.g. Opaque or kubernetes.io/tls.",
+                ),
+                c("keys", "JSON", "Names of the keys, as a JSON array."),
+            ],
+        ),
+        inventory(
+            "events",
+            "Kubernetes events of every context, kept after the cluster expires them (14 days).",
+            true,
+            &[
+                c("type", "VARCHAR", "Normal or Warning."),
+                c(
+                    "reason",
+                    "VARCHAR",
+                    "Short reason, e.g. FailedScheduling, BackOff, Unhealthy.",
+                ),
+                c("message", "VARCHAR", "Human-readable message."),
+                c(
+                    "involved_kind",
+                    "VARCHAR",
+                    "Kind of the object the event is about.",
+                ),
+                c("involved_namespace", "VARCHAR", "Namespace of that object."),
+                c("involved_name", "VARCHAR", "Name of that object."),
+                c("involved_uid", "VARCHAR", "uid of that object."),
+                c("count", "INTEGER", "How many times it happened."),
+                c(
+                    "first_seen",
+                    "TIMESTAMPTZ",
+                    "firstTimestamp (or eventTime).",
+                ),
+                c("last_seen", "TIMESTAMPTZ", "lastTimestamp (or eventTime)."),
+                c(
+                    "reporting_component",
+                    "VARCHAR",
+                    "reportingComponent, else source.component.",
+                ),
+            ],
+        ),
+        Table {
+            name: "changes",
+            description: "Every add, modify and delete kqd applied, newest last; kept 7 days.",
+            columns: vec![
+                c("changed_at", "TIMESTAMPTZ", "When kqd applied the change."),
+                c("context", "VARCHAR", "Kubeconfig context."),
+                c(
+                    "kind",
+                    "VARCHAR",
+                    "The table the object lives in (pods, deployments…).",
+                ),
+                c(
+                    "namespace",
+                    "VARCHAR",
+                    "Namespace, NULL for cluster-scoped objects.",
+                ),
+                c("name", "VARCHAR", "Object name."),
+                c("uid", "VARCHAR", "Object uid."),
+                c("operation", "VARCHAR", "add | modify | delete."),
+                c(
+                    "resource_version",
+                    "VARCHAR",
+                    "resourceVersion after the change (before it, for deletes).",
+                ),
+            ],
+        },
     ]
 });
+
+/// The columns the four replica-managing workloads share.
+fn workload(name: &'static str, description: &'static str) -> Table {
+    inventory(
+        name,
+        description,
+        true,
+        &[
+            c(
+                "owner_kind",
+                "VARCHAR",
+                "Kind of the controlling owner, if any (a ReplicaSet's Deployment).",
+            ),
+            c("owner_name", "VARCHAR", "Name of the controlling owner."),
+            c(
+                "desired",
+                "INTEGER",
+                "Desired replicas (spec.replicas; desiredNumberScheduled for DaemonSets).",
+            ),
+            c(
+                "current",
+                "INTEGER",
+                "Existing replicas (status.replicas; currentNumberScheduled).",
+            ),
+            c("ready", "INTEGER", "Ready replicas."),
+            c("available", "INTEGER", "Available replicas."),
+            c(
+                "updated",
+                "INTEGER",
+                "Replicas at the current template (updatedReplicas; updatedNumberScheduled).",
+            ),
+            c(
+                "strategy",
+                "VARCHAR",
+                "Update strategy type (RollingUpdate, Recreate, OnDelete).",
+            ),
+            c("selector", "JSON", "spec.selector as JSON."),
+            c("generation", "BIGINT", "metadata.generation."),
+            c(
+                "observed_generation",
+                "BIGINT",
+                "status.observedGeneration; lower than generation while a change rolls out.",
+            ),
+        ],
+    )
+}

@@ -12,18 +12,27 @@ pub struct Migration {
 }
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// Every migration, oldest first.
-pub static MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    description: "contexts, namespaces, nodes, pods and containers",
-    sql: v1,
-}];
+pub static MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "contexts, namespaces, nodes, pods and containers",
+        sql: v1,
+    },
+    Migration {
+        version: 2,
+        description: "workloads, services, config, events, change history and cluster identity",
+        sql: v2,
+    },
+];
 
 /// Creates the named catalog tables. A migration names its tables so that later catalog
-/// additions never change what an old migration did; a column added to an existing table
-/// needs its own migration (`ALTER TABLE … ADD COLUMN IF NOT EXISTS`).
+/// additions never change what an old migration did. A column added to an existing table
+/// goes at the end of its catalog entry (rows are written in catalog order, and ALTER
+/// appends) and gets its own migration (`ALTER TABLE … ADD COLUMN IF NOT EXISTS`), which is a
+/// no-op on a database that an earlier migration created with the column already.
 fn create_tables(names: &[&str]) -> String {
     names
         .iter()
@@ -32,6 +41,27 @@ fn create_tables(names: &[&str]) -> String {
         })
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+fn v2() -> String {
+    let mut sql = create_tables(&[
+        "deployments",
+        "replicasets",
+        "statefulsets",
+        "daemonsets",
+        "jobs",
+        "cronjobs",
+        "services",
+        "configmaps",
+        "secrets",
+        "events",
+        "changes",
+    ]);
+    sql.push_str("ALTER TABLE contexts ADD COLUMN IF NOT EXISTS cluster_id VARCHAR;\n");
+    // Arithmetic on TIMESTAMPTZ (`now() - INTERVAL 1 HOUR`) lives in DuckDB's ICU extension,
+    // which the bundled build cannot include; `ago(INTERVAL 1 HOUR)` does it in UTC instead.
+    sql.push_str("CREATE OR REPLACE MACRO ago(i) AS (now()::TIMESTAMP - i)::TIMESTAMPTZ;\n");
+    sql
 }
 
 fn v1() -> String {

@@ -75,6 +75,11 @@ pub enum Op {
     ContextInfo(ContextInfo),
     /// A context's connection state changed.
     ContextState(ContextState),
+    /// The uid of a context's kube-system namespace, which identifies its cluster.
+    ClusterId {
+        name: String,
+        cluster_id: Option<String>,
+    },
     /// A context left the kubeconfig: remove its rows everywhere.
     RemoveContext { name: String },
     /// Answered once everything sent before it is committed.
@@ -90,6 +95,10 @@ pub struct StoreOptions {
     pub batch_interval: std::time::Duration,
     /// DuckDB's memory limit, e.g. "512MB".
     pub memory_limit: String,
+    /// How long `changes` rows are kept.
+    pub changes_retention: std::time::Duration,
+    /// How long events are kept after they were last seen.
+    pub events_retention: std::time::Duration,
 }
 
 impl Default for StoreOptions {
@@ -98,6 +107,8 @@ impl Default for StoreOptions {
             batch_max: 20_000,
             batch_interval: std::time::Duration::from_millis(50),
             memory_limit: "512MB".to_string(),
+            changes_retention: std::time::Duration::from_secs(7 * 86_400),
+            events_retention: std::time::Duration::from_secs(14 * 86_400),
         }
     }
 }

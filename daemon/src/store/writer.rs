@@ -12,6 +12,9 @@ use tokio::sync::{mpsc, oneshot};
 use super::{Op, StoreError, StoreOptions};
 use crate::rows::{Kind, ObjectRows};
 
+/// How often retention runs (it also runs at start).
+const PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// Facts about a context that come from the kubeconfig.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ContextInfo {
@@ -45,6 +48,7 @@ struct ContextRow {
     server_version: Option<String>,
     object_count: i64,
     updated_at: i64,
+    cluster_id: Option<String>,
 }
 
 type Key = (Arc<str>, String);
@@ -56,6 +60,29 @@ pub struct Writer {
     contexts: BTreeMap<String, ContextRow>,
     /// The Arrow schema of each staging table, for building record batches.
     stage_schemas: HashMap<&'static str, SchemaRef>,
+}
+
+/// SQL that records the staged batch of `kind` in `changes`, run before the merge so it can
+/// compare with the stored rows: an unseen uid is an add, a new resourceVersion a modify (a
+/// relist that finds nothing new records nothing), a staged key without a row a delete.
+fn changes_sql(kind: Kind) -> String {
+    let table = kind.table();
+    let (ns_s, ns_m) = if kind.namespaced() {
+        ("s.namespace", "m.namespace")
+    } else {
+        ("NULL", "NULL")
+    };
+    format!(
+        "INSERT INTO main.changes
+         SELECT now(), s.context, '{table}', {ns_s}, s.name, s.uid,
+                CASE WHEN m.uid IS NULL THEN 'add' ELSE 'modify' END, s.resource_version
+         FROM kq_stage.{table} s LEFT JOIN main.{table} m ON m.context = s.context AND m.uid = s.uid
+         WHERE m.uid IS NULL OR m.resource_version IS DISTINCT FROM s.resource_version;
+         INSERT INTO main.changes
+         SELECT now(), m.context, '{table}', {ns_m}, m.name, m.uid, 'delete', m.resource_version
+         FROM main.{table} m JOIN kq_stage.keys k ON m.context = k.context AND m.uid = k.uid
+         WHERE NOT EXISTS (SELECT 1 FROM kq_stage.{table} s WHERE s.context = k.context AND s.uid = k.uid);"
+    )
 }
 
 fn now_micros() -> i64 {
@@ -129,11 +156,19 @@ impl Writer {
 
     /// Runs until every sender is gone, then checkpoints the database.
     pub fn run(mut self, mut rx: mpsc::Receiver<Op>) {
+        let mut pruned_at: Option<Instant> = None;
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_time()
             .build()
             .expect("a current-thread runtime builds");
         loop {
+            // Retention runs at start and then between batches, at most every PRUNE_EVERY.
+            if pruned_at.is_none_or(|t: Instant| t.elapsed() > PRUNE_EVERY) {
+                if let Err(e) = self.prune() {
+                    tracing::warn!(error = %e, "pruning old changes and events failed; will retry");
+                }
+                pruned_at = Some(Instant::now());
+            }
             let Some(first) = rx.blocking_recv() else {
                 break;
             };
@@ -187,6 +222,21 @@ impl Writer {
             tracing::warn!(error = %e, "final checkpoint failed; the WAL will be replayed at next start");
         }
         tracing::info!("store writer stopped");
+    }
+
+    /// Applies the retention periods of `changes` and `events`.
+    fn prune(&self) -> Result<(), StoreError> {
+        let changes = self.opts.changes_retention.as_secs();
+        let events = self.opts.events_retention.as_secs();
+        let removed = self.conn.execute(&format!("DELETE FROM main.changes WHERE changed_at < ago(to_seconds({changes}))"), [])?
+            + self.conn.execute(
+                &format!("DELETE FROM main.events WHERE coalesce(last_seen, created_at) < ago(to_seconds({events}))"),
+                [],
+            )?;
+        if removed > 0 {
+            tracing::info!(removed, "pruned changes and events past their retention");
+        }
+        Ok(())
     }
 
     fn apply(
@@ -249,6 +299,11 @@ impl Writer {
                         }
                         dirty.insert(s.name);
                     }
+                    Op::ClusterId { name, cluster_id } => {
+                        let row = self.contexts.entry(name.clone()).or_default();
+                        row.cluster_id = cluster_id;
+                        dirty.insert(name);
+                    }
                     Op::RemoveContext { name } => {
                         self.flush(&mut pending)?;
                         self.remove_context(&name)?;
@@ -308,11 +363,12 @@ impl Writer {
                 keys.flush()?;
             }
             self.stage(table, objects.values().flatten().map(|r| r.row.as_slice()))?;
-            let mut sql = format!(
+            let mut sql = changes_sql(kind);
+            sql.push_str(&format!(
                 "DELETE FROM main.{table} USING kq_stage.keys k WHERE main.{table}.context = k.context AND main.{table}.uid = k.uid;
                  INSERT INTO main.{table} SELECT * FROM kq_stage.{table};
                  DELETE FROM kq_stage.{table};"
-            );
+            ));
             if let Some((child, fk)) = kind.child() {
                 self.stage(
                     child,
@@ -366,6 +422,18 @@ impl Writer {
             keys.flush()?;
         }
         let table = kind.table();
+        let ns = if kind.namespaced() {
+            "namespace"
+        } else {
+            "NULL"
+        };
+        self.conn.execute(
+            &format!(
+                "INSERT INTO main.changes SELECT now(), context, '{table}', {ns}, name, uid, 'delete', resource_version
+                 FROM main.{table} WHERE context = ? AND uid NOT IN (SELECT uid FROM kq_stage.keys)"
+            ),
+            [context],
+        )?;
         let removed = self.conn.execute(
             &format!("DELETE FROM main.{table} WHERE context = ? AND uid NOT IN (SELECT uid FROM kq_stage.keys)"),
             [context],
@@ -445,9 +513,11 @@ impl Writer {
             row.server_version.clone().map_or(Value::Null, Value::Text),
             Value::BigInt(row.object_count),
             ts(Some(row.updated_at)),
+            row.cluster_id.clone().map_or(Value::Null, Value::Text),
         ];
         self.conn.execute(
-            "INSERT INTO contexts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO contexts (name, cluster, server, \"user\", namespace, source_file, state, error, last_event_at, synced_at, server_version, object_count, updated_at, cluster_id)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             params_from_iter(values.iter()),
         )?;
         Ok(())

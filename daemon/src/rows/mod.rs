@@ -11,6 +11,12 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 
 use crate::quantity;
 
+mod config;
+mod workloads;
+
+pub use config::{configmap, event, secret, service};
+pub use workloads::{cronjob, daemonset, deployment, job, replicaset, statefulset};
+
 /// One row, column values in catalog order.
 pub type Row = Vec<Value>;
 
@@ -20,17 +26,56 @@ pub enum Kind {
     Namespaces,
     Nodes,
     Pods,
+    Deployments,
+    ReplicaSets,
+    StatefulSets,
+    DaemonSets,
+    Jobs,
+    CronJobs,
+    Services,
+    ConfigMaps,
+    Secrets,
+    Events,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 3] = [Kind::Namespaces, Kind::Nodes, Kind::Pods];
+    pub const ALL: [Kind; 13] = [
+        Kind::Namespaces,
+        Kind::Nodes,
+        Kind::Pods,
+        Kind::Deployments,
+        Kind::ReplicaSets,
+        Kind::StatefulSets,
+        Kind::DaemonSets,
+        Kind::Jobs,
+        Kind::CronJobs,
+        Kind::Services,
+        Kind::ConfigMaps,
+        Kind::Secrets,
+        Kind::Events,
+    ];
 
     pub fn table(self) -> &'static str {
         match self {
             Kind::Namespaces => "namespaces",
             Kind::Nodes => "nodes",
             Kind::Pods => "pods",
+            Kind::Deployments => "deployments",
+            Kind::ReplicaSets => "replicasets",
+            Kind::StatefulSets => "statefulsets",
+            Kind::DaemonSets => "daemonsets",
+            Kind::Jobs => "jobs",
+            Kind::CronJobs => "cronjobs",
+            Kind::Services => "services",
+            Kind::ConfigMaps => "configmaps",
+            Kind::Secrets => "secrets",
+            Kind::Events => "events",
         }
+    }
+
+    /// Whether the table has a namespace column.
+    pub fn namespaced(self) -> bool {
+        !matches!(self, Kind::Namespaces | Kind::Nodes)
     }
 
     /// The child table whose rows belong to one object of this kind, keyed by its uid.
@@ -39,6 +84,12 @@ impl Kind {
             Kind::Pods => Some(("containers", "pod_uid")),
             _ => None,
         }
+    }
+
+    /// Kinds whose rows outlive the object: the cluster forgets events after an hour, kq
+    /// keeps them for its own retention period.
+    pub fn keeps_deleted(self) -> bool {
+        matches!(self, Kind::Events)
     }
 }
 
@@ -50,11 +101,11 @@ pub struct ObjectRows {
     pub children: Vec<Row>,
 }
 
-fn text(s: Option<&str>) -> Value {
+pub(crate) fn text(s: Option<&str>) -> Value {
     s.map_or(Value::Null, |s| Value::Text(s.to_string()))
 }
 
-fn opt_text(s: &Option<String>) -> Value {
+pub(crate) fn opt_text(s: &Option<String>) -> Value {
     text(s.as_deref())
 }
 
@@ -65,21 +116,55 @@ fn json_map(m: &Option<BTreeMap<String, String>>) -> Value {
     }
 }
 
-fn json_of<T: serde::Serialize>(v: &Option<T>) -> Value {
+pub(crate) fn json_of<T: serde::Serialize>(v: &Option<T>) -> Value {
     match v {
         Some(v) => Value::Text(serde_json::to_string(v).expect("k8s types serialize")),
         None => Value::Null,
     }
 }
 
-fn time(t: &Option<Time>) -> Value {
+pub(crate) fn time(t: &Option<Time>) -> Value {
     t.as_ref().map_or(Value::Null, |t| {
         Value::Timestamp(TimeUnit::Microsecond, t.0.as_microsecond())
     })
 }
 
-fn int(v: Option<i64>) -> Value {
+pub(crate) fn int(v: Option<i64>) -> Value {
     v.map_or(Value::Null, Value::BigInt)
+}
+
+/// `Value::Int` of an optional i32.
+pub(crate) fn int32(v: Option<i32>) -> Value {
+    v.map_or(Value::Null, Value::Int)
+}
+
+/// The first columns of a namespaced inventory row: context, namespace, then [`common`].
+pub(crate) fn head(ctx: &Arc<str>, meta: &ObjectMeta) -> Row {
+    let mut row = vec![Value::Text(ctx.to_string()), opt_text(&meta.namespace)];
+    row.extend(common(meta));
+    row
+}
+
+/// An object's rows when it has no children.
+pub(crate) fn single(meta: &ObjectMeta, row: Row) -> ObjectRows {
+    ObjectRows {
+        uid: meta.uid.clone().unwrap_or_default(),
+        row,
+        children: vec![],
+    }
+}
+
+/// The controlling owner reference (or the first), as kind and name.
+pub(crate) fn controller(meta: &ObjectMeta) -> [Value; 2] {
+    let owner = meta.owner_references.as_ref().and_then(|o| {
+        o.iter()
+            .find(|o| o.controller == Some(true))
+            .or_else(|| o.first())
+    });
+    [
+        text(owner.map(|o| o.kind.as_str())),
+        text(owner.map(|o| o.name.as_str())),
+    ]
 }
 
 /// The columns every inventory table starts with, after `context` and `namespace`.

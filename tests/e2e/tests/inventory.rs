@@ -1,0 +1,247 @@
+//! The wider inventory end to end: typed tables with real column values, secrets without
+//! their values, the change history, and cluster identity.
+
+use std::time::Duration;
+
+use kq_e2e::Env;
+use kube_sim::scenario;
+use serde_json::{Value, json};
+
+fn create(c: &kube_sim::Cluster, api_version: &str, kind: &str, ns: &str, obj: Value) -> Value {
+    let rt = c.store.resolve_kind(api_version, kind).unwrap();
+    c.store.create(&rt, ns, obj).unwrap().value()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn typed_tables_hold_the_fields_people_filter_on() {
+    let env = Env::start(1, 20).await;
+    let c = env.fleet.clusters[0].clone();
+    create(
+        &c,
+        "v1",
+        "Namespace",
+        "",
+        json!({"metadata": {"name": "shop"}}),
+    );
+    create(
+        &c,
+        "apps/v1",
+        "Deployment",
+        "shop",
+        json!({
+            "metadata": {"name": "web", "labels": {"app": "web"}},
+            "spec": {"replicas": 3, "selector": {"matchLabels": {"app": "web"}}, "strategy": {"type": "Recreate"},
+                     "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "web", "image": "nginx"}]}}},
+            "status": {"replicas": 3, "readyReplicas": 1, "availableReplicas": 1, "updatedReplicas": 3, "observedGeneration": 1},
+        }),
+    );
+    create(
+        &c,
+        "v1",
+        "Service",
+        "shop",
+        json!({
+            "metadata": {"name": "web"},
+            "spec": {"type": "LoadBalancer", "clusterIP": "10.96.0.10", "selector": {"app": "web"}, "ports": [{"port": 80, "protocol": "TCP"}]},
+            "status": {"loadBalancer": {"ingress": [{"ip": "203.0.113.7"}]}},
+        }),
+    );
+    create(
+        &c,
+        "v1",
+        "ConfigMap",
+        "shop",
+        json!({"metadata": {"name": "cfg"}, "data": {"a.conf": "12345", "b": "xy"}}),
+    );
+    create(
+        &c,
+        "batch/v1",
+        "CronJob",
+        "shop",
+        json!({"metadata": {"name": "nightly"}, "spec": {"schedule": "0 3 * * *", "suspend": true,
+        "jobTemplate": {"spec": {"template": {"spec": {"containers": [{"name": "j", "image": "busybox"}]}}}}}}),
+    );
+    create(
+        &c,
+        "batch/v1",
+        "Job",
+        "shop",
+        json!({"metadata": {"name": "once"}, "spec": {"completions": 2, "backoffLimit": 1,
+        "template": {"spec": {"containers": [{"name": "j", "image": "busybox"}], "restartPolicy": "Never"}}}, "status": {"active": 1}}),
+    );
+    scenario::fail_job(&c.store, "shop", "once", "BackoffLimitExceeded").unwrap();
+    scenario::warning_event(
+        &c.store,
+        "shop",
+        "Pod",
+        "web-1",
+        "BackOff",
+        "Back-off restarting failed container",
+    )
+    .unwrap();
+    let _kqd = env.kqd().await;
+    env.wait_csv(
+        "select name, desired, ready, available, updated, strategy, selector->'matchLabels'->>'app' as sel from deployments where namespace = 'shop'",
+        "name,desired,ready,available,updated,strategy,sel\nweb,3,1,1,3,Recreate,web\n",
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap();
+    env.wait_csv(
+        "select type, cluster_ip, load_balancer_ingress->0->>'ip' as lb, ports->0->>'port' as port from services where namespace = 'shop'",
+        "type,cluster_ip,lb,port\nLoadBalancer,10.96.0.10,203.0.113.7,80\n",
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    env.wait_csv(
+        "select keys::VARCHAR as keys, data_bytes from configmaps where namespace = 'shop'",
+        "keys,data_bytes\n\"[\"\"a.conf\"\",\"\"b\"\"]\",7\n",
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    env.wait_csv(
+        "select schedule, suspend from cronjobs where name = 'nightly'",
+        "schedule,suspend\n0 3 * * *,true\n",
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    env.wait_csv(
+        "select completions, backoff_limit, active, failed, conditions->0->>'reason' as why from jobs where name = 'once'",
+        "completions,backoff_limit,active,failed,why\n2,1,0,2,BackoffLimitExceeded\n",
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    env.wait_csv(
+        "select type, reason, involved_kind, involved_name, reporting_component from events where reason = 'BackOff'",
+        "type,reason,involved_kind,involved_name,reporting_component\nWarning,BackOff,Pod,web-1,kubelet\n",
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    // ReplicaSets say which Deployment owns them, and their counts match the simulator.
+    let rs_rt = c.store.resolve_kind("apps/v1", "ReplicaSet").unwrap();
+    let n_rs = c
+        .store
+        .list(&rs_rt, &Default::default(), None, None)
+        .unwrap()
+        .items
+        .len();
+    env.wait_csv(
+        "select count(*) filter (owner_kind = 'Deployment') as owned, count(*) as n from replicasets",
+        &format!("owned,n\n{n_rs},{n_rs}\n"),
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    // The cluster is identified by its kube-system namespace.
+    let ns_rt = c.store.resolve_kind("v1", "Namespace").unwrap();
+    let kube_system = c.store.get(&ns_rt, "", "kube-system").unwrap().uid.clone();
+    env.wait_csv(
+        "select cluster_id from contexts",
+        &format!("cluster_id\n{kube_system}\n"),
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_secret_value_never_reaches_the_database_file() {
+    let env = Env::start(1, 5).await;
+    let c = env.fleet.clusters[0].clone();
+    let marker = format!("s3cr3t-{}", std::process::id());
+    let encoded = {
+        use std::io::Write as _;
+        let mut out = Vec::new();
+        // base64 by hand keeps this test free of another dependency.
+        const T: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        for chunk in marker.as_bytes().chunks(3) {
+            let b = [
+                chunk[0],
+                *chunk.get(1).unwrap_or(&0),
+                *chunk.get(2).unwrap_or(&0),
+            ];
+            let n = (b[0] as u32) << 16 | (b[1] as u32) << 8 | b[2] as u32;
+            for i in 0..4 {
+                if i <= chunk.len() {
+                    out.push(T[(n >> (18 - 6 * i) & 63) as usize]);
+                } else {
+                    out.push(b'=');
+                }
+            }
+        }
+        out.flush().unwrap();
+        String::from_utf8(out).unwrap()
+    };
+    create(
+        &c,
+        "v1",
+        "Secret",
+        "default",
+        json!({"metadata": {"name": "db-password"}, "type": "Opaque",
+        "data": {"password": encoded}, "stringData": {"token": marker}}),
+    );
+    let kqd = env.kqd().await;
+    env.wait_csv(
+        "select name, type, keys::VARCHAR as keys from secrets",
+        "name,type,keys\ndb-password,Opaque,\"[\"\"password\"\",\"\"token\"\"]\"\n",
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap();
+    assert!(kqd.terminate().success());
+    let mut scanned = 0;
+    for entry in std::fs::read_dir(&env.data_dir).unwrap() {
+        let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+        scanned += bytes.len();
+        for needle in [marker.as_bytes(), encoded.as_bytes()] {
+            assert!(
+                !bytes.windows(needle.len()).any(|w| w == needle),
+                "a secret value is in the database files"
+            );
+        }
+    }
+    assert!(scanned > 0, "the database files were read");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn changes_record_create_update_and_delete_in_order() {
+    let env = Env::start(1, 5).await;
+    let c = env.fleet.clusters[0].clone();
+    let _kqd = env.kqd().await;
+    env.wait_pods_synced(Duration::from_secs(30)).await;
+    scenario::create_pod(&c.store, "default", "tracked", "nginx:1").unwrap();
+    env.wait_csv(
+        "select count(*) from pods where name = 'tracked'",
+        "count_star()\n1\n",
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    scenario::crash_container(&c.store, "default", "tracked", "main", 1, "Error", None).unwrap();
+    env.wait_csv(
+        "select restarts from pods where name = 'tracked'",
+        "restarts\n1\n",
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    scenario::delete(&c.store, "v1", "Pod", "default", "tracked").unwrap();
+    env.wait_csv(
+        "select kind, namespace, operation from changes where name = 'tracked' order by changed_at, operation = 'delete'",
+        "kind,namespace,operation\npods,default,add\npods,default,modify\npods,default,delete\n",
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    // "What changed in the last hour" is one query.
+    let out = env
+        .csv("select count(*) > 0 as any from changes where changed_at > ago(interval 1 hour)")
+        .await
+        .unwrap();
+    assert_eq!(out, "any\ntrue\n");
+}
