@@ -2,6 +2,7 @@
 //! Arrow Flight SQL on a Unix socket. See ARCHITECTURE.md for how the parts fit.
 
 pub mod config;
+pub mod discover;
 pub mod flight;
 pub mod kubeconfig;
 pub mod quantity;

@@ -14,6 +14,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Event, Namespace, Node, Pod, Secret,
 use kube::config::Kubeconfig;
 use kube::runtime::watcher;
 use kube::{Api, Resource};
+use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -202,14 +203,22 @@ async fn connect_and_watch(
         Kind::Secrets,
         rows::secret,
     );
+    let client_for_discovery = client.clone();
     w.spawn(Api::<Event>::all(client), Kind::Events, rows::event);
     drop(w);
+    tokio::spawn(crate::discover::run(
+        client_for_discovery,
+        ctx.clone(),
+        tx.clone(),
+        child.clone(),
+    ));
     let mut synced: HashSet<Kind> = HashSet::new();
     while let Some(h) = hrx.recv().await {
         match h {
+            Health::InitDone(Kind::Objects) => {}
             Health::InitDone(kind) => {
                 let first_time = synced.insert(kind);
-                if first_time && synced.len() == Kind::ALL.len() {
+                if first_time && synced.len() == Kind::TYPED.len() {
                     tracing::info!(context = %ctx, "initial sync complete");
                     backoff.reset();
                     slot.take();
@@ -257,7 +266,7 @@ impl Watch {
     /// reported to the supervisor.
     fn spawn<K>(&self, api: Api<K>, kind: Kind, to_rows: fn(&Arc<str>, &K) -> ObjectRows)
     where
-        K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
+        K: Resource + Clone + DeserializeOwned + Serialize + Debug + Send + 'static,
     {
         let (ctx, tx, health, cancel) = (
             self.ctx.clone(),
@@ -265,6 +274,20 @@ impl Watch {
             self.health.clone(),
             self.cancel.clone(),
         );
+        let gvk = kind.gvk();
+        // The typed rows, and the `objects` row from the same parsed object: serialising it
+        // back is cheaper than watching the resource a second time.
+        let rows_of = {
+            let ctx = ctx.clone();
+            move |mut o: K| {
+                let mut rows = to_rows(&ctx, &o);
+                o.meta_mut().managed_fields = None;
+                if let Ok(v) = serde_json::to_value(&o) {
+                    rows.object = Some(rows::object_row(&ctx, &gvk, v).1);
+                }
+                rows
+            }
+        };
         tokio::spawn(async move {
             let cfg = watcher::Config::default().any_semantic().page_size(500);
             let mut stream = watcher(api, cfg).boxed();
@@ -287,7 +310,7 @@ impl Watch {
                         continue;
                     }
                     Ok(watcher::Event::InitApply(o)) => {
-                        let rows = to_rows(&ctx, &o);
+                        let rows = rows_of(o);
                         seen.push(rows.uid.clone());
                         Op::Upsert {
                             kind,
@@ -303,6 +326,7 @@ impl Watch {
                                     kind,
                                     context: ctx.clone(),
                                     keep,
+                                    scope: None,
                                 })
                                 .await
                                 .is_err()
@@ -315,7 +339,7 @@ impl Watch {
                     Ok(watcher::Event::Apply(o)) => Op::Upsert {
                         kind,
                         context: ctx.clone(),
-                        rows: to_rows(&ctx, &o),
+                        rows: rows_of(o),
                     },
                     // Events stay after the cluster expires them; retention removes them later.
                     Ok(watcher::Event::Delete(_)) if kind.keeps_deleted() => continue,

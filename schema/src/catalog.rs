@@ -446,6 +446,31 @@ pub static CATALOG: LazyLock<Vec<Table>> = LazyLock::new(|| {
                 ),
             ],
         ),
+        inventory(
+            "objects",
+            "One row per object of every resource the clusters serve, built-in or custom, as JSON.",
+            true,
+            &[
+                c(
+                    "api_group",
+                    "VARCHAR",
+                    "API group ('' for the core group), e.g. gateway.networking.k8s.io.",
+                ),
+                c("version", "VARCHAR", "API version, e.g. v1."),
+                c("kind", "VARCHAR", "Kind, e.g. HTTPRoute."),
+                c("resource", "VARCHAR", "Resource (plural), e.g. httproutes."),
+                c(
+                    "owner_references",
+                    "JSON",
+                    "metadata.ownerReferences as JSON.",
+                ),
+                c(
+                    "object",
+                    "JSON",
+                    "The whole object, without metadata.managedFields, and without data for Secrets.",
+                ),
+            ],
+        ),
         Table {
             name: "changes",
             description: "Every add, modify and delete kqd applied, newest last; kept 7 days.",

@@ -12,7 +12,7 @@ pub struct Migration {
 }
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// Every migration, oldest first.
 pub static MIGRATIONS: &[Migration] = &[
@@ -25,6 +25,11 @@ pub static MIGRATIONS: &[Migration] = &[
         version: 2,
         description: "workloads, services, config, events, change history and cluster identity",
         sql: v2,
+    },
+    Migration {
+        version: 3,
+        description: "objects: every resource, built-in and custom, as JSON",
+        sql: v3,
     },
 ];
 
@@ -41,6 +46,10 @@ fn create_tables(names: &[&str]) -> String {
         })
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+fn v3() -> String {
+    create_tables(&["objects"])
 }
 
 fn v2() -> String {

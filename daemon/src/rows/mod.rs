@@ -36,10 +36,31 @@ pub enum Kind {
     ConfigMaps,
     Secrets,
     Events,
+    /// Every resource, as JSON, in `objects`; custom resources only come this way.
+    Objects,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 13] = [
+    /// Every table the writer stages into.
+    pub const ALL: [Kind; 14] = [
+        Kind::Namespaces,
+        Kind::Nodes,
+        Kind::Pods,
+        Kind::Deployments,
+        Kind::ReplicaSets,
+        Kind::StatefulSets,
+        Kind::DaemonSets,
+        Kind::Jobs,
+        Kind::CronJobs,
+        Kind::Services,
+        Kind::ConfigMaps,
+        Kind::Secrets,
+        Kind::Events,
+        Kind::Objects,
+    ];
+
+    /// The kinds with their own typed table and watcher.
+    pub const TYPED: [Kind; 13] = [
         Kind::Namespaces,
         Kind::Nodes,
         Kind::Pods,
@@ -70,6 +91,33 @@ impl Kind {
             Kind::ConfigMaps => "configmaps",
             Kind::Secrets => "secrets",
             Kind::Events => "events",
+            Kind::Objects => "objects",
+        }
+    }
+
+    /// API group, version, kind and resource of a typed kind, as its `objects` rows say.
+    pub fn gvk(self) -> Gvk {
+        let (group, version, kind) = match self {
+            Kind::Namespaces => ("", "v1", "Namespace"),
+            Kind::Nodes => ("", "v1", "Node"),
+            Kind::Pods => ("", "v1", "Pod"),
+            Kind::Deployments => ("apps", "v1", "Deployment"),
+            Kind::ReplicaSets => ("apps", "v1", "ReplicaSet"),
+            Kind::StatefulSets => ("apps", "v1", "StatefulSet"),
+            Kind::DaemonSets => ("apps", "v1", "DaemonSet"),
+            Kind::Jobs => ("batch", "v1", "Job"),
+            Kind::CronJobs => ("batch", "v1", "CronJob"),
+            Kind::Services => ("", "v1", "Service"),
+            Kind::ConfigMaps => ("", "v1", "ConfigMap"),
+            Kind::Secrets => ("", "v1", "Secret"),
+            Kind::Events => ("", "v1", "Event"),
+            Kind::Objects => ("", "", ""),
+        };
+        Gvk {
+            group: group.into(),
+            version: version.into(),
+            kind: kind.into(),
+            resource: self.table().into(),
         }
     }
 
@@ -93,12 +141,49 @@ impl Kind {
     }
 }
 
-/// The rows one object contributes: its own row and its children's (containers of a pod).
+/// Names a resource: API group, version, kind and plural resource name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Gvk {
+    pub group: String,
+    pub version: String,
+    pub kind: String,
+    pub resource: String,
+}
+
+/// The rows one object contributes: its own row, its children's (containers of a pod), and
+/// for typed kinds its `objects` row.
 #[derive(Debug, Clone)]
 pub struct ObjectRows {
     pub uid: String,
     pub row: Row,
     pub children: Vec<Row>,
+    pub object: Option<Row>,
+}
+
+/// The `objects` row of any object given as JSON: managedFields are dropped, and so are a
+/// Secret's values.
+pub fn object_row(ctx: &Arc<str>, gvk: &Gvk, mut v: serde_json::Value) -> (String, Row) {
+    if let Some(md) = v.get_mut("metadata").and_then(|m| m.as_object_mut()) {
+        md.remove("managedFields");
+    }
+    if gvk.group.is_empty()
+        && gvk.kind == "Secret"
+        && let Some(o) = v.as_object_mut()
+    {
+        o.remove("data");
+        o.remove("stringData");
+    }
+    let meta: ObjectMeta = serde_json::from_value(v["metadata"].clone()).unwrap_or_default();
+    let mut row = head(ctx, &meta);
+    row.extend([
+        Value::Text(gvk.group.clone()),
+        Value::Text(gvk.version.clone()),
+        Value::Text(gvk.kind.clone()),
+        Value::Text(gvk.resource.clone()),
+        json_of(&meta.owner_references),
+        Value::Text(v.to_string()),
+    ]);
+    (meta.uid.unwrap_or_default(), row)
 }
 
 pub(crate) fn text(s: Option<&str>) -> Value {
@@ -151,6 +236,7 @@ pub(crate) fn single(meta: &ObjectMeta, row: Row) -> ObjectRows {
         uid: meta.uid.clone().unwrap_or_default(),
         row,
         children: vec![],
+        object: None,
     }
 }
 
@@ -187,6 +273,7 @@ pub fn namespace(ctx: &Arc<str>, ns: &Namespace) -> ObjectRows {
         uid: ns.metadata.uid.clone().unwrap_or_default(),
         row,
         children: vec![],
+        object: None,
     }
 }
 
@@ -241,6 +328,7 @@ pub fn node(ctx: &Arc<str>, n: &Node) -> ObjectRows {
         uid: n.metadata.uid.clone().unwrap_or_default(),
         row,
         children: vec![],
+        object: None,
     }
 }
 
@@ -334,7 +422,12 @@ pub fn pod(ctx: &Arc<str>, p: &Pod) -> ObjectRows {
             );
         }
     }
-    ObjectRows { uid, row, children }
+    ObjectRows {
+        uid,
+        row,
+        children,
+        object: None,
+    }
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -66,10 +66,18 @@ pub enum Op {
         uid: String,
     },
     /// A relist finished: remove rows of this context and kind whose uid was not listed.
+    /// For `objects`, `scope` names the resource (API group, plural) that was relisted.
     Sweep {
         kind: Kind,
         context: Arc<str>,
         keep: Vec<String>,
+        scope: Option<(String, String)>,
+    },
+    /// A resource stopped being served (its CRD was deleted): remove its objects.
+    RemoveResource {
+        context: Arc<str>,
+        group: String,
+        resource: String,
     },
     /// Static facts about a context, from the kubeconfig.
     ContextInfo(ContextInfo),

@@ -67,6 +67,12 @@ pub struct Writer {
 /// relist that finds nothing new records nothing), a staged key without a row a delete.
 fn changes_sql(kind: Kind) -> String {
     let table = kind.table();
+    // Rows of `objects` name their resource; typed tables name themselves.
+    let (what_s, what_m) = if kind == Kind::Objects {
+        ("s.resource".to_string(), "m.resource".to_string())
+    } else {
+        (format!("'{table}'"), format!("'{table}'"))
+    };
     let (ns_s, ns_m) = if kind.namespaced() {
         ("s.namespace", "m.namespace")
     } else {
@@ -74,12 +80,12 @@ fn changes_sql(kind: Kind) -> String {
     };
     format!(
         "INSERT INTO main.changes
-         SELECT now(), s.context, '{table}', {ns_s}, s.name, s.uid,
+         SELECT now(), s.context, {what_s}, {ns_s}, s.name, s.uid,
                 CASE WHEN m.uid IS NULL THEN 'add' ELSE 'modify' END, s.resource_version
          FROM kq_stage.{table} s LEFT JOIN main.{table} m ON m.context = s.context AND m.uid = s.uid
          WHERE m.uid IS NULL OR m.resource_version IS DISTINCT FROM s.resource_version;
          INSERT INTO main.changes
-         SELECT now(), m.context, '{table}', {ns_m}, m.name, m.uid, 'delete', m.resource_version
+         SELECT now(), m.context, {what_m}, {ns_m}, m.name, m.uid, 'delete', m.resource_version
          FROM main.{table} m JOIN kq_stage.keys k ON m.context = k.context AND m.uid = k.uid
          WHERE NOT EXISTS (SELECT 1 FROM kq_stage.{table} s WHERE s.context = k.context AND s.uid = k.uid);"
     )
@@ -273,10 +279,20 @@ impl Writer {
                         kind,
                         context,
                         keep,
+                        scope,
                     } => {
                         self.flush(&mut pending)?;
                         touched.insert(context.clone());
-                        self.sweep(kind, &context, &keep)?;
+                        self.sweep(kind, &context, &keep, scope.as_ref())?;
+                    }
+                    Op::RemoveResource {
+                        context,
+                        group,
+                        resource,
+                    } => {
+                        self.flush(&mut pending)?;
+                        touched.insert(context.clone());
+                        self.remove_resource(&context, &group, &resource)?;
                     }
                     Op::ContextInfo(info) => {
                         let row = self.contexts.entry(info.name.clone()).or_default();
@@ -369,14 +385,33 @@ impl Writer {
                  INSERT INTO main.{table} SELECT * FROM kq_stage.{table};
                  DELETE FROM kq_stage.{table};"
             ));
+            // Rows that belong to the object live in other tables too: a pod's containers,
+            // and every typed object's `objects` row. They are replaced by the object's uid.
+            let mut dependents: Vec<(&str, &str, Vec<&[Value]>)> = Vec::new();
             if let Some((child, fk)) = kind.child() {
-                self.stage(
+                dependents.push((
                     child,
+                    fk,
                     objects
                         .values()
                         .flatten()
-                        .flat_map(|r| r.children.iter().map(Vec::as_slice)),
-                )?;
+                        .flat_map(|r| r.children.iter().map(Vec::as_slice))
+                        .collect(),
+                ));
+            }
+            if kind != Kind::Objects {
+                dependents.push((
+                    "objects",
+                    "uid",
+                    objects
+                        .values()
+                        .flatten()
+                        .filter_map(|r| r.object.as_deref())
+                        .collect(),
+                ));
+            }
+            for (child, fk, rows) in dependents {
+                self.stage(child, rows.into_iter())?;
                 sql.push_str(&format!(
                     "DELETE FROM main.{child} USING kq_stage.keys k WHERE main.{child}.context = k.context AND main.{child}.{fk} = k.uid;
                      INSERT INTO main.{child} SELECT * FROM kq_stage.{child};
@@ -413,7 +448,16 @@ impl Writer {
         Ok(())
     }
 
-    fn sweep(&mut self, kind: Kind, context: &str, keep: &[String]) -> Result<(), StoreError> {
+    /// After a relist: removes (and records as deleted) the rows of this context and kind
+    /// whose uid was not listed. Typed kinds also sweep their `objects` rows; `objects` itself
+    /// is swept per resource (`scope`: API group and resource).
+    fn sweep(
+        &mut self,
+        kind: Kind,
+        context: &str,
+        keep: &[String],
+        scope: Option<&(String, String)>,
+    ) -> Result<(), StoreError> {
         {
             let mut keys = self.conn.appender_to_db("keys", "kq_stage")?;
             for uid in keep {
@@ -422,37 +466,82 @@ impl Writer {
             keys.flush()?;
         }
         let table = kind.table();
+        let gone = "context = ? AND uid NOT IN (SELECT uid FROM kq_stage.keys)";
         let ns = if kind.namespaced() {
             "namespace"
         } else {
             "NULL"
         };
+        let (what, scoped, mut params) = match (kind, scope) {
+            (Kind::Objects, Some((g, r))) => (
+                "resource".to_string(),
+                " AND api_group = ? AND resource = ?",
+                vec![context, g.as_str(), r.as_str()],
+            ),
+            _ => (format!("'{table}'"), "", vec![context]),
+        };
         self.conn.execute(
             &format!(
-                "INSERT INTO main.changes SELECT now(), context, '{table}', {ns}, name, uid, 'delete', resource_version
-                 FROM main.{table} WHERE context = ? AND uid NOT IN (SELECT uid FROM kq_stage.keys)"
+                "INSERT INTO main.changes SELECT now(), context, {what}, {ns}, name, uid, 'delete', resource_version
+                 FROM main.{table} WHERE {gone}{scoped}"
             ),
-            [context],
+            params_from_iter(params.iter()),
         )?;
         let removed = self.conn.execute(
-            &format!("DELETE FROM main.{table} WHERE context = ? AND uid NOT IN (SELECT uid FROM kq_stage.keys)"),
-            [context],
+            &format!("DELETE FROM main.{table} WHERE {gone}{scoped}"),
+            params_from_iter(params.iter()),
         )?;
         if let Some((child, fk)) = kind.child() {
+            self.conn.execute(&format!("DELETE FROM main.{child} WHERE context = ? AND {fk} NOT IN (SELECT uid FROM kq_stage.keys)"), [context])?;
+        }
+        let gvk = kind.gvk();
+        if kind != Kind::Objects {
+            params = vec![context, gvk.group.as_str(), gvk.resource.as_str()];
             self.conn.execute(
-                &format!("DELETE FROM main.{child} WHERE context = ? AND {fk} NOT IN (SELECT uid FROM kq_stage.keys)"),
-                [context],
+                &format!(
+                    "DELETE FROM main.objects WHERE {gone} AND api_group = ? AND resource = ?"
+                ),
+                params_from_iter(params.iter()),
             )?;
         }
+        let resource = scope.map_or(table, |(_, r)| r.as_str());
         self.conn.execute_batch("DELETE FROM kq_stage.keys")?;
         if removed > 0 {
             tracing::info!(
                 context,
                 table,
+                resource,
                 removed,
                 "relist removed rows of objects deleted while not watching"
             );
         }
+        Ok(())
+    }
+
+    /// A resource is no longer served (its CRD was deleted): its objects go.
+    fn remove_resource(
+        &mut self,
+        context: &str,
+        group: &str,
+        resource: &str,
+    ) -> Result<(), StoreError> {
+        let params = duckdb::params![context, group, resource];
+        self.conn.execute(
+            "INSERT INTO main.changes SELECT now(), context, resource, namespace, name, uid, 'delete', resource_version
+             FROM main.objects WHERE context = $1 AND api_group = $2 AND resource = $3",
+            params,
+        )?;
+        let removed = self.conn.execute(
+            "DELETE FROM main.objects WHERE context = $1 AND api_group = $2 AND resource = $3",
+            params,
+        )?;
+        tracing::info!(
+            context,
+            group,
+            resource,
+            removed,
+            "resource no longer served; removed its objects"
+        );
         Ok(())
     }
 
@@ -475,20 +564,13 @@ impl Writer {
         Ok(())
     }
 
+    /// Objects of a context: `objects` holds one row for every object, typed or not.
     fn count_objects(&self, context: &str) -> Result<i64, StoreError> {
-        let sql = Kind::ALL
-            .iter()
-            .map(|k| {
-                format!(
-                    "(SELECT count(*) FROM main.{} WHERE context = $1)",
-                    k.table()
-                )
-            })
-            .collect::<Vec<_>>()
-            .join(" + ");
-        Ok(self
-            .conn
-            .query_row(&format!("SELECT {sql}"), [context], |r| r.get(0))?)
+        Ok(self.conn.query_row(
+            "SELECT count(*) FROM main.objects WHERE context = ?",
+            [context],
+            |r| r.get(0),
+        )?)
     }
 
     fn write_context(&mut self, name: &str, now: i64) -> Result<(), StoreError> {

@@ -245,3 +245,57 @@ async fn changes_record_create_update_and_delete_in_order() {
         .unwrap();
     assert_eq!(out, "any\ntrue\n");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crd_created_at_runtime_gets_its_objects_into_objects_and_deleting_it_removes_them() {
+    let env = Env::start(1, 5).await;
+    let c = env.fleet.clusters[0].clone();
+    let _kqd = env.kqd().await;
+    env.wait_pods_synced(Duration::from_secs(30)).await;
+    create(
+        &c,
+        "apiextensions.k8s.io/v1",
+        "CustomResourceDefinition",
+        "",
+        json!({
+            "metadata": {"name": "httproutes.gateway.networking.k8s.io"},
+            "spec": {"group": "gateway.networking.k8s.io", "scope": "Namespaced",
+                     "names": {"plural": "httproutes", "singular": "httproute", "kind": "HTTPRoute"},
+                     "versions": [{"name": "v1", "served": true, "storage": true, "schema": {"openAPIV3Schema": {"type": "object"}}}]},
+        }),
+    );
+    let started = std::time::Instant::now();
+    create(
+        &c,
+        "gateway.networking.k8s.io/v1",
+        "HTTPRoute",
+        "default",
+        json!({
+            "metadata": {"name": "shop", "labels": {"team": "web"}, "managedFields": [{"manager": "kubectl"}]},
+            "spec": {"parentRefs": [{"name": "gw"}], "rules": [{"backendRefs": [{"name": "web", "port": 80}]}]},
+        }),
+    );
+    env.wait_csv(
+        "select api_group, version, kind, resource, namespace, name, labels->>'team' as team, object->'spec'->'rules'->0->'backendRefs'->0->>'name' as backend, (object->'metadata'->'managedFields') is null as stripped from objects where kind = 'HTTPRoute'",
+        "api_group,version,kind,resource,namespace,name,team,backend,stripped\ngateway.networking.k8s.io,v1,HTTPRoute,httproutes,default,shop,web,web,true\n",
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    eprintln!("custom object queryable after {:?}", started.elapsed());
+    scenario::delete(
+        &c.store,
+        "apiextensions.k8s.io/v1",
+        "CustomResourceDefinition",
+        "",
+        "httproutes.gateway.networking.k8s.io",
+    )
+    .unwrap();
+    env.wait_csv(
+        "select count(*) from objects where resource = 'httproutes'",
+        "count_star()\n0\n",
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+}

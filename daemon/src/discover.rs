@@ -1,0 +1,221 @@
+//! Every other resource: discovers what the cluster serves that no typed table covers
+//! (custom resources included) and watches each into `objects`. A CRD created or deleted is
+//! noticed through the CRD watch and triggers a new discovery, so no restart is needed.
+//! A resource RBAC forbids is skipped and retried rarely, never in a hot loop.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt as _;
+use kube::api::{ApiResource, DynamicObject};
+use kube::core::TypeMeta;
+use kube::discovery::{Discovery, verbs};
+use kube::runtime::{WatchStreamExt as _, watcher};
+use kube::{Api, Client};
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use crate::rows::{self, Gvk, Kind, ObjectRows};
+use crate::store::Op;
+
+/// How often discovery runs again when no CRD changed.
+const REDISCOVER_EVERY: Duration = Duration::from_secs(300);
+/// How long a forbidden resource waits before it is tried again.
+const FORBIDDEN_RETRY: Duration = Duration::from_secs(600);
+
+/// Runs until `cancel` fires.
+pub async fn run(client: Client, ctx: Arc<str>, tx: mpsc::Sender<Op>, cancel: CancellationToken) {
+    let typed: HashSet<(String, String)> = Kind::TYPED
+        .iter()
+        .map(|k| (k.gvk().group, k.gvk().resource))
+        .collect();
+    let rediscover = Arc::new(Notify::new());
+    let mut running: HashMap<(String, String), CancellationToken> = HashMap::new();
+    loop {
+        match Discovery::new(client.clone()).run().await {
+            Ok(d) => {
+                let mut want: HashMap<(String, String), ApiResource> = HashMap::new();
+                for group in d.groups() {
+                    for (ar, caps) in group.recommended_resources() {
+                        let key = (ar.group.clone(), ar.plural.clone());
+                        if caps.supports_operation(verbs::LIST)
+                            && caps.supports_operation(verbs::WATCH)
+                            && !typed.contains(&key)
+                        {
+                            want.insert(key, ar);
+                        }
+                    }
+                }
+                for (key, ar) in &want {
+                    if !running.contains_key(key) {
+                        tracing::debug!(context = %ctx, group = %ar.group, resource = %ar.plural, "watching resource");
+                        let token = cancel.child_token();
+                        spawn(
+                            client.clone(),
+                            ar.clone(),
+                            ctx.clone(),
+                            tx.clone(),
+                            token.clone(),
+                            rediscover.clone(),
+                        );
+                        running.insert(key.clone(), token);
+                    }
+                }
+                let gone: Vec<(String, String)> = running
+                    .keys()
+                    .filter(|k| !want.contains_key(*k))
+                    .cloned()
+                    .collect();
+                for (group, resource) in gone {
+                    if let Some(t) = running.remove(&(group.clone(), resource.clone())) {
+                        t.cancel();
+                    }
+                    tracing::info!(context = %ctx, %group, %resource, "resource no longer served");
+                    let _ = tx
+                        .send(Op::RemoveResource {
+                            context: ctx.clone(),
+                            group,
+                            resource,
+                        })
+                        .await;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(context = %ctx, error = %crate::describe(&e), "discovery failed; retrying later")
+            }
+        }
+        tokio::select! {
+            _ = rediscover.notified() => {}
+            _ = tokio::time::sleep(REDISCOVER_EVERY) => {}
+            _ = cancel.cancelled() => return,
+        }
+    }
+}
+
+fn is_crds(ar: &ApiResource) -> bool {
+    ar.group == "apiextensions.k8s.io" && ar.plural == "customresourcedefinitions"
+}
+
+fn spawn(
+    client: Client,
+    ar: ApiResource,
+    ctx: Arc<str>,
+    tx: mpsc::Sender<Op>,
+    cancel: CancellationToken,
+    rediscover: Arc<Notify>,
+) {
+    tokio::spawn(async move {
+        let gvk = Gvk {
+            group: ar.group.clone(),
+            version: ar.version.clone(),
+            kind: ar.kind.clone(),
+            resource: ar.plural.clone(),
+        };
+        let scope = Some((ar.group.clone(), ar.plural.clone()));
+        let crds = is_crds(&ar);
+        loop {
+            let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
+            let mut stream = watcher(
+                api,
+                watcher::Config::default().any_semantic().page_size(500),
+            )
+            .default_backoff()
+            .boxed();
+            let mut seen: Vec<String> = Vec::new();
+            let mut listed = false;
+            let forbidden = loop {
+                let ev = tokio::select! {
+                    ev = stream.next() => ev,
+                    _ = cancel.cancelled() => return,
+                };
+                let Some(ev) = ev else { break false };
+                let op = match ev {
+                    Ok(watcher::Event::Init) => {
+                        seen.clear();
+                        continue;
+                    }
+                    Ok(watcher::Event::InitApply(o)) => {
+                        let rows = object_rows(&ctx, &gvk, &ar, o);
+                        seen.push(rows.uid.clone());
+                        Op::Upsert {
+                            kind: Kind::Objects,
+                            context: ctx.clone(),
+                            rows,
+                        }
+                    }
+                    Ok(watcher::Event::InitDone) => {
+                        listed = true;
+                        Op::Sweep {
+                            kind: Kind::Objects,
+                            context: ctx.clone(),
+                            keep: std::mem::take(&mut seen),
+                            scope: scope.clone(),
+                        }
+                    }
+                    Ok(watcher::Event::Apply(o)) => {
+                        if crds && listed {
+                            rediscover.notify_one();
+                        }
+                        Op::Upsert {
+                            kind: Kind::Objects,
+                            context: ctx.clone(),
+                            rows: object_rows(&ctx, &gvk, &ar, o),
+                        }
+                    }
+                    Ok(watcher::Event::Delete(o)) => {
+                        if crds {
+                            rediscover.notify_one();
+                        }
+                        Op::Delete {
+                            kind: Kind::Objects,
+                            context: ctx.clone(),
+                            uid: o.metadata.uid.unwrap_or_default(),
+                        }
+                    }
+                    Err(
+                        watcher::Error::InitialListFailed(kube::Error::Api(s))
+                        | watcher::Error::WatchStartFailed(kube::Error::Api(s)),
+                    ) if s.code == 403 => {
+                        break true;
+                    }
+                    // Other errors are retried by the stream's backoff.
+                    Err(e) => {
+                        tracing::debug!(context = %ctx, resource = %ar.plural, error = %crate::describe(&e), "watch error");
+                        continue;
+                    }
+                };
+                if tx.send(op).await.is_err() {
+                    return;
+                }
+            };
+            let wait = if forbidden {
+                tracing::warn!(context = %ctx, group = %ar.group, resource = %ar.plural, "forbidden by RBAC; skipped, will try again in 10 minutes");
+                FORBIDDEN_RETRY
+            } else {
+                Duration::from_secs(1)
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = cancel.cancelled() => return,
+            }
+        }
+    });
+}
+
+fn object_rows(ctx: &Arc<str>, gvk: &Gvk, ar: &ApiResource, mut o: DynamicObject) -> ObjectRows {
+    if o.types.is_none() {
+        o.types = Some(TypeMeta {
+            api_version: ar.api_version.clone(),
+            kind: ar.kind.clone(),
+        });
+    }
+    let v = serde_json::to_value(&o).unwrap_or_default();
+    let (uid, row) = rows::object_row(ctx, gvk, v);
+    ObjectRows {
+        uid,
+        row,
+        children: vec![],
+        object: None,
+    }
+}
