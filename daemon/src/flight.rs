@@ -358,8 +358,14 @@ impl FlightSqlService for KqFlightSql {
                 .await
                 .map_err(to_status)?;
             running.cancel.cancel();
-            b.append(CATALOG, "main", t.name, "TABLE", &running.schema)
-                .map_err(Status::from)?;
+            b.append(
+                CATALOG,
+                "main",
+                t.name,
+                if t.view.is_some() { "VIEW" } else { "TABLE" },
+                &running.schema,
+            )
+            .map_err(Status::from)?;
         }
         let schema = b.schema();
         Ok(Response::new(one_batch(schema, b.build())))

@@ -11,12 +11,14 @@ pub struct Column {
     pub description: &'static str,
 }
 
-/// One kq table.
+/// One kq table, or a view over tables.
 #[derive(Debug, Clone)]
 pub struct Table {
     pub name: &'static str,
     pub description: &'static str,
     pub columns: Vec<Column>,
+    /// For a view: the query it stands for.
+    pub view: Option<&'static str>,
 }
 
 const fn c(name: &'static str, sql_type: &'static str, description: &'static str) -> Column {
@@ -77,6 +79,7 @@ fn inventory(
         name,
         description,
         columns,
+        view: None,
     }
 }
 
@@ -86,6 +89,7 @@ pub static CATALOG: LazyLock<Vec<Table>> = LazyLock::new(|| {
         Table {
             name: "contexts",
             description: "One row per kubeconfig context kqd knows, with its connection and sync state.",
+            view: None,
             columns: vec![
                 c("name", "VARCHAR", "Context name, as in the kubeconfig."),
                 c("cluster", "VARCHAR", "Cluster entry the context uses."),
@@ -243,6 +247,7 @@ pub static CATALOG: LazyLock<Vec<Table>> = LazyLock::new(|| {
         Table {
             name: "containers",
             description: "One row per container of every pod: app, init and ephemeral containers.",
+            view: None,
             columns: vec![
                 c(
                     "context",
@@ -474,6 +479,7 @@ pub static CATALOG: LazyLock<Vec<Table>> = LazyLock::new(|| {
         Table {
             name: "changes",
             description: "Every add, modify and delete kqd applied, newest last; kept 7 days.",
+            view: None,
             columns: vec![
                 c("changed_at", "TIMESTAMPTZ", "When kqd applied the change."),
                 c("context", "VARCHAR", "Kubeconfig context."),
@@ -497,8 +503,43 @@ pub static CATALOG: LazyLock<Vec<Table>> = LazyLock::new(|| {
                 ),
             ],
         },
+        Table {
+            name: "pod_controllers",
+            description: "View: each pod's direct owner and its top controller (Pod→ReplicaSet→Deployment, Pod→Job→CronJob, StatefulSet, DaemonSet, Node for static pods).",
+            view: Some(POD_CONTROLLERS),
+            columns: vec![
+                c("context", "VARCHAR", "Kubeconfig context."),
+                c("namespace", "VARCHAR", "Pod namespace."),
+                c("pod", "VARCHAR", "Pod name."),
+                c("pod_uid", "VARCHAR", "Pod uid."),
+                c(
+                    "owner_kind",
+                    "VARCHAR",
+                    "Kind of the pod's controlling owner.",
+                ),
+                c(
+                    "owner_name",
+                    "VARCHAR",
+                    "Name of the pod's controlling owner.",
+                ),
+                c(
+                    "top_kind",
+                    "VARCHAR",
+                    "Kind at the top of the owner chain: Deployment, CronJob, StatefulSet, DaemonSet, Job, Node…",
+                ),
+                c("top_name", "VARCHAR", "Name at the top of the owner chain."),
+            ],
+        },
     ]
 });
+
+/// Follows owner references through ReplicaSets and Jobs, by uid.
+const POD_CONTROLLERS: &str = "SELECT p.context, p.namespace, p.name AS pod, p.uid AS pod_uid, p.owner_kind, p.owner_name,
+       coalesce(rs.owner_kind, j.owner_kind, p.owner_kind) AS top_kind,
+       coalesce(rs.owner_name, j.owner_name, p.owner_name) AS top_name
+FROM pods p
+LEFT JOIN replicasets rs ON p.owner_kind = 'ReplicaSet' AND rs.context = p.context AND rs.uid = p.owner_uid
+LEFT JOIN jobs j ON p.owner_kind = 'Job' AND j.context = p.context AND j.uid = p.owner_uid";
 
 /// The columns the four replica-managing workloads share.
 fn workload(name: &'static str, description: &'static str) -> Table {

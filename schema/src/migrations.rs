@@ -12,7 +12,7 @@ pub struct Migration {
 }
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: u32 = 3;
+pub const SCHEMA_VERSION: u32 = 4;
 
 /// Every migration, oldest first.
 pub static MIGRATIONS: &[Migration] = &[
@@ -31,6 +31,11 @@ pub static MIGRATIONS: &[Migration] = &[
         description: "objects: every resource, built-in and custom, as JSON",
         sql: v3,
     },
+    Migration {
+        version: 4,
+        description: "pod_controllers: owner chains as a view",
+        sql: v4,
+    },
 ];
 
 /// Creates the named catalog tables. A migration names its tables so that later catalog
@@ -46,6 +51,10 @@ fn create_tables(names: &[&str]) -> String {
         })
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+fn v4() -> String {
+    create_tables(&["pod_controllers"])
 }
 
 fn v3() -> String {
@@ -80,6 +89,14 @@ fn v1() -> String {
 /// `CREATE TABLE` for a catalog table, with its descriptions as DuckDB comments so that
 /// `duckdb_columns()` shows them too.
 pub fn create_table_sql(t: &Table) -> String {
+    if let Some(query) = t.view {
+        return format!(
+            "CREATE OR REPLACE VIEW {} AS {query};\nCOMMENT ON VIEW {} IS '{}';\n",
+            t.name,
+            t.name,
+            t.description.replace('\'', "''")
+        );
+    }
     let cols: Vec<String> = t
         .columns
         .iter()
@@ -123,7 +140,8 @@ mod tests {
         let sql: String = MIGRATIONS.iter().map(|m| (m.sql)()).collect();
         for t in crate::CATALOG.iter() {
             assert!(
-                sql.contains(&format!("CREATE TABLE {} (", t.name)),
+                sql.contains(&format!("CREATE TABLE {} (", t.name))
+                    || sql.contains(&format!("VIEW {} AS", t.name)),
                 "no migration creates {}",
                 t.name
             );

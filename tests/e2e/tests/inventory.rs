@@ -299,3 +299,48 @@ async fn a_crd_created_at_runtime_gets_its_objects_into_objects_and_deleting_it_
     .await
     .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_pod_has_its_top_controller() {
+    let env = Env::start(1, 40).await;
+    let c = env.fleet.clusters[0].clone();
+    let _kqd = env.kqd().await;
+    env.wait_pods_synced(Duration::from_secs(30)).await;
+    // The generator makes Deployment→ReplicaSet→Pod, StatefulSet→Pod and Job→Pod chains.
+    let rt = c.store.resolve_kind("v1", "Pod").unwrap();
+    let mut want = std::collections::BTreeMap::<String, usize>::new();
+    for p in c
+        .store
+        .list(&rt, &Default::default(), None, None)
+        .unwrap()
+        .items
+    {
+        let kind = p.value()["metadata"]["ownerReferences"][0]["kind"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let top = if kind == "ReplicaSet" {
+            "Deployment".to_string()
+        } else {
+            kind
+        };
+        *want.entry(top).or_default() += 1;
+    }
+    let mut expected = String::from("top_kind,n\n");
+    for (k, n) in &want {
+        expected.push_str(&format!("{k},{n}\n"));
+    }
+    env.wait_csv(
+        "select top_kind, count(*) as n from pod_controllers group by 1 order by 1",
+        &expected,
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+    // The top name of a Deployment's pod is the Deployment's name.
+    let out = env
+        .csv("select count(*) as n from pod_controllers pc join deployments d on d.context = pc.context and d.namespace = pc.namespace and d.name = pc.top_name where pc.top_kind = 'Deployment'")
+        .await
+        .unwrap();
+    assert_eq!(out, format!("n\n{}\n", want["Deployment"]));
+}
