@@ -210,10 +210,11 @@ fn object_rows(ctx: &Arc<str>, gvk: &Gvk, ar: &ApiResource, mut o: DynamicObject
             kind: ar.kind.clone(),
         });
     }
-    let v = serde_json::to_value(&o).unwrap_or_default();
-    let (uid, row) = rows::object_row(ctx, gvk, v);
+    o.metadata.managed_fields = None;
+    let json = rows::object_json(gvk, &o).unwrap_or_default();
+    let row = rows::object_row(ctx, gvk, &o.metadata, json);
     ObjectRows {
-        uid,
+        uid: o.metadata.uid.clone().unwrap_or_default(),
         row,
         children: vec![],
         object: None,

@@ -282,8 +282,8 @@ impl Watch {
             move |mut o: K| {
                 let mut rows = to_rows(&ctx, &o);
                 o.meta_mut().managed_fields = None;
-                if let Ok(v) = serde_json::to_value(&o) {
-                    rows.object = Some(rows::object_row(&ctx, &gvk, v).1);
+                if let Some(json) = rows::object_json(&gvk, &o) {
+                    rows.object = Some(rows::object_row(&ctx, &gvk, o.meta(), json));
                 }
                 rows
             }

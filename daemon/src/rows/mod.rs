@@ -160,30 +160,32 @@ pub struct ObjectRows {
     pub object: Option<Row>,
 }
 
-/// The `objects` row of any object given as JSON: managedFields are dropped, and so are a
-/// Secret's values.
-pub fn object_row(ctx: &Arc<str>, gvk: &Gvk, mut v: serde_json::Value) -> (String, Row) {
-    if let Some(md) = v.get_mut("metadata").and_then(|m| m.as_object_mut()) {
-        md.remove("managedFields");
-    }
-    if gvk.group.is_empty()
-        && gvk.kind == "Secret"
-        && let Some(o) = v.as_object_mut()
-    {
-        o.remove("data");
-        o.remove("stringData");
-    }
-    let meta: ObjectMeta = serde_json::from_value(v["metadata"].clone()).unwrap_or_default();
-    let mut row = head(ctx, &meta);
+/// The `objects` row of an object: its metadata, already parsed, and its JSON, already
+/// stripped of managedFields (and of a Secret's values) by the caller.
+pub fn object_row(ctx: &Arc<str>, gvk: &Gvk, meta: &ObjectMeta, json: String) -> Row {
+    let mut row = head(ctx, meta);
     row.extend([
         Value::Text(gvk.group.clone()),
         Value::Text(gvk.version.clone()),
         Value::Text(gvk.kind.clone()),
         Value::Text(gvk.resource.clone()),
         json_of(&meta.owner_references),
-        Value::Text(v.to_string()),
+        Value::Text(json),
     ]);
-    (meta.uid.unwrap_or_default(), row)
+    row
+}
+
+/// Serialises an object for `objects`, without a Secret's `data` and `stringData`.
+pub fn object_json<T: serde::Serialize>(gvk: &Gvk, o: &T) -> Option<String> {
+    if gvk.group.is_empty() && gvk.kind == "Secret" {
+        let mut v = serde_json::to_value(o).ok()?;
+        if let Some(m) = v.as_object_mut() {
+            m.remove("data");
+            m.remove("stringData");
+        }
+        return Some(v.to_string());
+    }
+    serde_json::to_string(o).ok()
 }
 
 pub(crate) fn text(s: Option<&str>) -> Value {

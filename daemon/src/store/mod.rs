@@ -148,6 +148,9 @@ impl Store {
             .enable_autoload_extension(false)
             .and_then(|c| c.with("autoinstall_known_extensions", "false"))
             .and_then(|c| c.max_memory(&opts.memory_limit))
+            // Fewer, larger checkpoints: the initial sync of large clusters writes hundreds of
+            // megabytes, and checkpointing every 16 MiB of WAL rewrote it over and over.
+            .and_then(|c| c.with("checkpoint_threshold", "256MB"))
             .map_err(|source| StoreError::Open {
                 path: path.to_path_buf(),
                 source,

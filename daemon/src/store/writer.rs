@@ -281,7 +281,9 @@ impl Writer {
                         keep,
                         scope,
                     } => {
-                        self.flush(&mut pending)?;
+                        // Tables are independent, so only this kind's pending rows must land
+                        // before its sweep; the rest keep batching.
+                        self.flush_kind(&mut pending, kind)?;
                         touched.insert(context.clone());
                         self.sweep(kind, &context, &keep, scope.as_ref())?;
                     }
@@ -290,7 +292,7 @@ impl Writer {
                         group,
                         resource,
                     } => {
-                        self.flush(&mut pending)?;
+                        self.flush_kind(&mut pending, Kind::Objects)?;
                         touched.insert(context.clone());
                         self.remove_resource(&context, &group, &resource)?;
                     }
@@ -362,6 +364,18 @@ impl Writer {
 
     /// Merges pending upserts and deletes: stage the keys and rows, delete the old rows of
     /// every staged key, insert the staged rows.
+    /// Merges the pending rows of one kind.
+    fn flush_kind(
+        &mut self,
+        pending: &mut BTreeMap<Kind, HashMap<Key, Option<ObjectRows>>>,
+        kind: Kind,
+    ) -> Result<(), StoreError> {
+        match pending.remove(&kind) {
+            Some(objects) => self.flush(&mut BTreeMap::from([(kind, objects)])),
+            None => Ok(()),
+        }
+    }
+
     fn flush(
         &mut self,
         pending: &mut BTreeMap<Kind, HashMap<Key, Option<ObjectRows>>>,
