@@ -41,24 +41,6 @@ pub enum Kind {
 }
 
 impl Kind {
-    /// Every table the writer stages into.
-    pub const ALL: [Kind; 14] = [
-        Kind::Namespaces,
-        Kind::Nodes,
-        Kind::Pods,
-        Kind::Deployments,
-        Kind::ReplicaSets,
-        Kind::StatefulSets,
-        Kind::DaemonSets,
-        Kind::Jobs,
-        Kind::CronJobs,
-        Kind::Services,
-        Kind::ConfigMaps,
-        Kind::Secrets,
-        Kind::Events,
-        Kind::Objects,
-    ];
-
     /// The kinds with their own typed table and watcher.
     pub const TYPED: [Kind; 13] = [
         Kind::Namespaces,
@@ -75,6 +57,17 @@ impl Kind {
         Kind::Secrets,
         Kind::Events,
     ];
+
+    /// Every table the writer stages into: the typed kinds and `objects`.
+    pub const ALL: [Kind; 14] = {
+        let mut all = [Kind::Objects; 14];
+        let mut i = 0;
+        while i < Self::TYPED.len() {
+            all[i] = Self::TYPED[i];
+            i += 1;
+        }
+        all
+    };
 
     pub fn table(self) -> &'static str {
         match self {
