@@ -22,7 +22,7 @@ use crate::store::Op;
 /// How often discovery runs again when no CRD changed.
 const REDISCOVER_EVERY: Duration = Duration::from_secs(300);
 /// How long a forbidden resource waits before it is tried again.
-const FORBIDDEN_RETRY: Duration = Duration::from_secs(600);
+pub const FORBIDDEN_RETRY: Duration = Duration::from_secs(600);
 
 /// Runs until `cancel` fires.
 pub async fn run(client: Client, ctx: Arc<str>, tx: mpsc::Sender<Op>, cancel: CancellationToken) {
@@ -124,6 +124,16 @@ fn spawn(
             .boxed();
             let mut seen: Vec<String> = Vec::new();
             let mut listed = false;
+            let state = |state: &'static str, error: Option<String>| Op::ResourceState {
+                context: ctx.clone(),
+                group: ar.group.clone(),
+                resource: ar.plural.clone(),
+                state,
+                error,
+            };
+            if tx.send(state("syncing", None)).await.is_err() {
+                return;
+            }
             let forbidden = loop {
                 let ev = tokio::select! {
                     ev = stream.next() => ev,
@@ -146,6 +156,9 @@ fn spawn(
                     }
                     Ok(watcher::Event::InitDone) => {
                         listed = true;
+                        if tx.send(state("ready", None)).await.is_err() {
+                            return;
+                        }
                         Op::Sweep {
                             kind: Kind::Objects,
                             context: ctx.clone(),
@@ -177,6 +190,7 @@ fn spawn(
                         watcher::Error::InitialListFailed(kube::Error::Api(s))
                         | watcher::Error::WatchStartFailed(kube::Error::Api(s)),
                     ) if s.code == 403 => {
+                        let _ = tx.send(state("forbidden", Some(s.message.clone()))).await;
                         break true;
                     }
                     // Other errors are retried by the stream's backoff.

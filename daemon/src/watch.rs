@@ -275,6 +275,7 @@ impl Watch {
             self.cancel.clone(),
         );
         let gvk = kind.gvk();
+        let gvk_key = (gvk.group.clone(), gvk.resource.clone());
         // The typed rows, and the `objects` row from the same parsed object: serialising it
         // back is cheaper than watching the resource a second time.
         let rows_of = {
@@ -289,20 +290,72 @@ impl Watch {
             }
         };
         tokio::spawn(async move {
+            let state = |state: &'static str, error: Option<String>| Op::ResourceState {
+                context: ctx.clone(),
+                group: gvk_key.0.clone(),
+                resource: gvk_key.1.clone(),
+                state,
+                error,
+            };
+            loop {
+                if tx.send(state("syncing", None)).await.is_err() {
+                    return;
+                }
+                match watch_kind(&api, kind, &ctx, &tx, &health, &cancel, &rows_of).await {
+                    Ended::Stop => return,
+                    // RBAC refuses this kind: skip it, say why, and look again much later. The
+                    // context counts it as synced, so one forbidden kind does not hold it back.
+                    Ended::Forbidden(why) => {
+                        tracing::warn!(context = %ctx, kind = kind.table(), "forbidden by RBAC; skipped, will try again in 10 minutes");
+                        let _ = tx.send(state("forbidden", Some(why))).await;
+                        let _ = health.send(Health::InitDone(kind)).await;
+                        tokio::select! {
+                            _ = tokio::time::sleep(crate::discover::FORBIDDEN_RETRY) => {}
+                            _ = cancel.cancelled() => return,
+                        }
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// How a watcher of one kind ended.
+enum Ended {
+    Stop,
+    Forbidden(String),
+}
+
+/// Runs the watch of one typed kind until it is cancelled, fails (reported to the
+/// supervisor), or is forbidden.
+async fn watch_kind<K>(
+    api: &Api<K>,
+    kind: Kind,
+    ctx: &Arc<str>,
+    tx: &mpsc::Sender<Op>,
+    health: &mpsc::Sender<Health>,
+    cancel: &CancellationToken,
+    rows_of: &(impl Fn(K) -> ObjectRows + Send + Sync),
+) -> Ended
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
+{
+    {
+        {
             let cfg = watcher::Config::default().any_semantic().page_size(500);
-            let mut stream = watcher(api, cfg).boxed();
+            let mut stream = watcher(api.clone(), cfg).boxed();
             // Only the uids of the current relist are kept, never objects.
             let mut seen: Vec<String> = Vec::new();
             loop {
                 let ev = tokio::select! {
                     ev = stream.next() => ev,
-                    _ = cancel.cancelled() => return,
+                    _ = cancel.cancelled() => return Ended::Stop,
                 };
                 let Some(ev) = ev else {
                     let _ = health
                         .send(Health::Failed(kind, "watch stream ended".into()))
                         .await;
-                    return;
+                    return Ended::Stop;
                 };
                 let op = match ev {
                     Ok(watcher::Event::Init) => {
@@ -331,8 +384,17 @@ impl Watch {
                                 .await
                                 .is_err()
                         {
-                            return;
+                            return Ended::Stop;
                         }
+                        let _ = tx
+                            .send(Op::ResourceState {
+                                context: ctx.clone(),
+                                group: kind.gvk().group,
+                                resource: kind.gvk().resource,
+                                state: "ready",
+                                error: None,
+                            })
+                            .await;
                         let _ = health.send(Health::InitDone(kind)).await;
                         continue;
                     }
@@ -355,6 +417,10 @@ impl Watch {
                         tracing::debug!(context = %ctx, kind = kind.table(), error = %crate::describe(&e), "watch interrupted; resuming");
                         continue;
                     }
+                    Err(
+                        watcher::Error::InitialListFailed(kube::Error::Api(s))
+                        | watcher::Error::WatchStartFailed(kube::Error::Api(s)),
+                    ) if s.code == 403 => return Ended::Forbidden(s.message.clone()),
                     // Failing to list or to start a watch means the cluster is not reachable (or
                     // refuses us): the supervisor reports it and reconnects with backoff.
                     Err(e) => {
@@ -364,13 +430,13 @@ impl Watch {
                             other => crate::describe(other),
                         };
                         let _ = health.send(Health::Failed(kind, msg)).await;
-                        return;
+                        return Ended::Stop;
                     }
                 };
                 if tx.send(op).await.is_err() {
-                    return;
+                    return Ended::Stop;
                 }
             }
-        });
+        }
     }
 }

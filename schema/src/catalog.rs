@@ -504,6 +504,41 @@ pub static CATALOG: LazyLock<Vec<Table>> = LazyLock::new(|| {
             ],
         },
         Table {
+            name: "resources",
+            description: "Sync state of every resource kqd watches, per context: counts, last change, and why one is skipped (RBAC).",
+            view: None,
+            columns: vec![
+                c("context", "VARCHAR", "Kubeconfig context."),
+                c("api_group", "VARCHAR", "API group ('' for core)."),
+                c("resource", "VARCHAR", "Resource (plural)."),
+                c(
+                    "state",
+                    "VARCHAR",
+                    "syncing | ready | forbidden (skipped, retried every 10 minutes).",
+                ),
+                c(
+                    "error",
+                    "VARCHAR",
+                    "Why the resource is skipped, as the API server said it.",
+                ),
+                c(
+                    "object_count",
+                    "BIGINT",
+                    "Objects of this resource in `objects`.",
+                ),
+                c(
+                    "last_event_at",
+                    "TIMESTAMPTZ",
+                    "When a change of this resource was last applied.",
+                ),
+                c(
+                    "synced_at",
+                    "TIMESTAMPTZ",
+                    "When its last full list completed.",
+                ),
+            ],
+        },
+        Table {
             name: "pod_controllers",
             description: "View: each pod's direct owner and its top controller (Pod→ReplicaSet→Deployment, Pod→Job→CronJob, StatefulSet, DaemonSet, Node for static pods).",
             view: Some(POD_CONTROLLERS),

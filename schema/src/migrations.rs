@@ -12,7 +12,7 @@ pub struct Migration {
 }
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: u32 = 4;
+pub const SCHEMA_VERSION: u32 = 5;
 
 /// Every migration, oldest first.
 pub static MIGRATIONS: &[Migration] = &[
@@ -36,6 +36,11 @@ pub static MIGRATIONS: &[Migration] = &[
         description: "pod_controllers: owner chains as a view",
         sql: v4,
     },
+    Migration {
+        version: 5,
+        description: "resources: per-context sync state of every resource",
+        sql: v5,
+    },
 ];
 
 /// Creates the named catalog tables. A migration names its tables so that later catalog
@@ -51,6 +56,10 @@ fn create_tables(names: &[&str]) -> String {
         })
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+fn v5() -> String {
+    create_tables(&["resources"])
 }
 
 fn v4() -> String {

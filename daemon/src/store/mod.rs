@@ -73,6 +73,14 @@ pub enum Op {
         keep: Vec<String>,
         scope: Option<(String, String)>,
     },
+    /// A resource's watch changed state: syncing, ready (listed), or forbidden with why.
+    ResourceState {
+        context: Arc<str>,
+        group: String,
+        resource: String,
+        state: &'static str,
+        error: Option<String>,
+    },
     /// A resource stopped being served (its CRD was deleted): remove its objects.
     RemoveResource {
         context: Arc<str>,

@@ -53,6 +53,18 @@ struct ContextRow {
 
 type Key = (Arc<str>, String);
 
+/// (context, API group, resource)
+type ResKey = (String, String, String);
+
+#[derive(Debug, Clone, Default)]
+struct ResourceRow {
+    state: String,
+    error: Option<String>,
+    object_count: i64,
+    last_event_at: Option<i64>,
+    synced_at: Option<i64>,
+}
+
 /// Owns the writing connection. Only this type writes DuckDB.
 pub struct Writer {
     conn: Connection,
@@ -60,6 +72,22 @@ pub struct Writer {
     contexts: BTreeMap<String, ContextRow>,
     /// The Arrow schema of each staging table, for building record batches.
     stage_schemas: HashMap<&'static str, SchemaRef>,
+    /// The `resources` rows, kept here and rewritten when they change.
+    resources: BTreeMap<ResKey, ResourceRow>,
+}
+
+/// The resource an upserted object belongs to: a typed kind's, or the one its `objects` row
+/// names (columns 8 and 11: api_group and resource).
+fn resource_of(kind: Kind, context: &str, rows: &ObjectRows) -> ResKey {
+    if kind == Kind::Objects {
+        let text = |i: usize| match rows.row.get(i) {
+            Some(Value::Text(t)) => t.clone(),
+            _ => String::new(),
+        };
+        return (context.to_string(), text(8), text(11));
+    }
+    let g = kind.gvk();
+    (context.to_string(), g.group, g.resource)
 }
 
 /// SQL that records the staged batch of `kind` in `changes`, run before the merge so it can
@@ -152,11 +180,14 @@ impl Writer {
                 );
             }
         }
+        // Resource states are rebuilt by this run's watchers.
+        conn.execute_batch("DELETE FROM main.resources")?;
         Ok(Writer {
             conn,
             opts,
             contexts,
             stage_schemas,
+            resources: BTreeMap::new(),
         })
     }
 
@@ -253,6 +284,7 @@ impl Writer {
         let mut pending: BTreeMap<Kind, HashMap<Key, Option<ObjectRows>>> = BTreeMap::new();
         let mut touched: HashSet<Arc<str>> = HashSet::new();
         let mut dirty: HashSet<String> = HashSet::new();
+        let mut dirty_res: HashSet<ResKey> = HashSet::new();
         self.conn.execute_batch("BEGIN TRANSACTION")?;
         let result = (|| -> Result<(), StoreError> {
             for op in batch {
@@ -263,6 +295,7 @@ impl Writer {
                         rows,
                     } => {
                         touched.insert(context.clone());
+                        dirty_res.insert(resource_of(kind, &context, &rows));
                         pending
                             .entry(kind)
                             .or_default()
@@ -317,6 +350,22 @@ impl Writer {
                         }
                         dirty.insert(s.name);
                     }
+                    Op::ResourceState {
+                        context,
+                        group,
+                        resource,
+                        state,
+                        error,
+                    } => {
+                        let key = (context.to_string(), group, resource);
+                        let row = self.resources.entry(key.clone()).or_default();
+                        row.state = state.to_string();
+                        row.error = error;
+                        if state == "ready" {
+                            row.synced_at = Some(now_micros());
+                        }
+                        dirty_res.insert(key);
+                    }
                     Op::ClusterId { name, cluster_id } => {
                         let row = self.contexts.entry(name.clone()).or_default();
                         row.cluster_id = cluster_id;
@@ -345,6 +394,15 @@ impl Writer {
             }
             for name in &dirty {
                 self.write_context(name, now)?;
+            }
+            for key in &dirty_res {
+                if let Some(row) = self.resources.get_mut(key) {
+                    row.last_event_at = Some(now);
+                }
+            }
+            self.count_resources(&touched, &mut dirty_res)?;
+            for key in &dirty_res {
+                self.write_resource(key)?;
             }
             Ok(())
         })();
@@ -575,6 +633,61 @@ impl Writer {
         self.conn
             .execute("DELETE FROM contexts WHERE name = ?", [name])?;
         self.contexts.remove(name);
+        Ok(())
+    }
+
+    /// Refreshes the object counts of the touched contexts' resources.
+    fn count_resources(
+        &mut self,
+        touched: &HashSet<Arc<str>>,
+        dirty: &mut HashSet<ResKey>,
+    ) -> Result<(), StoreError> {
+        for ctx in touched {
+            let mut stmt = self.conn.prepare("SELECT api_group, resource, count(*) FROM main.objects WHERE context = ? GROUP BY ALL")?;
+            let counts = stmt.query_map([&**ctx], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)?,
+                ))
+            })?;
+            for c in counts {
+                let (group, resource, n) = c?;
+                let key = (ctx.to_string(), group, resource);
+                if let Some(row) = self.resources.get_mut(&key)
+                    && row.object_count != n
+                {
+                    row.object_count = n;
+                    dirty.insert(key);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn write_resource(&mut self, key: &ResKey) -> Result<(), StoreError> {
+        let (ctx, group, resource) = key;
+        self.conn.execute(
+            "DELETE FROM main.resources WHERE context = ? AND api_group = ? AND resource = ?",
+            [ctx, group, resource],
+        )?;
+        let Some(row) = self.resources.get(key) else {
+            return Ok(());
+        };
+        let values: Vec<Value> = vec![
+            Value::Text(ctx.clone()),
+            Value::Text(group.clone()),
+            Value::Text(resource.clone()),
+            Value::Text(row.state.clone()),
+            row.error.clone().map_or(Value::Null, Value::Text),
+            Value::BigInt(row.object_count),
+            ts(row.last_event_at),
+            ts(row.synced_at),
+        ];
+        self.conn.execute(
+            "INSERT INTO main.resources VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            params_from_iter(values.iter()),
+        )?;
         Ok(())
     }
 

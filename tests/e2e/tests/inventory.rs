@@ -344,3 +344,41 @@ async fn every_pod_has_its_top_controller() {
         .unwrap();
     assert_eq!(out, format!("n\n{}\n", want["Deployment"]));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn resources_rbac_forbids_are_skipped_reported_and_not_retried_in_a_loop() {
+    let env = Env::start(1, 10).await;
+    let c = env.fleet.clusters[0].clone();
+    c.faults.forbid("", "secrets");
+    c.faults.forbid("", "serviceaccounts");
+    let _kqd = env.kqd().await;
+    env.wait_pods_synced(Duration::from_secs(30)).await;
+    env.wait_csv(
+        "select resource, state, error like '%forbidden%' as why from resources where state <> 'ready' order by 1",
+        "resource,state,why\nsecrets,forbidden,true\nserviceaccounts,forbidden,true\n",
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+    // One forbidden kind does not hold the context back, and the rest is synced and counted.
+    env.wait_csv(
+        "select state from contexts",
+        "state\nready\n",
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+    let out = env.csv("select object_count > 0 as counted, synced_at is not null as synced from resources where resource = 'pods'").await.unwrap();
+    assert_eq!(out, "counted,synced\ntrue,true\n");
+    // Skipped, not hammered: a handful of attempts at most, however long the test ran.
+    let attempts = c
+        .traffic
+        .requests()
+        .iter()
+        .filter(|r| r.path.ends_with("/secrets") && r.status == 403)
+        .count();
+    assert!(
+        (1..=3).contains(&attempts),
+        "{attempts} requests for a forbidden resource"
+    );
+}

@@ -284,6 +284,20 @@ async fn resource_request(
     if ns.is_some() && !rt.namespaced {
         return Err(not_found());
     }
+    if cluster.faults.is_forbidden(group, plural) {
+        return Err(ApiError::new(
+            403,
+            "Forbidden",
+            format!(
+                "{plural}{} is forbidden: User \"kube-sim\" cannot list resource \"{plural}\" in API group \"{group}\" at the cluster scope",
+                if group.is_empty() {
+                    String::new()
+                } else {
+                    format!(".{group}")
+                }
+            ),
+        ));
+    }
     let status_sub = match sub {
         None => false,
         Some("status") if rt.has_status => true,

@@ -94,11 +94,14 @@ pub struct Faults {
     /// Bumped to end every open watch with a 410 Gone ERROR event.
     pub(crate) gone_watches: watch::Sender<u64>,
     pub(crate) offline: watch::Sender<bool>,
+    /// Resources (group, plural) every request for which gets 403, as RBAC would answer.
+    forbidden: Mutex<std::collections::HashSet<(String, String)>>,
 }
 
 impl Default for Faults {
     fn default() -> Self {
         Faults {
+            forbidden: Mutex::new(Default::default()),
             errors: Mutex::new(VecDeque::new()),
             stall: Mutex::new(None),
             drop_watches: watch::channel(0).0,
@@ -139,6 +142,21 @@ impl Faults {
     /// Ends every open watch with an ERROR event carrying 410 Gone.
     pub(crate) fn end_watches_gone(&self) {
         self.gone_watches.send_modify(|g| *g += 1);
+    }
+
+    /// Answers 403 Forbidden for a resource from now on.
+    pub fn forbid(&self, group: &str, plural: &str) {
+        self.forbidden
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert((group.to_string(), plural.to_string()));
+    }
+
+    pub(crate) fn is_forbidden(&self, group: &str, plural: &str) -> bool {
+        self.forbidden
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&(group.to_string(), plural.to_string()))
     }
 
     pub fn is_offline(&self) -> bool {
