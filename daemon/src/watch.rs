@@ -10,7 +10,13 @@ use std::time::{Duration, Instant};
 use futures::StreamExt as _;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
-use k8s_openapi::api::core::v1::{ConfigMap, Event, Namespace, Node, Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Event, Namespace, Node, PersistentVolume, PersistentVolumeClaim, Pod, Secret,
+    Service, ServiceAccount,
+};
+use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+use k8s_openapi::api::storage::v1::StorageClass;
 use kube::config::Kubeconfig;
 use kube::runtime::watcher;
 use kube::{Api, Resource};
@@ -204,6 +210,52 @@ async fn connect_and_watch(
         rows::secret,
     );
     let client_for_discovery = client.clone();
+    w.spawn(
+        Api::<Ingress>::all(client.clone()),
+        Kind::Ingresses,
+        rows::ingress,
+    );
+    w.spawn(
+        Api::<NetworkPolicy>::all(client.clone()),
+        Kind::NetworkPolicies,
+        rows::networkpolicy,
+    );
+    w.spawn(
+        Api::<PersistentVolume>::all(client.clone()),
+        Kind::PersistentVolumes,
+        rows::persistentvolume,
+    );
+    w.spawn(
+        Api::<PersistentVolumeClaim>::all(client.clone()),
+        Kind::PersistentVolumeClaims,
+        rows::persistentvolumeclaim,
+    );
+    w.spawn(
+        Api::<StorageClass>::all(client.clone()),
+        Kind::StorageClasses,
+        rows::storageclass,
+    );
+    w.spawn(
+        Api::<ServiceAccount>::all(client.clone()),
+        Kind::ServiceAccounts,
+        rows::serviceaccount,
+    );
+    w.spawn(Api::<Role>::all(client.clone()), Kind::Roles, rows::role);
+    w.spawn(
+        Api::<ClusterRole>::all(client.clone()),
+        Kind::ClusterRoles,
+        rows::clusterrole,
+    );
+    w.spawn(
+        Api::<RoleBinding>::all(client.clone()),
+        Kind::RoleBindings,
+        rows::rolebinding,
+    );
+    w.spawn(
+        Api::<ClusterRoleBinding>::all(client.clone()),
+        Kind::ClusterRoleBindings,
+        rows::clusterrolebinding,
+    );
     w.spawn(Api::<Event>::all(client), Kind::Events, rows::event);
     drop(w);
     tokio::spawn(crate::discover::run(

@@ -452,6 +452,164 @@ pub static CATALOG: LazyLock<Vec<Table>> = LazyLock::new(|| {
             ],
         ),
         inventory(
+            "ingresses",
+            "Ingresses of every context.",
+            true,
+            &[
+                c("class", "VARCHAR", "spec.ingressClassName."),
+                c("hosts", "JSON", "Hosts of the rules, as a JSON array."),
+                c(
+                    "rules",
+                    "JSON",
+                    "spec.rules as JSON (host, paths, backends).",
+                ),
+                c(
+                    "tls_hosts",
+                    "JSON",
+                    "Hosts covered by spec.tls, as a JSON array.",
+                ),
+                c(
+                    "load_balancer_ingress",
+                    "JSON",
+                    "status.loadBalancer.ingress as JSON.",
+                ),
+            ],
+        ),
+        inventory(
+            "networkpolicies",
+            "NetworkPolicies of every context.",
+            true,
+            &[
+                c("pod_selector", "JSON", "spec.podSelector as JSON."),
+                c(
+                    "policy_types",
+                    "JSON",
+                    "spec.policyTypes (Ingress, Egress) as JSON.",
+                ),
+                c("ingress", "JSON", "spec.ingress rules as JSON."),
+                c("egress", "JSON", "spec.egress rules as JSON."),
+            ],
+        ),
+        inventory(
+            "persistentvolumes",
+            "PersistentVolumes of every context.",
+            false,
+            &[
+                c(
+                    "capacity_bytes",
+                    "BIGINT",
+                    "spec.capacity.storage in bytes.",
+                ),
+                c("storage_class", "VARCHAR", "spec.storageClassName."),
+                c(
+                    "reclaim_policy",
+                    "VARCHAR",
+                    "spec.persistentVolumeReclaimPolicy.",
+                ),
+                c(
+                    "phase",
+                    "VARCHAR",
+                    "status.phase: Available, Bound, Released, Failed.",
+                ),
+                c(
+                    "claim_namespace",
+                    "VARCHAR",
+                    "Namespace of the bound claim.",
+                ),
+                c("claim_name", "VARCHAR", "Name of the bound claim."),
+                c("access_modes", "JSON", "spec.accessModes as JSON."),
+            ],
+        ),
+        inventory(
+            "persistentvolumeclaims",
+            "PersistentVolumeClaims of every context.",
+            true,
+            &[
+                c(
+                    "requested_bytes",
+                    "BIGINT",
+                    "spec.resources.requests.storage in bytes.",
+                ),
+                c(
+                    "capacity_bytes",
+                    "BIGINT",
+                    "status.capacity.storage in bytes, once bound.",
+                ),
+                c("storage_class", "VARCHAR", "spec.storageClassName."),
+                c(
+                    "volume_name",
+                    "VARCHAR",
+                    "spec.volumeName, the bound PersistentVolume.",
+                ),
+                c("phase", "VARCHAR", "status.phase: Pending, Bound, Lost."),
+                c("access_modes", "JSON", "spec.accessModes as JSON."),
+            ],
+        ),
+        inventory(
+            "storageclasses",
+            "StorageClasses of every context.",
+            false,
+            &[
+                c("provisioner", "VARCHAR", "provisioner."),
+                c("reclaim_policy", "VARCHAR", "reclaimPolicy."),
+                c("volume_binding_mode", "VARCHAR", "volumeBindingMode."),
+                c("allow_volume_expansion", "BOOLEAN", "allowVolumeExpansion."),
+                c("is_default", "BOOLEAN", "Annotated as the default class."),
+                c("parameters", "JSON", "parameters as JSON."),
+            ],
+        ),
+        inventory(
+            "serviceaccounts",
+            "ServiceAccounts of every context.",
+            true,
+            &[
+                c(
+                    "secrets",
+                    "JSON",
+                    "Names of the secrets listed, as a JSON array.",
+                ),
+                c(
+                    "image_pull_secrets",
+                    "JSON",
+                    "Names of the imagePullSecrets, as a JSON array.",
+                ),
+                c(
+                    "automount_token",
+                    "BOOLEAN",
+                    "automountServiceAccountToken.",
+                ),
+            ],
+        ),
+        inventory(
+            "roles",
+            "Roles of every context.",
+            true,
+            &[c(
+                "rules",
+                "JSON",
+                "rules as JSON (apiGroups, resources, verbs).",
+            )],
+        ),
+        inventory(
+            "clusterroles",
+            "ClusterRoles of every context.",
+            false,
+            &[
+                c(
+                    "rules",
+                    "JSON",
+                    "rules as JSON (apiGroups, resources, verbs).",
+                ),
+                c("aggregation_rule", "JSON", "aggregationRule as JSON."),
+            ],
+        ),
+        binding("rolebindings", "RoleBindings of every context.", true),
+        binding(
+            "clusterrolebindings",
+            "ClusterRoleBindings of every context.",
+            false,
+        ),
+        inventory(
             "objects",
             "One row per object of every resource the clusters serve, built-in or custom, as JSON.",
             true,
@@ -575,6 +733,24 @@ const POD_CONTROLLERS: &str = "SELECT p.context, p.namespace, p.name AS pod, p.u
 FROM pods p
 LEFT JOIN replicasets rs ON p.owner_kind = 'ReplicaSet' AND rs.context = p.context AND rs.uid = p.owner_uid
 LEFT JOIN jobs j ON p.owner_kind = 'Job' AND j.context = p.context AND j.uid = p.owner_uid";
+
+/// The columns both kinds of role binding share.
+fn binding(name: &'static str, description: &'static str, namespaced: bool) -> Table {
+    inventory(
+        name,
+        description,
+        namespaced,
+        &[
+            c("role_kind", "VARCHAR", "roleRef.kind: Role or ClusterRole."),
+            c("role_name", "VARCHAR", "roleRef.name."),
+            c(
+                "subjects",
+                "JSON",
+                "subjects as JSON (kind, name, namespace).",
+            ),
+        ],
+    )
+}
 
 /// The columns the four replica-managing workloads share.
 fn workload(name: &'static str, description: &'static str) -> Table {

@@ -12,7 +12,7 @@ pub struct Migration {
 }
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: u32 = 5;
+pub const SCHEMA_VERSION: u32 = 6;
 
 /// Every migration, oldest first.
 pub static MIGRATIONS: &[Migration] = &[
@@ -41,6 +41,11 @@ pub static MIGRATIONS: &[Migration] = &[
         description: "resources: per-context sync state of every resource",
         sql: v5,
     },
+    Migration {
+        version: 6,
+        description: "networking, storage and access-control tables",
+        sql: v6,
+    },
 ];
 
 /// Creates the named catalog tables. A migration names its tables so that later catalog
@@ -56,6 +61,21 @@ fn create_tables(names: &[&str]) -> String {
         })
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+fn v6() -> String {
+    create_tables(&[
+        "ingresses",
+        "networkpolicies",
+        "persistentvolumes",
+        "persistentvolumeclaims",
+        "storageclasses",
+        "serviceaccounts",
+        "roles",
+        "clusterroles",
+        "rolebindings",
+        "clusterrolebindings",
+    ])
 }
 
 fn v5() -> String {

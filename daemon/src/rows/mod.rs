@@ -11,9 +11,14 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 
 use crate::quantity;
 
+mod access;
 mod config;
 mod workloads;
 
+pub use access::{
+    clusterrole, clusterrolebinding, ingress, networkpolicy, persistentvolume,
+    persistentvolumeclaim, role, rolebinding, serviceaccount, storageclass,
+};
 pub use config::{configmap, event, secret, service};
 pub use workloads::{cronjob, daemonset, deployment, job, replicaset, statefulset};
 
@@ -36,13 +41,23 @@ pub enum Kind {
     ConfigMaps,
     Secrets,
     Events,
+    Ingresses,
+    NetworkPolicies,
+    PersistentVolumes,
+    PersistentVolumeClaims,
+    StorageClasses,
+    ServiceAccounts,
+    Roles,
+    ClusterRoles,
+    RoleBindings,
+    ClusterRoleBindings,
     /// Every resource, as JSON, in `objects`; custom resources only come this way.
     Objects,
 }
 
 impl Kind {
     /// The kinds with their own typed table and watcher.
-    pub const TYPED: [Kind; 13] = [
+    pub const TYPED: [Kind; 23] = [
         Kind::Namespaces,
         Kind::Nodes,
         Kind::Pods,
@@ -56,11 +71,21 @@ impl Kind {
         Kind::ConfigMaps,
         Kind::Secrets,
         Kind::Events,
+        Kind::Ingresses,
+        Kind::NetworkPolicies,
+        Kind::PersistentVolumes,
+        Kind::PersistentVolumeClaims,
+        Kind::StorageClasses,
+        Kind::ServiceAccounts,
+        Kind::Roles,
+        Kind::ClusterRoles,
+        Kind::RoleBindings,
+        Kind::ClusterRoleBindings,
     ];
 
     /// Every table the writer stages into: the typed kinds and `objects`.
-    pub const ALL: [Kind; 14] = {
-        let mut all = [Kind::Objects; 14];
+    pub const ALL: [Kind; 24] = {
+        let mut all = [Kind::Objects; 24];
         let mut i = 0;
         while i < Self::TYPED.len() {
             all[i] = Self::TYPED[i];
@@ -84,6 +109,16 @@ impl Kind {
             Kind::ConfigMaps => "configmaps",
             Kind::Secrets => "secrets",
             Kind::Events => "events",
+            Kind::Ingresses => "ingresses",
+            Kind::NetworkPolicies => "networkpolicies",
+            Kind::PersistentVolumes => "persistentvolumes",
+            Kind::PersistentVolumeClaims => "persistentvolumeclaims",
+            Kind::StorageClasses => "storageclasses",
+            Kind::ServiceAccounts => "serviceaccounts",
+            Kind::Roles => "roles",
+            Kind::ClusterRoles => "clusterroles",
+            Kind::RoleBindings => "rolebindings",
+            Kind::ClusterRoleBindings => "clusterrolebindings",
             Kind::Objects => "objects",
         }
     }
@@ -104,6 +139,17 @@ impl Kind {
             Kind::ConfigMaps => ("", "v1", "ConfigMap"),
             Kind::Secrets => ("", "v1", "Secret"),
             Kind::Events => ("", "v1", "Event"),
+            Kind::Ingresses => ("networking.k8s.io", "v1", "Ingress"),
+            Kind::NetworkPolicies => ("networking.k8s.io", "v1", "NetworkPolicy"),
+            Kind::PersistentVolumes => ("", "v1", "PersistentVolume"),
+            Kind::PersistentVolumeClaims => ("", "v1", "PersistentVolumeClaim"),
+            Kind::StorageClasses => ("storage.k8s.io", "v1", "StorageClass"),
+            Kind::ServiceAccounts => ("", "v1", "ServiceAccount"),
+            Kind::Roles => ("rbac.authorization.k8s.io", "v1", "Role"),
+            Kind::ClusterRoles => ("rbac.authorization.k8s.io", "v1", "ClusterRole"),
+            Kind::RoleBindings => ("rbac.authorization.k8s.io", "v1", "RoleBinding"),
+            Kind::ClusterRoleBindings => ("rbac.authorization.k8s.io", "v1", "ClusterRoleBinding"),
+
             Kind::Objects => ("", "", ""),
         };
         Gvk {
@@ -116,7 +162,15 @@ impl Kind {
 
     /// Whether the table has a namespace column.
     pub fn namespaced(self) -> bool {
-        !matches!(self, Kind::Namespaces | Kind::Nodes)
+        !matches!(
+            self,
+            Kind::Namespaces
+                | Kind::Nodes
+                | Kind::PersistentVolumes
+                | Kind::StorageClasses
+                | Kind::ClusterRoles
+                | Kind::ClusterRoleBindings
+        )
     }
 
     /// The child table whose rows belong to one object of this kind, keyed by its uid.
@@ -221,6 +275,13 @@ pub(crate) fn int32(v: Option<i32>) -> Value {
 /// The first columns of a namespaced inventory row: context, namespace, then [`common`].
 pub(crate) fn head(ctx: &Arc<str>, meta: &ObjectMeta) -> Row {
     let mut row = vec![Value::Text(ctx.to_string()), opt_text(&meta.namespace)];
+    row.extend(common(meta));
+    row
+}
+
+/// The first columns of a cluster-scoped inventory row: context, then [`common`].
+pub(crate) fn head_cluster(ctx: &Arc<str>, meta: &ObjectMeta) -> Row {
+    let mut row = vec![Value::Text(ctx.to_string())];
     row.extend(common(meta));
     row
 }

@@ -382,3 +382,109 @@ async fn resources_rbac_forbids_are_skipped_reported_and_not_retried_in_a_loop()
         "{attempts} requests for a forbidden resource"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn networking_storage_and_access_tables_are_filled() {
+    let env = Env::start(1, 3).await;
+    let c = env.fleet.clusters[0].clone();
+    create(
+        &c,
+        "networking.k8s.io/v1",
+        "Ingress",
+        "default",
+        json!({"metadata": {"name": "web"},
+        "spec": {"ingressClassName": "nginx", "rules": [{"host": "shop.example.com"}], "tls": [{"hosts": ["shop.example.com"], "secretName": "tls"}]}}),
+    );
+    create(
+        &c,
+        "networking.k8s.io/v1",
+        "NetworkPolicy",
+        "default",
+        json!({"metadata": {"name": "deny"},
+        "spec": {"podSelector": {}, "policyTypes": ["Ingress"]}}),
+    );
+    create(
+        &c,
+        "storage.k8s.io/v1",
+        "StorageClass",
+        "",
+        json!({"metadata": {"name": "fast",
+        "annotations": {"storageclass.kubernetes.io/is-default-class": "true"}}, "provisioner": "ebs.csi.aws.com", "reclaimPolicy": "Delete"}),
+    );
+    create(
+        &c,
+        "v1",
+        "PersistentVolume",
+        "",
+        json!({"metadata": {"name": "pv-1"},
+        "spec": {"capacity": {"storage": "10Gi"}, "storageClassName": "fast", "persistentVolumeReclaimPolicy": "Retain",
+                 "accessModes": ["ReadWriteOnce"], "claimRef": {"namespace": "default", "name": "data"}},
+        "status": {"phase": "Bound"}}),
+    );
+    create(
+        &c,
+        "v1",
+        "PersistentVolumeClaim",
+        "default",
+        json!({"metadata": {"name": "data"},
+        "spec": {"resources": {"requests": {"storage": "5Gi"}}, "storageClassName": "fast", "volumeName": "pv-1", "accessModes": ["ReadWriteOnce"]},
+        "status": {"phase": "Bound", "capacity": {"storage": "10Gi"}}}),
+    );
+    create(
+        &c,
+        "rbac.authorization.k8s.io/v1",
+        "Role",
+        "default",
+        json!({"metadata": {"name": "reader"},
+        "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]}]}),
+    );
+    create(
+        &c,
+        "rbac.authorization.k8s.io/v1",
+        "ClusterRoleBinding",
+        "",
+        json!({"metadata": {"name": "admins"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"},
+        "subjects": [{"kind": "Group", "name": "ops", "apiGroup": "rbac.authorization.k8s.io"}]}),
+    );
+    let _kqd = env.kqd().await;
+    let checks = [
+        (
+            "select class, hosts->>0 as host, tls_hosts->>0 as tls from ingresses",
+            "class,host,tls\nnginx,shop.example.com,shop.example.com\n",
+        ),
+        (
+            "select policy_types->>0 as t from networkpolicies",
+            "t\nIngress\n",
+        ),
+        (
+            "select provisioner, is_default from storageclasses",
+            "provisioner,is_default\nebs.csi.aws.com,true\n",
+        ),
+        (
+            "select capacity_bytes, reclaim_policy, phase, claim_name from persistentvolumes",
+            "capacity_bytes,reclaim_policy,phase,claim_name\n10737418240,Retain,Bound,data\n",
+        ),
+        (
+            "select requested_bytes, capacity_bytes, volume_name from persistentvolumeclaims",
+            "requested_bytes,capacity_bytes,volume_name\n5368709120,10737418240,pv-1\n",
+        ),
+        (
+            "select rules->0->'verbs'->>1 as verb from roles",
+            "verb\nlist\n",
+        ),
+        (
+            "select role_kind, role_name, subjects->0->>'name' as who from clusterrolebindings",
+            "role_kind,role_name,who\nClusterRole,cluster-admin,ops\n",
+        ),
+        (
+            "select count(*) as n from serviceaccounts where name = 'default'",
+            "n\n4\n",
+        ),
+    ];
+    for (sql, want) in checks {
+        env.wait_csv(sql, want, Duration::from_secs(30))
+            .await
+            .unwrap();
+    }
+}
