@@ -9,12 +9,14 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Event, Namespace, Node, PersistentVolume, PersistentVolumeClaim, Pod, Secret,
-    Service, ServiceAccount,
+    ConfigMap, Endpoints, Event, Namespace, Node, PersistentVolume, PersistentVolumeClaim, Pod,
+    Secret, Service, ServiceAccount,
 };
 use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::config::Kubeconfig;
@@ -255,6 +257,21 @@ async fn connect_and_watch(
         Api::<ClusterRoleBinding>::all(client.clone()),
         Kind::ClusterRoleBindings,
         rows::clusterrolebinding,
+    );
+    w.spawn(
+        Api::<Endpoints>::all(client.clone()),
+        Kind::Endpoints,
+        rows::endpoints,
+    );
+    w.spawn(
+        Api::<HorizontalPodAutoscaler>::all(client.clone()),
+        Kind::HorizontalPodAutoscalers,
+        rows::horizontalpodautoscaler,
+    );
+    w.spawn(
+        Api::<PodDisruptionBudget>::all(client.clone()),
+        Kind::PodDisruptionBudgets,
+        rows::poddisruptionbudget,
     );
     w.spawn(Api::<Event>::all(client), Kind::Events, rows::event);
     drop(w);

@@ -610,6 +610,84 @@ pub static CATALOG: LazyLock<Vec<Table>> = LazyLock::new(|| {
             false,
         ),
         inventory(
+            "endpoints",
+            "Endpoints of every context: the addresses behind each Service.",
+            true,
+            &[
+                c(
+                    "ready_addresses",
+                    "INTEGER",
+                    "Addresses ready to serve, over all subsets.",
+                ),
+                c("not_ready_addresses", "INTEGER", "Addresses not ready."),
+                c("subsets", "JSON", "subsets as JSON (addresses, ports)."),
+            ],
+        ),
+        inventory(
+            "horizontalpodautoscalers",
+            "HorizontalPodAutoscalers (autoscaling/v2) of every context.",
+            true,
+            &[
+                c("target_kind", "VARCHAR", "scaleTargetRef.kind."),
+                c("target_name", "VARCHAR", "scaleTargetRef.name."),
+                c("min_replicas", "INTEGER", "spec.minReplicas."),
+                c("max_replicas", "INTEGER", "spec.maxReplicas."),
+                c("current_replicas", "INTEGER", "status.currentReplicas."),
+                c("desired_replicas", "INTEGER", "status.desiredReplicas."),
+                c("metrics", "JSON", "spec.metrics as JSON."),
+            ],
+        ),
+        inventory(
+            "poddisruptionbudgets",
+            "PodDisruptionBudgets of every context.",
+            true,
+            &[
+                c(
+                    "min_available",
+                    "VARCHAR",
+                    "spec.minAvailable (a number or a percentage).",
+                ),
+                c(
+                    "max_unavailable",
+                    "VARCHAR",
+                    "spec.maxUnavailable (a number or a percentage).",
+                ),
+                c("current_healthy", "INTEGER", "status.currentHealthy."),
+                c("desired_healthy", "INTEGER", "status.desiredHealthy."),
+                c(
+                    "disruptions_allowed",
+                    "INTEGER",
+                    "status.disruptionsAllowed; 0 blocks voluntary evictions.",
+                ),
+                c("expected_pods", "INTEGER", "status.expectedPods."),
+            ],
+        ),
+        Table {
+            name: "crds",
+            description: "View over objects: the CustomResourceDefinitions of every context.",
+            view: Some(CRDS),
+            columns: vec![
+                c("context", "VARCHAR", "Kubeconfig context."),
+                c("name", "VARCHAR", "CRD name, plural.group."),
+                c("uid", "VARCHAR", "metadata.uid."),
+                c("created_at", "TIMESTAMPTZ", "metadata.creationTimestamp."),
+                c("api_group", "VARCHAR", "spec.group."),
+                c("kind", "VARCHAR", "spec.names.kind."),
+                c("plural", "VARCHAR", "spec.names.plural."),
+                c("scope", "VARCHAR", "Namespaced or Cluster."),
+                c(
+                    "versions",
+                    "JSON",
+                    "Served versions, as a JSON array of names.",
+                ),
+                c(
+                    "established",
+                    "BOOLEAN",
+                    "The Established condition is True.",
+                ),
+            ],
+        },
+        inventory(
             "objects",
             "One row per object of every resource the clusters serve, built-in or custom, as JSON.",
             true,
@@ -725,6 +803,17 @@ pub static CATALOG: LazyLock<Vec<Table>> = LazyLock::new(|| {
         },
     ]
 });
+
+/// CRDs come through `objects` (discovery watches them to notice new ones); this names their
+/// fields.
+const CRDS: &str = "SELECT context, name, uid, created_at,
+       object->'spec'->>'group' AS api_group,
+       object->'spec'->'names'->>'kind' AS kind,
+       object->'spec'->'names'->>'plural' AS plural,
+       object->'spec'->>'scope' AS scope,
+       to_json(json_extract_string(object, '$.spec.versions[*].name')) AS versions,
+       len(list_filter(json_extract(object, '$.status.conditions[*]'), lambda c: c->>'type' = 'Established' AND c->>'status' = 'True')) > 0 AS established
+FROM objects WHERE api_group = 'apiextensions.k8s.io' AND resource = 'customresourcedefinitions'";
 
 /// Follows owner references through ReplicaSets and Jobs, by uid.
 const POD_CONTROLLERS: &str = "SELECT p.context, p.namespace, p.name AS pod, p.uid AS pod_uid, p.owner_kind, p.owner_name,

@@ -12,7 +12,7 @@ pub struct Migration {
 }
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: u32 = 6;
+pub const SCHEMA_VERSION: u32 = 7;
 
 /// Every migration, oldest first.
 pub static MIGRATIONS: &[Migration] = &[
@@ -46,6 +46,11 @@ pub static MIGRATIONS: &[Migration] = &[
         description: "networking, storage and access-control tables",
         sql: v6,
     },
+    Migration {
+        version: 7,
+        description: "endpoints, autoscalers, disruption budgets and CRDs",
+        sql: v7,
+    },
 ];
 
 /// Creates the named catalog tables. A migration names its tables so that later catalog
@@ -61,6 +66,15 @@ fn create_tables(names: &[&str]) -> String {
         })
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+fn v7() -> String {
+    create_tables(&[
+        "endpoints",
+        "horizontalpodautoscalers",
+        "poddisruptionbudgets",
+        "crds",
+    ])
 }
 
 fn v6() -> String {

@@ -13,6 +13,7 @@ use crate::quantity;
 
 mod access;
 mod config;
+mod scaling;
 mod workloads;
 
 pub use access::{
@@ -20,6 +21,7 @@ pub use access::{
     persistentvolumeclaim, role, rolebinding, serviceaccount, storageclass,
 };
 pub use config::{configmap, event, secret, service};
+pub use scaling::{endpoints, horizontalpodautoscaler, poddisruptionbudget};
 pub use workloads::{cronjob, daemonset, deployment, job, replicaset, statefulset};
 
 /// One row, column values in catalog order.
@@ -51,13 +53,16 @@ pub enum Kind {
     ClusterRoles,
     RoleBindings,
     ClusterRoleBindings,
+    Endpoints,
+    HorizontalPodAutoscalers,
+    PodDisruptionBudgets,
     /// Every resource, as JSON, in `objects`; custom resources only come this way.
     Objects,
 }
 
 impl Kind {
     /// The kinds with their own typed table and watcher.
-    pub const TYPED: [Kind; 23] = [
+    pub const TYPED: [Kind; 26] = [
         Kind::Namespaces,
         Kind::Nodes,
         Kind::Pods,
@@ -81,11 +86,14 @@ impl Kind {
         Kind::ClusterRoles,
         Kind::RoleBindings,
         Kind::ClusterRoleBindings,
+        Kind::Endpoints,
+        Kind::HorizontalPodAutoscalers,
+        Kind::PodDisruptionBudgets,
     ];
 
     /// Every table the writer stages into: the typed kinds and `objects`.
-    pub const ALL: [Kind; 24] = {
-        let mut all = [Kind::Objects; 24];
+    pub const ALL: [Kind; 27] = {
+        let mut all = [Kind::Objects; 27];
         let mut i = 0;
         while i < Self::TYPED.len() {
             all[i] = Self::TYPED[i];
@@ -119,6 +127,9 @@ impl Kind {
             Kind::ClusterRoles => "clusterroles",
             Kind::RoleBindings => "rolebindings",
             Kind::ClusterRoleBindings => "clusterrolebindings",
+            Kind::Endpoints => "endpoints",
+            Kind::HorizontalPodAutoscalers => "horizontalpodautoscalers",
+            Kind::PodDisruptionBudgets => "poddisruptionbudgets",
             Kind::Objects => "objects",
         }
     }
@@ -150,6 +161,9 @@ impl Kind {
             Kind::RoleBindings => ("rbac.authorization.k8s.io", "v1", "RoleBinding"),
             Kind::ClusterRoleBindings => ("rbac.authorization.k8s.io", "v1", "ClusterRoleBinding"),
 
+            Kind::Endpoints => ("", "v1", "Endpoints"),
+            Kind::HorizontalPodAutoscalers => ("autoscaling", "v2", "HorizontalPodAutoscaler"),
+            Kind::PodDisruptionBudgets => ("policy", "v1", "PodDisruptionBudget"),
             Kind::Objects => ("", "", ""),
         };
         Gvk {

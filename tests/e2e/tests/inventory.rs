@@ -488,3 +488,69 @@ async fn networking_storage_and_access_tables_are_filled() {
             .unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn endpoints_autoscalers_budgets_and_crds_are_filled() {
+    let env = Env::start(1, 3).await;
+    let c = env.fleet.clusters[0].clone();
+    create(
+        &c,
+        "v1",
+        "Endpoints",
+        "default",
+        json!({"metadata": {"name": "web"},
+        "subsets": [{"addresses": [{"ip": "10.0.0.1"}, {"ip": "10.0.0.2"}], "notReadyAddresses": [{"ip": "10.0.0.3"}], "ports": [{"port": 80}]}]}),
+    );
+    create(
+        &c,
+        "autoscaling/v2",
+        "HorizontalPodAutoscaler",
+        "default",
+        json!({"metadata": {"name": "web"},
+        "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web"}, "minReplicas": 2, "maxReplicas": 10},
+        "status": {"currentReplicas": 3, "desiredReplicas": 4}}),
+    );
+    create(
+        &c,
+        "policy/v1",
+        "PodDisruptionBudget",
+        "default",
+        json!({"metadata": {"name": "web"},
+        "spec": {"minAvailable": "50%", "selector": {"matchLabels": {"app": "web"}}},
+        "status": {"currentHealthy": 3, "desiredHealthy": 2, "disruptionsAllowed": 1, "expectedPods": 3}}),
+    );
+    create(
+        &c,
+        "apiextensions.k8s.io/v1",
+        "CustomResourceDefinition",
+        "",
+        json!({
+        "metadata": {"name": "certificates.cert-manager.io"},
+        "spec": {"group": "cert-manager.io", "scope": "Namespaced", "names": {"plural": "certificates", "kind": "Certificate"},
+                 "versions": [{"name": "v1", "served": true, "storage": true}]}}),
+    );
+    let _kqd = env.kqd().await;
+    let checks = [
+        (
+            "select ready_addresses, not_ready_addresses from endpoints where name = 'web'",
+            "ready_addresses,not_ready_addresses\n2,1\n",
+        ),
+        (
+            "select target_kind, target_name, min_replicas, max_replicas, current_replicas, desired_replicas from horizontalpodautoscalers",
+            "target_kind,target_name,min_replicas,max_replicas,current_replicas,desired_replicas\nDeployment,web,2,10,3,4\n",
+        ),
+        (
+            "select min_available, disruptions_allowed from poddisruptionbudgets",
+            "min_available,disruptions_allowed\n50%,1\n",
+        ),
+        (
+            "select api_group, kind, plural, scope, versions::VARCHAR as v, established from crds",
+            "api_group,kind,plural,scope,v,established\ncert-manager.io,Certificate,certificates,Namespaced,\"[\"\"v1\"\"]\",true\n",
+        ),
+    ];
+    for (sql, want) in checks {
+        env.wait_csv(sql, want, Duration::from_secs(30))
+            .await
+            .unwrap();
+    }
+}
