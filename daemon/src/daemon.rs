@@ -36,6 +36,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
         store,
         ops: tx,
         writer,
+        resync,
     } = Store::open(&db_path, config.store.clone())?;
     tracing::info!(path = %db_path.display(), "opened the inventory");
 
@@ -71,6 +72,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
             merged.clone(),
             tx.clone(),
             sync_slots.clone(),
+            resync.clone(),
             watchers.clone(),
         )));
     }

@@ -91,6 +91,7 @@ pub async fn supervise(
     kubeconfig: Arc<Kubeconfig>,
     tx: mpsc::Sender<Op>,
     sync_slots: Arc<Semaphore>,
+    mut resync: tokio::sync::watch::Receiver<u64>,
     cancel: CancellationToken,
 ) {
     let name = spec.info.name.clone();
@@ -99,7 +100,15 @@ pub async fn supervise(
     let mut backoff = Backoff::new();
     loop {
         set_state(&tx, &name, "connecting", None, None, false).await;
-        let attempt = connect_and_watch(&ctx, &kubeconfig, &tx, &sync_slots, &cancel, &mut backoff);
+        let attempt = connect_and_watch(
+            &ctx,
+            &kubeconfig,
+            &tx,
+            &sync_slots,
+            &mut resync,
+            &cancel,
+            &mut backoff,
+        );
         let err = tokio::select! {
             e = attempt => e,
             _ = cancel.cancelled() => return,
@@ -120,6 +129,7 @@ async fn connect_and_watch(
     kubeconfig: &Kubeconfig,
     tx: &mpsc::Sender<Op>,
     sync_slots: &Arc<Semaphore>,
+    resync: &mut tokio::sync::watch::Receiver<u64>,
     cancel: &CancellationToken,
     backoff: &mut Backoff,
 ) -> String {
@@ -282,7 +292,14 @@ async fn connect_and_watch(
         child.clone(),
     ));
     let mut synced: HashSet<Kind> = HashSet::new();
-    while let Some(h) = hrx.recv().await {
+    resync.mark_unchanged();
+    loop {
+        let h = tokio::select! {
+            h = hrx.recv() => h,
+            // A batch of this or another context could not be written: relist everything.
+            _ = resync.changed() => return "a write to the inventory failed; relisting".to_string(),
+        };
+        let Some(h) = h else { break };
         match h {
             Health::InitDone(Kind::Objects) => {}
             Health::InitDone(kind) => {

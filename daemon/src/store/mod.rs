@@ -134,6 +134,8 @@ pub struct Opened {
     pub store: Arc<Store>,
     pub ops: mpsc::Sender<Op>,
     pub writer: std::thread::JoinHandle<()>,
+    /// Bumped when a batch could not be written: watchers relist so nothing stays lost.
+    pub resync: tokio::sync::watch::Receiver<u64>,
 }
 
 /// The open database: hands out read connections; the writer owns the writing one.
@@ -175,7 +177,8 @@ impl Store {
             path: path.to_path_buf(),
         });
         let (tx, rx) = mpsc::channel(1024);
-        let writer = Writer::new(writer_conn, opts)?;
+        let (resync_tx, resync) = tokio::sync::watch::channel(0u64);
+        let writer = Writer::new(writer_conn, opts, resync_tx)?;
         let handle = std::thread::Builder::new()
             .name("kq-store-writer".into())
             .spawn(move || writer.run(rx))
@@ -187,6 +190,7 @@ impl Store {
             store,
             ops: tx,
             writer: handle,
+            resync,
         })
     }
 

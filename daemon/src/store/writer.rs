@@ -74,6 +74,8 @@ pub struct Writer {
     stage_schemas: HashMap<&'static str, SchemaRef>,
     /// The `resources` rows, kept here and rewritten when they change.
     resources: BTreeMap<ResKey, ResourceRow>,
+    /// Told when a batch is lost, so that every context relists.
+    resync: tokio::sync::watch::Sender<u64>,
 }
 
 /// The resource an upserted object belongs to: a typed kind's, or the one its `objects` row
@@ -128,7 +130,11 @@ fn ts(v: Option<i64>) -> Value {
 }
 
 impl Writer {
-    pub fn new(conn: Connection, opts: StoreOptions) -> Result<Writer, StoreError> {
+    pub fn new(
+        conn: Connection,
+        opts: StoreOptions,
+        resync: tokio::sync::watch::Sender<u64>,
+    ) -> Result<Writer, StoreError> {
         // Staging tables mirror the inventory tables; they are emptied inside every
         // transaction, so they never hold rows between batches.
         let mut sql = String::from(
@@ -188,6 +194,7 @@ impl Writer {
             contexts,
             stage_schemas,
             resources: BTreeMap::new(),
+            resync,
         })
     }
 
@@ -245,7 +252,8 @@ impl Writer {
                     "committed batch"
                 ),
                 Err(e) => {
-                    tracing::error!(ops = n, error = %e, "a batch failed and was rolled back; its contexts will relist")
+                    tracing::error!(ops = n, error = %e, "a batch failed and was rolled back; every context relists");
+                    self.resync.send_modify(|g| *g += 1);
                 }
             }
             for b in barriers {

@@ -171,6 +171,15 @@ impl Env {
         s
     }
 
+    /// Waits for each `(sql, csv)` pair in turn, each within `timeout`.
+    pub async fn wait_all(&self, checks: &[(&str, &str)], timeout: Duration) {
+        for (sql, want) in checks {
+            if let Err(e) = self.wait_csv(sql, want, timeout).await {
+                panic!("{e}");
+            }
+        }
+    }
+
     /// Waits until kq's pod counts per context equal the simulator's.
     pub async fn wait_pods_synced(&self, timeout: Duration) {
         let sql = "select context, count(*) from pods group by 1 order by 1";

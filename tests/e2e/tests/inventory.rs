@@ -482,11 +482,7 @@ async fn networking_storage_and_access_tables_are_filled() {
             "n\n4\n",
         ),
     ];
-    for (sql, want) in checks {
-        env.wait_csv(sql, want, Duration::from_secs(30))
-            .await
-            .unwrap();
-    }
+    env.wait_all(&checks, Duration::from_secs(30)).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -548,9 +544,5 @@ async fn endpoints_autoscalers_budgets_and_crds_are_filled() {
             "api_group,kind,plural,scope,v,established\ncert-manager.io,Certificate,certificates,Namespaced,\"[\"\"v1\"\"]\",true\n",
         ),
     ];
-    for (sql, want) in checks {
-        env.wait_csv(sql, want, Duration::from_secs(30))
-            .await
-            .unwrap();
-    }
+    env.wait_all(&checks, Duration::from_secs(30)).await;
 }
