@@ -546,3 +546,66 @@ async fn endpoints_autoscalers_budgets_and_crds_are_filled() {
     ];
     env.wait_all(&checks, Duration::from_secs(30)).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn statefulsets_daemonsets_clusterroles_and_rolebindings_are_filled() {
+    let env = Env::start(1, 3).await;
+    let c = env.fleet.clusters[0].clone();
+    create(
+        &c,
+        "apps/v1",
+        "StatefulSet",
+        "default",
+        json!({"metadata": {"name": "db"},
+        "spec": {"replicas": 3, "serviceName": "db", "selector": {"matchLabels": {"app": "db"}}, "updateStrategy": {"type": "OnDelete"},
+                 "template": {"metadata": {"labels": {"app": "db"}}, "spec": {"containers": [{"name": "db", "image": "postgres"}]}}},
+        "status": {"replicas": 3, "readyReplicas": 2, "availableReplicas": 2, "updatedReplicas": 3, "observedGeneration": 1}}),
+    );
+    create(
+        &c,
+        "apps/v1",
+        "DaemonSet",
+        "default",
+        json!({"metadata": {"name": "agent"},
+        "spec": {"selector": {"matchLabels": {"app": "agent"}},
+                 "template": {"metadata": {"labels": {"app": "agent"}}, "spec": {"containers": [{"name": "a", "image": "agent"}]}}},
+        "status": {"desiredNumberScheduled": 4, "currentNumberScheduled": 4, "numberReady": 3, "numberAvailable": 3, "updatedNumberScheduled": 4, "numberMisscheduled": 0}}),
+    );
+    create(
+        &c,
+        "rbac.authorization.k8s.io/v1",
+        "ClusterRole",
+        "",
+        json!({"metadata": {"name": "viewer"},
+        "rules": [{"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["get"]}]}),
+    );
+    create(
+        &c,
+        "rbac.authorization.k8s.io/v1",
+        "RoleBinding",
+        "default",
+        json!({"metadata": {"name": "devs"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "viewer"},
+        "subjects": [{"kind": "User", "name": "ana", "apiGroup": "rbac.authorization.k8s.io"}]}),
+    );
+    let _kqd = env.kqd().await;
+    let checks = [
+        (
+            "select desired, current, ready, updated, strategy, generation, observed_generation from statefulsets where name = 'db'",
+            "desired,current,ready,updated,strategy,generation,observed_generation\n3,3,2,3,OnDelete,1,1\n",
+        ),
+        (
+            "select desired, current, ready, available, updated from daemonsets where name = 'agent'",
+            "desired,current,ready,available,updated\n4,4,3,3,4\n",
+        ),
+        (
+            "select rules->0->'resources'->>0 as res from clusterroles where name = 'viewer'",
+            "res\ndeployments\n",
+        ),
+        (
+            "select namespace, role_kind, role_name, subjects->0->>'name' as who from rolebindings where name = 'devs'",
+            "namespace,role_kind,role_name,who\ndefault,ClusterRole,viewer,ana\n",
+        ),
+    ];
+    env.wait_all(&checks, Duration::from_secs(30)).await;
+}
