@@ -609,3 +609,40 @@ async fn statefulsets_daemonsets_clusterroles_and_rolebindings_are_filled() {
     ];
     env.wait_all(&checks, Duration::from_secs(30)).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nodes_namespaces_pods_and_containers_hold_plain_numbers_and_states() {
+    let env = Env::start(1, 3).await;
+    let c = env.fleet.clusters[0].clone();
+    scenario::create_pod(&c.store, "default", "probe", "nginx:1.27").unwrap();
+    scenario::crash_container(
+        &c.store,
+        "default",
+        "probe",
+        "main",
+        1,
+        "Error",
+        Some("boom"),
+    )
+    .unwrap();
+    let _kqd = env.kqd().await;
+    let checks = [
+        (
+            "select ready, cpu_capacity_m, memory_capacity_bytes, cpu_allocatable_m, pods_capacity, kubelet_version, os, arch, image_count > 0 as imgs from nodes where name = 'node-001'",
+            "ready,cpu_capacity_m,memory_capacity_bytes,cpu_allocatable_m,pods_capacity,kubelet_version,os,arch,imgs\nTrue,4000,16454762496,3920,110,v1.33.0,linux,amd64,true\n",
+        ),
+        (
+            "select phase, labels->>'kubernetes.io/metadata.name' as n from namespaces where name = 'default'",
+            "phase,n\nActive,default\n",
+        ),
+        (
+            "select phase, node, ready, restarts, containers from pods where name = 'probe'",
+            "phase,node,ready,restarts,containers\nRunning,node-001,false,1,1\n",
+        ),
+        (
+            "select kind, image, state, reason, restart_count, last_exit_code, last_reason, cpu_request_m, memory_request_bytes, memory_limit_bytes, cpu_limit_m from containers where pod = 'probe'",
+            "kind,image,state,reason,restart_count,last_exit_code,last_reason,cpu_request_m,memory_request_bytes,memory_limit_bytes,cpu_limit_m\ncontainer,nginx:1.27,waiting,CrashLoopBackOff,1,1,Error,100,134217728,268435456,\n",
+        ),
+    ];
+    env.wait_all(&checks, Duration::from_secs(30)).await;
+}
