@@ -392,11 +392,13 @@ impl Writer {
             self.flush(&mut pending)?;
             tracing::trace!(flush_ms = t.elapsed().as_millis() as u64, "flushed");
             let now = now_micros();
+            // One count per touched context, by resource: it feeds both `resources` and the
+            // context's total.
+            let totals = self.count_resources(&touched, &mut dirty_res)?;
             for ctx in &touched {
-                let count = self.count_objects(ctx)?;
                 if let Some(row) = self.contexts.get_mut(&**ctx) {
                     row.last_event_at = Some(now);
-                    row.object_count = count;
+                    row.object_count = totals.get(&**ctx).copied().unwrap_or(0);
                     dirty.insert(ctx.to_string());
                 }
             }
@@ -408,7 +410,6 @@ impl Writer {
                     row.last_event_at = Some(now);
                 }
             }
-            self.count_resources(&touched, &mut dirty_res)?;
             for key in &dirty_res {
                 self.write_resource(key)?;
             }
@@ -644,12 +645,14 @@ impl Writer {
         Ok(())
     }
 
-    /// Refreshes the object counts of the touched contexts' resources.
+    /// Refreshes the object counts of the touched contexts' resources, and returns each
+    /// context's total (`objects` holds one row for every object, typed or not).
     fn count_resources(
         &mut self,
         touched: &HashSet<Arc<str>>,
         dirty: &mut HashSet<ResKey>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<HashMap<String, i64>, StoreError> {
+        let mut totals = HashMap::new();
         for ctx in touched {
             let mut stmt = self.conn.prepare("SELECT api_group, resource, count(*) FROM main.objects WHERE context = ? GROUP BY ALL")?;
             let counts = stmt.query_map([&**ctx], |r| {
@@ -661,6 +664,7 @@ impl Writer {
             })?;
             for c in counts {
                 let (group, resource, n) = c?;
+                *totals.entry(ctx.to_string()).or_insert(0) += n;
                 let key = (ctx.to_string(), group, resource);
                 if let Some(row) = self.resources.get_mut(&key)
                     && row.object_count != n
@@ -670,7 +674,7 @@ impl Writer {
                 }
             }
         }
-        Ok(())
+        Ok(totals)
     }
 
     fn write_resource(&mut self, key: &ResKey) -> Result<(), StoreError> {
@@ -697,15 +701,6 @@ impl Writer {
             params_from_iter(values.iter()),
         )?;
         Ok(())
-    }
-
-    /// Objects of a context: `objects` holds one row for every object, typed or not.
-    fn count_objects(&self, context: &str) -> Result<i64, StoreError> {
-        Ok(self.conn.query_row(
-            "SELECT count(*) FROM main.objects WHERE context = ?",
-            [context],
-            |r| r.get(0),
-        )?)
     }
 
     fn write_context(&mut self, name: &str, now: i64) -> Result<(), StoreError> {

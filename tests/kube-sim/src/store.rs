@@ -215,10 +215,6 @@ impl Store {
             .cloned()
     }
 
-    pub fn current_rv(&self) -> u64 {
-        self.lock().rv
-    }
-
     /// The number of objects per resource, for status output and memory figures.
     pub fn counts(&self) -> BTreeMap<String, usize> {
         self.lock()
@@ -227,16 +223,6 @@ impl Store {
             .filter(|(_, t)| !t.objects.is_empty())
             .map(|(k, t)| (k.plural.clone(), t.objects.len()))
             .collect()
-    }
-
-    /// Bytes of JSON held for objects, a lower bound of the store's memory use.
-    pub fn json_bytes(&self) -> usize {
-        self.lock()
-            .tables
-            .values()
-            .flat_map(|t| t.objects.values())
-            .map(|o| o.json.len())
-            .sum()
     }
 
     pub fn get(&self, rt: &ResourceType, ns: &str, name: &str) -> Result<Arc<Stored>, ApiError> {
