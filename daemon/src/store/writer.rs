@@ -616,6 +616,12 @@ impl Writer {
             "DELETE FROM main.objects WHERE context = $1 AND api_group = $2 AND resource = $3",
             params,
         )?;
+        self.conn.execute(
+            "DELETE FROM main.resources WHERE context = ? AND api_group = ? AND resource = ?",
+            [context, group, resource],
+        )?;
+        self.resources
+            .remove(&(context.to_string(), group.to_string(), resource.to_string()));
         tracing::info!(
             context,
             group,
@@ -641,7 +647,10 @@ impl Writer {
         }
         self.conn
             .execute("DELETE FROM contexts WHERE name = ?", [name])?;
+        self.conn
+            .execute("DELETE FROM main.resources WHERE context = ?", [name])?;
         self.contexts.remove(name);
+        self.resources.retain(|(c, _, _), _| c != name);
         Ok(())
     }
 

@@ -298,6 +298,14 @@ async fn a_crd_created_at_runtime_gets_its_objects_into_objects_and_deleting_it_
     )
     .await
     .unwrap();
+    // Its status row goes with it.
+    env.wait_csv(
+        "select count(*) from resources where resource = 'httproutes'",
+        "count_star()\n0\n",
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread")]
