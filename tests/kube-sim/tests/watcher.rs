@@ -170,3 +170,48 @@ async fn injected_errors_and_stalls_are_observable() {
     );
     assert!(api.list(&Default::default()).await.is_ok());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dropped_connection_whose_resource_version_expired_is_repaired_by_relisting() {
+    let t = common::start(1, 6).await;
+    let c = t.fleet.clusters[0].clone();
+    let seen = record(Api::<Pod>::all(client(&t, "sim-1").await));
+    let s = seen.clone();
+    assert!(common::eventually(Duration::from_secs(10), || count(&s, &Seen::InitDone) == 1).await);
+    // The connection drops, and while the client is away the store compacts past its
+    // resource version and a pod is deleted: resuming is impossible, only a relist repairs.
+    c.set_offline(true);
+    let rt = c.store.resolve_kind("v1", "Pod").unwrap();
+    let victim = c
+        .store
+        .list(&rt, &Default::default(), Some(1), None)
+        .unwrap()
+        .items[0]
+        .clone();
+    c.store
+        .delete(&rt, &victim.namespace, &victim.name)
+        .unwrap();
+    c.store.compact();
+    c.set_offline(false);
+    let s = seen.clone();
+    assert!(
+        common::eventually(Duration::from_secs(30), || count(&s, &Seen::InitDone) == 2).await,
+        "no relist after the dropped connection: {:?}",
+        seen.lock()
+            .unwrap()
+            .iter()
+            .rev()
+            .take(5)
+            .collect::<Vec<_>>()
+    );
+    let v = seen.lock().unwrap();
+    let relist = &v[v.iter().rposition(|e| *e == Seen::Init).unwrap()..];
+    assert_eq!(
+        relist
+            .iter()
+            .filter(|e| matches!(e, Seen::InitApply(_)))
+            .count(),
+        5
+    );
+    assert!(!relist.contains(&Seen::InitApply(victim.name.clone())));
+}
