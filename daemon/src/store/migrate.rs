@@ -7,8 +7,9 @@ use kq_schema::{MIGRATIONS, SCHEMA_VERSION};
 
 use super::StoreError;
 
-/// Brings the database to [`SCHEMA_VERSION`], one transaction per migration.
-pub fn apply(conn: &Connection, path: &Path) -> Result<(), StoreError> {
+/// Brings the database to [`SCHEMA_VERSION`], one transaction per migration. Returns
+/// whether an existing inventory was migrated (its rows may lack the new columns).
+pub fn apply(conn: &Connection, path: &Path) -> Result<bool, StoreError> {
     conn.execute_batch(
         "CREATE TABLE IF NOT EXISTS kq_meta (key VARCHAR PRIMARY KEY, value VARCHAR)",
     )?;
@@ -28,7 +29,9 @@ pub fn apply(conn: &Connection, path: &Path) -> Result<(), StoreError> {
             supported: SCHEMA_VERSION,
         });
     }
+    let mut migrated = false;
     for m in MIGRATIONS.iter().filter(|m| m.version > found) {
+        migrated = found > 0;
         let sql = format!(
             "BEGIN TRANSACTION;\n{}\nINSERT OR REPLACE INTO kq_meta VALUES ('schema_version', '{}');\nCOMMIT;",
             (m.sql)(),
@@ -44,5 +47,5 @@ pub fn apply(conn: &Connection, path: &Path) -> Result<(), StoreError> {
         })?;
         tracing::info!(version = m.version, description = m.description, path = %path.display(), "applied schema migration");
     }
-    Ok(())
+    Ok(migrated)
 }

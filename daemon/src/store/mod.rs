@@ -1,9 +1,10 @@
 //! The store: the one DuckDB writer. Watchers send [`Op`]s through a bounded channel; a
-//! dedicated thread batches them into transactions (closed by size or by a short time limit),
-//! stages rows with the Appender and merges them by (context, uid). Readers get their own
-//! connections to the same database through [`Store::reader`].
+//! dedicated thread batches them into transactions (closed by size or by a short time
+//! limit) and writes them with the Appender, guided by an index of what is stored (see
+//! `index`). Readers get their own connections to the same database through [`Store::reader`].
 
 mod batch;
+mod index;
 mod migrate;
 mod writer;
 
@@ -170,7 +171,7 @@ impl Store {
                 path: path.to_path_buf(),
                 source,
             })?;
-        migrate::apply(&conn, path)?;
+        let migrated = migrate::apply(&conn, path)?;
         let writer_conn = conn.try_clone()?;
         let store = Arc::new(Store {
             root: Mutex::new(conn),
@@ -178,7 +179,7 @@ impl Store {
         });
         let (tx, rx) = mpsc::channel(1024);
         let (resync_tx, resync) = tokio::sync::watch::channel(0u64);
-        let writer = Writer::new(writer_conn, opts, resync_tx)?;
+        let writer = Writer::new(writer_conn, opts, resync_tx, migrated)?;
         let handle = std::thread::Builder::new()
             .name("kq-store-writer".into())
             .spawn(move || writer.run(rx))

@@ -9,8 +9,9 @@ use duckdb::types::{TimeUnit, Value};
 use duckdb::{Connection, params_from_iter};
 use tokio::sync::{mpsc, oneshot};
 
+use super::index::{Index, Seen};
 use super::{Op, StoreError, StoreOptions};
-use crate::rows::{Kind, ObjectRows};
+use crate::rows::{Kind, ObjectRows, Row};
 
 /// How often retention runs (it also runs at start).
 const PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(600);
@@ -70,8 +71,12 @@ pub struct Writer {
     conn: Connection,
     opts: StoreOptions,
     contexts: BTreeMap<String, ContextRow>,
-    /// The Arrow schema of each staging table, for building record batches.
-    stage_schemas: HashMap<&'static str, SchemaRef>,
+    /// The Arrow schema of each inventory table, for building record batches.
+    schemas: HashMap<&'static str, SchemaRef>,
+    /// What the database holds, by identity; see [`Index`].
+    index: Index,
+    /// The schema was migrated at this start: stored rows are rewritten by the next list.
+    migrated: bool,
     /// The `resources` rows, kept here and rewritten when they change.
     resources: BTreeMap<ResKey, ResourceRow>,
     /// Told when a batch is lost, so that every context relists.
@@ -92,33 +97,43 @@ fn resource_of(kind: Kind, context: &str, rows: &ObjectRows) -> ResKey {
     (context.to_string(), g.group, g.resource)
 }
 
-/// SQL that records the staged batch of `kind` in `changes`, run before the merge so it can
-/// compare with the stored rows: an unseen uid is an add, a new resourceVersion a modify (a
-/// relist that finds nothing new records nothing), a staged key without a row a delete.
-fn changes_sql(kind: Kind) -> String {
-    let table = kind.table();
-    // Rows of `objects` name their resource; typed tables name themselves.
-    let (what_s, what_m) = if kind == Kind::Objects {
-        ("s.resource".to_string(), "m.resource".to_string())
+/// Positions of namespace, name and resourceVersion in a row of `kind`'s table: the
+/// common columns come first (context, [namespace], name, uid, labels, annotations,
+/// created_at, resource_version).
+fn meta_columns(kind: Kind) -> (Option<usize>, usize, usize) {
+    if kind.namespaced() {
+        (Some(1), 2, 7)
     } else {
-        (format!("'{table}'"), format!("'{table}'"))
-    };
-    let (ns_s, ns_m) = if kind.namespaced() {
-        ("s.namespace", "m.namespace")
+        (None, 1, 6)
+    }
+}
+
+fn text_at(row: &Row, i: usize) -> Option<&str> {
+    match row.get(i) {
+        Some(Value::Text(t)) => Some(t.as_str()),
+        _ => None,
+    }
+}
+
+/// The `changes` row recording that `rows` was added or modified.
+fn change_row(now: i64, kind: Kind, context: &str, rows: &ObjectRows, op: &str) -> Row {
+    let (ns, name, rv) = meta_columns(kind);
+    let what = if kind == Kind::Objects {
+        text_at(&rows.row, 11).unwrap_or_default()
     } else {
-        ("NULL", "NULL")
+        kind.table()
     };
-    format!(
-        "INSERT INTO main.changes
-         SELECT now(), s.context, {what_s}, {ns_s}, s.name, s.uid,
-                CASE WHEN m.uid IS NULL THEN 'add' ELSE 'modify' END, s.resource_version
-         FROM kq_stage.{table} s LEFT JOIN main.{table} m ON m.context = s.context AND m.uid = s.uid
-         WHERE m.uid IS NULL OR m.resource_version IS DISTINCT FROM s.resource_version;
-         INSERT INTO main.changes
-         SELECT now(), m.context, {what_m}, {ns_m}, m.name, m.uid, 'delete', m.resource_version
-         FROM main.{table} m JOIN kq_stage.keys k ON m.context = k.context AND m.uid = k.uid
-         WHERE NOT EXISTS (SELECT 1 FROM kq_stage.{table} s WHERE s.context = k.context AND s.uid = k.uid);"
-    )
+    let text = |v: Option<&str>| v.map_or(Value::Null, |t| Value::Text(t.to_string()));
+    vec![
+        Value::Timestamp(TimeUnit::Microsecond, now),
+        Value::Text(context.to_string()),
+        Value::Text(what.to_string()),
+        text(ns.and_then(|i| text_at(&rows.row, i))),
+        text(text_at(&rows.row, name)),
+        Value::Text(rows.uid.clone()),
+        Value::Text(op.to_string()),
+        text(text_at(&rows.row, rv)),
+    ]
 }
 
 fn now_micros() -> i64 {
@@ -130,33 +145,37 @@ fn ts(v: Option<i64>) -> Value {
 }
 
 impl Writer {
+    /// `migrated`: the schema changed at this start, so stored rows may lack new columns.
     pub fn new(
         conn: Connection,
         opts: StoreOptions,
         resync: tokio::sync::watch::Sender<u64>,
+        migrated: bool,
     ) -> Result<Writer, StoreError> {
-        // Staging tables mirror the inventory tables; they are emptied inside every
-        // transaction, so they never hold rows between batches.
-        let mut sql = String::from(
+        // `kq_stage.keys` names the objects a batch replaces or deletes; it is emptied inside
+        // every transaction, so it never holds rows between batches.
+        conn.execute_batch(
             "CREATE SCHEMA IF NOT EXISTS kq_stage;
-             CREATE OR REPLACE TABLE kq_stage.keys (context VARCHAR, uid VARCHAR);
-             CREATE OR REPLACE TABLE kq_stage.containers AS SELECT * FROM main.containers LIMIT 0;",
-        );
-        for k in Kind::ALL {
-            sql.push_str(&format!(
-                "CREATE OR REPLACE TABLE kq_stage.{t} AS SELECT * FROM main.{t} LIMIT 0;",
-                t = k.table()
-            ));
-        }
-        conn.execute_batch(&sql)?;
-        let mut stage_schemas = HashMap::new();
-        for t in Kind::ALL.iter().map(|k| k.table()).chain(["containers"]) {
+             CREATE OR REPLACE TABLE kq_stage.keys (context VARCHAR, uid VARCHAR, gone BOOLEAN);",
+        )?;
+        let mut schemas = HashMap::new();
+        for t in Kind::ALL
+            .iter()
+            .map(|k| k.table())
+            .chain(["containers", "changes"])
+        {
             let schema = conn
-                .prepare(&format!("SELECT * FROM kq_stage.{t} LIMIT 0"))?
+                .prepare(&format!("SELECT * FROM main.{t} LIMIT 0"))?
                 .query_arrow([])?
                 .get_schema();
-            stage_schemas.insert(t, schema);
+            schemas.insert(t, schema);
         }
+        let started = Instant::now();
+        let index = Index::load(&conn, !migrated)?;
+        tracing::debug!(
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "loaded the index of stored objects"
+        );
         // Contexts found in the file from an earlier run start as `connecting` until their
         // supervisor reports; the daemon removes the ones no longer configured.
         let mut contexts = BTreeMap::new();
@@ -192,7 +211,9 @@ impl Writer {
             conn,
             opts,
             contexts,
-            stage_schemas,
+            schemas,
+            index,
+            migrated,
             resources: BTreeMap::new(),
             resync,
         })
@@ -253,6 +274,7 @@ impl Writer {
                 ),
                 Err(e) => {
                     tracing::error!(ops = n, error = %e, "a batch failed and was rolled back; every context relists");
+                    self.reload_index();
                     self.resync.send_modify(|g| *g += 1);
                 }
             }
@@ -269,17 +291,46 @@ impl Writer {
         tracing::info!("store writer stopped");
     }
 
-    /// Applies the retention periods of `changes` and `events`.
-    fn prune(&self) -> Result<(), StoreError> {
+    /// Rebuilds the index from the database, after a rollback or a bulk delete.
+    fn reload_index(&mut self) {
+        match Index::load(&self.conn, !self.migrated) {
+            Ok(index) => self.index = index,
+            Err(e) => tracing::error!(error = %e, "cannot reload the index of stored objects"),
+        }
+    }
+
+    /// Applies the retention periods of `changes` and `events`. Expired events take their
+    /// `objects` rows with them.
+    fn prune(&mut self) -> Result<(), StoreError> {
         let changes = self.opts.changes_retention.as_secs();
         let events = self.opts.events_retention.as_secs();
-        let removed = self.conn.execute(&format!("DELETE FROM main.changes WHERE changed_at < ago(to_seconds({changes}))"), [])?
-            + self.conn.execute(
-                &format!("DELETE FROM main.events WHERE coalesce(last_seen, created_at) < ago(to_seconds({events}))"),
-                [],
-            )?;
-        if removed > 0 {
-            tracing::info!(removed, "pruned changes and events past their retention");
+        let old =
+            |e: &str| format!("coalesce({e}last_seen, {e}created_at) < ago(to_seconds({events}))");
+        let pruned_changes = self.conn.execute(
+            &format!("DELETE FROM main.changes WHERE changed_at < ago(to_seconds({changes}))"),
+            [],
+        )?;
+        self.conn.execute(
+            &format!(
+                "DELETE FROM main.objects WHERE api_group = '' AND resource = 'events'
+                 AND EXISTS (SELECT 1 FROM main.events e
+                             WHERE e.context = objects.context AND e.uid = objects.uid AND {})",
+                old("e.")
+            ),
+            [],
+        )?;
+        let pruned_events = self
+            .conn
+            .execute(&format!("DELETE FROM main.events WHERE {}", old("")), [])?;
+        if pruned_events > 0 {
+            self.reload_index();
+        }
+        if pruned_changes + pruned_events > 0 {
+            tracing::info!(
+                changes = pruned_changes,
+                events = pruned_events,
+                "pruned changes and events past their retention"
+            );
         }
         Ok(())
     }
@@ -365,8 +416,10 @@ impl Writer {
                         state,
                         error,
                     } => {
+                        let count = self.index.count(&context, &group, &resource);
                         let key = (context.to_string(), group, resource);
                         let row = self.resources.entry(key.clone()).or_default();
+                        row.object_count = count;
                         row.state = state.to_string();
                         row.error = error;
                         if state == "ready" {
@@ -392,13 +445,18 @@ impl Writer {
             self.flush(&mut pending)?;
             tracing::trace!(flush_ms = t.elapsed().as_millis() as u64, "flushed");
             let now = now_micros();
-            // One count per touched context, by resource: it feeds both `resources` and the
-            // context's total.
-            let totals = self.count_resources(&touched, &mut dirty_res)?;
+            // Counts come from the index, which the flush kept current.
+            for (ctx, group, resource, n) in self.index.take_changed() {
+                let key = (ctx.to_string(), group, resource);
+                if let Some(row) = self.resources.get_mut(&key) {
+                    row.object_count = n;
+                    dirty_res.insert(key);
+                }
+            }
             for ctx in &touched {
                 if let Some(row) = self.contexts.get_mut(&**ctx) {
                     row.last_event_at = Some(now);
-                    row.object_count = totals.get(&**ctx).copied().unwrap_or(0);
+                    row.object_count = self.index.total(ctx);
                     dirty.insert(ctx.to_string());
                 }
             }
@@ -429,9 +487,7 @@ impl Writer {
         }
     }
 
-    /// Merges pending upserts and deletes: stage the keys and rows, delete the old rows of
-    /// every staged key, insert the staged rows.
-    /// Merges the pending rows of one kind.
+    /// Writes the pending rows of one kind (before a sweep or removal that depends on them).
     fn flush_kind(
         &mut self,
         pending: &mut BTreeMap<Kind, HashMap<Key, Option<ObjectRows>>>,
@@ -443,77 +499,124 @@ impl Writer {
         }
     }
 
+    /// The index's id of the resource an upserted object belongs to.
+    fn resource_id(&mut self, kind: Kind, rows: &ObjectRows) -> u32 {
+        if kind == Kind::Objects {
+            let g = text_at(&rows.row, 8).unwrap_or_default();
+            let r = text_at(&rows.row, 11).unwrap_or_default();
+            return self.index.resource_id(g, r);
+        }
+        let gvk = kind.gvk();
+        self.index.resource_id(&gvk.group, &gvk.resource)
+    }
+
+    /// Writes pending upserts and deletes. The index says which objects are new (appended),
+    /// changed (old rows deleted by key, new ones appended), unchanged (skipped) or gone
+    /// (deleted and recorded), so the database is searched only for rows that must go.
     fn flush(
         &mut self,
         pending: &mut BTreeMap<Kind, HashMap<Key, Option<ObjectRows>>>,
     ) -> Result<(), StoreError> {
+        let now = now_micros();
         for (kind, objects) in std::mem::take(pending) {
-            if objects.is_empty() {
-                continue;
-            }
             let table = kind.table();
-            {
-                let mut keys = self.conn.appender_to_db("keys", "kq_stage")?;
-                for (ctx, uid) in objects.keys() {
-                    keys.append_row([&**ctx, uid.as_str()])?;
+            let mut fresh: Vec<&ObjectRows> = Vec::new();
+            let mut changes: Vec<Row> = Vec::new();
+            // (context, uid, gone): rows to delete, and whether the object itself is gone.
+            let mut stale: Vec<(&str, &str, bool)> = Vec::new();
+            for ((ctx, uid), rows) in &objects {
+                match rows {
+                    Some(r) => {
+                        let res = self.resource_id(kind, r);
+                        let (_, _, rv) = meta_columns(kind);
+                        let op = match self.index.upsert(ctx, uid, text_at(&r.row, rv), res) {
+                            Seen::Same => continue,
+                            Seen::New => "add",
+                            Seen::Changed => {
+                                stale.push((ctx, uid, false));
+                                "modify"
+                            }
+                        };
+                        changes.push(change_row(now, kind, ctx, r, op));
+                        fresh.push(r);
+                    }
+                    None => {
+                        if self.index.remove(ctx, uid) {
+                            stale.push((ctx, uid, true));
+                        }
+                    }
                 }
-                keys.flush()?;
             }
-            self.stage(table, objects.values().flatten().map(|r| r.row.as_slice()))?;
-            let mut sql = changes_sql(kind);
-            sql.push_str(&format!(
-                "DELETE FROM main.{table} USING kq_stage.keys k WHERE main.{table}.context = k.context AND main.{table}.uid = k.uid;
-                 INSERT INTO main.{table} SELECT * FROM kq_stage.{table};
-                 DELETE FROM kq_stage.{table};"
-            ));
-            // Rows that belong to the object live in other tables too: a pod's containers,
-            // and every typed object's `objects` row. They are replaced by the object's uid.
-            let mut dependents: Vec<(&str, &str, Vec<&[Value]>)> = Vec::new();
-            if let Some((child, fk)) = kind.child() {
-                dependents.push((
-                    child,
-                    fk,
-                    objects
-                        .values()
-                        .flatten()
-                        .flat_map(|r| r.children.iter().map(Vec::as_slice))
-                        .collect(),
-                ));
+            let started = Instant::now();
+            if !stale.is_empty() {
+                self.delete_stale(kind, &stale)?;
+            }
+            self.append(table, fresh.iter().map(|r| r.row.as_slice()))?;
+            if let Some((child, _)) = kind.child() {
+                let rows = fresh.iter().flat_map(|r| r.children.iter());
+                self.append(child, rows.map(Vec::as_slice))?;
             }
             if kind != Kind::Objects {
-                dependents.push((
-                    "objects",
-                    "uid",
-                    objects
-                        .values()
-                        .flatten()
-                        .filter_map(|r| r.object.as_deref())
-                        .collect(),
-                ));
+                let rows = fresh.iter().filter_map(|r| r.object.as_deref());
+                self.append("objects", rows)?;
             }
-            for (child, fk, rows) in dependents {
-                self.stage(child, rows.into_iter())?;
-                sql.push_str(&format!(
-                    "DELETE FROM main.{child} USING kq_stage.keys k WHERE main.{child}.context = k.context AND main.{child}.{fk} = k.uid;
-                     INSERT INTO main.{child} SELECT * FROM kq_stage.{child};
-                     DELETE FROM kq_stage.{child};"
-                ));
-            }
-            sql.push_str("DELETE FROM kq_stage.keys;");
-            let staged = Instant::now();
-            self.conn.execute_batch(&sql)?;
+            self.append("changes", changes.iter().map(Vec::as_slice))?;
             tracing::trace!(
                 table,
-                objects = objects.len(),
-                merge_ms = staged.elapsed().as_millis() as u64,
-                "merged staged rows"
+                written = fresh.len(),
+                removed = stale.len(),
+                skipped = objects.len() - fresh.len() - stale.iter().filter(|s| s.2).count(),
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "wrote rows"
             );
         }
         Ok(())
     }
 
-    /// Appends rows to a staging table as one Arrow batch.
-    fn stage<'a>(
+    /// Deletes the stored rows of changed and deleted objects (with their containers and
+    /// `objects` rows), recording the deletes in `changes`.
+    fn delete_stale(&mut self, kind: Kind, stale: &[(&str, &str, bool)]) -> Result<(), StoreError> {
+        {
+            let mut keys = self.conn.appender_to_db("keys", "kq_stage")?;
+            for (ctx, uid, gone) in stale {
+                keys.append_row(duckdb::params![ctx, uid, gone])?;
+            }
+            keys.flush()?;
+        }
+        let table = kind.table();
+        let what = if kind == Kind::Objects {
+            "m.resource".to_string()
+        } else {
+            format!("'{table}'")
+        };
+        let ns = if kind.namespaced() {
+            "m.namespace"
+        } else {
+            "NULL"
+        };
+        let mut sql = format!(
+            "INSERT INTO main.changes
+             SELECT now(), m.context, {what}, {ns}, m.name, m.uid, 'delete', m.resource_version
+             FROM main.{table} m JOIN kq_stage.keys k ON m.context = k.context AND m.uid = k.uid
+             WHERE k.gone;"
+        );
+        let mut targets = vec![(table, "uid")];
+        targets.extend(kind.child());
+        if kind != Kind::Objects {
+            targets.push(("objects", "uid"));
+        }
+        for (t, fk) in targets {
+            sql.push_str(&format!(
+                "DELETE FROM main.{t} USING kq_stage.keys k WHERE main.{t}.context = k.context AND main.{t}.{fk} = k.uid;"
+            ));
+        }
+        sql.push_str("DELETE FROM kq_stage.keys;");
+        self.conn.execute_batch(&sql)?;
+        Ok(())
+    }
+
+    /// Appends rows to an inventory table as one Arrow batch.
+    fn append<'a>(
         &self,
         table: &'static str,
         rows: impl Iterator<Item = &'a [Value]> + Clone,
@@ -521,9 +624,9 @@ impl Writer {
         if rows.clone().next().is_none() {
             return Ok(());
         }
-        let schema = &self.stage_schemas[table];
+        let schema = &self.schemas[table];
         let batch = super::batch::record_batch(schema, rows)?;
-        let mut app = self.conn.appender_to_db(table, "kq_stage")?;
+        let mut app = self.conn.appender_to_db(table, "main")?;
         app.append_record_batch(batch)?;
         app.flush()?;
         Ok(())
@@ -535,14 +638,27 @@ impl Writer {
     fn sweep(
         &mut self,
         kind: Kind,
-        context: &str,
+        ctx: &Arc<str>,
         keep: &[String],
         scope: Option<&(String, String)>,
     ) -> Result<(), StoreError> {
+        // The index knows whether anything is gone; a relist that finds every object still
+        // there (the usual case) costs no query.
+        let res = match scope {
+            Some((g, r)) => self.index.resource_id(g, r),
+            None => {
+                let gvk = kind.gvk();
+                self.index.resource_id(&gvk.group, &gvk.resource)
+            }
+        };
+        if self.index.sweep(ctx, res, keep) == 0 {
+            return Ok(());
+        }
+        let context: &str = ctx;
         {
             let mut keys = self.conn.appender_to_db("keys", "kq_stage")?;
             for uid in keep {
-                keys.append_row([context, uid.as_str()])?;
+                keys.append_row(duckdb::params![context, uid.as_str(), false])?;
             }
             keys.flush()?;
         }
@@ -622,6 +738,8 @@ impl Writer {
         )?;
         self.resources
             .remove(&(context.to_string(), group.to_string(), resource.to_string()));
+        let res = self.index.resource_id(group, resource);
+        self.index.remove_resource(&Arc::from(context), res);
         tracing::info!(
             context,
             group,
@@ -651,39 +769,8 @@ impl Writer {
             .execute("DELETE FROM main.resources WHERE context = ?", [name])?;
         self.contexts.remove(name);
         self.resources.retain(|(c, _, _), _| c != name);
+        self.index.remove_context(name);
         Ok(())
-    }
-
-    /// Refreshes the object counts of the touched contexts' resources, and returns each
-    /// context's total (`objects` holds one row for every object, typed or not).
-    fn count_resources(
-        &mut self,
-        touched: &HashSet<Arc<str>>,
-        dirty: &mut HashSet<ResKey>,
-    ) -> Result<HashMap<String, i64>, StoreError> {
-        let mut totals = HashMap::new();
-        for ctx in touched {
-            let mut stmt = self.conn.prepare("SELECT api_group, resource, count(*) FROM main.objects WHERE context = ? GROUP BY ALL")?;
-            let counts = stmt.query_map([&**ctx], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, i64>(2)?,
-                ))
-            })?;
-            for c in counts {
-                let (group, resource, n) = c?;
-                *totals.entry(ctx.to_string()).or_insert(0) += n;
-                let key = (ctx.to_string(), group, resource);
-                if let Some(row) = self.resources.get_mut(&key)
-                    && row.object_count != n
-                {
-                    row.object_count = n;
-                    dirty.insert(key);
-                }
-            }
-        }
-        Ok(totals)
     }
 
     fn write_resource(&mut self, key: &ResKey) -> Result<(), StoreError> {

@@ -222,7 +222,9 @@ async fn a_flight_sql_client_that_is_not_kq_can_query() {
     let env = Env::start(2, 15).await;
     let _kqd = env.kqd().await;
     env.wait_pods_synced(Duration::from_secs(30)).await;
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/flight_client.py");
+    // Located at run time, so a test binary built in another checkout finds this one's.
+    let dir = std::env::var("CARGO_MANIFEST_DIR").unwrap_or(env!("CARGO_MANIFEST_DIR").into());
+    let script = format!("{dir}/flight_client.py");
     let out = std::process::Command::new("python3")
         .arg(script)
         .arg(&env.socket)
