@@ -49,6 +49,7 @@ struct FileConfig {
     batch_max: Option<usize>,
     batch_interval_ms: Option<u64>,
     memory_limit: Option<String>,
+    checkpoint_threshold: Option<String>,
     initial_sync_concurrency: Option<usize>,
 }
 
@@ -115,6 +116,9 @@ impl Config {
         }
         if let Some(m) = f.memory_limit {
             self.store.memory_limit = m;
+        }
+        if let Some(c) = f.checkpoint_threshold {
+            self.store.checkpoint_threshold = c;
         }
         if let Some(n) = f.initial_sync_concurrency {
             self.initial_sync_concurrency = n.max(1);

@@ -118,7 +118,9 @@ fn spawn(
             let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
             let mut stream = watcher(
                 api,
-                watcher::Config::default().any_semantic().page_size(500),
+                watcher::Config::default()
+                    .any_semantic()
+                    .page_size(crate::watch::PAGE_SIZE),
             )
             .default_backoff()
             .boxed();

@@ -157,8 +157,39 @@ pub async fn client_for(merged: &Kubeconfig, context: &str) -> Result<kube::Clie
             source,
         })?;
     cfg.connect_timeout = Some(Duration::from_secs(10));
-    kube::Client::try_from(cfg).map_err(|source| ContextError::Client {
+    build_client(cfg).map_err(|source| ContextError::Client {
         context: context.to_string(),
         source,
     })
+}
+
+/// Largest HTTP/1 read buffer per connection. kqd keeps one watch connection open per
+/// resource and context (hundreds), and hyper's default (~400 kB) lets each keep the
+/// buffer its largest list page needed; responses stream fine through 64 kB.
+const HTTP_READ_BUFFER: usize = 64 * 1024;
+
+/// kube's default client stack (base URI, retries, credentials, extra headers) over a
+/// hyper client whose read buffers are capped at [`HTTP_READ_BUFFER`].
+fn build_client(cfg: kube::Config) -> Result<kube::Client, kube::Error> {
+    use kube::client::ConfigExt;
+    use kube::client::retry::RetryPolicy;
+
+    let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+    http.enforce_http(false);
+    http.set_connect_timeout(cfg.connect_timeout);
+    let https = cfg.rustls_https_connector_with_connector(http)?;
+    let hyper = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http1_max_buf_size(HTTP_READ_BUFFER)
+        .build(https);
+    let service = tower::ServiceBuilder::new()
+        .layer(cfg.base_uri_layer())
+        .option_layer(
+            cfg.default_retry
+                .then(|| tower::retry::RetryLayer::new(RetryPolicy::server_retry())),
+        )
+        .option_layer(cfg.auth_layer()?)
+        .layer(cfg.extra_headers_layer()?)
+        .map_err(tower::BoxError::from)
+        .service(hyper);
+    Ok(kube::Client::new(service, cfg.default_namespace))
 }

@@ -7,6 +7,16 @@ use clap::Parser;
 use kq_daemon::Config;
 use tokio_util::sync::CancellationToken;
 
+/// jemalloc made the initial sync of 10 × 10k pods about a third faster than glibc malloc.
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// A background thread hands freed pages back within a second, so the initial sync's burst
+/// of short-lived buffers does not stay resident for the weeks kqd runs.
+#[allow(non_upper_case_globals)]
+#[unsafe(export_name = "_rjem_malloc_conf")]
+pub static malloc_conf: &[u8] = b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
+
 /// kqd watches every context of your kubeconfig files into one DuckDB file and serves it,
 /// read-only, over Arrow Flight SQL on a Unix socket. Query it with `kq`.
 #[derive(Parser, Debug)]

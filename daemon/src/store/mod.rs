@@ -112,6 +112,9 @@ pub struct StoreOptions {
     pub batch_interval: std::time::Duration,
     /// DuckDB's memory limit, e.g. "512MB".
     pub memory_limit: String,
+    /// WAL size that triggers a checkpoint, e.g. "64MB". Appended rows stay in memory until
+    /// they are checkpointed, so this bounds memory as much as `memory_limit` does.
+    pub checkpoint_threshold: String,
     /// How long `changes` rows are kept.
     pub changes_retention: std::time::Duration,
     /// How long events are kept after they were last seen.
@@ -123,7 +126,10 @@ impl Default for StoreOptions {
         StoreOptions {
             batch_max: 20_000,
             batch_interval: std::time::Duration::from_millis(50),
-            memory_limit: "512MB".to_string(),
+            // DuckDB's buffer pool is most of kqd's memory; 64 MB keeps the daemon under its
+            // budget at 100k pods, and larger queries spill to disk rather than fail.
+            memory_limit: "64MB".to_string(),
+            checkpoint_threshold: "256MB".to_string(),
             changes_retention: std::time::Duration::from_secs(7 * 86_400),
             events_retention: std::time::Duration::from_secs(14 * 86_400),
         }
@@ -161,7 +167,7 @@ impl Store {
             .and_then(|c| c.max_memory(&opts.memory_limit))
             // Fewer, larger checkpoints: the initial sync of large clusters writes hundreds of
             // megabytes, and checkpointing every 16 MiB of WAL rewrote it over and over.
-            .and_then(|c| c.with("checkpoint_threshold", "256MB"))
+            .and_then(|c| c.with("checkpoint_threshold", &opts.checkpoint_threshold))
             .map_err(|source| StoreError::Open {
                 path: path.to_path_buf(),
                 source,

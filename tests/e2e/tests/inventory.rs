@@ -654,3 +654,61 @@ async fn nodes_namespaces_pods_and_containers_hold_plain_numbers_and_states() {
     ];
     env.wait_all(&checks, Duration::from_secs(30)).await;
 }
+
+/// A restart relists everything. Objects that did not change while kqd was down must not be
+/// rewritten or recorded again, one that was deleted must go (recorded once), and the
+/// per-resource counts must stay right.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restart_records_only_what_changed_while_down() {
+    let env = Env::start(1, 20).await;
+    let c = env.fleet.clusters[0].clone();
+    let kqd = env.kqd().await;
+    env.wait_pods_synced(Duration::from_secs(30)).await;
+    let ready = "n\n1\n";
+    let ready_sql = "select count(*) as n from contexts where state = 'ready'";
+    env.wait_csv(ready_sql, ready, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let count = |sql: &'static str| {
+        let env = &env;
+        async move { env.csv(sql).await.unwrap() }
+    };
+    let changes_before = count("select count(*) from changes").await;
+    assert!(kqd.terminate().success());
+
+    let rt = c.store.resolve_kind("v1", "Pod").unwrap();
+    let pods = c.store.list(&rt, &Default::default(), None, None).unwrap();
+    let victim = &pods.items[0];
+    let victim = (victim.namespace.clone(), victim.name.clone());
+    scenario::delete(&c.store, "v1", "Pod", &victim.0, &victim.1).unwrap();
+    let _kqd = env.kqd().await;
+    env.wait_pods_synced(Duration::from_secs(30)).await;
+    env.wait_csv(ready_sql, ready, Duration::from_secs(30))
+        .await
+        .unwrap();
+
+    let n: i64 = changes_before.lines().nth(1).unwrap().parse().unwrap();
+    let last = env
+        .csv("select kind, operation, name from changes order by changed_at desc limit 1")
+        .await
+        .unwrap();
+    assert_eq!(
+        last,
+        format!("kind,operation,name\npods,delete,{}\n", victim.1),
+        "the pod deleted while kqd was down is recorded"
+    );
+    let total = env.csv("select count(*) from changes").await.unwrap();
+    assert_eq!(
+        total,
+        format!("count_star()\n{}\n", n + 1),
+        "nothing else was recorded"
+    );
+    let pods = kq_e2e::sim_pod_uids(&c).len();
+    env.wait_csv(
+        "select object_count from resources where resource = 'pods'",
+        &format!("object_count\n{pods}\n"),
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+}
