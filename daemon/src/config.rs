@@ -23,6 +23,8 @@ pub enum ConfigError {
     },
     #[error("environment variable {name} is invalid: {reason}")]
     Env { name: &'static str, reason: String },
+    #[error("setting {name} is invalid: {reason}")]
+    Value { name: &'static str, reason: String },
 }
 
 /// Everything kqd needs to run.
@@ -51,6 +53,17 @@ struct FileConfig {
     memory_limit: Option<String>,
     checkpoint_threshold: Option<String>,
     initial_sync_concurrency: Option<usize>,
+    image_pull_grace_secs: Option<f64>,
+    pending_timeout_secs: Option<f64>,
+    healthy_after_secs: Option<f64>,
+}
+
+/// Seconds (fractions allowed) as a duration; negative or non-finite values are refused.
+fn secs(name: &'static str, v: f64) -> Result<Duration, ConfigError> {
+    Duration::try_from_secs_f64(v).map_err(|e| ConfigError::Value {
+        name,
+        reason: e.to_string(),
+    })
 }
 
 impl Default for Config {
@@ -89,13 +102,23 @@ impl Config {
                 path: p.clone(),
                 source,
             })?;
-            c.apply_file(f);
+            c.apply_file(f)?;
         }
         c.apply_env()?;
         Ok(c)
     }
 
-    fn apply_file(&mut self, f: FileConfig) {
+    fn apply_file(&mut self, f: FileConfig) -> Result<(), ConfigError> {
+        let inc = &mut self.store.incidents;
+        if let Some(v) = f.image_pull_grace_secs {
+            inc.image_pull_grace = secs("image_pull_grace_secs", v)?;
+        }
+        if let Some(v) = f.pending_timeout_secs {
+            inc.pending_timeout = secs("pending_timeout_secs", v)?;
+        }
+        if let Some(v) = f.healthy_after_secs {
+            inc.healthy_after = secs("healthy_after_secs", v)?;
+        }
         if let Some(k) = f.kubeconfig {
             self.kubeconfigs = k;
         }
@@ -123,6 +146,7 @@ impl Config {
         if let Some(n) = f.initial_sync_concurrency {
             self.initial_sync_concurrency = n.max(1);
         }
+        Ok(())
     }
 
     fn apply_env(&mut self) -> Result<(), ConfigError> {
@@ -145,6 +169,24 @@ impl Config {
                 reason: format!("{e}"),
             })?;
             self.store.batch_interval = Duration::from_millis(ms);
+        }
+        let float = |name: &'static str| -> Result<Option<Duration>, ConfigError> {
+            let Some(v) = var(name) else { return Ok(None) };
+            let v: f64 = v.to_string_lossy().parse().map_err(|e| ConfigError::Env {
+                name,
+                reason: format!("{e}"),
+            })?;
+            secs(name, v).map(Some)
+        };
+        let inc = &mut self.store.incidents;
+        if let Some(d) = float("KQ_IMAGE_PULL_GRACE_SECS")? {
+            inc.image_pull_grace = d;
+        }
+        if let Some(d) = float("KQ_PENDING_TIMEOUT_SECS")? {
+            inc.pending_timeout = d;
+        }
+        if let Some(d) = float("KQ_HEALTHY_AFTER_SECS")? {
+            inc.healthy_after = d;
         }
         Ok(())
     }

@@ -234,5 +234,6 @@ fn object_rows(ctx: &Arc<str>, gvk: &Gvk, ar: &ApiResource, mut o: DynamicObject
         row,
         children: vec![],
         object: None,
+        observed: None,
     }
 }

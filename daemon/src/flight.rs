@@ -236,6 +236,54 @@ impl FlightSqlService for KqFlightSql {
         Ok(Response::new(encode(schema, stream)))
     }
 
+    /// `DoGet` with a follow request streams incidents as they are recorded or updated,
+    /// one batch each, until the client goes away.
+    async fn do_get_fallback(
+        &self,
+        _request: Request<Ticket>,
+        message: Any,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        if message.type_url != kq_schema::follow::FOLLOW_INCIDENTS {
+            return Err(Status::unimplemented(format!(
+                "kqd does not serve {}",
+                message.type_url
+            )));
+        }
+        let filter = kq_schema::follow::FollowIncidents::decode(&message.value)
+            .map_err(Status::invalid_argument)?;
+        let store = self.engine.store().clone();
+        let schema = store.incidents_schema.clone();
+        let rx = store.follow_incidents();
+        let stream =
+            futures::stream::unfold((rx, store, filter), |(mut rx, store, filter)| async move {
+                loop {
+                    match rx.recv().await {
+                        Ok(row) => {
+                            if !filter.matches(
+                                &row.context,
+                                row.namespace.as_deref(),
+                                &row.severity,
+                            ) {
+                                continue;
+                            }
+                            let batch = store
+                                .incident_batch(&[row])
+                                .map_err(|e| FlightError::ExternalError(Box::new(e)));
+                            return Some((batch, (rx, store, filter)));
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                            tracing::warn!(
+                                skipped = n,
+                                "an incident follower fell behind; skipped some"
+                            );
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                    }
+                }
+            });
+        Ok(Response::new(encode(schema, stream)))
+    }
+
     async fn do_action_create_prepared_statement(
         &self,
         query: ActionCreatePreparedStatementRequest,

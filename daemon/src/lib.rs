@@ -4,6 +4,7 @@
 pub mod config;
 pub mod discover;
 pub mod flight;
+pub mod incidents;
 pub mod kubeconfig;
 pub mod quantity;
 pub mod query;

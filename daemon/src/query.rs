@@ -223,6 +223,11 @@ pub struct Engine {
 }
 
 impl Engine {
+    /// The store queries run against.
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
     pub fn new(store: Arc<Store>) -> Engine {
         Engine {
             store,

@@ -740,6 +740,125 @@ pub static CATALOG: LazyLock<Vec<Table>> = LazyLock::new(|| {
             ],
         },
         Table {
+            name: "incidents",
+            description: "Problems kqd detected from the watch streams, one row per problem (a crash loop is one row whose occurrences rise); kept after the pod, the event or the daemon is gone.",
+            view: None,
+            columns: vec![
+                c("id", "VARCHAR", "Stable incident id."),
+                c("context", "VARCHAR", "Kubeconfig context."),
+                c(
+                    "cluster_id",
+                    "VARCHAR",
+                    "The context's cluster_id (kube-system uid).",
+                ),
+                c(
+                    "namespace",
+                    "VARCHAR",
+                    "Namespace of the object, NULL for nodes.",
+                ),
+                c(
+                    "object_kind",
+                    "VARCHAR",
+                    "Pod, Job, Node, or the involved object's kind for events.",
+                ),
+                c("object_name", "VARCHAR", "Name of the object."),
+                c("object_uid", "VARCHAR", "uid of the object."),
+                c(
+                    "controller",
+                    "VARCHAR",
+                    "Top controller of a pod, as Kind/name (Deployment/web).",
+                ),
+                c(
+                    "container",
+                    "VARCHAR",
+                    "Container name, for container incidents.",
+                ),
+                c(
+                    "node",
+                    "VARCHAR",
+                    "Node the pod ran on, or the node itself.",
+                ),
+                c("type", "VARCHAR", INCIDENT_TYPE_DOC),
+                c("severity", "VARCHAR", "critical | high | medium | low."),
+                c(
+                    "reason",
+                    "VARCHAR",
+                    "Kubernetes reason (OOMKilled, CrashLoopBackOff, BackoffLimitExceeded…).",
+                ),
+                c(
+                    "exit_code",
+                    "INTEGER",
+                    "Exit code of the termination, for container exits.",
+                ),
+                c(
+                    "signal",
+                    "VARCHAR",
+                    "Signal name for exit codes above 128 (SIGKILL, SIGSEGV…).",
+                ),
+                c(
+                    "message",
+                    "VARCHAR",
+                    "Termination or event message, truncated to 1,024 characters.",
+                ),
+                c(
+                    "restart_count",
+                    "INTEGER",
+                    "The container's restartCount when last seen.",
+                ),
+                c(
+                    "cpu_request_m",
+                    "BIGINT",
+                    "The container's CPU request in millicores, then.",
+                ),
+                c(
+                    "cpu_limit_m",
+                    "BIGINT",
+                    "The container's CPU limit in millicores, then.",
+                ),
+                c(
+                    "memory_request_bytes",
+                    "BIGINT",
+                    "The container's memory request in bytes, then.",
+                ),
+                c(
+                    "memory_limit_bytes",
+                    "BIGINT",
+                    "The container's memory limit in bytes, then.",
+                ),
+                c(
+                    "first_seen",
+                    "TIMESTAMPTZ",
+                    "When the problem first happened (the termination time when known).",
+                ),
+                c("last_seen", "TIMESTAMPTZ", "When it last happened."),
+                c(
+                    "occurrences",
+                    "INTEGER",
+                    "How many times it happened (restarts, event count).",
+                ),
+                c(
+                    "resolved_at",
+                    "TIMESTAMPTZ",
+                    "When it ended: healthy again, deleted or replaced; NULL while open.",
+                ),
+                c(
+                    "problem",
+                    "VARCHAR",
+                    "The problem within its object (container/web/error, node/Ready, event/FailedMount…): an object has at most one open incident per problem.",
+                ),
+                c(
+                    "last_marker",
+                    "VARCHAR",
+                    "Identifies the last occurrence (a termination's finishedAt, an event's uid and count), so a relist that shows it again adds nothing.",
+                ),
+                c(
+                    "reported_count",
+                    "BIGINT",
+                    "The count the object itself reported last (restartCount, event count).",
+                ),
+            ],
+        },
+        Table {
             name: "resources",
             description: "Sync state of every resource kqd watches, per context: counts, last change, and why one is skipped (RBAC).",
             view: None,
@@ -822,6 +941,9 @@ const POD_CONTROLLERS: &str = "SELECT p.context, p.namespace, p.name AS pod, p.u
 FROM pods p
 LEFT JOIN replicasets rs ON p.owner_kind = 'ReplicaSet' AND rs.context = p.context AND rs.uid = p.owner_uid
 LEFT JOIN jobs j ON p.owner_kind = 'Job' AND j.context = p.context AND j.uid = p.owner_uid";
+
+/// The `type` column's documentation: every type name, its default severity and meaning.
+static INCIDENT_TYPE_DOC: &str = "What happened; one of the stable names below (default severity in brackets): graceful [low], error, misuse, exited [medium], runtime_error, not_executable, command_not_found [high], invalid_exit_argument [medium], interrupted [low], killed, oom_killed [high], terminated, signal [medium], crash_loop, image_pull, invalid_image, config_error, create_error, evicted, pod_failed [high], pending [medium], job_failed [high], node_not_ready [critical], memory_pressure, disk_pressure, pid_pressure [high], failed_scheduling, failed_mount [medium], back_off [low], probe_failed, failed_create [medium], warning [low].";
 
 /// The columns both kinds of role binding share.
 fn binding(name: &'static str, description: &'static str, namespaced: bool) -> Table {

@@ -3,6 +3,8 @@
 //! and completion, so both always agree on what exists.
 
 mod catalog;
+pub mod follow;
+pub mod incidents;
 mod migrations;
 pub mod paths;
 pub mod reference;

@@ -12,7 +12,7 @@ pub struct Migration {
 }
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: u32 = 7;
+pub const SCHEMA_VERSION: u32 = 8;
 
 /// Every migration, oldest first.
 pub static MIGRATIONS: &[Migration] = &[
@@ -51,6 +51,11 @@ pub static MIGRATIONS: &[Migration] = &[
         description: "endpoints, autoscalers, disruption budgets and CRDs",
         sql: v7,
     },
+    Migration {
+        version: 8,
+        description: "incidents",
+        sql: v8,
+    },
 ];
 
 /// Creates the named catalog tables. A migration names its tables so that later catalog
@@ -66,6 +71,10 @@ fn create_tables(names: &[&str]) -> String {
         })
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+fn v8() -> String {
+    create_tables(&["incidents"])
 }
 
 fn v7() -> String {

@@ -138,4 +138,31 @@ impl Client {
         }
         Ok(QueryResult { schema, batches })
     }
+
+    /// Streams incidents as kqd records or updates them, until the caller stops reading.
+    pub async fn follow_incidents(
+        &mut self,
+        filter: &kq_schema::follow::FollowIncidents,
+    ) -> Result<impl futures::Stream<Item = Result<RecordBatch, ClientError>> + use<>, ClientError>
+    {
+        let any = arrow_flight::sql::Any {
+            type_url: kq_schema::follow::FOLLOW_INCIDENTS.to_string(),
+            value: filter.encode().into(),
+        };
+        let ticket = arrow_flight::Ticket::new(any.encode_to_vec());
+        let stream = self
+            .inner
+            .do_get(ticket)
+            .await
+            .map_err(|s| ClientError::from_status(s, &self.socket))?
+            .into_inner();
+        let socket = self.socket.clone();
+        Ok(FlightRecordBatchStream::new_from_flight_data(
+            stream.map_err(|s| FlightError::Tonic(Box::new(s))),
+        )
+        .map_err(move |e| match e {
+            FlightError::Tonic(s) => ClientError::from_status(*s, &socket),
+            other => ClientError::Server(other.to_string()),
+        }))
+    }
 }

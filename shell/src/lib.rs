@@ -4,6 +4,7 @@
 
 mod client;
 mod format;
+mod incidents;
 mod repl;
 
 use std::io::{IsTerminal as _, Read as _};
@@ -23,9 +24,12 @@ pub use format::Format;
 ///   kq -c "select context, count(*) from pods group by 1"
 ///   kq -f report.sql --format csv
 ///   echo "select * from contexts" | kq --format json
+///   kq incidents --follow --min-severity high
 #[derive(Parser, Debug, Clone)]
 #[command(name = "kq", version)]
 pub struct Args {
+    #[command(subcommand)]
+    pub cmd: Option<Cmd>,
     /// Run this SQL and exit.
     #[arg(short = 'c', long = "command")]
     pub command: Option<String>,
@@ -36,8 +40,32 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
     /// kqd's socket; default: $XDG_RUNTIME_DIR/kq/kq.sock, else /tmp/kq-$UID/kq.sock.
-    #[arg(long, env = "KQ_SOCKET")]
+    #[arg(long, env = "KQ_SOCKET", global = true)]
     pub socket: Option<PathBuf>,
+}
+
+/// Subcommands beside SQL.
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum Cmd {
+    /// The open incidents, newest first; with --follow, then new and updated ones as kqd
+    /// records them (Ctrl-C stops).
+    Incidents {
+        /// Keep streaming incidents as they are recorded.
+        #[arg(long)]
+        follow: bool,
+        /// Only this context.
+        #[arg(long)]
+        context: Option<String>,
+        /// Only this namespace.
+        #[arg(long, short = 'n')]
+        namespace: Option<String>,
+        /// Only this severity and the ones above it: critical, high, medium or low.
+        #[arg(long, value_parser = ["critical", "high", "medium", "low"])]
+        min_severity: Option<String>,
+        /// Output format (csv and json stream one record per line).
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
 }
 
 /// Runs kq; returns the process exit status.
@@ -66,7 +94,7 @@ pub fn run(args: Args) -> i32 {
                 return 1;
             }
         }
-    } else if !std::io::stdin().is_terminal() {
+    } else if args.cmd.is_none() && !std::io::stdin().is_terminal() {
         let mut s = String::new();
         if let Err(e) = std::io::stdin().read_to_string(&mut s) {
             eprintln!("kq: cannot read stdin: {e}");
@@ -84,6 +112,21 @@ pub fn run(args: Args) -> i32 {
                 return 2;
             }
         };
+        if let Some(Cmd::Incidents {
+            follow,
+            context,
+            namespace,
+            min_severity,
+            format,
+        }) = &args.cmd
+        {
+            let filter = kq_schema::follow::FollowIncidents {
+                context: context.clone(),
+                namespace: namespace.clone(),
+                min_severity: min_severity.clone(),
+            };
+            return incidents::run(&mut client, &filter, *follow, *format).await;
+        }
         match script {
             Some(s) => run_script(&mut client, &s, args.format).await,
             None => repl::run(&mut client, args.format).await,

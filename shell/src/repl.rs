@@ -65,6 +65,11 @@ const DOT_COMMANDS: &[(&str, &str)] = &[
     ),
     (".mode", "set the output format: table, csv, json or jsonl"),
     (".timer", "on|off: print how long each statement took"),
+    (
+        ".follow",
+        "stream incidents as they are recorded [context=… namespace=… severity=…]; Ctrl-C stops",
+    ),
+    (".status", "each context's state, object count and error"),
     (".help", "show this help; also \\?"),
     (".quit", "leave kq; also .exit, \\q, Ctrl-D"),
 ];
@@ -299,6 +304,26 @@ async fn dot_command(
                 _ => !*timer,
             };
             println!("Timer is {}", if *timer { "on" } else { "off" });
+        }
+        ".follow" => {
+            let mut filter = kq_schema::follow::FollowIncidents::default();
+            for w in input.split_whitespace().skip(1) {
+                match w.split_once('=') {
+                    Some(("context", v)) => filter.context = Some(v.to_string()),
+                    Some(("namespace", v)) => filter.namespace = Some(v.to_string()),
+                    Some(("severity", v)) => filter.min_severity = Some(v.to_string()),
+                    _ => {
+                        eprintln!(
+                            "usage: .follow [context=NAME] [namespace=NAME] [severity=critical|high|medium|low]"
+                        );
+                        return Some(true);
+                    }
+                }
+            }
+            if let Err(e) = crate::incidents::follow_until_interrupted(client, &filter, *mode).await
+            {
+                eprintln!("Error: {e}");
+            }
         }
         ".status" => {
             run_one(

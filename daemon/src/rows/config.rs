@@ -82,5 +82,7 @@ pub fn event(ctx: &Arc<str>, e: &Event) -> ObjectRows {
         time(&e.last_timestamp.clone().or(event_time)),
         opt_text(&reporter),
     ]);
-    single(&e.metadata, row)
+    let mut rows = single(&e.metadata, row);
+    rows.observed = crate::incidents::detect::event(e).map(Box::new);
+    rows
 }

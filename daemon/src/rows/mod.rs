@@ -195,6 +195,11 @@ impl Kind {
         }
     }
 
+    /// Kinds whose objects incidents are about: their deletion ends those incidents.
+    pub fn has_incidents(self) -> bool {
+        matches!(self, Kind::Pods | Kind::Jobs | Kind::Nodes)
+    }
+
     /// Kinds whose rows outlive the object: the cluster forgets events after an hour, kq
     /// keeps them for its own retention period.
     pub fn keeps_deleted(self) -> bool {
@@ -219,6 +224,9 @@ pub struct ObjectRows {
     pub row: Row,
     pub children: Vec<Row>,
     pub object: Option<Row>,
+    /// What the object says went wrong, for the incident tracker (pods, jobs, nodes and
+    /// Warning events only).
+    pub observed: Option<Box<crate::incidents::Observed>>,
 }
 
 /// The `objects` row of an object: its metadata, already parsed, and its JSON, already
@@ -307,6 +315,7 @@ pub(crate) fn single(meta: &ObjectMeta, row: Row) -> ObjectRows {
         row,
         children: vec![],
         object: None,
+        observed: None,
     }
 }
 
@@ -344,6 +353,7 @@ pub fn namespace(ctx: &Arc<str>, ns: &Namespace) -> ObjectRows {
         row,
         children: vec![],
         object: None,
+        observed: None,
     }
 }
 
@@ -399,6 +409,7 @@ pub fn node(ctx: &Arc<str>, n: &Node) -> ObjectRows {
         row,
         children: vec![],
         object: None,
+        observed: Some(Box::new(crate::incidents::detect::node(n))),
     }
 }
 
@@ -497,6 +508,7 @@ pub fn pod(ctx: &Arc<str>, p: &Pod) -> ObjectRows {
         row,
         children,
         object: None,
+        observed: Some(Box::new(crate::incidents::detect::pod(p))),
     }
 }
 

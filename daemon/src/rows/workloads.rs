@@ -137,7 +137,9 @@ pub fn job(ctx: &Arc<str>, j: &Job) -> ObjectRows {
         time(&st.and_then(|s| s.completion_time.clone())),
         json_of(&st.and_then(|s| s.conditions.clone())),
     ]);
-    single(&j.metadata, row)
+    let mut rows = single(&j.metadata, row);
+    rows.observed = Some(Box::new(crate::incidents::detect::job(j)));
+    rows
 }
 
 pub fn cronjob(ctx: &Arc<str>, c: &CronJob) -> ObjectRows {

@@ -212,6 +212,13 @@ impl Index {
         self.changed.retain(|(c, _)| &**c != ctx);
     }
 
+    /// Whether an object is stored.
+    pub fn contains(&self, ctx: &str, uid: &str) -> bool {
+        self.contexts
+            .get(ctx)
+            .is_some_and(|m| m.contains_key(&digest(uid)))
+    }
+
     /// Objects stored for a context, over all resources.
     pub fn total(&self, ctx: &str) -> i64 {
         self.contexts.get(ctx).map_or(0, |m| m.len() as i64)

@@ -4,6 +4,7 @@
 //! `index`). Readers get their own connections to the same database through [`Store::reader`].
 
 mod batch;
+mod incidents;
 mod index;
 mod migrate;
 mod writer;
@@ -14,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use duckdb::Connection;
 use tokio::sync::{mpsc, oneshot};
 
+pub use incidents::IncidentRow;
 pub use writer::{ContextInfo, ContextState, Writer};
 
 use crate::rows::{Kind, ObjectRows};
@@ -119,6 +121,8 @@ pub struct StoreOptions {
     pub changes_retention: std::time::Duration,
     /// How long events are kept after they were last seen.
     pub events_retention: std::time::Duration,
+    /// Grace periods and timeouts of incident detection.
+    pub incidents: crate::incidents::IncidentOptions,
 }
 
 impl Default for StoreOptions {
@@ -132,6 +136,7 @@ impl Default for StoreOptions {
             checkpoint_threshold: "256MB".to_string(),
             changes_retention: std::time::Duration::from_secs(7 * 86_400),
             events_retention: std::time::Duration::from_secs(14 * 86_400),
+            incidents: Default::default(),
         }
     }
 }
@@ -149,6 +154,10 @@ pub struct Opened {
 pub struct Store {
     root: Mutex<Connection>,
     pub path: PathBuf,
+    /// Incidents as they are recorded or updated, for followers.
+    incidents: tokio::sync::broadcast::Sender<Arc<IncidentRow>>,
+    /// The Arrow schema of `incidents`, for streaming them.
+    pub incidents_schema: duckdb::arrow::datatypes::SchemaRef,
 }
 
 impl Store {
@@ -179,13 +188,20 @@ impl Store {
             })?;
         let migrated = migrate::apply(&conn, path)?;
         let writer_conn = conn.try_clone()?;
+        let (incidents, _) = tokio::sync::broadcast::channel(1024);
+        let incidents_schema = conn
+            .prepare("SELECT * FROM main.incidents LIMIT 0")?
+            .query_arrow([])?
+            .get_schema();
         let store = Arc::new(Store {
             root: Mutex::new(conn),
             path: path.to_path_buf(),
+            incidents: incidents.clone(),
+            incidents_schema,
         });
         let (tx, rx) = mpsc::channel(1024);
         let (resync_tx, resync) = tokio::sync::watch::channel(0u64);
-        let writer = Writer::new(writer_conn, opts, resync_tx, migrated)?;
+        let writer = Writer::new(writer_conn, opts, resync_tx, migrated, incidents)?;
         let handle = std::thread::Builder::new()
             .name("kq-store-writer".into())
             .spawn(move || writer.run(rx))
@@ -199,6 +215,20 @@ impl Store {
             writer: handle,
             resync,
         })
+    }
+
+    /// Incidents as they are recorded or updated from now on.
+    pub fn follow_incidents(&self) -> tokio::sync::broadcast::Receiver<Arc<IncidentRow>> {
+        self.incidents.subscribe()
+    }
+
+    /// Incident rows as one Arrow batch with the table's schema.
+    pub fn incident_batch(
+        &self,
+        rows: &[Arc<IncidentRow>],
+    ) -> Result<duckdb::arrow::record_batch::RecordBatch, StoreError> {
+        let values: Vec<_> = rows.iter().map(|r| r.values()).collect();
+        batch::record_batch(&self.incidents_schema, values.iter().map(Vec::as_slice))
     }
 
     /// A new connection to the database for queries.

@@ -9,12 +9,16 @@ use duckdb::types::{TimeUnit, Value};
 use duckdb::{Connection, params_from_iter};
 use tokio::sync::{mpsc, oneshot};
 
+use super::incidents::{IncidentRow, Tracker};
 use super::index::{Index, Seen};
 use super::{Op, StoreError, StoreOptions};
 use crate::rows::{Kind, ObjectRows, Row};
 
 /// How often retention runs (it also runs at start).
 const PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// How often the writer wakes for incident timers while some are pending.
+const TICK: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// Facts about a context that come from the kubeconfig.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -77,6 +81,10 @@ pub struct Writer {
     index: Index,
     /// The schema was migrated at this start: stored rows are rewritten by the next list.
     migrated: bool,
+    /// Turns what pods, jobs, nodes and Warning events show into `incidents` rows.
+    tracker: Tracker,
+    /// Incidents written, published once their transaction commits.
+    follow: tokio::sync::broadcast::Sender<Arc<IncidentRow>>,
     /// The `resources` rows, kept here and rewritten when they change.
     resources: BTreeMap<ResKey, ResourceRow>,
     /// Told when a batch is lost, so that every context relists.
@@ -151,6 +159,7 @@ impl Writer {
         opts: StoreOptions,
         resync: tokio::sync::watch::Sender<u64>,
         migrated: bool,
+        follow: tokio::sync::broadcast::Sender<Arc<IncidentRow>>,
     ) -> Result<Writer, StoreError> {
         // `kq_stage.keys` names the objects a batch replaces or deletes; it is emptied inside
         // every transaction, so it never holds rows between batches.
@@ -172,6 +181,7 @@ impl Writer {
         }
         let started = Instant::now();
         let index = Index::load(&conn, !migrated)?;
+        let tracker = Tracker::load(&conn, opts.incidents.clone())?;
         tracing::debug!(
             elapsed_ms = started.elapsed().as_millis() as u64,
             "loaded the index of stored objects"
@@ -214,6 +224,8 @@ impl Writer {
             schemas,
             index,
             migrated,
+            tracker,
+            follow,
             resources: BTreeMap::new(),
             resync,
         })
@@ -234,8 +246,25 @@ impl Writer {
                 }
                 pruned_at = Some(Instant::now());
             }
-            let Some(first) = rx.blocking_recv() else {
-                break;
+            // Incidents waiting out a grace period or a healthy pod's probation need the
+            // writer to wake without ops.
+            let first = if self.tracker.waiting() {
+                match rt.block_on(async { tokio::time::timeout(TICK, rx.recv()).await }) {
+                    Ok(Some(op)) => Some(op),
+                    Ok(None) => break,
+                    Err(_) => None,
+                }
+            } else {
+                match rx.blocking_recv() {
+                    Some(op) => Some(op),
+                    None => break,
+                }
+            };
+            if self.tracker.due(now_micros()) {
+                self.tick_incidents();
+            }
+            let Some(first) = first else {
+                continue;
             };
             let deadline = Instant::now() + self.opts.batch_interval;
             let mut batch = vec![first];
@@ -275,6 +304,7 @@ impl Writer {
                 Err(e) => {
                     tracing::error!(ops = n, error = %e, "a batch failed and was rolled back; every context relists");
                     self.reload_index();
+                    self.reload_tracker();
                     self.resync.send_modify(|g| *g += 1);
                 }
             }
@@ -289,6 +319,50 @@ impl Writer {
             tracing::warn!(error = %e, "final checkpoint failed; the WAL will be replayed at next start");
         }
         tracing::info!("store writer stopped");
+    }
+
+    /// Rebuilds the incident tracker from the database, after a rollback.
+    fn reload_tracker(&mut self) {
+        match Tracker::load(&self.conn, self.opts.incidents.clone()) {
+            Ok(t) => self.tracker = t,
+            Err(e) => tracing::error!(error = %e, "cannot reload the incidents"),
+        }
+    }
+
+    /// Sends committed incident rows to followers (none listening is fine).
+    fn publish(&mut self) {
+        for row in self.tracker.take_written() {
+            let _ = self.follow.send(Arc::new(row));
+        }
+    }
+
+    fn cluster_ids(&self) -> HashMap<String, Option<String>> {
+        self.contexts
+            .iter()
+            .map(|(k, v)| (k.clone(), v.cluster_id.clone()))
+            .collect()
+    }
+
+    /// Runs the incident tracker's timers in a transaction of their own.
+    fn tick_incidents(&mut self) {
+        let ids = self.cluster_ids();
+        let result = self.conn.execute_batch("BEGIN TRANSACTION").and_then(|_| {
+            match self.tracker.tick(&self.conn, &ids, now_micros()) {
+                Ok(()) => self.conn.execute_batch("COMMIT"),
+                Err(e) => {
+                    tracing::error!(error = %e, "incident timers failed");
+                    self.conn.execute_batch("ROLLBACK")
+                }
+            }
+        });
+        match result {
+            Ok(()) => self.publish(),
+            Err(e) => {
+                tracing::error!(error = %e, "incident timers failed");
+                let _ = self.conn.execute_batch("ROLLBACK");
+                self.reload_tracker();
+            }
+        }
     }
 
     /// Rebuilds the index from the database, after a rollback or a bulk delete.
@@ -478,6 +552,7 @@ impl Writer {
                 let t = Instant::now();
                 self.conn.execute_batch("COMMIT")?;
                 tracing::trace!(commit_ms = t.elapsed().as_millis() as u64, "committed");
+                self.publish();
                 Ok(())
             }
             Err(e) => {
@@ -518,8 +593,19 @@ impl Writer {
         pending: &mut BTreeMap<Kind, HashMap<Key, Option<ObjectRows>>>,
     ) -> Result<(), StoreError> {
         let now = now_micros();
-        for (kind, objects) in std::mem::take(pending) {
+        for (kind, mut objects) in std::mem::take(pending) {
             let table = kind.table();
+            // Every upsert is observed, unchanged ones too: after a restart the relist is
+            // what rebuilds the tracker's timers.
+            let mut observed = Vec::new();
+            let mut gone = Vec::new();
+            for ((ctx, uid), rows) in objects.iter_mut() {
+                match rows {
+                    Some(r) => observed.extend(r.observed.take().map(|o| (ctx.clone(), o))),
+                    None if kind.has_incidents() => gone.push((ctx.clone(), uid.clone())),
+                    None => {}
+                }
+            }
             let mut fresh: Vec<&ObjectRows> = Vec::new();
             let mut changes: Vec<Row> = Vec::new();
             // (context, uid, gone): rows to delete, and whether the object itself is gone.
@@ -561,6 +647,14 @@ impl Writer {
                 self.append("objects", rows)?;
             }
             self.append("changes", changes.iter().map(Vec::as_slice))?;
+            for (ctx, uid) in gone {
+                self.tracker.gone(&self.conn, &ctx, &uid, now)?;
+            }
+            for (ctx, o) in observed {
+                let cluster_id = self.contexts.get(&*ctx).and_then(|c| c.cluster_id.clone());
+                self.tracker
+                    .observe(&self.conn, &ctx, cluster_id.as_deref(), &o, now)?;
+            }
             tracing::trace!(
                 table,
                 written = fresh.len(),
@@ -703,6 +797,15 @@ impl Writer {
         }
         let resource = scope.map_or(table, |(_, r)| r.as_str());
         self.conn.execute_batch("DELETE FROM kq_stage.keys")?;
+        if kind.has_incidents() {
+            let index = &self.index;
+            self.tracker.sweep(
+                &self.conn,
+                ctx,
+                |uid| index.contains(ctx, uid),
+                now_micros(),
+            )?;
+        }
         if removed > 0 {
             tracing::info!(
                 context,
@@ -770,6 +873,8 @@ impl Writer {
         self.contexts.remove(name);
         self.resources.retain(|(c, _, _), _| c != name);
         self.index.remove_context(name);
+        self.tracker
+            .remove_context(&self.conn, name, now_micros())?;
         Ok(())
     }
 

@@ -91,10 +91,12 @@ impl Env {
 
     /// Starts kqd on this env and waits until its socket accepts connections.
     pub async fn kqd(&self) -> Kqd {
-        let log = self
-            .dir
-            .path()
-            .join(format!("kqd-{}.log", Instant::now().elapsed().as_nanos()));
+        self.kqd_with(&[]).await
+    }
+
+    /// Starts kqd with extra environment variables (`KQ_*` settings).
+    pub async fn kqd_with(&self, vars: &[(&str, &str)]) -> Kqd {
+        let log = self.dir.path().join(format!("kqd-{}.log", uuid_like()));
         let child = Command::new(bin("kqd"))
             .arg("--kubeconfig")
             .arg(&self.kubeconfig)
@@ -106,6 +108,7 @@ impl Env {
             .arg("info,kq_daemon=debug")
             .env_remove("KUBECONFIG")
             .env("HOME", self.dir.path())
+            .envs(vars.iter().copied())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log file"))
             .spawn()
@@ -190,6 +193,13 @@ impl Env {
             panic!("{e}");
         }
     }
+}
+
+/// A name unique within this process, for log files of successive kqd runs.
+fn uuid_like() -> String {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{}-{n}", std::process::id())
 }
 
 /// Polls `cond` until it holds or `timeout` passes; returns whether it held.

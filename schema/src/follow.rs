@@ -1,0 +1,90 @@
+//! The follow request: a Flight `DoGet` ticket that streams incidents as kqd records them.
+//! kq sends it for `kq incidents --follow` and `.follow`; any Flight client can too.
+//!
+//! The ticket is a protobuf `Any` with [`FOLLOW_INCIDENTS`] as its type URL and, as its
+//! value, UTF-8 lines `context=…`, `namespace=…`, `min_severity=…` (each optional).
+
+/// The `Any` type URL of a follow request.
+pub const FOLLOW_INCIDENTS: &str = "type.googleapis.com/kq.FollowIncidents";
+
+/// Which incidents to stream.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FollowIncidents {
+    pub context: Option<String>,
+    pub namespace: Option<String>,
+    /// critical, high, medium or low: that severity and the ones above it.
+    pub min_severity: Option<String>,
+}
+
+impl FollowIncidents {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = String::new();
+        for (k, v) in [
+            ("context", &self.context),
+            ("namespace", &self.namespace),
+            ("min_severity", &self.min_severity),
+        ] {
+            if let Some(v) = v {
+                out.push_str(&format!("{k}={}\n", v.replace('\n', " ")));
+            }
+        }
+        out.into_bytes()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<FollowIncidents, String> {
+        let text = std::str::from_utf8(bytes).map_err(|_| "the follow request is not UTF-8")?;
+        let mut f = FollowIncidents::default();
+        for line in text.lines().filter(|l| !l.is_empty()) {
+            let (k, v) = line
+                .split_once('=')
+                .ok_or_else(|| format!("bad follow request line {line:?}"))?;
+            let v = Some(v.to_string());
+            match k {
+                "context" => f.context = v,
+                "namespace" => f.namespace = v,
+                "min_severity" => f.min_severity = v,
+                other => return Err(format!("unknown follow request field {other:?}")),
+            }
+        }
+        if let Some(s) = &f.min_severity
+            && !crate::incidents::SEVERITIES.contains(&s.as_str())
+        {
+            return Err(format!(
+                "unknown severity {s:?}: use critical, high, medium or low"
+            ));
+        }
+        Ok(f)
+    }
+
+    /// Whether an incident with these fields passes the filter.
+    pub fn matches(&self, context: &str, namespace: Option<&str>, severity: &str) -> bool {
+        self.context.as_deref().is_none_or(|c| c == context)
+            && self
+                .namespace
+                .as_deref()
+                .is_none_or(|n| Some(n) == namespace)
+            && self.min_severity.as_deref().is_none_or(|m| {
+                crate::incidents::severity_rank(severity) <= crate::incidents::severity_rank(m)
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_round_trips_and_filters() {
+        let f = FollowIncidents {
+            context: Some("prod".into()),
+            namespace: None,
+            min_severity: Some("high".into()),
+        };
+        assert_eq!(FollowIncidents::decode(&f.encode()).unwrap(), f);
+        assert!(f.matches("prod", Some("web"), "critical"));
+        assert!(f.matches("prod", None, "high"));
+        assert!(!f.matches("prod", None, "medium"));
+        assert!(!f.matches("dev", None, "critical"));
+        assert!(FollowIncidents::decode(b"min_severity=urgent").is_err());
+    }
+}
