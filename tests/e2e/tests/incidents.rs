@@ -74,7 +74,7 @@ async fn synced(env: &Env) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn each_scenario_produces_exactly_one_incident_of_its_type() {
-    let env = Env::start(1, 40).await;
+    let env = Env::start(1, 80).await;
     let c = env.fleet.clusters[0].clone();
     let _kqd = env
         .kqd_with(&[
@@ -90,7 +90,7 @@ async fn each_scenario_produces_exactly_one_incident_of_its_type() {
     );
 
     let pods = running_pods(&c);
-    assert!(pods.len() >= 7, "enough running pods: {}", pods.len());
+    assert!(pods.len() >= 25, "enough running pods: {}", pods.len());
     let p = |i: usize| pods[i].clone();
     scenario::crash_container(
         &c.store,
@@ -163,7 +163,7 @@ async fn each_scenario_produces_exactly_one_incident_of_its_type() {
     pending["metadata"]["namespace"] = p(0).ns.clone().into();
     c.store.create(&rt, &p(0).ns, pending).unwrap();
 
-    let want = [
+    let mut want = vec![
         (
             p(0).name,
             "error",
@@ -254,6 +254,93 @@ async fn each_scenario_produces_exactly_one_incident_of_its_type() {
             String::new(),
         ),
     ];
+    // The rest of the exit-code table, the other waiting reasons, Warning events, a failed
+    // pod and the other node conditions: one pod (or node) each.
+    let exits = [
+        (0, "graceful", "low", ""),
+        (2, "misuse", "medium", ""),
+        (3, "exited", "medium", ""),
+        (125, "runtime_error", "high", ""),
+        (126, "not_executable", "high", ""),
+        (127, "command_not_found", "high", ""),
+        (128, "invalid_exit_argument", "medium", ""),
+        (130, "interrupted", "low", "SIGINT"),
+        (143, "terminated", "medium", "SIGTERM"),
+    ];
+    let mut next = 8;
+    for (code, typ, sev, sig) in exits {
+        let q = p(next);
+        next += 1;
+        let reason = if code == 0 { "Completed" } else { "Error" };
+        scenario::crash_container(&c.store, &q.ns, &q.name, &q.container, code, reason, None)
+            .unwrap();
+        want.push((q.name, typ, sev, code.to_string().leak(), sig, q.container));
+    }
+    for (reason, typ) in [
+        ("CrashLoopBackOff", "crash_loop"),
+        ("InvalidImageName", "invalid_image"),
+        ("CreateContainerError", "create_error"),
+    ] {
+        let q = p(next);
+        next += 1;
+        scenario::image_pull_failure(&c.store, &q.ns, &q.name, &q.container, reason).unwrap();
+        want.push((q.name, typ, "high", "", "", q.container));
+    }
+    for (reason, typ, sev) in [
+        ("FailedMount", "failed_mount", "medium"),
+        ("BackOff", "back_off", "low"),
+        ("Unhealthy", "probe_failed", "medium"),
+        ("FailedCreatePodSandBox", "failed_create", "medium"),
+        ("FailedKillPod", "warning", "low"),
+    ] {
+        let q = p(next);
+        next += 1;
+        scenario::warning_event(&c.store, &q.ns, "Pod", &q.name, reason, "something failed")
+            .unwrap();
+        want.push((q.name, typ, sev, "", "", String::new()));
+    }
+    scenario::set_node_condition(&c.store, &nodes[2].1, "DiskPressure", "True").unwrap();
+    scenario::set_node_condition(&c.store, &nodes[3].1, "PIDPressure", "True").unwrap();
+    want.push((
+        nodes[2].1.clone(),
+        "disk_pressure",
+        "high",
+        "",
+        "",
+        String::new(),
+    ));
+    want.push((
+        nodes[3].1.clone(),
+        "pid_pressure",
+        "high",
+        "",
+        "",
+        String::new(),
+    ));
+    let failed = serde_json::json!({
+        "metadata": {"name": "failed-pod", "namespace": p(0).ns},
+        "spec": {"containers": [{"name": "main", "image": "nginx:1"}]},
+        "status": {"phase": "Failed", "reason": "NodeAffinity", "message": "Pod was rejected"},
+    });
+    c.store.create(&rt, &p(0).ns, failed).unwrap();
+    want.push((
+        "failed-pod".into(),
+        "pod_failed",
+        "high",
+        "",
+        "",
+        String::new(),
+    ));
+    // Every documented type is exercised once.
+    let mut covered: Vec<&str> = want.iter().map(|w| w.1).collect();
+    covered.sort();
+    let mut documented: Vec<&str> = kq_schema::incidents::INCIDENT_TYPES
+        .iter()
+        .map(|t| t.name)
+        .collect();
+    documented.sort();
+    assert_eq!(covered, documented);
+
     let mut expected: Vec<String> = want
         .iter()
         .map(|(n, t, s, e, sig, c)| format!("{n},{t},{s},{e},{sig},{c}"))
