@@ -121,35 +121,18 @@ impl Client {
         let mut batches = Vec::new();
         for ep in info.endpoint {
             let Some(ticket) = ep.ticket else { continue };
-            let stream = self
-                .inner
-                .do_get(ticket)
-                .await
-                .map_err(|s| ClientError::from_status(s, &self.socket))?
-                .into_inner();
-            let decoded = FlightRecordBatchStream::new_from_flight_data(
-                stream.map_err(|s| FlightError::Tonic(Box::new(s))),
-            );
-            let got: Vec<RecordBatch> = decoded.try_collect().await.map_err(|e| match e {
-                FlightError::Tonic(s) => ClientError::from_status(*s, &self.socket),
-                other => ClientError::Server(other.to_string()),
-            })?;
+            let got: Vec<RecordBatch> = self.do_get(ticket).await?.try_collect().await?;
             batches.extend(got);
         }
         Ok(QueryResult { schema, batches })
     }
 
-    /// Streams incidents as kqd records or updates them, until the caller stops reading.
-    pub async fn follow_incidents(
+    /// The record batches of one ticket, as they arrive.
+    async fn do_get(
         &mut self,
-        filter: &kq_schema::follow::FollowIncidents,
+        ticket: arrow_flight::Ticket,
     ) -> Result<impl futures::Stream<Item = Result<RecordBatch, ClientError>> + use<>, ClientError>
     {
-        let any = arrow_flight::sql::Any {
-            type_url: kq_schema::follow::FOLLOW_INCIDENTS.to_string(),
-            value: filter.encode().into(),
-        };
-        let ticket = arrow_flight::Ticket::new(any.encode_to_vec());
         let stream = self
             .inner
             .do_get(ticket)
@@ -164,5 +147,19 @@ impl Client {
             FlightError::Tonic(s) => ClientError::from_status(*s, &socket),
             other => ClientError::Server(other.to_string()),
         }))
+    }
+
+    /// Streams incidents as kqd records or updates them, until the caller stops reading.
+    pub async fn follow_incidents(
+        &mut self,
+        filter: &kq_schema::follow::FollowIncidents,
+    ) -> Result<impl futures::Stream<Item = Result<RecordBatch, ClientError>> + use<>, ClientError>
+    {
+        let any = arrow_flight::sql::Any {
+            type_url: kq_schema::follow::FOLLOW_INCIDENTS.to_string(),
+            value: filter.encode().into(),
+        };
+        self.do_get(arrow_flight::Ticket::new(any.encode_to_vec()))
+            .await
     }
 }
