@@ -38,6 +38,82 @@ pub struct Config {
     pub store: StoreOptions,
     /// Contexts that may run their initial list at the same time.
     pub initial_sync_concurrency: usize,
+    /// Which contexts to watch: names matching any include glob (all when empty) and no
+    /// exclude glob.
+    pub contexts: ContextFilter,
+    /// Keep a removed context's rows, marked `state = 'removed'`, instead of deleting them.
+    pub keep_removed_contexts: bool,
+}
+
+/// Where the config comes from: the file and the command-line flags that override it.
+/// SIGHUP reads it again.
+#[derive(Debug, Clone, Default)]
+pub struct ConfigSource {
+    /// The config file given on the command line; else the default one, when it exists.
+    pub file: Option<PathBuf>,
+    pub kubeconfigs: Vec<PathBuf>,
+    pub data_dir: Option<PathBuf>,
+    pub socket: Option<PathBuf>,
+    pub log_level: Option<String>,
+}
+
+impl ConfigSource {
+    /// Defaults, then the file, then `KQ_*` variables, then the flags.
+    pub fn load(&self) -> Result<Config, ConfigError> {
+        let mut c = Config::load(self.file.as_deref())?;
+        if !self.kubeconfigs.is_empty() {
+            c.kubeconfigs = self.kubeconfigs.clone();
+        }
+        if let Some(d) = &self.data_dir {
+            c.data_dir = d.clone();
+        }
+        if let Some(s) = &self.socket {
+            c.socket = s.clone();
+        }
+        if let Some(l) = &self.log_level {
+            c.log_level = l.clone();
+        }
+        Ok(c)
+    }
+}
+
+/// Include and exclude globs over context names.
+#[derive(Debug, Clone, Default)]
+pub struct ContextFilter {
+    pub include: Vec<String>,
+    pub exclude: Vec<String>,
+    include_set: globset::GlobSet,
+    exclude_set: globset::GlobSet,
+}
+
+impl ContextFilter {
+    pub fn new(include: Vec<String>, exclude: Vec<String>) -> Result<ContextFilter, ConfigError> {
+        let set = |globs: &[String]| -> Result<globset::GlobSet, ConfigError> {
+            let mut b = globset::GlobSetBuilder::new();
+            for g in globs {
+                b.add(globset::Glob::new(g).map_err(|e| ConfigError::Value {
+                    name: "include_contexts/exclude_contexts",
+                    reason: format!("{g:?}: {e}"),
+                })?);
+            }
+            b.build().map_err(|e| ConfigError::Value {
+                name: "include_contexts/exclude_contexts",
+                reason: e.to_string(),
+            })
+        };
+        Ok(ContextFilter {
+            include_set: set(&include)?,
+            exclude_set: set(&exclude)?,
+            include,
+            exclude,
+        })
+    }
+
+    /// Whether kqd watches the context `name`.
+    pub fn allows(&self, name: &str) -> bool {
+        (self.include.is_empty() || self.include_set.is_match(name))
+            && !self.exclude_set.is_match(name)
+    }
 }
 
 /// The TOML file's shape; every field optional.
@@ -56,6 +132,9 @@ struct FileConfig {
     image_pull_grace_secs: Option<f64>,
     pending_timeout_secs: Option<f64>,
     healthy_after_secs: Option<f64>,
+    include_contexts: Option<Vec<String>>,
+    exclude_contexts: Option<Vec<String>>,
+    keep_removed_contexts: Option<bool>,
 }
 
 /// Seconds (fractions allowed) as a duration; negative or non-finite values are refused.
@@ -79,6 +158,8 @@ impl Default for Config {
             initial_sync_concurrency: std::thread::available_parallelism()
                 .map_or(2, |n| n.get())
                 .clamp(1, 4),
+            contexts: ContextFilter::default(),
+            keep_removed_contexts: false,
         }
     }
 }
@@ -109,6 +190,15 @@ impl Config {
     }
 
     fn apply_file(&mut self, f: FileConfig) -> Result<(), ConfigError> {
+        if f.include_contexts.is_some() || f.exclude_contexts.is_some() {
+            self.contexts = ContextFilter::new(
+                f.include_contexts.unwrap_or_default(),
+                f.exclude_contexts.unwrap_or_default(),
+            )?;
+        }
+        if let Some(k) = f.keep_removed_contexts {
+            self.keep_removed_contexts = k;
+        }
         let inc = &mut self.store.incidents;
         if let Some(v) = f.image_pull_grace_secs {
             inc.image_pull_grace = secs("image_pull_grace_secs", v)?;
@@ -178,6 +268,22 @@ impl Config {
             })?;
             secs(name, v).map(Some)
         };
+        let list = |name: &str| -> Option<Vec<String>> {
+            var(name).map(|v| {
+                v.to_string_lossy()
+                    .split(',')
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty())
+                    .collect()
+            })
+        };
+        let (include, exclude) = (list("KQ_INCLUDE_CONTEXTS"), list("KQ_EXCLUDE_CONTEXTS"));
+        if include.is_some() || exclude.is_some() {
+            self.contexts = ContextFilter::new(
+                include.unwrap_or_else(|| self.contexts.include.clone()),
+                exclude.unwrap_or_else(|| self.contexts.exclude.clone()),
+            )?;
+        }
         let inc = &mut self.store.incidents;
         if let Some(d) = float("KQ_IMAGE_PULL_GRACE_SECS")? {
             inc.image_pull_grace = d;

@@ -6,12 +6,13 @@ use std::sync::Arc;
 use arrow_flight::flight_service_server::FlightServiceServer;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
+use crate::config::{Config, ConfigSource};
+use crate::fleet::Fleet;
 use crate::flight::KqFlightSql;
 use crate::kubeconfig;
 use crate::query::Engine;
-use crate::store::{Op, Opened, Store};
-use crate::watch;
+use crate::store::{Opened, Store};
+use crate::reload;
 
 /// Why kqd could not start.
 #[derive(Debug, thiserror::Error)]
@@ -29,8 +30,12 @@ pub enum RunError {
     },
 }
 
-/// Runs kqd until `shutdown` fires.
-pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunError> {
+/// Runs kqd until `shutdown` fires. `source` is read again on SIGHUP.
+pub async fn run(
+    config: Config,
+    source: ConfigSource,
+    shutdown: CancellationToken,
+) -> Result<(), RunError> {
     let db_path = config.database_path();
     let Opened {
         store,
@@ -49,33 +54,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
     };
     tracing::info!(socket = %config.socket.display(), "serving Flight SQL");
 
-    let paths = kubeconfig::kubeconfig_paths(&config.kubeconfigs);
-    let loaded = kubeconfig::load(&paths);
-    for (path, e) in &loaded.errors {
-        tracing::error!(path = %path.display(), error = %e, "kubeconfig file skipped");
-    }
-    if loaded.contexts.is_empty() {
-        tracing::warn!(files = ?paths, "no contexts found in the kubeconfig files");
-    }
-    remove_stale_contexts(&store, &tx, &loaded).await;
-
-    let merged = Arc::new(loaded.merged);
     let watchers = shutdown.child_token();
-    let sync_slots = Arc::new(tokio::sync::Semaphore::new(
-        config.initial_sync_concurrency.max(1),
-    ));
-    let mut tasks = Vec::new();
-    for spec in loaded.contexts {
-        tracing::info!(context = %spec.info.name, server = %spec.info.server, "watching context");
-        tasks.push(tokio::spawn(watch::supervise(
-            spec,
-            merged.clone(),
-            tx.clone(),
-            sync_slots.clone(),
-            resync.clone(),
-            watchers.clone(),
-        )));
-    }
+    let mut fleet = Fleet::new(tx.clone(), store.clone(), resync, &config, watchers.clone());
+    fleet.apply(&config).await;
+    let reloader = tokio::spawn(follow_changes(fleet, config.clone(), source, watchers.clone()));
 
     let engine = Arc::new(Engine::new(store.clone()));
     let service = FlightServiceServer::new(KqFlightSql::new(engine))
@@ -102,9 +84,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
 
     tracing::info!("shutting down: stopping watchers and flushing the last batch");
     watchers.cancel();
-    for t in tasks {
-        let _ = t.await;
-    }
+    let _ = reloader.await;
     drop(tx);
     if !writer_failed {
         let _ = writer_task.await;
@@ -120,23 +100,97 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
     })
 }
 
-/// Contexts recorded by an earlier run that the kubeconfig no longer has: drop their rows.
-async fn remove_stale_contexts(
-    store: &Store,
-    tx: &tokio::sync::mpsc::Sender<Op>,
-    loaded: &kubeconfig::Loaded,
+/// Keeps the fleet in step with the kubeconfig files (watched) and the config (SIGHUP)
+/// until `stop` fires, then stops every context.
+async fn follow_changes(
+    mut fleet: Fleet,
+    mut config: Config,
+    source: ConfigSource,
+    stop: CancellationToken,
 ) {
-    let known: Vec<String> = match store.reader() {
-        Ok(conn) => conn
-            .prepare("SELECT name FROM contexts")
-            .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
-            .unwrap_or_default(),
-        Err(_) => Vec::new(),
-    };
-    for name in known {
-        if !loaded.contexts.iter().any(|c| c.info.name == name) {
-            tracing::info!(context = %name, "context left the kubeconfig; removing its rows");
-            let _ = tx.send(Op::RemoveContext { name }).await;
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot handle SIGHUP; config reloads need a restart");
+            None
         }
+    };
+    let start_watch = |config: &Config| {
+        let paths = kubeconfig::kubeconfig_paths(&config.kubeconfigs);
+        match reload::watch(&paths) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot watch the kubeconfig files; reload with SIGHUP");
+                None
+            }
+        }
+    };
+    let mut files = start_watch(&config);
+    loop {
+        let changed = async {
+            match files.as_mut() {
+                Some(w) => w.changed.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        let hangup = async {
+            match hup.as_mut() {
+                Some(h) => h.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = changed => {
+                tracing::info!("a kubeconfig file changed; reloading");
+            }
+            _ = hangup => {
+                tracing::info!("SIGHUP: reloading the config");
+                match source.load() {
+                    Ok(c) => config = c,
+                    Err(e) => {
+                        tracing::error!(error = %e, "the config is invalid; keeping the previous one");
+                        continue;
+                    }
+                }
+            }
+        }
+        fleet.apply(&config).await;
+        // Symlinks may point elsewhere now, and SIGHUP may have changed the file list.
+        files = start_watch(&config);
     }
+    fleet.stop().await;
+}
+
+/// `kqd --check-config`: prints the config's kubeconfig files, the contexts they define
+/// (and whether the globs select them) and every error; returns the exit status.
+pub fn check_config(config: &Config) -> i32 {
+    let paths = kubeconfig::kubeconfig_paths(&config.kubeconfigs);
+    let loaded = kubeconfig::load(&paths);
+    println!("data: {}", config.database_path().display());
+    println!("socket: {}", config.socket.display());
+    for p in &paths {
+        let state = match loaded.errors.iter().find(|(e, _)| e == p) {
+            Some((_, e)) => format!("error: {e}"),
+            None if p.exists() => "ok".to_string(),
+            None => "missing (picked up when created)".to_string(),
+        };
+        println!("kubeconfig {}: {state}", p.display());
+    }
+    for c in &loaded.contexts {
+        let watched = if config.contexts.allows(&c.info.name) {
+            "watched"
+        } else {
+            "excluded by the context globs"
+        };
+        println!(
+            "context {}: {} ({}, from {})",
+            c.info.name, c.info.server, watched, c.info.source_file
+        );
+    }
+    if loaded.contexts.is_empty() {
+        println!("no contexts found");
+    }
+    i32::from(!loaded.errors.is_empty())
 }

@@ -2,6 +2,7 @@
 //! with client-go's rules, and builds one kube `Client` per context, with exec credential
 //! plugins forced to run non-interactively.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -28,6 +29,8 @@ pub enum ContextError {
 #[derive(Debug, Clone)]
 pub struct ContextSpec {
     pub info: ContextInfo,
+    /// Its file is broken now; the context runs from that file's last good version.
+    pub config_error: Option<String>,
 }
 
 /// What reading the kubeconfig files found.
@@ -54,24 +57,61 @@ pub fn kubeconfig_paths(explicit: &[PathBuf]) -> Vec<PathBuf> {
     }
 }
 
-/// Reads and merges the files. A file that is missing or broken is reported and skipped;
-/// the others still count.
+/// Reads and merges the files once. A file that is missing or broken is reported and
+/// skipped; the others still count.
 pub fn load(paths: &[PathBuf]) -> Loaded {
-    let mut out = Loaded {
-        files: paths.to_vec(),
-        ..Default::default()
-    };
-    let mut merged: Option<Kubeconfig> = None;
-    for path in paths {
-        let kc = match read(path) {
-            Ok(Some(kc)) => kc,
-            Ok(None) => continue,
-            Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e, "cannot read kubeconfig");
-                out.errors.push((path.clone(), e));
-                continue;
-            }
+    Files::default().load(paths)
+}
+
+/// The kubeconfig files as kqd last read them. A file that breaks (a half-written save, bad
+/// YAML) keeps serving its last good version until it is fixed.
+#[derive(Debug, Default)]
+pub struct Files {
+    good: HashMap<PathBuf, Kubeconfig>,
+}
+
+impl Files {
+    /// Reads and merges the files with client-go's rules.
+    pub fn load(&mut self, paths: &[PathBuf]) -> Loaded {
+        let mut out = Loaded {
+            files: paths.to_vec(),
+            ..Default::default()
         };
+        let mut merged: Option<Kubeconfig> = None;
+        for path in paths {
+            let (kc, broken) = match read(path) {
+                Ok(Some(kc)) => {
+                    self.good.insert(path.clone(), kc.clone());
+                    (kc, None)
+                }
+                Ok(None) => {
+                    self.good.remove(path);
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot read kubeconfig");
+                    out.errors.push((path.clone(), e.clone()));
+                    match self.good.get(path) {
+                        Some(kc) => (kc.clone(), Some(format!("kubeconfig {}: {e}; using its last good version", path.display()))),
+                        None => continue,
+                    }
+                }
+            };
+            add_file(&mut out, &mut merged, path, kc, broken);
+        }
+        finish(out, merged)
+    }
+}
+
+/// Adds one file's contexts (the first definition of a name wins) and merges it.
+fn add_file(
+    out: &mut Loaded,
+    merged: &mut Option<Kubeconfig>,
+    path: &Path,
+    kc: Kubeconfig,
+    broken: Option<String>,
+) {
+    {
         for named in &kc.contexts {
             // client-go's merge keeps the first definition of a name, so the first file
             // that defines a context is its source.
@@ -95,20 +135,24 @@ pub fn load(paths: &[PathBuf]) -> Loaded {
                     namespace: ctx.namespace.clone(),
                     source_file: path.display().to_string(),
                 },
+                config_error: broken.clone(),
             });
         }
-        merged = Some(match merged {
-            None => kc,
-            Some(m) => match m.clone().merge(kc) {
-                Ok(m) => m,
-                Err(e) => {
-                    out.errors.push((path.clone(), e.to_string()));
-                    m
-                }
-            },
-        });
     }
-    // A context whose cluster entry lives in a later file still gets its server.
+    *merged = Some(match merged.take() {
+        None => kc,
+        Some(m) => match m.clone().merge(kc) {
+            Ok(m) => m,
+            Err(e) => {
+                out.errors.push((path.to_path_buf(), e.to_string()));
+                m
+            }
+        },
+    });
+}
+
+/// Fills in servers whose cluster entry lives in a later file.
+fn finish(mut out: Loaded, merged: Option<Kubeconfig>) -> Loaded {
     let merged = merged.unwrap_or_default();
     for c in &mut out.contexts {
         if c.info.server.is_empty()
@@ -124,6 +168,27 @@ pub fn load(paths: &[PathBuf]) -> Loaded {
     }
     out.merged = merged;
     out
+}
+
+/// A digest of what defines a context: its context, cluster and user entries. Two loads
+/// with the same digest need no reconnect.
+pub fn fingerprint(merged: &Kubeconfig, name: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let ctx = merged.contexts.iter().find(|c| c.name == name);
+    let inner = ctx.and_then(|c| c.context.as_ref());
+    let cluster = inner.and_then(|i| merged.clusters.iter().find(|c| c.name == i.cluster));
+    let user = inner
+        .and_then(|i| i.user.as_ref())
+        .and_then(|u| merged.auth_infos.iter().find(|a| &a.name == u));
+    let mut h = std::hash::DefaultHasher::new();
+    for part in [
+        serde_json::to_string(&ctx),
+        serde_json::to_string(&cluster),
+        serde_json::to_string(&user),
+    ] {
+        part.unwrap_or_default().hash(&mut h);
+    }
+    h.finish()
 }
 
 fn read(path: &Path) -> Result<Option<Kubeconfig>, String> {

@@ -3,11 +3,13 @@
 
 pub mod config;
 pub mod discover;
+pub mod fleet;
 pub mod flight;
 pub mod incidents;
 pub mod kubeconfig;
 pub mod quantity;
 pub mod query;
+pub mod reload;
 pub mod rows;
 pub mod socket;
 pub mod store;
@@ -15,8 +17,8 @@ pub mod watch;
 
 mod daemon;
 
-pub use config::Config;
-pub use daemon::run;
+pub use config::{Config, ConfigSource};
+pub use daemon::{check_config, run};
 
 /// An error and its causes on one line, as logs and the `contexts` table show them.
 pub fn describe(e: &(dyn std::error::Error + 'static)) -> String {

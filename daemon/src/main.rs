@@ -1,10 +1,11 @@
-//! kqd: parse flags, load config, start tracing, run until SIGINT or SIGTERM.
+//! kqd: parse flags, load config, start tracing, run until SIGINT or SIGTERM (SIGHUP
+//! reloads the config).
 
 use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::Parser;
-use kq_daemon::Config;
+use kq_daemon::ConfigSource;
 use tokio_util::sync::CancellationToken;
 
 /// jemalloc made the initial sync of 10 × 10k pods about a third faster than glibc malloc.
@@ -37,22 +38,24 @@ struct Args {
     /// Config file; default: ~/.config/kq/config.toml when it exists.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Check the config and every kubeconfig file, print the contexts found and the errors
+    /// per file, and exit (non-zero on errors).
+    #[arg(long)]
+    check_config: bool,
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let mut config = Config::load(args.config.as_deref())?;
-    if !args.kubeconfig.is_empty() {
-        config.kubeconfigs = args.kubeconfig;
-    }
-    if let Some(d) = args.data_dir {
-        config.data_dir = d;
-    }
-    if let Some(s) = args.socket {
-        config.socket = s;
-    }
-    if let Some(l) = args.log_level {
-        config.log_level = l;
+    let source = ConfigSource {
+        file: args.config,
+        kubeconfigs: args.kubeconfig,
+        data_dir: args.data_dir,
+        socket: args.socket,
+        log_level: args.log_level,
+    };
+    let config = source.load()?;
+    if args.check_config {
+        std::process::exit(kq_daemon::check_config(&config));
     }
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -75,7 +78,7 @@ fn main() -> anyhow::Result<()> {
             tracing::info!("signal received");
             signals.cancel();
         });
-        kq_daemon::run(config, shutdown).await
+        kq_daemon::run(config, source, shutdown).await
     })?;
     Ok(())
 }

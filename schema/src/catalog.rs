@@ -137,6 +137,11 @@ pub static CATALOG: LazyLock<Vec<Table>> = LazyLock::new(|| {
                     "VARCHAR",
                     "uid of the cluster's kube-system namespace: two contexts with the same cluster_id reach the same cluster.",
                 ),
+                c(
+                    "config_error",
+                    "VARCHAR",
+                    "Why the context's kubeconfig file cannot be read now (kqd keeps using its last good version), or NULL.",
+                ),
             ],
         },
         inventory(

@@ -12,7 +12,7 @@ pub struct Migration {
 }
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: u32 = 8;
+pub const SCHEMA_VERSION: u32 = 9;
 
 /// Every migration, oldest first.
 pub static MIGRATIONS: &[Migration] = &[
@@ -56,6 +56,11 @@ pub static MIGRATIONS: &[Migration] = &[
         description: "incidents",
         sql: v8,
     },
+    Migration {
+        version: 9,
+        description: "contexts.config_error: a broken kubeconfig file, per context",
+        sql: v9,
+    },
 ];
 
 /// Creates the named catalog tables. A migration names its tables so that later catalog
@@ -71,6 +76,10 @@ fn create_tables(names: &[&str]) -> String {
         })
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+fn v9() -> String {
+    "ALTER TABLE contexts ADD COLUMN IF NOT EXISTS config_error VARCHAR;".to_string()
 }
 
 fn v8() -> String {

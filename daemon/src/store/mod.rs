@@ -99,6 +99,9 @@ pub enum Op {
         name: String,
         cluster_id: Option<String>,
     },
+    /// The context's kubeconfig file is broken (kqd runs it from the last good version), or
+    /// fine again (`None`).
+    ContextConfigError { name: String, error: Option<String> },
     /// A context left the kubeconfig: remove its rows everywhere.
     RemoveContext { name: String },
     /// Answered once everything sent before it is committed.

@@ -54,6 +54,7 @@ struct ContextRow {
     object_count: i64,
     updated_at: i64,
     cluster_id: Option<String>,
+    config_error: Option<String>,
 }
 
 type Key = (Arc<str>, String);
@@ -501,6 +502,13 @@ impl Writer {
                         }
                         dirty_res.insert(key);
                     }
+                    Op::ContextConfigError { name, error } => {
+                        let row = self.contexts.entry(name.clone()).or_default();
+                        if row.config_error != error {
+                            row.config_error = error;
+                            dirty.insert(name);
+                        }
+                    }
                     Op::ClusterId { name, cluster_id } => {
                         let row = self.contexts.entry(name.clone()).or_default();
                         row.cluster_id = cluster_id;
@@ -927,10 +935,11 @@ impl Writer {
             Value::BigInt(row.object_count),
             ts(Some(row.updated_at)),
             row.cluster_id.clone().map_or(Value::Null, Value::Text),
+            row.config_error.clone().map_or(Value::Null, Value::Text),
         ];
         self.conn.execute(
-            "INSERT INTO contexts (name, cluster, server, \"user\", namespace, source_file, state, error, last_event_at, synced_at, server_version, object_count, updated_at, cluster_id)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO contexts (name, cluster, server, \"user\", namespace, source_file, state, error, last_event_at, synced_at, server_version, object_count, updated_at, cluster_id, config_error)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             params_from_iter(values.iter()),
         )?;
         Ok(())
