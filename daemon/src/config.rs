@@ -284,6 +284,12 @@ impl Config {
                 exclude.unwrap_or_else(|| self.contexts.exclude.clone()),
             )?;
         }
+        if let Some(v) = var("KQ_KEEP_REMOVED_CONTEXTS") {
+            self.keep_removed_contexts = matches!(
+                v.to_string_lossy().to_ascii_lowercase().as_str(),
+                "1" | "true" | "yes"
+            );
+        }
         let inc = &mut self.store.incidents;
         if let Some(d) = float("KQ_IMAGE_PULL_GRACE_SECS")? {
             inc.image_pull_grace = d;

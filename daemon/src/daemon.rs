@@ -11,8 +11,8 @@ use crate::fleet::Fleet;
 use crate::flight::KqFlightSql;
 use crate::kubeconfig;
 use crate::query::Engine;
-use crate::store::{Opened, Store};
 use crate::reload;
+use crate::store::{Opened, Store};
 
 /// Why kqd could not start.
 #[derive(Debug, thiserror::Error)]
@@ -45,19 +45,25 @@ pub async fn run(
     } = Store::open(&db_path, config.store.clone())?;
     tracing::info!(path = %db_path.display(), "opened the inventory");
 
-    let listener = match crate::socket::from_systemd() {
+    // A socket systemd passed stays systemd's: kqd neither binds nor removes it.
+    let (listener, bound) = match crate::socket::from_systemd() {
         Some(l) => {
             tracing::info!("using the socket passed by systemd");
-            l
+            (l, false)
         }
-        None => crate::socket::bind(&config.socket).await?,
+        None => (crate::socket::bind(&config.socket).await?, true),
     };
     tracing::info!(socket = %config.socket.display(), "serving Flight SQL");
 
     let watchers = shutdown.child_token();
     let mut fleet = Fleet::new(tx.clone(), store.clone(), resync, &config, watchers.clone());
     fleet.apply(&config).await;
-    let reloader = tokio::spawn(follow_changes(fleet, config.clone(), source, watchers.clone()));
+    let reloader = tokio::spawn(follow_changes(
+        fleet,
+        config.clone(),
+        source,
+        watchers.clone(),
+    ));
 
     let engine = Arc::new(Engine::new(store.clone()));
     let service = FlightServiceServer::new(KqFlightSql::new(engine))
@@ -89,7 +95,9 @@ pub async fn run(
     if !writer_failed {
         let _ = writer_task.await;
     }
-    let _ = std::fs::remove_file(&config.socket);
+    if bound {
+        let _ = std::fs::remove_file(&config.socket);
+    }
     drop(store);
     if writer_failed {
         return Err(RunError::WriterStopped(db_path));

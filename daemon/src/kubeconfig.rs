@@ -92,7 +92,13 @@ impl Files {
                     tracing::warn!(path = %path.display(), error = %e, "cannot read kubeconfig");
                     out.errors.push((path.clone(), e.clone()));
                     match self.good.get(path) {
-                        Some(kc) => (kc.clone(), Some(format!("kubeconfig {}: {e}; using its last good version", path.display()))),
+                        Some(kc) => (
+                            kc.clone(),
+                            Some(format!(
+                                "kubeconfig {}: {e}; using its last good version",
+                                path.display()
+                            )),
+                        ),
                         None => continue,
                     }
                 }

@@ -57,6 +57,13 @@ impl Kqd {
         status
     }
 
+    /// Sends SIGHUP (reload the config).
+    pub fn hangup(&self) {
+        let pid =
+            rustix::process::Pid::from_raw(self.child.id() as i32).expect("a child has a pid");
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::HUP);
+    }
+
     /// What kqd has logged so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
@@ -96,9 +103,16 @@ impl Env {
 
     /// Starts kqd with extra environment variables (`KQ_*` settings).
     pub async fn kqd_with(&self, vars: &[(&str, &str)]) -> Kqd {
+        let (mut cmd, log) = self.kqd_command();
+        cmd.envs(vars.iter().copied());
+        self.start_kqd(cmd, log).await
+    }
+
+    /// The command that runs kqd on this env, and the log file it writes to.
+    pub fn kqd_command(&self) -> (Command, PathBuf) {
         let log = self.dir.path().join(format!("kqd-{}.log", uuid_like()));
-        let child = Command::new(bin("kqd"))
-            .arg("--kubeconfig")
+        let mut cmd = Command::new(bin("kqd"));
+        cmd.arg("--kubeconfig")
             .arg(&self.kubeconfig)
             .arg("--data-dir")
             .arg(&self.data_dir)
@@ -108,11 +122,15 @@ impl Env {
             .arg("info,kq_daemon=debug")
             .env_remove("KUBECONFIG")
             .env("HOME", self.dir.path())
-            .envs(vars.iter().copied())
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log file"))
-            .spawn()
-            .expect("kqd starts");
+            .stderr(std::fs::File::create(&log).expect("log file"));
+        (cmd, log)
+    }
+
+    /// Spawns `cmd` (from [`Env::kqd_command`]) and waits until the socket accepts
+    /// connections.
+    pub async fn start_kqd(&self, mut cmd: Command, log: PathBuf) -> Kqd {
+        let child = cmd.spawn().expect("kqd starts");
         let kqd = Kqd { child, log };
         let sock = self.socket.clone();
         let up = eventually(Duration::from_secs(30), || {

@@ -1,0 +1,215 @@
+//! kqd follows its kubeconfig files and config while it runs: contexts added by an atomic
+//! rename, removed, edited (only that one restarts), a broken file (reported, old contexts
+//! keep working, fixed clears it), SIGHUP with a new exclude glob, and socket activation.
+
+use std::time::{Duration, Instant};
+
+use kq_e2e::{Env, sim_pod_uids};
+use kube_sim::fleet::{kubeconfig_for, write_private};
+
+/// Writes a kubeconfig naming only `names`, by temporary file and rename, as editors do.
+fn write_kubeconfig(env: &Env, names: &[&str], edit: impl FnOnce(&mut serde_json::Value)) {
+    let clusters = env
+        .fleet
+        .clusters
+        .iter()
+        .filter(|c| names.contains(&c.name.as_str()))
+        .map(|c| &**c);
+    let mut kc = kubeconfig_for(clusters, env.fleet.ca_pem());
+    edit(&mut kc);
+    write_private(&env.kubeconfig, &serde_json::to_string_pretty(&kc).unwrap()).unwrap();
+}
+
+async fn contexts(env: &Env, want: &str) {
+    env.wait_csv(
+        "select name, state from contexts order by name",
+        want,
+        Duration::from_secs(20),
+    )
+    .await
+    .unwrap();
+}
+
+fn pods_of(env: &Env, i: usize) -> usize {
+    sim_pod_uids(&env.fleet.clusters[i]).len()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_context_added_by_rename_is_queryable_within_three_seconds_and_removing_it_removes_its_rows()
+ {
+    let env = Env::start(3, 10).await;
+    write_kubeconfig(&env, &["sim-1", "sim-2"], |_| {});
+    let _kqd = env.kqd().await;
+    contexts(&env, "name,state\nsim-1,ready\nsim-2,ready\n").await;
+
+    let started = Instant::now();
+    write_kubeconfig(&env, &["sim-1", "sim-2", "sim-3"], |_| {});
+    env.wait_csv(
+        "select count(*) as n from pods where context = 'sim-3'",
+        &format!("n\n{}\n", pods_of(&env, 2)),
+        Duration::from_secs(3),
+    )
+    .await
+    .unwrap();
+    eprintln!("new context queryable after {:?}", started.elapsed());
+
+    write_kubeconfig(&env, &["sim-1", "sim-2"], |_| {});
+    contexts(&env, "name,state\nsim-1,ready\nsim-2,ready\n").await;
+    env.wait_csv(
+        "select count(*) as n from objects where context = 'sim-3'",
+        "n\n0\n",
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_removed_context_can_be_kept_and_marked() {
+    let env = Env::start(2, 5).await;
+    let _kqd = env.kqd_with(&[("KQ_KEEP_REMOVED_CONTEXTS", "1")]).await;
+    contexts(&env, "name,state\nsim-1,ready\nsim-2,ready\n").await;
+    write_kubeconfig(&env, &["sim-1"], |_| {});
+    contexts(&env, "name,state\nsim-1,ready\nsim-2,removed\n").await;
+    let n = env
+        .csv("select count(*) as n from pods where context = 'sim-2'")
+        .await
+        .unwrap();
+    assert_eq!(n, format!("n\n{}\n", pods_of(&env, 1)), "its rows stay");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn editing_one_context_restarts_only_that_one() {
+    let env = Env::start(3, 10).await;
+    let _kqd = env.kqd().await;
+    contexts(&env, "name,state\nsim-1,ready\nsim-2,ready\nsim-3,ready\n").await;
+    let traffic = |i: usize| {
+        let t = &env.fleet.clusters[i].traffic;
+        (t.connections().len(), t.requests().len())
+    };
+    let before = [traffic(0), traffic(1), traffic(2)];
+
+    // sim-3's context now defaults to another namespace: its content changed.
+    write_kubeconfig(&env, &["sim-1", "sim-2", "sim-3"], |kc| {
+        kc["contexts"][2]["context"]["namespace"] = "kube-system".into();
+    });
+    env.wait_csv(
+        "select namespace, state from contexts where name = 'sim-3'",
+        "namespace,state\nkube-system,ready\n",
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+    let after = [traffic(0), traffic(1), traffic(2)];
+    assert!(
+        after[2].0 > before[2].0,
+        "sim-3 reconnected: {before:?} → {after:?}"
+    );
+    assert_eq!(
+        (after[0], after[1]),
+        (before[0], before[1]),
+        "sim-1 and sim-2 kept their connections and made no new requests"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_broken_kubeconfig_is_reported_and_fixing_it_clears_the_error() {
+    let env = Env::start(2, 5).await;
+    let _kqd = env.kqd().await;
+    contexts(&env, "name,state\nsim-1,ready\nsim-2,ready\n").await;
+    let good = std::fs::read_to_string(&env.kubeconfig).unwrap();
+
+    write_private(&env.kubeconfig, "apiVersion: v1\nclusters: [ {name: \n").unwrap();
+    env.wait_csv(
+        "select name, config_error like 'kubeconfig %using its last good version' as reported from contexts order by name",
+        "name,reported\nsim-1,true\nsim-2,true\n",
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    // The contexts keep streaming.
+    let c = &env.fleet.clusters[0];
+    kube_sim::scenario::create_pod(&c.store, "default", "after-break", "nginx:1").unwrap();
+    env.wait_csv(
+        "select count(*) as n from pods where name = 'after-break'",
+        "n\n1\n",
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+
+    write_private(&env.kubeconfig, &good).unwrap();
+    env.wait_csv(
+        "select count(config_error) as errors from contexts",
+        "errors\n0\n",
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_applies_a_changed_exclude_glob() {
+    let env = Env::start(3, 5).await;
+    let config = env.kubeconfig.with_file_name("config.toml");
+    std::fs::write(&config, "exclude_contexts = []\n").unwrap();
+    let (mut cmd, log) = env.kqd_command();
+    cmd.arg("--config").arg(&config);
+    let kqd = env.start_kqd(cmd, log).await;
+    contexts(&env, "name,state\nsim-1,ready\nsim-2,ready\nsim-3,ready\n").await;
+
+    std::fs::write(&config, "exclude_contexts = [\"sim-[23]\"]\n").unwrap();
+    kqd.hangup();
+    contexts(&env, "name,state\nsim-1,ready\n").await;
+
+    std::fs::write(
+        &config,
+        "include_contexts = [\"sim-*\"]\nexclude_contexts = [\"sim-1\"]\n",
+    )
+    .unwrap();
+    kqd.hangup();
+    contexts(&env, "name,state\nsim-2,ready\nsim-3,ready\n").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn under_socket_activation_kq_can_query() {
+    use std::os::fd::AsRawFd as _;
+    use std::os::unix::process::CommandExt as _;
+
+    let env = Env::start(1, 5).await;
+    // What systemd does for kqd.socket: bind and listen, then start kqd with the socket as
+    // fd 3, LISTEN_FDS=1 and LISTEN_PID set to kqd's own pid.
+    std::fs::create_dir_all(env.socket.parent().unwrap()).unwrap();
+    let listener = std::os::unix::net::UnixListener::bind(&env.socket).unwrap();
+    let fd = listener.as_raw_fd();
+    let (cmd, log) = env.kqd_command();
+    let mut sh = std::process::Command::new("sh");
+    sh.arg("-c")
+        .arg("LISTEN_PID=$$ LISTEN_FDS=1 exec \"$0\" \"$@\"")
+        .arg(cmd.get_program())
+        .args(cmd.get_args())
+        .env_remove("KUBECONFIG")
+        .env("HOME", env.kubeconfig.parent().unwrap())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap());
+    // SAFETY: between fork and exec this only calls dup2, which is async-signal-safe; the
+    // listener outlives the spawn.
+    unsafe {
+        sh.pre_exec(move || {
+            use std::os::fd::FromRawFd as _;
+            let src = std::os::fd::BorrowedFd::borrow_raw(fd);
+            let mut three = std::os::fd::OwnedFd::from_raw_fd(3);
+            let r = rustix::io::dup2(src, &mut three).map_err(std::io::Error::from);
+            std::mem::forget(three);
+            r
+        });
+    }
+    let kqd = env.start_kqd(sh, log).await;
+    env.wait_pods_synced(Duration::from_secs(30)).await;
+    assert!(
+        kqd.log().contains("using the socket passed by systemd"),
+        "{}",
+        kqd.log()
+    );
+    drop(listener);
+}
