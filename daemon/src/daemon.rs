@@ -76,6 +76,9 @@ pub async fn run(
             stop.cancelled().await
         });
     tokio::pin!(serve);
+    // The socket listens already (bound above, or passed by systemd).
+    crate::notify::ready();
+    crate::notify::spawn_watchdog(tx.clone(), watchers.clone());
     let mut writer_task = tokio::task::spawn_blocking(move || writer.join());
     // The writer only ends once every sender is gone; ending earlier means it failed, and
     // kqd stops (non-zero) rather than keep serving a store that no longer moves.
@@ -89,6 +92,7 @@ pub async fn run(
     };
 
     tracing::info!("shutting down: stopping watchers and flushing the last batch");
+    crate::notify::stopping();
     watchers.cancel();
     let _ = reloader.await;
     drop(tx);

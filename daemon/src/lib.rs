@@ -7,6 +7,7 @@ pub mod fleet;
 pub mod flight;
 pub mod incidents;
 pub mod kubeconfig;
+pub mod notify;
 pub mod quantity;
 pub mod query;
 pub mod reload;

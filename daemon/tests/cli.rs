@@ -47,3 +47,50 @@ fn a_database_from_a_newer_kq_is_refused() {
     );
     assert!(err.contains(&db.display().to_string()), "{err}");
 }
+
+#[test]
+fn check_config_lists_contexts_and_names_a_broken_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.yaml");
+    std::fs::write(
+        &good,
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: c1\n  cluster: {server: 'https://10.0.0.1:6443'}\nusers:\n- name: u1\n  user: {token: t}\ncontexts:\n- name: prod\n  context: {cluster: c1, user: u1}\n- name: dev\n  context: {cluster: c1, user: u1}\n",
+    )
+    .unwrap();
+    let broken = dir.path().join("broken.yaml");
+    std::fs::write(&broken, "clusters: [ {name: \n").unwrap();
+    let cfg = dir.path().join("config.toml");
+    std::fs::write(&cfg, "exclude_contexts = [\"dev\"]\n").unwrap();
+    let run = |files: &[&std::path::Path]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kqd"));
+        cmd.arg("--check-config").arg("--config").arg(&cfg);
+        for f in files {
+            cmd.arg("--kubeconfig").arg(f);
+        }
+        cmd.env("HOME", dir.path()).output().unwrap()
+    };
+
+    let out = run(&[&good]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("context prod: https://10.0.0.1:6443 (watched"),
+        "{text}"
+    );
+    assert!(
+        text.contains("context dev: https://10.0.0.1:6443 (excluded"),
+        "{text}"
+    );
+
+    let out = run(&[&good, &broken]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains(&format!("kubeconfig {}: error:", broken.display())),
+        "{text}"
+    );
+    assert!(
+        text.contains("context prod"),
+        "the good file still counts: {text}"
+    );
+}

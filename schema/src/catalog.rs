@@ -668,6 +668,35 @@ pub static CATALOG: LazyLock<Vec<Table>> = LazyLock::new(|| {
             ],
         ),
         Table {
+            name: "status",
+            description: "View: per context, its state, how far the initial sync got, its object count, how long since the last change, and what is wrong.",
+            view: Some(STATUS),
+            columns: vec![
+                c("context", "VARCHAR", "Kubeconfig context."),
+                c(
+                    "state",
+                    "VARCHAR",
+                    "connecting | syncing | ready | error | removed.",
+                ),
+                c(
+                    "synced",
+                    "VARCHAR",
+                    "Resources listed / resources watched (syncing shows progress).",
+                ),
+                c("objects", "BIGINT", "Objects stored for the context."),
+                c(
+                    "last_event",
+                    "INTERVAL",
+                    "Time since the last change kqd applied.",
+                ),
+                c(
+                    "error",
+                    "VARCHAR",
+                    "The connection error, else the kubeconfig file error.",
+                ),
+            ],
+        },
+        Table {
             name: "crds",
             description: "View over objects: the CustomResourceDefinitions of every context.",
             view: Some(CRDS),
@@ -927,6 +956,16 @@ pub static CATALOG: LazyLock<Vec<Table>> = LazyLock::new(|| {
         },
     ]
 });
+
+/// The `status` view: `contexts` joined with per-resource sync progress.
+const STATUS: &str = "SELECT c.name AS context, c.state,
+       coalesce(r.listed, 0) || '/' || coalesce(r.total, 0) AS synced,
+       c.object_count AS objects,
+       to_seconds(floor(epoch(now()::TIMESTAMP) - epoch(c.last_event_at::TIMESTAMP))::BIGINT) AS last_event,
+       coalesce(c.error, c.config_error) AS error
+FROM contexts c
+LEFT JOIN (SELECT context, count(*) FILTER (WHERE state IN ('ready', 'forbidden')) AS listed, count(*) AS total
+           FROM resources GROUP BY context) r ON r.context = c.name";
 
 /// CRDs come through `objects` (discovery watches them to notice new ones); this names their
 /// fields.

@@ -12,7 +12,7 @@ pub struct Migration {
 }
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: u32 = 9;
+pub const SCHEMA_VERSION: u32 = 10;
 
 /// Every migration, oldest first.
 pub static MIGRATIONS: &[Migration] = &[
@@ -61,6 +61,11 @@ pub static MIGRATIONS: &[Migration] = &[
         description: "contexts.config_error: a broken kubeconfig file, per context",
         sql: v9,
     },
+    Migration {
+        version: 10,
+        description: "status: per-context state, sync progress and last change, as a view",
+        sql: v10,
+    },
 ];
 
 /// Creates the named catalog tables. A migration names its tables so that later catalog
@@ -76,6 +81,10 @@ fn create_tables(names: &[&str]) -> String {
         })
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+fn v10() -> String {
+    create_tables(&["status"])
 }
 
 fn v9() -> String {

@@ -44,9 +44,19 @@ pub struct Args {
     pub socket: Option<PathBuf>,
 }
 
+/// What `kq status` and `.status` show.
+pub const STATUS_SQL: &str = "select * from status order by context";
+
 /// Subcommands beside SQL.
 #[derive(clap::Subcommand, Debug, Clone)]
 pub enum Cmd {
+    /// Each context: state, sync progress (resources listed / watched), objects, time since
+    /// the last change, and what is wrong.
+    Status {
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
     /// The open incidents, newest first; with --follow, then new and updated ones as kqd
     /// records them (Ctrl-C stops).
     Incidents {
@@ -112,6 +122,9 @@ pub fn run(args: Args) -> i32 {
                 return 2;
             }
         };
+        if let Some(Cmd::Status { format }) = &args.cmd {
+            return run_script(&mut client, STATUS_SQL, *format).await;
+        }
         if let Some(Cmd::Incidents {
             follow,
             context,

@@ -325,15 +325,7 @@ async fn dot_command(
                 eprintln!("Error: {e}");
             }
         }
-        ".status" => {
-            run_one(
-                client,
-                "select name, state, object_count, error from contexts order by name",
-                *mode,
-                false,
-            )
-            .await
-        }
+        ".status" => run_one(client, crate::STATUS_SQL, *mode, false).await,
         _ => return None,
     }
     Some(true)

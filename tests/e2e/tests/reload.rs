@@ -213,3 +213,31 @@ async fn under_socket_activation_kq_can_query() {
     );
     drop(listener);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kq_status_shows_state_progress_counts_and_errors() {
+    let env = Env::start(2, 5).await;
+    let _kqd = env.kqd().await;
+    contexts(&env, "name,state\nsim-1,ready\nsim-2,ready\n").await;
+    let counts = env
+        .csv("select context, count(*) from objects group by 1 order by 1")
+        .await
+        .unwrap();
+    let out = env.kq(&["status", "--format", "csv"]).await;
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut lines = text.lines();
+    assert_eq!(
+        lines.next(),
+        Some("context,state,synced,objects,last_event,error")
+    );
+    for (line, count) in lines.zip(counts.lines().skip(1)) {
+        let f: Vec<&str> = line.split(',').collect();
+        let (ctx, n) = count.split_once(',').unwrap();
+        assert_eq!((f[0], f[1], f[3]), (ctx, "ready", n), "{line}");
+        let (listed, total) = f[2].split_once('/').unwrap();
+        assert_eq!(listed, total, "every resource listed: {line}");
+        assert!(total.parse::<u32>().unwrap() >= 27, "{line}");
+        assert_eq!(f[5], "", "no error: {line}");
+    }
+}
