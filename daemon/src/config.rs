@@ -2,10 +2,12 @@
 //! then command-line flags; one struct passed explicitly to everything that needs it.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::rows::Kind;
 use crate::store::StoreOptions;
 
 /// Errors reading the configuration, naming the file or variable.
@@ -43,6 +45,41 @@ pub struct Config {
     pub contexts: ContextFilter,
     /// Keep a removed context's rows, marked `state = 'removed'`, instead of deleting them.
     pub keep_removed_contexts: bool,
+    /// Which kinds (tables) to watch.
+    pub kinds: Arc<KindFilter>,
+}
+
+/// The kinds to watch, by table name (`pods`, `deployments`…; `objects` stands for every
+/// resource without a typed table). All by default.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct KindFilter {
+    /// Only these; empty means all.
+    pub only: Vec<String>,
+    pub exclude: Vec<String>,
+}
+
+impl KindFilter {
+    pub fn new(only: Vec<String>, exclude: Vec<String>) -> Result<KindFilter, ConfigError> {
+        let known: Vec<&str> = Kind::ALL.iter().map(|k| k.table()).collect();
+        for k in only.iter().chain(&exclude) {
+            if !known.contains(&k.as_str()) {
+                return Err(ConfigError::Value {
+                    name: "kinds/exclude_kinds",
+                    reason: format!(
+                        "unknown kind {k:?}; kinds are table names: {}",
+                        known.join(", ")
+                    ),
+                });
+            }
+        }
+        Ok(KindFilter { only, exclude })
+    }
+
+    /// Whether the kind with this table is watched.
+    pub fn allows(&self, table: &str) -> bool {
+        (self.only.is_empty() || self.only.iter().any(|k| k == table))
+            && !self.exclude.iter().any(|k| k == table)
+    }
 }
 
 /// Where the config comes from: the file and the command-line flags that override it.
@@ -135,6 +172,10 @@ struct FileConfig {
     include_contexts: Option<Vec<String>>,
     exclude_contexts: Option<Vec<String>>,
     keep_removed_contexts: Option<bool>,
+    kinds: Option<Vec<String>>,
+    exclude_kinds: Option<Vec<String>>,
+    changes_retention_days: Option<f64>,
+    events_retention_days: Option<f64>,
 }
 
 /// Seconds (fractions allowed) as a duration; negative or non-finite values are refused.
@@ -160,6 +201,7 @@ impl Default for Config {
                 .clamp(1, 4),
             contexts: ContextFilter::default(),
             keep_removed_contexts: false,
+            kinds: Arc::default(),
         }
     }
 }
@@ -198,6 +240,18 @@ impl Config {
         }
         if let Some(k) = f.keep_removed_contexts {
             self.keep_removed_contexts = k;
+        }
+        if f.kinds.is_some() || f.exclude_kinds.is_some() {
+            self.kinds = Arc::new(KindFilter::new(
+                f.kinds.unwrap_or_default(),
+                f.exclude_kinds.unwrap_or_default(),
+            )?);
+        }
+        if let Some(d) = f.changes_retention_days {
+            self.store.changes_retention = secs("changes_retention_days", d * 86_400.0)?;
+        }
+        if let Some(d) = f.events_retention_days {
+            self.store.events_retention = secs("events_retention_days", d * 86_400.0)?;
         }
         let inc = &mut self.store.incidents;
         if let Some(v) = f.image_pull_grace_secs {

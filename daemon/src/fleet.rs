@@ -14,6 +14,15 @@ use crate::kubeconfig::{self, Files};
 use crate::store::{ContextState, Op, Store};
 use crate::watch;
 
+/// What a running context depends on: its kubeconfig entries and the kinds it watches.
+fn fingerprint(merged: &kube::config::Kubeconfig, name: &str, config: &Config) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    kubeconfig::fingerprint(merged, name).hash(&mut h);
+    config.kinds.hash(&mut h);
+    h.finish()
+}
+
 struct Running {
     fingerprint: u64,
     cancel: CancellationToken,
@@ -83,7 +92,7 @@ impl Fleet {
         for (name, r) in &self.running {
             match wanted.iter().find(|w| &w.info.name == name) {
                 None => stale.push(name.clone()),
-                Some(_) if kubeconfig::fingerprint(&merged, name) != r.fingerprint => {
+                Some(_) if fingerprint(&merged, name, config) != r.fingerprint => {
                     tracing::info!(context = %name, "context changed in the kubeconfig; restarting it");
                     stale.push(name.clone());
                 }
@@ -151,12 +160,13 @@ impl Fleet {
                 self.tx.clone(),
                 self.sync_slots.clone(),
                 self.resync.clone(),
+                config.kinds.clone(),
                 cancel.clone(),
             ));
             self.running.insert(
                 name.clone(),
                 Running {
-                    fingerprint: kubeconfig::fingerprint(&merged, &name),
+                    fingerprint: fingerprint(&merged, &name, config),
                     cancel,
                     task,
                 },

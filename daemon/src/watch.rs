@@ -27,6 +27,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
+use crate::config::KindFilter;
 use crate::kubeconfig::{ContextSpec, client_for};
 use crate::rows::{self, Kind, ObjectRows};
 use crate::store::{ContextState, Op};
@@ -92,6 +93,7 @@ pub async fn supervise(
     tx: mpsc::Sender<Op>,
     sync_slots: Arc<Semaphore>,
     mut resync: tokio::sync::watch::Receiver<u64>,
+    kinds: Arc<KindFilter>,
     cancel: CancellationToken,
 ) {
     let name = spec.info.name.clone();
@@ -106,6 +108,7 @@ pub async fn supervise(
             &tx,
             &sync_slots,
             &mut resync,
+            &kinds,
             &cancel,
             &mut backoff,
         );
@@ -130,6 +133,7 @@ async fn connect_and_watch(
     tx: &mpsc::Sender<Op>,
     sync_slots: &Arc<Semaphore>,
     resync: &mut tokio::sync::watch::Receiver<u64>,
+    kinds: &Arc<KindFilter>,
     cancel: &CancellationToken,
     backoff: &mut Backoff,
 ) -> String {
@@ -172,6 +176,8 @@ async fn connect_and_watch(
         tx: tx.clone(),
         health: htx,
         cancel: child.clone(),
+        kinds: kinds.clone(),
+        spawned: std::cell::Cell::new(0),
     };
     w.spawn(
         Api::<Namespace>::all(client.clone()),
@@ -284,13 +290,27 @@ async fn connect_and_watch(
         rows::poddisruptionbudget,
     );
     w.spawn(Api::<Event>::all(client), Kind::Events, rows::event);
+    let expected = w.spawned.get();
     drop(w);
-    tokio::spawn(crate::discover::run(
-        client_for_discovery,
-        ctx.clone(),
-        tx.clone(),
-        child.clone(),
-    ));
+    if kinds.allows(Kind::Objects.table()) {
+        tokio::spawn(crate::discover::run(
+            client_for_discovery,
+            ctx.clone(),
+            tx.clone(),
+            child.clone(),
+        ));
+    }
+    // Kinds the config no longer watches: their rows go.
+    for kind in Kind::TYPED.iter().filter(|k| !kinds.allows(k.table())) {
+        let _ = tx
+            .send(Op::Sweep {
+                kind: *kind,
+                context: ctx.clone(),
+                keep: Vec::new(),
+                scope: None,
+            })
+            .await;
+    }
     let mut synced: HashSet<Kind> = HashSet::new();
     resync.mark_unchanged();
     loop {
@@ -304,7 +324,7 @@ async fn connect_and_watch(
             Health::InitDone(Kind::Objects) => {}
             Health::InitDone(kind) => {
                 let first_time = synced.insert(kind);
-                if first_time && synced.len() == Kind::TYPED.len() {
+                if first_time && synced.len() == expected {
                     tracing::info!(context = %ctx, "initial sync complete");
                     backoff.reset();
                     slot.take();
@@ -345,6 +365,9 @@ struct Watch {
     tx: mpsc::Sender<Op>,
     health: mpsc::Sender<Health>,
     cancel: CancellationToken,
+    kinds: Arc<KindFilter>,
+    /// How many kinds were started: the context is synced when all have listed.
+    spawned: std::cell::Cell<usize>,
 }
 
 impl Watch {
@@ -354,6 +377,10 @@ impl Watch {
     where
         K: Resource + Clone + DeserializeOwned + Serialize + Debug + Send + 'static,
     {
+        if !self.kinds.allows(kind.table()) {
+            return;
+        }
+        self.spawned.set(self.spawned.get() + 1);
         let (ctx, tx, health, cancel) = (
             self.ctx.clone(),
             self.tx.clone(),

@@ -241,3 +241,30 @@ async fn kq_status_shows_state_progress_counts_and_errors() {
         assert_eq!(f[5], "", "no error: {line}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_applies_a_changed_kind_list() {
+    let env = Env::start(1, 5).await;
+    let config = env.kubeconfig.with_file_name("config.toml");
+    std::fs::write(&config, "").unwrap();
+    let (mut cmd, log) = env.kqd_command();
+    cmd.arg("--config").arg(&config);
+    let kqd = env.start_kqd(cmd, log).await;
+    contexts(&env, "name,state\nsim-1,ready\n").await;
+    let n = env
+        .csv("select count(*) > 0 as any from configmaps")
+        .await
+        .unwrap();
+    assert_eq!(n, "any\ntrue\n");
+
+    std::fs::write(&config, "exclude_kinds = [\"configmaps\"]\n").unwrap();
+    kqd.hangup();
+    env.wait_csv(
+        "select (select count(*) from configmaps) as typed, (select count(*) from objects where resource = 'configmaps') as objects",
+        "typed,objects\n0,0\n",
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+    contexts(&env, "name,state\nsim-1,ready\n").await;
+}
