@@ -158,9 +158,11 @@ impl Fleet {
                 spec,
                 merged.clone(),
                 self.tx.clone(),
-                self.sync_slots.clone(),
+                watch::Plan {
+                    sync_slots: self.sync_slots.clone(),
+                    kinds: config.kinds.clone(),
+                },
                 self.resync.clone(),
-                config.kinds.clone(),
                 cancel.clone(),
             ));
             self.running.insert(

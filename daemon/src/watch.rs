@@ -85,15 +85,14 @@ async fn set_state(
         .await;
 }
 
-/// Runs until `cancel` fires. `sync_slots` bounds how many contexts run their initial list
+/// Runs until `cancel` fires. `plan.sync_slots` bounds how many contexts run their initial list
 /// at once, which bounds the daemon's peak memory with many large clusters.
 pub async fn supervise(
     spec: ContextSpec,
     kubeconfig: Arc<Kubeconfig>,
     tx: mpsc::Sender<Op>,
-    sync_slots: Arc<Semaphore>,
+    plan: Plan,
     mut resync: tokio::sync::watch::Receiver<u64>,
-    kinds: Arc<KindFilter>,
     cancel: CancellationToken,
 ) {
     let name = spec.info.name.clone();
@@ -106,9 +105,8 @@ pub async fn supervise(
             &ctx,
             &kubeconfig,
             &tx,
-            &sync_slots,
+            &plan,
             &mut resync,
-            &kinds,
             &cancel,
             &mut backoff,
         );
@@ -131,9 +129,8 @@ async fn connect_and_watch(
     ctx: &Arc<str>,
     kubeconfig: &Kubeconfig,
     tx: &mpsc::Sender<Op>,
-    sync_slots: &Arc<Semaphore>,
+    plan: &Plan,
     resync: &mut tokio::sync::watch::Receiver<u64>,
-    kinds: &Arc<KindFilter>,
     cancel: &CancellationToken,
     backoff: &mut Backoff,
 ) -> String {
@@ -150,7 +147,7 @@ async fn connect_and_watch(
             return "unreachable: the API server did not answer /version within 15 s".to_string();
         }
     };
-    let Ok(mut slot) = sync_slots.clone().acquire_owned().await.map(Some) else {
+    let Ok(mut slot) = plan.sync_slots.clone().acquire_owned().await.map(Some) else {
         return "shutting down".to_string();
     };
     set_state(tx, ctx, "syncing", None, Some(version.clone()), false).await;
@@ -176,7 +173,7 @@ async fn connect_and_watch(
         tx: tx.clone(),
         health: htx,
         cancel: child.clone(),
-        kinds: kinds.clone(),
+        kinds: plan.kinds.clone(),
         spawned: std::cell::Cell::new(0),
     };
     w.spawn(
@@ -292,7 +289,7 @@ async fn connect_and_watch(
     w.spawn(Api::<Event>::all(client), Kind::Events, rows::event);
     let expected = w.spawned.get();
     drop(w);
-    if kinds.allows(Kind::Objects.table()) {
+    if plan.kinds.allows(Kind::Objects.table()) {
         tokio::spawn(crate::discover::run(
             client_for_discovery,
             ctx.clone(),
@@ -301,7 +298,7 @@ async fn connect_and_watch(
         ));
     }
     // Kinds the config no longer watches: their rows go.
-    for kind in Kind::TYPED.iter().filter(|k| !kinds.allows(k.table())) {
+    for kind in Kind::TYPED.iter().filter(|k| !plan.kinds.allows(k.table())) {
         let _ = tx
             .send(Op::Sweep {
                 kind: *kind,
@@ -437,6 +434,14 @@ impl Watch {
 /// page, parsed, until the writer has taken it; 100 keeps that burst small (500 made the
 /// initial sync of ten large clusters peak about 40 MB higher) for a few more requests.
 pub const PAGE_SIZE: u32 = 100;
+
+/// What every context shares: the slots bounding concurrent initial syncs, and the kinds
+/// to watch.
+#[derive(Clone)]
+pub struct Plan {
+    pub sync_slots: Arc<Semaphore>,
+    pub kinds: Arc<KindFilter>,
+}
 
 /// How a watcher of one kind ended.
 enum Ended {
