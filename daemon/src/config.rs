@@ -47,6 +47,34 @@ pub struct Config {
     pub keep_removed_contexts: bool,
     /// Which kinds (tables) to watch.
     pub kinds: Arc<KindFilter>,
+    /// Where the PostgreSQL mirror will write (`postgres://…`). Read and checked now; the
+    /// mirror itself is a later piece of work.
+    pub postgres_url: Option<String>,
+}
+
+/// A `postgres://` URL with its password replaced, for printing.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+fn postgres_url(name: &'static str, v: String) -> Result<String, ConfigError> {
+    if v.starts_with("postgres://") || v.starts_with("postgresql://") {
+        Ok(v)
+    } else {
+        Err(ConfigError::Value {
+            name,
+            reason: format!("{} is not a postgres:// URL", redact_url(&v)),
+        })
+    }
 }
 
 /// The kinds to watch, by table name (`pods`, `deployments`…; `objects` stands for every
@@ -176,6 +204,7 @@ struct FileConfig {
     exclude_kinds: Option<Vec<String>>,
     changes_retention_days: Option<f64>,
     events_retention_days: Option<f64>,
+    postgres_url: Option<String>,
 }
 
 /// Seconds (fractions allowed) as a duration; negative or non-finite values are refused.
@@ -202,6 +231,7 @@ impl Default for Config {
             contexts: ContextFilter::default(),
             keep_removed_contexts: false,
             kinds: Arc::default(),
+            postgres_url: None,
         }
     }
 }
@@ -246,6 +276,9 @@ impl Config {
                 f.kinds.unwrap_or_default(),
                 f.exclude_kinds.unwrap_or_default(),
             )?);
+        }
+        if let Some(u) = f.postgres_url {
+            self.postgres_url = Some(postgres_url("postgres_url", u)?);
         }
         if let Some(d) = f.changes_retention_days {
             self.store.changes_retention = secs("changes_retention_days", d * 86_400.0)?;
@@ -338,6 +371,12 @@ impl Config {
                 exclude.unwrap_or_else(|| self.contexts.exclude.clone()),
             )?;
         }
+        if let Some(v) = var("KQ_POSTGRES_URL") {
+            self.postgres_url = Some(postgres_url(
+                "KQ_POSTGRES_URL",
+                v.to_string_lossy().into_owned(),
+            )?);
+        }
         if let Some(v) = var("KQ_KEEP_REMOVED_CONTEXTS") {
             self.keep_removed_contexts = matches!(
                 v.to_string_lossy().to_ascii_lowercase().as_str(),
@@ -360,5 +399,36 @@ impl Config {
     /// The DuckDB file.
     pub fn database_path(&self) -> PathBuf {
         self.data_dir.join("kq.duckdb")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_postgres_url_is_checked_and_printed_without_its_password() {
+        assert_eq!(
+            redact_url("postgres://kq:s3cret@db.example:5432/kq"),
+            "postgres://kq:***@db.example:5432/kq"
+        );
+        assert!(postgres_url("postgres_url", "mysql://x".into()).is_err());
+        let err = postgres_url("postgres_url", "https://u:pw@h".into()).unwrap_err();
+        assert!(!err.to_string().contains("pw"), "{err}");
+    }
+
+    #[test]
+    fn context_and_kind_filters() {
+        let f = ContextFilter::new(vec!["prod-*".into()], vec!["*-eu".into()]).unwrap();
+        assert!(f.allows("prod-us"));
+        assert!(!f.allows("prod-eu"));
+        assert!(!f.allows("dev"));
+        assert!(ContextFilter::default().allows("anything"));
+        let k = KindFilter::new(vec![], vec!["secrets".into()]).unwrap();
+        assert!(k.allows("pods") && !k.allows("secrets"));
+        assert!(
+            KindFilter::new(vec!["pod".into()], vec![]).is_err(),
+            "kinds are table names"
+        );
     }
 }

@@ -182,6 +182,12 @@ pub fn check_config(config: &Config) -> i32 {
     let loaded = kubeconfig::load(&paths);
     println!("data: {}", config.database_path().display());
     println!("socket: {}", config.socket.display());
+    if let Some(u) = &config.postgres_url {
+        println!(
+            "postgres mirror: {} (read and checked; the mirror is not built yet)",
+            crate::config::redact_url(u)
+        );
+    }
     for p in &paths {
         let state = match loaded.errors.iter().find(|(e, _)| e == p) {
             Some((_, e)) => format!("error: {e}"),

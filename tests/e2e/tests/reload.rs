@@ -268,3 +268,37 @@ async fn sighup_applies_a_changed_kind_list() {
     .unwrap();
     contexts(&env, "name,state\nsim-1,ready\n").await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_kubeconfig_file_that_appears_later_and_a_symlinked_one_are_followed() {
+    let env = Env::start(3, 5).await;
+    // env.kubeconfig is a symlink into another directory (a dotfiles repository, say).
+    let dotfiles = env.kubeconfig.with_file_name("dotfiles");
+    std::fs::create_dir_all(&dotfiles).unwrap();
+    let target = dotfiles.join("config");
+    let only = |names: &[&str]| {
+        let clusters = env
+            .fleet
+            .clusters
+            .iter()
+            .filter(|c| names.contains(&c.name.as_str()))
+            .map(|c| &**c);
+        serde_json::to_string(&kubeconfig_for(clusters, env.fleet.ca_pem())).unwrap()
+    };
+    write_private(&target, &only(&["sim-1"])).unwrap();
+    let _ = std::fs::remove_file(&env.kubeconfig);
+    std::os::unix::fs::symlink(&target, &env.kubeconfig).unwrap();
+    // A second file that does not exist yet.
+    let later = env.kubeconfig.with_file_name("later.yaml");
+    let (mut cmd, log) = env.kqd_command();
+    cmd.arg("--kubeconfig").arg(&later);
+    let _kqd = env.start_kqd(cmd, log).await;
+    contexts(&env, "name,state\nsim-1,ready\n").await;
+
+    write_private(&later, &only(&["sim-2"])).unwrap();
+    contexts(&env, "name,state\nsim-1,ready\nsim-2,ready\n").await;
+
+    // Saving the symlink's target (by rename, in its own directory) is seen too.
+    write_private(&target, &only(&["sim-1", "sim-3"])).unwrap();
+    contexts(&env, "name,state\nsim-1,ready\nsim-2,ready\nsim-3,ready\n").await;
+}
