@@ -1,21 +1,27 @@
 //! kqd follows its kubeconfig files and config while it runs: contexts added by an atomic
 //! rename, removed, edited (only that one restarts), a broken file (reported, old contexts
-//! keep working, fixed clears it), SIGHUP with a new exclude glob, and socket activation.
+//! keep working, fixed clears it), files that appear later or are symlinks, SIGHUP with new
+//! globs or kinds, `kq status`, and socket activation.
 
 use std::time::{Duration, Instant};
 
 use kq_e2e::{Env, sim_pod_uids};
 use kube_sim::fleet::{kubeconfig_for, write_private};
 
-/// Writes a kubeconfig naming only `names`, by temporary file and rename, as editors do.
-fn write_kubeconfig(env: &Env, names: &[&str], edit: impl FnOnce(&mut serde_json::Value)) {
+/// A kubeconfig naming only the clusters `names`.
+fn kubeconfig_of(env: &Env, names: &[&str]) -> serde_json::Value {
     let clusters = env
         .fleet
         .clusters
         .iter()
         .filter(|c| names.contains(&c.name.as_str()))
         .map(|c| &**c);
-    let mut kc = kubeconfig_for(clusters, env.fleet.ca_pem());
+    kubeconfig_for(clusters, env.fleet.ca_pem())
+}
+
+/// Writes a kubeconfig naming only `names`, by temporary file and rename, as editors do.
+fn write_kubeconfig(env: &Env, names: &[&str], edit: impl FnOnce(&mut serde_json::Value)) {
+    let mut kc = kubeconfig_of(env, names);
     edit(&mut kc);
     write_private(&env.kubeconfig, &serde_json::to_string_pretty(&kc).unwrap()).unwrap();
 }
@@ -276,15 +282,7 @@ async fn a_kubeconfig_file_that_appears_later_and_a_symlinked_one_are_followed()
     let dotfiles = env.kubeconfig.with_file_name("dotfiles");
     std::fs::create_dir_all(&dotfiles).unwrap();
     let target = dotfiles.join("config");
-    let only = |names: &[&str]| {
-        let clusters = env
-            .fleet
-            .clusters
-            .iter()
-            .filter(|c| names.contains(&c.name.as_str()))
-            .map(|c| &**c);
-        serde_json::to_string(&kubeconfig_for(clusters, env.fleet.ca_pem())).unwrap()
-    };
+    let only = |names: &[&str]| serde_json::to_string(&kubeconfig_of(&env, names)).unwrap();
     write_private(&target, &only(&["sim-1"])).unwrap();
     let _ = std::fs::remove_file(&env.kubeconfig);
     std::os::unix::fs::symlink(&target, &env.kubeconfig).unwrap();
