@@ -4,7 +4,7 @@
 
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{
-    Container, ContainerStateTerminated, ContainerStatus, Event, Node, Pod,
+    ContainerStateTerminated, ContainerStatus, Event, Node, Pod, ResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 
@@ -60,8 +60,7 @@ fn signal(key: String, typ: &'static str, severity: &'static str) -> Signal {
     }
 }
 
-fn resources(c: Option<&Container>) -> Resources {
-    let r = c.and_then(|c| c.resources.as_ref());
+fn resources(r: Option<&ResourceRequirements>) -> Resources {
     let get = |limits: bool, name: &str, parse: fn(&str) -> Option<i64>| {
         let map = if limits {
             r.and_then(|r| r.limits.as_ref())
@@ -147,40 +146,31 @@ pub fn pod(p: &Pod) -> Observed {
             healthy_since: None,
         };
     }
-    let specs = |init: bool, eph: bool| -> Vec<Container> {
-        match (spec, init, eph) {
-            (Some(s), true, _) => s.init_containers.clone().unwrap_or_default(),
-            (Some(s), _, true) => s
-                .ephemeral_containers
-                .iter()
-                .flatten()
-                .map(|e| Container {
-                    name: e.name.clone(),
-                    resources: e.resources.clone(),
-                    ..Default::default()
-                })
-                .collect(),
-            (Some(s), _, _) => s.containers.clone(),
-            (None, ..) => Vec::new(),
-        }
+    // A container's resources, found by name in the spec without copying it: this runs for
+    // every pod event of the initial sync.
+    let requirements = |name: &str| -> Option<&ResourceRequirements> {
+        let s = spec?;
+        s.containers
+            .iter()
+            .chain(s.init_containers.iter().flatten())
+            .find(|c| c.name == name)
+            .and_then(|c| c.resources.as_ref())
+            .or_else(|| {
+                s.ephemeral_containers
+                    .iter()
+                    .flatten()
+                    .find(|c| c.name == name)
+                    .and_then(|c| c.resources.as_ref())
+            })
     };
     let lists = [
-        (
-            status.and_then(|s| s.init_container_statuses.as_ref()),
-            specs(true, false),
-        ),
-        (
-            status.and_then(|s| s.container_statuses.as_ref()),
-            specs(false, false),
-        ),
-        (
-            status.and_then(|s| s.ephemeral_container_statuses.as_ref()),
-            specs(false, true),
-        ),
+        status.and_then(|s| s.init_container_statuses.as_ref()),
+        status.and_then(|s| s.container_statuses.as_ref()),
+        status.and_then(|s| s.ephemeral_container_statuses.as_ref()),
     ];
-    for (statuses, containers) in &lists {
-        for cs in statuses.iter().copied().flatten() {
-            let res = resources(containers.iter().find(|c| c.name == cs.name));
+    for statuses in lists {
+        for cs in statuses.into_iter().flatten() {
+            let res = resources(requirements(&cs.name));
             let state = cs.state.as_ref();
             let mut exited = false;
             // A restart: the previous run's end is in lastState.
