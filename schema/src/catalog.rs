@@ -961,9 +961,14 @@ pub static CATALOG: LazyLock<Vec<Table>> = LazyLock::new(|| {
 const STATUS: &str = "SELECT c.name AS context, c.state,
        coalesce(r.listed, 0) || '/' || coalesce(r.total, 0) AS synced,
        c.object_count AS objects,
-       to_seconds(floor(epoch(now()::TIMESTAMP) - epoch(c.last_event_at::TIMESTAMP))::BIGINT) AS last_event,
+       CASE WHEN c.last_event_at IS NULL THEN NULL
+            WHEN age < 60 THEN age || 's'
+            WHEN age < 3600 THEN age // 60 || 'm' || age % 60 || 's'
+            WHEN age < 86400 THEN age // 3600 || 'h' || age % 3600 // 60 || 'm'
+            ELSE age // 86400 || 'd' || age % 86400 // 3600 || 'h' END AS last_event,
        coalesce(c.error, c.config_error) AS error
-FROM contexts c
+FROM (SELECT *, floor(epoch(now()::TIMESTAMP) - epoch(last_event_at::TIMESTAMP))::BIGINT AS age
+      FROM contexts) c
 LEFT JOIN (SELECT context, count(*) FILTER (WHERE state IN ('ready', 'forbidden')) AS listed, count(*) AS total
            FROM resources GROUP BY context) r ON r.context = c.name";
 
