@@ -204,6 +204,7 @@ struct FileConfig {
     exclude_kinds: Option<Vec<String>>,
     changes_retention_days: Option<f64>,
     events_retention_days: Option<f64>,
+    incidents_retention_days: Option<f64>,
     postgres_url: Option<String>,
 }
 
@@ -282,6 +283,9 @@ impl Config {
         }
         if let Some(d) = f.changes_retention_days {
             self.store.changes_retention = secs("changes_retention_days", d * 86_400.0)?;
+        }
+        if let Some(d) = f.incidents_retention_days {
+            self.store.incidents_retention = secs("incidents_retention_days", d * 86_400.0)?;
         }
         if let Some(d) = f.events_retention_days {
             self.store.events_retention = secs("events_retention_days", d * 86_400.0)?;
@@ -389,6 +393,9 @@ impl Config {
         }
         if let Some(d) = float("KQ_PENDING_TIMEOUT_SECS")? {
             inc.pending_timeout = d;
+        }
+        if let Some(d) = float("KQ_INCIDENTS_RETENTION_DAYS")? {
+            self.store.incidents_retention = d * 86_400;
         }
         if let Some(d) = float("KQ_HEALTHY_AFTER_SECS")? {
             inc.healthy_after = d;

@@ -124,6 +124,8 @@ pub struct StoreOptions {
     pub changes_retention: std::time::Duration,
     /// How long events are kept after they were last seen.
     pub events_retention: std::time::Duration,
+    /// How long ended incidents are kept once their object is gone.
+    pub incidents_retention: std::time::Duration,
     /// Grace periods and timeouts of incident detection.
     pub incidents: crate::incidents::IncidentOptions,
 }
@@ -139,6 +141,7 @@ impl Default for StoreOptions {
             checkpoint_threshold: "256MB".to_string(),
             changes_retention: std::time::Duration::from_secs(7 * 86_400),
             events_retention: std::time::Duration::from_secs(14 * 86_400),
+            incidents_retention: std::time::Duration::from_secs(90 * 86_400),
             incidents: Default::default(),
         }
     }

@@ -344,6 +344,24 @@ impl Writer {
             .collect()
     }
 
+    /// A batch keeps only an object's last state, but a crash followed within the batch by a
+    /// recovery or a delete must still be seen: the state being replaced is observed now.
+    fn observe_superseded(
+        &mut self,
+        ctx: &Arc<str>,
+        earlier: Option<Option<ObjectRows>>,
+    ) -> Result<(), StoreError> {
+        let Some(Some(rows)) = earlier else {
+            return Ok(());
+        };
+        let Some(o) = rows.observed else {
+            return Ok(());
+        };
+        let cluster_id = self.contexts.get(&**ctx).and_then(|c| c.cluster_id.clone());
+        self.tracker
+            .observe(&self.conn, ctx, cluster_id.as_deref(), &o, now_micros())
+    }
+
     /// Runs the incident tracker's timers in a transaction of their own.
     fn tick_incidents(&mut self) {
         let ids = self.cluster_ids();
@@ -374,8 +392,10 @@ impl Writer {
         }
     }
 
-    /// Applies the retention periods of `changes` and `events`. Expired events take their
-    /// `objects` rows with them.
+    /// Applies the retention periods of `changes`, `events` and `incidents`. Expired events
+    /// take their `objects` rows with them. An ended incident goes only once its object is
+    /// gone too: while the object still shows the occurrence, the row is what keeps a relist
+    /// from raising it again.
     fn prune(&mut self) -> Result<(), StoreError> {
         let changes = self.opts.changes_retention.as_secs();
         let events = self.opts.events_retention.as_secs();
@@ -400,11 +420,24 @@ impl Writer {
         if pruned_events > 0 {
             self.reload_index();
         }
-        if pruned_changes + pruned_events > 0 {
+        let incidents = self.opts.incidents_retention.as_secs();
+        let pruned_incidents = self.conn.execute(
+            &format!(
+                "DELETE FROM main.incidents WHERE resolved_at < ago(to_seconds({incidents}))
+                 AND NOT EXISTS (SELECT 1 FROM main.objects o
+                                 WHERE o.context = incidents.context AND o.uid = incidents.object_uid)"
+            ),
+            [],
+        )?;
+        if pruned_incidents > 0 {
+            self.reload_tracker();
+        }
+        if pruned_changes + pruned_events + pruned_incidents > 0 {
             tracing::info!(
                 changes = pruned_changes,
                 events = pruned_events,
-                "pruned changes and events past their retention"
+                incidents = pruned_incidents,
+                "pruned rows past their retention"
             );
         }
         Ok(())
@@ -430,17 +463,19 @@ impl Writer {
                     } => {
                         touched.insert(context.clone());
                         dirty_res.insert(resource_of(kind, &context, &rows));
-                        pending
+                        let earlier = pending
                             .entry(kind)
                             .or_default()
-                            .insert((context, rows.uid.clone()), Some(rows));
+                            .insert((context.clone(), rows.uid.clone()), Some(rows));
+                        self.observe_superseded(&context, earlier)?;
                     }
                     Op::Delete { kind, context, uid } => {
                         touched.insert(context.clone());
-                        pending
+                        let earlier = pending
                             .entry(kind)
                             .or_default()
-                            .insert((context, uid), None);
+                            .insert((context.clone(), uid), None);
+                        self.observe_superseded(&context, earlier)?;
                     }
                     Op::Sweep {
                         kind,

@@ -599,3 +599,44 @@ async fn follow_streams_an_incident_within_two_seconds() {
     assert!(took < Duration::from_secs(2), "the incident took {took:?}");
     eprintln!("follow latency: {took:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ended_incidents_are_pruned_only_once_their_object_is_gone() {
+    let env = Env::start(1, 10).await;
+    let c = env.fleet.clusters[0].clone();
+    let vars = [
+        ("KQ_HEALTHY_AFTER_SECS", "1"),
+        ("KQ_INCIDENTS_RETENTION_DAYS", "0"),
+    ];
+    let kqd = env.kqd_with(&vars).await;
+    synced(&env).await;
+    let pods = running_pods(&c);
+    let (kept, gone) = (pods[0].clone(), pods[1].clone());
+    for p in [&kept, &gone] {
+        scenario::crash_container(&c.store, &p.ns, &p.name, &p.container, 1, "Error", None)
+            .unwrap();
+    }
+    scenario::recover_container(&c.store, &kept.ns, &kept.name, &kept.container).unwrap();
+    scenario::delete(&c.store, "v1", "Pod", &gone.ns, &gone.name).unwrap();
+    let mut both = [kept.name.clone(), gone.name.clone()];
+    both.sort();
+    env.wait_csv(
+        "select object_name, resolved_at is not null as ended from incidents order by 1",
+        &format!("object_name,ended\n{},true\n{},true\n", both[0], both[1]),
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+
+    // Retention runs when kqd starts: the deleted pod's incident goes; the other stays,
+    // and the relist of its pod (still showing the exit) raises nothing new.
+    assert!(kqd.terminate().success());
+    let _kqd = env.kqd_with(&vars).await;
+    synced(&env).await;
+    assert_eq!(
+        env.csv("select object_name, resolved_at is not null as ended from incidents")
+            .await
+            .unwrap(),
+        format!("object_name,ended\n{},true\n", kept.name)
+    );
+}
