@@ -245,6 +245,21 @@ fn healthy_since(phase: &str, statuses: Option<&Vec<ContainerStatus>>) -> Option
     }
 }
 
+/// Fills a signal from a condition: its reason and message, and its transition time as
+/// the occurrence (a condition that flips again is a new one).
+fn from_condition(
+    s: &mut Signal,
+    reason: &Option<String>,
+    message: &Option<String>,
+    transition: &Option<Time>,
+    status: &str,
+) {
+    s.reason = reason.clone();
+    s.message = message.as_deref().map(truncate);
+    s.marker = stamp(transition).or_else(|| Some(status.to_string()));
+    s.at = micros(transition);
+}
+
 /// A Job's Failed condition.
 pub fn job(j: &Job) -> Observed {
     let mut signals = Vec::new();
@@ -258,10 +273,13 @@ pub fn job(j: &Job) -> Observed {
         });
     if let Some(c) = failed {
         let mut s = signal("job/failed".into(), "job_failed", "high");
-        s.reason = c.reason.clone();
-        s.message = c.message.as_deref().map(truncate);
-        s.marker = stamp(&c.last_transition_time).or_else(|| Some("failed".into()));
-        s.at = micros(&c.last_transition_time);
+        from_condition(
+            &mut s,
+            &c.reason,
+            &c.message,
+            &c.last_transition_time,
+            &c.status,
+        );
         signals.push(s);
     }
     Observed {
@@ -291,10 +309,13 @@ pub fn node(n: &Node) -> Observed {
             _ => continue,
         };
         let mut s = signal(format!("node/{}", c.type_), typ, severity);
-        s.reason = c.reason.clone();
-        s.message = c.message.as_deref().map(truncate);
-        s.marker = stamp(&c.last_transition_time).or_else(|| Some(c.status.clone()));
-        s.at = micros(&c.last_transition_time);
+        from_condition(
+            &mut s,
+            &c.reason,
+            &c.message,
+            &c.last_transition_time,
+            &c.status,
+        );
         signals.push(s);
     }
     Observed {

@@ -136,7 +136,22 @@ impl Kind {
 
     /// API group, version, kind and resource of a typed kind, as its `objects` rows say.
     pub fn gvk(self) -> Gvk {
-        let (group, version, kind) = match self {
+        let (group, version, kind) = self.parts();
+        Gvk {
+            group: group.into(),
+            version: version.into(),
+            kind: kind.into(),
+            resource: self.table().into(),
+        }
+    }
+
+    /// The API group, without allocating: the writer asks for it on every upsert.
+    pub fn group(self) -> &'static str {
+        self.parts().0
+    }
+
+    fn parts(self) -> (&'static str, &'static str, &'static str) {
+        match self {
             Kind::Namespaces => ("", "v1", "Namespace"),
             Kind::Nodes => ("", "v1", "Node"),
             Kind::Pods => ("", "v1", "Pod"),
@@ -165,12 +180,6 @@ impl Kind {
             Kind::HorizontalPodAutoscalers => ("autoscaling", "v2", "HorizontalPodAutoscaler"),
             Kind::PodDisruptionBudgets => ("policy", "v1", "PodDisruptionBudget"),
             Kind::Objects => ("", "", ""),
-        };
-        Gvk {
-            group: group.into(),
-            version: version.into(),
-            kind: kind.into(),
-            resource: self.table().into(),
         }
     }
 

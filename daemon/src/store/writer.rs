@@ -102,8 +102,11 @@ fn resource_of(kind: Kind, context: &str, rows: &ObjectRows) -> ResKey {
         };
         return (context.to_string(), text(8), text(11));
     }
-    let g = kind.gvk();
-    (context.to_string(), g.group, g.resource)
+    (
+        context.to_string(),
+        kind.group().to_string(),
+        kind.table().to_string(),
+    )
 }
 
 /// Positions of namespace, name and resourceVersion in a row of `kind`'s table: the
@@ -624,8 +627,7 @@ impl Writer {
             let r = text_at(&rows.row, 11).unwrap_or_default();
             return self.index.resource_id(g, r);
         }
-        let gvk = kind.gvk();
-        self.index.resource_id(&gvk.group, &gvk.resource)
+        self.index.resource_id(kind.group(), kind.table())
     }
 
     /// Writes pending upserts and deletes. The index says which objects are new (appended),
@@ -783,10 +785,7 @@ impl Writer {
         // there (the usual case) costs no query.
         let res = match scope {
             Some((g, r)) => self.index.resource_id(g, r),
-            None => {
-                let gvk = kind.gvk();
-                self.index.resource_id(&gvk.group, &gvk.resource)
-            }
+            None => self.index.resource_id(kind.group(), kind.table()),
         };
         if self.index.sweep(ctx, res, keep) == 0 {
             return Ok(());
