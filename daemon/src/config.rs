@@ -7,7 +7,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::images::ImageOptions;
 use crate::rows::Kind;
+
+mod images;
 use crate::store::StoreOptions;
 
 /// Errors reading the configuration, naming the file or variable.
@@ -50,6 +53,8 @@ pub struct Config {
     /// Where the PostgreSQL mirror will write (`postgres://…`). Read and checked now; the
     /// mirror itself is a later piece of work.
     pub postgres_url: Option<String>,
+    /// Image sizing: cache, workers, TTLs, registry rate limits.
+    pub images: ImageOptions,
 }
 
 /// A `postgres://` URL with its password replaced, for printing.
@@ -206,6 +211,7 @@ struct FileConfig {
     events_retention_days: Option<f64>,
     incidents_retention_days: Option<f64>,
     postgres_url: Option<String>,
+    images: Option<images::ImagesFile>,
 }
 
 /// Seconds (fractions allowed) as a duration; negative or non-finite values are refused.
@@ -233,6 +239,7 @@ impl Default for Config {
             keep_removed_contexts: false,
             kinds: Arc::default(),
             postgres_url: None,
+            images: ImageOptions::default(),
         }
     }
 }
@@ -280,6 +287,9 @@ impl Config {
         }
         if let Some(u) = f.postgres_url {
             self.postgres_url = Some(postgres_url("postgres_url", u)?);
+        }
+        if let Some(i) = f.images {
+            i.apply(&mut self.images)?;
         }
         if let Some(d) = f.changes_retention_days {
             self.store.changes_retention = secs("changes_retention_days", d * 86_400.0)?;
@@ -400,7 +410,7 @@ impl Config {
         if let Some(d) = float("KQ_HEALTHY_AFTER_SECS")? {
             inc.healthy_after = d;
         }
-        Ok(())
+        images::apply_env(&mut self.images)
     }
 
     /// The DuckDB file.

@@ -12,7 +12,7 @@ use crate::flight::KqFlightSql;
 use crate::kubeconfig;
 use crate::query::Engine;
 use crate::reload;
-use crate::store::{Opened, Store};
+use crate::store::{Op, Opened, Store};
 
 /// Why kqd could not start.
 #[derive(Debug, thiserror::Error)]
@@ -56,7 +56,16 @@ pub async fn run(
     tracing::info!(socket = %config.socket.display(), "serving Flight SQL");
 
     let watchers = shutdown.child_token();
-    let mut fleet = Fleet::new(tx.clone(), store.clone(), resync, &config, watchers.clone());
+    let clients = Arc::new(crate::images::Clients::default());
+    let images = start_images(&config, &tx, &clients, &watchers).await;
+    let mut fleet = Fleet::new(
+        tx.clone(),
+        store.clone(),
+        resync,
+        &config,
+        watchers.clone(),
+        clients,
+    );
     fleet.apply(&config).await;
     let reloader = tokio::spawn(follow_changes(
         fleet,
@@ -95,6 +104,9 @@ pub async fn run(
     crate::notify::stopping();
     watchers.cancel();
     let _ = reloader.await;
+    if let Some(t) = images {
+        let _ = t.await;
+    }
     drop(tx);
     if !writer_failed {
         let _ = writer_task.await;
@@ -110,6 +122,31 @@ pub async fn run(
         path: config.socket.clone(),
         source,
     })
+}
+
+/// Starts image sizing when it is on, and tells the writer where to send what pods and nodes
+/// say about images. A registry client that cannot be built turns sizing off, not kqd.
+async fn start_images(
+    config: &Config,
+    tx: &tokio::sync::mpsc::Sender<Op>,
+    clients: &Arc<crate::images::Clients>,
+    cancel: &CancellationToken,
+) -> Option<tokio::task::JoinHandle<()>> {
+    if !config.images.enabled {
+        tracing::info!("image sizing is off");
+        return None;
+    }
+    let secrets: Arc<dyn crate::images::PullSecrets> = clients.clone();
+    match crate::images::spawn(config.images.clone(), tx.clone(), Some(secrets), cancel.clone()) {
+        Ok((sightings, task)) => {
+            let _ = tx.send(Op::ImageSightings(sightings)).await;
+            Some(task)
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "image sizing cannot start; images stay unsized");
+            None
+        }
+    }
 }
 
 /// Keeps the fleet in step with the kubeconfig files (watched) and the config (SIGHUP)

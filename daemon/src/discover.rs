@@ -235,5 +235,6 @@ fn object_rows(ctx: &Arc<str>, gvk: &Gvk, ar: &ApiResource, mut o: DynamicObject
         children: vec![],
         object: None,
         observed: None,
+        images: None,
     }
 }

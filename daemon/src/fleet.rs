@@ -40,6 +40,7 @@ pub struct Fleet {
     running: HashMap<String, Running>,
     /// The first `apply` also settles contexts an earlier run left in the database.
     first: bool,
+    clients: Arc<crate::images::Clients>,
 }
 
 impl Fleet {
@@ -49,6 +50,7 @@ impl Fleet {
         resync: tokio::sync::watch::Receiver<u64>,
         config: &Config,
         parent: CancellationToken,
+        clients: Arc<crate::images::Clients>,
     ) -> Fleet {
         Fleet {
             tx,
@@ -59,6 +61,7 @@ impl Fleet {
             files: Files::default(),
             running: HashMap::new(),
             first: true,
+            clients,
         }
     }
 
@@ -161,6 +164,7 @@ impl Fleet {
                 watch::Plan {
                     sync_slots: self.sync_slots.clone(),
                     kinds: config.kinds.clone(),
+                    clients: self.clients.clone(),
                 },
                 self.resync.clone(),
                 cancel.clone(),

@@ -5,6 +5,7 @@ pub mod config;
 pub mod discover;
 pub mod fleet;
 pub mod flight;
+pub mod images;
 pub mod incidents;
 pub mod kubeconfig;
 pub mod notify;

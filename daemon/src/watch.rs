@@ -138,6 +138,7 @@ async fn connect_and_watch(
         Ok(c) => c,
         Err(e) => return crate::describe(&e),
     };
+    plan.clients.set(ctx, client.clone());
     let version = match tokio::time::timeout(Duration::from_secs(15), client.apiserver_version())
         .await
     {
@@ -441,6 +442,8 @@ pub const PAGE_SIZE: u32 = 100;
 pub struct Plan {
     pub sync_slots: Arc<Semaphore>,
     pub kinds: Arc<KindFilter>,
+    /// Each connected context's client, for reading pull secrets when sizing images.
+    pub clients: Arc<crate::images::Clients>,
 }
 
 /// How a watcher of one kind ended.

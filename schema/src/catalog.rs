@@ -306,6 +306,88 @@ pub static CATALOG: LazyLock<Vec<Table>> = LazyLock::new(|| {
                 c("cpu_limit_m", "BIGINT", "CPU limit in millicores."),
                 c("memory_request_bytes", "BIGINT", "Memory request in bytes."),
                 c("memory_limit_bytes", "BIGINT", "Memory limit in bytes."),
+                c(
+                    "image_ref",
+                    "VARCHAR",
+                    "The image in canonical form (nginx is docker.io/library/nginx:latest); joins image_refs.ref.",
+                ),
+            ],
+        },
+        Table {
+            name: "images",
+            description: "One row per image that any pod of any context uses, with its compressed size: from node status when a node reports it, else from its registry.",
+            view: None,
+            columns: vec![
+                c(
+                    "image",
+                    "VARCHAR",
+                    "The image: registry/repository@digest, or its canonical reference while the digest is unknown. A tag and a digest naming the same image share one row.",
+                ),
+                c(
+                    "name",
+                    "VARCHAR",
+                    "Its best name: a tag reference when one is known, else the digest reference.",
+                ),
+                c("registry", "VARCHAR", "Registry host (docker.io, ghcr.io…)."),
+                c("repository", "VARCHAR", "Repository within the registry."),
+                c(
+                    "digest",
+                    "VARCHAR",
+                    "Manifest digest the tag resolved to (a multi-arch index's own digest).",
+                ),
+                c(
+                    "size_bytes",
+                    "BIGINT",
+                    "Compressed size: layers plus config of the manifest for the platform.",
+                ),
+                c(
+                    "source",
+                    "VARCHAR",
+                    "node (node.status.images) or registry (the OCI distribution API).",
+                ),
+                c("platform", "VARCHAR", "os/arch the size is for."),
+                c("fetched_at", "TIMESTAMPTZ", "When the size or digest was learnt."),
+                c(
+                    "expires_at",
+                    "TIMESTAMPTZ",
+                    "When the tag-to-digest answer is looked up again.",
+                ),
+                c(
+                    "error",
+                    "VARCHAR",
+                    "Why the last lookup failed (not found, unauthorized, unreachable), else NULL.",
+                ),
+            ],
+        },
+        Table {
+            name: "image_refs",
+            description: "Every image reference pods use, in canonical form, and the image it names.",
+            view: None,
+            columns: vec![
+                c(
+                    "ref",
+                    "VARCHAR",
+                    "Canonical reference, as containers.image_ref.",
+                ),
+                c("image", "VARCHAR", "The image it names: images.image."),
+            ],
+        },
+        Table {
+            name: "container_images",
+            description: "View: every container with its image's size; containers join image_refs on image_ref, and image_refs join images on image.",
+            view: Some(CONTAINER_IMAGES),
+            columns: vec![
+                c("context", "VARCHAR", "Kubeconfig context."),
+                c("namespace", "VARCHAR", "Pod namespace."),
+                c("pod", "VARCHAR", "Pod name."),
+                c("container", "VARCHAR", "Container name."),
+                c("kind", "VARCHAR", "container | init | ephemeral."),
+                c("image_ref", "VARCHAR", "Canonical image reference."),
+                c("image", "VARCHAR", "images.image, once looked up."),
+                c("image_name", "VARCHAR", "images.name."),
+                c("size_bytes", "BIGINT", "Compressed image size."),
+                c("source", "VARCHAR", "node or registry."),
+                c("error", "VARCHAR", "Why the image could not be sized."),
             ],
         },
         workload(
@@ -974,6 +1056,10 @@ LEFT JOIN (SELECT context, count(*) FILTER (WHERE state IN ('ready', 'forbidden'
 
 /// CRDs come through `objects` (discovery watches them to notice new ones); this names their
 /// fields.
+const CONTAINER_IMAGES: &str = "SELECT c.context, c.namespace, c.pod, c.name AS container, c.kind, c.image_ref,
+    i.image, i.name AS image_name, i.size_bytes, i.source, i.error
+  FROM containers c LEFT JOIN image_refs r ON r.ref = c.image_ref LEFT JOIN images i ON i.image = r.image";
+
 const CRDS: &str = "SELECT context, name, uid, created_at,
        object->'spec'->>'group' AS api_group,
        object->'spec'->'names'->>'kind' AS kind,

@@ -12,7 +12,7 @@ pub struct Migration {
 }
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: u32 = 10;
+pub const SCHEMA_VERSION: u32 = 11;
 
 /// Every migration, oldest first.
 pub static MIGRATIONS: &[Migration] = &[
@@ -66,6 +66,11 @@ pub static MIGRATIONS: &[Migration] = &[
         description: "status: per-context state, sync progress and last change, as a view",
         sql: v10,
     },
+    Migration {
+        version: 11,
+        description: "images: sizes of every image pods use, and containers.image_ref",
+        sql: v11,
+    },
 ];
 
 /// Creates the named catalog tables. A migration names its tables so that later catalog
@@ -81,6 +86,13 @@ fn create_tables(names: &[&str]) -> String {
         })
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+fn v11() -> String {
+    let mut sql =
+        "ALTER TABLE containers ADD COLUMN IF NOT EXISTS image_ref VARCHAR;\n".to_string();
+    sql.push_str(&create_tables(&["images", "image_refs", "container_images"]));
+    sql
 }
 
 fn v10() -> String {

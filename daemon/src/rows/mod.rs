@@ -236,6 +236,8 @@ pub struct ObjectRows {
     /// What the object says went wrong, for the incident tracker (pods, jobs, nodes and
     /// Warning events only).
     pub observed: Option<Box<crate::incidents::Observed>>,
+    /// The images a pod uses or a node holds, for image sizing.
+    pub images: Option<Box<crate::images::Sighting>>,
 }
 
 /// The `objects` row of an object: its metadata, already parsed, and its JSON, already
@@ -325,6 +327,7 @@ pub(crate) fn single(meta: &ObjectMeta, row: Row) -> ObjectRows {
         children: vec![],
         object: None,
         observed: None,
+        images: None,
     }
 }
 
@@ -363,6 +366,7 @@ pub fn namespace(ctx: &Arc<str>, ns: &Namespace) -> ObjectRows {
         children: vec![],
         object: None,
         observed: None,
+        images: None,
     }
 }
 
@@ -419,6 +423,7 @@ pub fn node(ctx: &Arc<str>, n: &Node) -> ObjectRows {
         children: vec![],
         object: None,
         observed: Some(Box::new(crate::incidents::detect::node(n))),
+        images: Some(Box::new(node_images(ctx, n))),
     }
 }
 
@@ -472,15 +477,22 @@ pub fn pod(ctx: &Arc<str>, p: &Pod) -> ObjectRows {
     let uid = meta.uid.clone().unwrap_or_default();
     let pod_name = meta.name.clone().unwrap_or_default();
     let mut children = Vec::new();
+    let mut image_refs: Vec<String> = Vec::new();
     let mut push = |kind: &str,
                     name: &str,
                     image: Option<&str>,
                     res: Option<&k8s_openapi::api::core::v1::ResourceRequirements>,
                     st: &[ContainerStatus]| {
         let cs = st.iter().find(|c| c.name == name);
-        children.push(container_row(
-            ctx, &ns, &pod_name, &uid, kind, name, image, res, cs,
-        ));
+        let image_ref = image.and_then(crate::images::reference::canonical);
+        if let Some(r) = &image_ref
+            && !image_refs.contains(r)
+        {
+            image_refs.push(r.clone());
+        }
+        let mut row = container_row(ctx, &ns, &pod_name, &uid, kind, name, image, res, cs);
+        row.push(opt_text(&image_ref));
+        children.push(row);
     };
     if let Some(spec) = spec {
         for c in spec.init_containers.iter().flatten() {
@@ -518,6 +530,51 @@ pub fn pod(ctx: &Arc<str>, p: &Pod) -> ObjectRows {
         children,
         object: None,
         observed: Some(Box::new(crate::incidents::detect::pod(p))),
+        images: Some(Box::new(crate::images::Sighting::Pod {
+            context: ctx.clone(),
+            namespace: meta.namespace.clone().unwrap_or_default(),
+            node: spec.and_then(|s| s.node_name.clone()),
+            pull_secrets: spec
+                .and_then(|s| s.image_pull_secrets.as_ref())
+                .map(|v| v.iter().map(|r| r.name.clone()).collect())
+                .unwrap_or_default(),
+            refs: image_refs,
+        })),
+    }
+}
+
+/// A node's platform and `status.images`, names in canonical form.
+fn node_images(ctx: &Arc<str>, n: &Node) -> crate::images::Sighting {
+    let status = n.status.as_ref();
+    let info = status.and_then(|s| s.node_info.as_ref());
+    let platform = match info {
+        Some(i) if !i.operating_system.is_empty() => {
+            format!("{}/{}", i.operating_system, i.architecture)
+        }
+        _ => "linux/amd64".to_string(),
+    };
+    let images = status
+        .and_then(|s| s.images.as_ref())
+        .map(|list| {
+            list.iter()
+                .map(|im| crate::images::NodeImage {
+                    names: im
+                        .names
+                        .iter()
+                        .flatten()
+                        .filter_map(|n| crate::images::reference::canonical(n))
+                        .collect(),
+                    size_bytes: im.size_bytes.unwrap_or(0),
+                })
+                .filter(|im| !im.names.is_empty())
+                .collect()
+        })
+        .unwrap_or_default();
+    crate::images::Sighting::Node {
+        context: ctx.clone(),
+        node: n.metadata.name.clone().unwrap_or_default(),
+        platform,
+        images,
     }
 }
 

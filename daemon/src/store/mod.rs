@@ -4,6 +4,7 @@
 //! `index`). Readers get their own connections to the same database through [`Store::reader`].
 
 mod batch;
+mod images;
 mod incidents;
 mod index;
 mod migrate;
@@ -104,6 +105,10 @@ pub enum Op {
     ContextConfigError { name: String, error: Option<String> },
     /// A context left the kubeconfig: remove its rows everywhere.
     RemoveContext { name: String },
+    /// An image was sized (or failed to be): its `images` row and the references naming it.
+    Image(Box<crate::images::ImageFound>),
+    /// Where to send what pods and nodes say about images (image sizing is on).
+    ImageSightings(tokio::sync::mpsc::UnboundedSender<crate::images::Sighting>),
     /// Answered once everything sent before it is committed.
     Barrier(oneshot::Sender<()>),
 }

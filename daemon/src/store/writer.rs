@@ -90,6 +90,9 @@ pub struct Writer {
     resources: BTreeMap<ResKey, ResourceRow>,
     /// Told when a batch is lost, so that every context relists.
     resync: tokio::sync::watch::Sender<u64>,
+    /// Image sizing's inbox, when it is on; and the image references already sent to it.
+    sightings: Option<tokio::sync::mpsc::UnboundedSender<crate::images::Sighting>>,
+    seen_refs: HashSet<String>,
 }
 
 /// The resource an upserted object belongs to: a typed kind's, or the one its `objects` row
@@ -232,6 +235,8 @@ impl Writer {
             follow,
             resources: BTreeMap::new(),
             resync,
+            sightings: None,
+            seen_refs: HashSet::new(),
         })
     }
 
@@ -323,6 +328,38 @@ impl Writer {
             tracing::warn!(error = %e, "final checkpoint failed; the WAL will be replayed at next start");
         }
         tracing::info!("store writer stopped");
+    }
+
+    /// Passes what a pod or node says about images to image sizing, when it is on; a pod's
+    /// references only the first time any pod names them.
+    fn forward_images(&mut self, s: crate::images::Sighting) {
+        let Some(tx) = &self.sightings else { return };
+        let s = match s {
+            crate::images::Sighting::Pod {
+                context,
+                namespace,
+                node,
+                pull_secrets,
+                mut refs,
+            } => {
+                refs.retain(|r| !self.seen_refs.contains(r));
+                if refs.is_empty() {
+                    return;
+                }
+                self.seen_refs.extend(refs.iter().cloned());
+                crate::images::Sighting::Pod {
+                    context,
+                    namespace,
+                    node,
+                    pull_secrets,
+                    refs,
+                }
+            }
+            other => other,
+        };
+        if tx.send(s).is_err() {
+            self.sightings = None;
+        }
     }
 
     /// Rebuilds the incident tracker from the database, after a rollback.
@@ -455,6 +492,7 @@ impl Writer {
         let mut touched: HashSet<Arc<str>> = HashSet::new();
         let mut dirty: HashSet<String> = HashSet::new();
         let mut dirty_res: HashSet<ResKey> = HashSet::new();
+        let mut images_changed = false;
         self.conn.execute_batch("BEGIN TRANSACTION")?;
         let result = (|| -> Result<(), StoreError> {
             for op in batch {
@@ -462,8 +500,11 @@ impl Writer {
                     Op::Upsert {
                         kind,
                         context,
-                        rows,
+                        mut rows,
                     } => {
+                        if let Some(s) = rows.images.take() {
+                            self.forward_images(*s);
+                        }
                         touched.insert(context.clone());
                         dirty_res.insert(resource_of(kind, &context, &rows));
                         let earlier = pending
@@ -491,6 +532,11 @@ impl Writer {
                         self.flush_kind(&mut pending, kind)?;
                         touched.insert(context.clone());
                         self.sweep(kind, &context, &keep, scope.as_ref())?;
+                        if kind == Kind::Nodes {
+                            self.forward_images(crate::images::Sighting::NodesListed {
+                                context: context.clone(),
+                            });
+                        }
                     }
                     Op::RemoveResource {
                         context,
@@ -558,8 +604,16 @@ impl Writer {
                         touched.retain(|c| **c != *name);
                         dirty.remove(&name);
                     }
+                    Op::Image(found) => {
+                        super::images::write(&self.conn, &found)?;
+                        images_changed = true;
+                    }
+                    Op::ImageSightings(tx) => self.sightings = Some(tx),
                     Op::Barrier(b) => barriers.push(b),
                 }
+            }
+            if images_changed {
+                super::images::drop_orphans(&self.conn)?;
             }
             let t = Instant::now();
             self.flush(&mut pending)?;

@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 
 use kube_sim::{Fleet, FleetOptions, GenSpec};
 
+pub mod registry;
+
 /// A built binary of this workspace (`kqd`, `kq`, `kube-sim`), next to the test executable.
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("the test knows its own path");
@@ -121,6 +123,9 @@ impl Env {
             .arg("--log-level")
             .arg("info,kq_daemon=debug")
             .env_remove("KUBECONFIG")
+            // The image cache and docker config live under the test's HOME, never the user's.
+            .env_remove("XDG_CACHE_HOME")
+            .env_remove("DOCKER_CONFIG")
             .env("HOME", self.dir.path())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log file"));
@@ -218,6 +223,23 @@ fn uuid_like() -> String {
     static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     format!("{}-{n}", std::process::id())
+}
+
+/// Polls an async `cond` until it holds or `timeout` passes; returns whether it held.
+pub async fn eventually_async<F: std::future::Future<Output = bool>>(
+    timeout: Duration,
+    mut cond: impl FnMut() -> F,
+) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond().await {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Polls `cond` until it holds or `timeout` passes; returns whether it held.

@@ -344,7 +344,8 @@ pub fn ensure_namespace(store: &Store, name: &str) -> Result<(), ApiError> {
 fn node(name: &str, i: usize, rng: &mut Rng) -> Value {
     let images: Vec<Value> = IMAGES
         .iter()
-        .filter(|_| rng.below(4) != 0)
+        // The first node holds every image, so each generated image has a node-reported size.
+        .filter(|_| rng.below(4) != 0 || i == 0)
         .map(|im| json!({"names": [format!("{}@{}", repo_of(im.reference), image_digest(im.reference)), im.reference], "sizeBytes": im.size_bytes}))
         .collect();
     json!({

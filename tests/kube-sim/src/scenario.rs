@@ -173,6 +173,22 @@ pub fn set_node_condition(
     })
 }
 
+/// The kubelet pulled an image: the node lists it in `status.images` under `names`.
+pub fn add_node_image(
+    store: &Store,
+    node: &str,
+    names: &[&str],
+    size_bytes: u64,
+) -> Result<Value, ApiError> {
+    update_status(store, "v1", "Node", "", node, |n| {
+        let entry = json!({"names": names, "sizeBytes": size_bytes});
+        match n["status"]["images"].as_array_mut() {
+            Some(list) => list.push(entry),
+            None => n["status"]["images"] = json!([entry]),
+        }
+    })
+}
+
 /// Records a Warning event about an object, as a controller or the kubelet would.
 pub fn warning_event(
     store: &Store,

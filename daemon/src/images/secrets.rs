@@ -1,0 +1,86 @@
+//! Pull secrets: the registry credentials a pod names in `imagePullSecrets`, read from its
+//! cluster when a lookup needs them and dropped right after. kq never stores them.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::Api;
+
+use super::auth::{Basic, Credentials};
+
+/// Finds credentials for a registry among a pod's pull secrets.
+pub trait PullSecrets: Send + Sync {
+    fn credentials<'a>(
+        &'a self,
+        context: &'a str,
+        namespace: &'a str,
+        names: &'a [String],
+        registry: &'a str,
+    ) -> Pin<Box<dyn Future<Output = Option<Basic>> + Send + 'a>>;
+}
+
+/// The API client of every connected context, registered by its supervisor.
+#[derive(Default)]
+pub struct Clients(Mutex<HashMap<Arc<str>, kube::Client>>);
+
+impl Clients {
+    pub fn set(&self, context: &Arc<str>, client: kube::Client) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(context.clone(), client);
+    }
+
+    fn get(&self, context: &str) -> Option<kube::Client> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(context)
+            .cloned()
+    }
+}
+
+impl PullSecrets for Clients {
+    fn credentials<'a>(
+        &'a self,
+        context: &'a str,
+        namespace: &'a str,
+        names: &'a [String],
+        registry: &'a str,
+    ) -> Pin<Box<dyn Future<Output = Option<Basic>> + Send + 'a>> {
+        Box::pin(async move {
+            let client = self.get(context)?;
+            let api: Api<Secret> = Api::namespaced(client, namespace);
+            for name in names {
+                let secret = match api.get_opt(name).await {
+                    Ok(Some(s)) => s,
+                    Ok(None) => continue,
+                    Err(e) => {
+                        // Reading secrets is often forbidden; the lookup goes on without.
+                        tracing::debug!(context, namespace, secret = %name, error = %crate::describe(&e), "cannot read a pull secret");
+                        continue;
+                    }
+                };
+                let Some(data) = secret.data else { continue };
+                let creds = if let Some(v) = data.get(".dockerconfigjson") {
+                    Credentials::parse(&v.0)
+                } else if let Some(v) = data.get(".dockercfg") {
+                    // The legacy format is the `auths` map on its own.
+                    let mut wrapped = b"{\"auths\":".to_vec();
+                    wrapped.extend_from_slice(&v.0);
+                    wrapped.push(b'}');
+                    Credentials::parse(&wrapped)
+                } else {
+                    continue;
+                };
+                if let Some(b) = creds.ok().and_then(|c| c.get(registry).cloned()) {
+                    return Some(b);
+                }
+            }
+            None
+        })
+    }
+}

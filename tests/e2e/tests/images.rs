@@ -1,0 +1,526 @@
+//! Image sizes against a real registry (Debian's docker-registry, behind a recording proxy):
+//! sizes equal the pushed manifests' sums, multi-arch indexes resolve to the node's platform,
+//! repeated lookups within the TTL cost zero requests and after it one HEAD and no GET, a 429's
+//! Retry-After is obeyed, the request rate stays under its limit, and kqd sizes pod images
+//! from node status without asking any registry.
+
+use std::time::Duration;
+
+use kq_daemon::images::{
+    Cache, Credentials, ImageRef, Job, LookupOptions, Outcome, Registry as Client,
+    RegistryOptions, SizedImage, resolve,
+};
+use kq_e2e::Env;
+use kq_e2e::registry::{Fault, Gate, Pushed, Registry, Seen};
+use kube_sim::scenario;
+
+fn client(reg: &Registry, rate: f64) -> Client {
+    Client::new(
+        RegistryOptions {
+            rate_per_sec: rate,
+            insecure: vec![reg.host.clone()],
+            backoff_base: Duration::from_millis(100),
+            ..Default::default()
+        },
+        Credentials::default(),
+    )
+    .expect("a registry client")
+}
+
+fn job(reference: &str, platform: &str) -> Job {
+    let image = ImageRef::parse(reference).expect("a valid reference");
+    Job {
+        reference: image.canonical(),
+        image,
+        platform: platform.to_string(),
+        pull_secret: None,
+    }
+}
+
+async fn sized(c: &Client, cache: &Cache, j: &Job, now: i64) -> SizedImage {
+    match resolve(c, cache, &LookupOptions::default(), j, now).await {
+        Outcome::Sized(s) => s,
+        Outcome::Failed { error, .. } => panic!("{} not sized: {error}", j.reference),
+    }
+}
+
+fn count(seen: &[Seen], method: &str) -> usize {
+    seen.iter().filter(|s| s.method == method).count()
+}
+
+/// A single-platform image and a two-platform index.
+struct Pushes {
+    app: Pushed,
+    amd: Pushed,
+    arm: Pushed,
+    index: String,
+}
+
+async fn push(reg: &Registry) -> Pushes {
+    let app = reg
+        .push_image("team/app", Some("v1"), &[1000, 2345], "linux", "amd64")
+        .await;
+    let amd = reg
+        .push_image("team/multi", None, &[3000, 10], "linux", "amd64")
+        .await;
+    let arm = reg
+        .push_image("team/multi", None, &[777], "linux", "arm64")
+        .await;
+    let index = reg
+        .push_index(
+            "team/multi",
+            "v2",
+            &[(&amd, "linux", "amd64"), (&arm, "linux", "arm64")],
+        )
+        .await;
+    Pushes {
+        app,
+        amd,
+        arm,
+        index,
+    }
+}
+
+#[tokio::test]
+async fn sizes_match_the_manifests_and_the_cache_saves_every_repeat_request() {
+    let reg = Registry::start().await;
+    let p = push(&reg).await;
+    let h = reg.host.clone();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kq/images.sqlite");
+    let cache = Cache::open(&path);
+    let c = client(&reg, 50.0);
+    let now = jiff::Timestamp::now().as_second();
+    let jobs = [
+        job(&format!("{h}/team/app:v1"), "linux/amd64"),
+        job(&format!("{h}/team/app@{}", p.app.digest), "linux/amd64"),
+        job(&format!("{h}/team/multi:v2"), "linux/amd64"),
+        job(&format!("{h}/team/multi:v2"), "linux/arm64"),
+    ];
+    let want = [
+        (&p.app.digest, p.app.size_bytes),
+        (&p.app.digest, p.app.size_bytes),
+        (&p.index, p.amd.size_bytes),
+        (&p.index, p.arm.size_bytes),
+    ];
+
+    for (j, (digest, size)) in jobs.iter().zip(want) {
+        let s = sized(&c, &cache, j, now).await;
+        assert_eq!((&s.digest, s.size_bytes), (digest, size), "{}", j.reference);
+        assert_eq!(s.platform, j.platform);
+    }
+    let first = reg.seen();
+    assert_eq!(count(&first, "HEAD"), 2, "one HEAD per tag: {first:#?}");
+    let gets: Vec<&str> = first
+        .iter()
+        .filter(|s| s.method == "GET")
+        .map(|s| s.path.as_str())
+        .collect();
+    let mut distinct = gets.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(
+        gets.len(),
+        distinct.len(),
+        "no manifest is fetched twice: {gets:?}"
+    );
+    assert_eq!(gets.len(), 4, "app, the index, and its two platform manifests: {gets:?}");
+    assert!(gets.iter().all(|g| g.contains("/manifests/sha256:")), "GETs go by digest: {gets:?}");
+
+    // Within the TTL, nothing reaches the registry.
+    reg.clear();
+    for (j, (digest, size)) in jobs.iter().zip(want) {
+        let s = sized(&c, &cache, j, now + 3600).await;
+        assert_eq!((&s.digest, s.size_bytes), (digest, size));
+    }
+    assert!(reg.seen().is_empty(), "second pass: {:#?}", reg.seen());
+
+    // After the TTL each tag costs one HEAD, and no GET: the digests did not change.
+    let later = now + 25 * 3600;
+    for (j, (digest, size)) in jobs.iter().zip(want) {
+        let s = sized(&c, &cache, j, later).await;
+        assert_eq!((&s.digest, s.size_bytes), (digest, size));
+    }
+    let after = reg.seen();
+    assert_eq!(count(&after, "HEAD"), 2, "{after:#?}");
+    assert_eq!(count(&after, "GET"), 0, "{after:#?}");
+
+    // The cache survives a restart: a new process (a fresh open) asks nothing either.
+    drop(cache);
+    let cache = Cache::open(&path);
+    reg.clear();
+    for (j, (_, size)) in jobs.iter().zip(want) {
+        assert_eq!(sized(&c, &cache, j, later + 60).await.size_bytes, size);
+    }
+    assert!(reg.seen().is_empty(), "after reopening: {:#?}", reg.seen());
+}
+
+#[tokio::test]
+async fn missing_images_fail_clearly_and_are_not_asked_again_for_a_while() {
+    let reg = Registry::start().await;
+    let h = reg.host.clone();
+    let dir = tempfile::tempdir().unwrap();
+    let cache = Cache::open(&dir.path().join("images.sqlite"));
+    let c = client(&reg, 50.0);
+    let j = job(&format!("{h}/team/missing:v0"), "linux/amd64");
+    let now = jiff::Timestamp::now().as_second();
+    let opts = LookupOptions::default();
+    let Outcome::Failed { error, retry_at, .. } = resolve(&c, &cache, &opts, &j, now).await else {
+        panic!("a missing image cannot be sized")
+    };
+    assert!(error.contains("not found"), "{error}");
+    assert!(error.contains("team/missing"), "the error names the image: {error}");
+    assert_eq!(retry_at, now + opts.failure_ttl.as_secs() as i64);
+    reg.clear();
+    assert!(matches!(
+        resolve(&c, &cache, &opts, &j, now + 60).await,
+        Outcome::Failed { .. }
+    ));
+    assert!(reg.seen().is_empty(), "the failure is cached: {:#?}", reg.seen());
+}
+
+#[tokio::test]
+async fn a_429_with_retry_after_is_waited_out_and_retried() {
+    let reg = Registry::start().await;
+    let p = push(&reg).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cache = Cache::open(&dir.path().join("images.sqlite"));
+    let c = client(&reg, 50.0);
+    reg.clear();
+    let told = 1;
+    reg.inject([
+        Fault {
+            status: 429,
+            retry_after: Some(told),
+        },
+        Fault {
+            status: 429,
+            retry_after: Some(told),
+        },
+    ]);
+    let j = job(&format!("{}/team/app:v1", reg.host), "linux/amd64");
+    let s = sized(&c, &cache, &j, jiff::Timestamp::now().as_second()).await;
+    assert_eq!(s.size_bytes, p.app.size_bytes);
+    let seen = reg.seen();
+    let statuses: Vec<u16> = seen.iter().map(|s| s.status).collect();
+    assert_eq!(statuses, [429, 429, 200, 200], "{seen:#?}");
+    for pair in seen[..3].windows(2) {
+        let waited = pair[1].at - pair[0].at;
+        assert!(
+            waited >= Duration::from_millis(told * 1000 - 20),
+            "kq retried {waited:?} after a 429 that said Retry-After: {told}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_request_rate_never_exceeds_the_limit() {
+    let reg = Registry::start().await;
+    let tags = 6;
+    for i in 0..tags {
+        reg.push_image("team/rated", Some(&format!("t{i}")), &[100 + i], "linux", "amd64")
+            .await;
+    }
+    reg.clear();
+    let dir = tempfile::tempdir().unwrap();
+    let cache = Cache::open(&dir.path().join("images.sqlite"));
+    let limit = 4.0;
+    let c = client(&reg, limit);
+    let now = jiff::Timestamp::now().as_second();
+    // Four lookups at a time, like kqd's workers, all to the same registry host.
+    let jobs: Vec<Job> = (0..tags)
+        .map(|i| job(&format!("{}/team/rated:t{i}", reg.host), "linux/amd64"))
+        .collect();
+    for chunk in jobs.chunks(4) {
+        let runs = chunk.iter().map(|j| sized(&c, &cache, j, now));
+        futures::future::join_all(runs).await;
+    }
+    let seen = reg.seen();
+    assert_eq!(seen.len(), 2 * tags, "a HEAD and a GET per tag: {seen:#?}");
+    let period = Duration::from_secs_f64(1.0 / limit);
+    for pair in seen.windows(2) {
+        let gap = pair[1].at - pair[0].at;
+        // A few milliseconds of slack for the loopback hop between kq and the proxy.
+        assert!(
+            gap + Duration::from_millis(15) >= period,
+            "two requests {gap:?} apart at a limit of {limit}/s"
+        );
+    }
+    let span = (seen.last().unwrap().at - seen[0].at).as_secs_f64();
+    let rate = (seen.len() - 1) as f64 / span;
+    assert!(rate <= limit * 1.02, "measured {rate:.2} requests/s at a limit of {limit}/s");
+}
+
+#[tokio::test]
+async fn kqd_sizes_every_pod_image_from_nodes_first_and_the_registry_second() {
+    let env = Env::start(2, 12).await;
+    let reg = Registry::start().await;
+    let p = push(&reg).await;
+    let cached = reg
+        .push_image("team/cached", Some("v3"), &[4096], "linux", "amd64")
+        .await;
+    let h = reg.host.clone();
+    let store = &env.fleet.clusters[0].store;
+    // A node already holds team/cached:v3: its size must come from there, at no request.
+    scenario::add_node_image(
+        store,
+        "node-001",
+        &[
+            &format!("{h}/team/cached@{}", cached.digest),
+            &format!("{h}/team/cached:v3"),
+        ],
+        55_555,
+    )
+    .unwrap();
+    let pods = [
+        ("by-tag", format!("{h}/team/app:v1")),
+        ("by-digest", format!("{h}/team/app@{}", p.app.digest)),
+        ("multi", format!("{h}/team/multi:v2")),
+        ("cached", format!("{h}/team/cached:v3")),
+        ("missing", format!("{h}/team/missing:v0")),
+    ];
+    for (name, image) in &pods {
+        scenario::create_pod(store, "default", name, image).unwrap();
+    }
+    // The same tag in another cluster: still one lookup.
+    scenario::create_pod(&env.fleet.clusters[1].store, "default", "by-tag", &pods[0].1).unwrap();
+    reg.clear();
+    let kqd = env
+        .kqd_with(&[("KQ_INSECURE_REGISTRIES", h.as_str())])
+        .await;
+    let mine = format!("ref like '{h}/%'");
+    env.wait_csv(
+        &format!("select count(*) from image_refs where {mine}"),
+        "count_star()\n5\n",
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", kqd.log()));
+    let rows = env
+        .csv(&format!(
+            "select r.ref, i.image, i.size_bytes, i.source, i.platform, i.error is not null as failed
+             from image_refs r join images i using (image) where r.{mine} order by r.ref"
+        ))
+        .await
+        .unwrap();
+    let app_image = format!("{h}/team/app@{}", p.app.digest);
+    let want = [
+        format!("{h}/team/app:v1,{app_image},{},registry,linux/amd64,false", p.app.size_bytes),
+        format!("{h}/team/app@{},{app_image},{},registry,linux/amd64,false", p.app.digest, p.app.size_bytes),
+        format!("{h}/team/cached:v3,{h}/team/cached@{},55555,node,linux/amd64,false", cached.digest),
+        format!("{h}/team/missing:v0,{h}/team/missing:v0,,,,true"),
+        format!("{h}/team/multi:v2,{h}/team/multi@{},{},registry,linux/amd64,false", p.index, p.amd.size_bytes),
+    ];
+    let got: Vec<&str> = rows.lines().skip(1).collect();
+    assert_eq!(got, want, "{}", kqd.log());
+    // The tag and the digest of team/app are one image.
+    let one = env
+        .csv(&format!("select count(*) from images where image like '{h}/team/app%'"))
+        .await
+        .unwrap();
+    assert_eq!(one.lines().nth(1), Some("1"));
+    let seen = reg.seen();
+    let heads = seen
+        .iter()
+        .filter(|s| s.method == "HEAD" && s.path == "/v2/team/app/manifests/v1")
+        .count();
+    assert_eq!(heads, 1, "one lookup for a tag two clusters use: {seen:#?}");
+    assert!(
+        seen.iter().all(|s| !s.path.contains("team/cached")),
+        "a node-reported image reached the registry: {seen:#?}"
+    );
+    let error = env
+        .csv(&format!("select error from images where image = '{h}/team/missing:v0'"))
+        .await
+        .unwrap();
+    assert!(error.contains("not found"), "{error}");
+
+    // Every image the simulator's pods run is reported by a node: all sized, none asked for.
+    let unsized_ = env
+        .csv(&format!(
+            "select count(*) from container_images where image_ref not like '{h}/%' and (size_bytes is null or source <> 'node')"
+        ))
+        .await
+        .unwrap();
+    assert_eq!(unsized_.lines().nth(1), Some("0"), "{unsized_}");
+    let generated = env
+        .csv("select count(distinct image_ref) from containers where image_ref like 'docker.io/%'")
+        .await
+        .unwrap();
+    assert_ne!(generated.lines().nth(1), Some("0"));
+
+    // The README's query runs.
+    let readme = include_str!("../../../README.md");
+    let q = readme
+        .split("```sql\n")
+        .find(|b| b.contains("-- the biggest images per context"))
+        .and_then(|b| b.split("```").next())
+        .expect("the README shows the biggest images per context");
+    let top = env.csv(q).await.unwrap();
+    let n = env
+        .csv(
+            "select sum(n)::BIGINT, max(biggest) from (select least(5, count(distinct image)) as n, max(size_bytes) as biggest
+             from container_images where size_bytes is not null group by context)",
+        )
+        .await
+        .unwrap();
+    let (n, biggest) = n.lines().nth(1).unwrap().split_once(',').unwrap();
+    assert_eq!(top.lines().count() - 1, n.parse::<usize>().unwrap(), "{top}");
+    assert!(top.contains(&format!(",{biggest},")), "{top}");
+
+    // The cache outlives kqd and its database: a new kqd on an empty inventory sizes the
+    // same images without a single registry request.
+    kqd.terminate();
+    std::fs::remove_dir_all(&env.data_dir).unwrap();
+    reg.clear();
+    let kqd = env
+        .kqd_with(&[("KQ_INSECURE_REGISTRIES", h.as_str())])
+        .await;
+    env.wait_csv(
+        &format!("select count(*) from image_refs where {mine}"),
+        "count_star()\n5\n",
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", kqd.log()));
+    let again = env
+        .csv(&format!(
+            "select r.ref, i.image, i.size_bytes, i.source, i.platform, i.error is not null as failed
+             from image_refs r join images i using (image) where r.{mine} order by r.ref"
+        ))
+        .await
+        .unwrap();
+    assert_eq!(again, rows);
+    assert!(reg.seen().is_empty(), "after a restart: {:#?}", reg.seen());
+}
+
+#[tokio::test]
+async fn anonymous_bearer_tokens_and_docker_config_credentials() {
+    let reg = Registry::start().await;
+    let p = push(&reg).await;
+    let dir = tempfile::tempdir().unwrap();
+    let now = jiff::Timestamp::now().as_second();
+    let j = job(&format!("{}/team/app:v1", reg.host), "linux/amd64");
+
+    // Docker Hub's flow: a 401 names a token realm, which hands out a token anonymously.
+    reg.gate(Gate::Bearer);
+    reg.clear();
+    let cache = Cache::open(&dir.path().join("a.sqlite"));
+    let s = sized(&client(&reg, 50.0), &cache, &j, now).await;
+    assert_eq!(s.size_bytes, p.app.size_bytes);
+    let seen = reg.seen();
+    let flow: Vec<(String, u16, bool)> = seen
+        .iter()
+        .map(|s| {
+            (
+                format!("{} {}", s.method, s.path.split('?').next().unwrap()),
+                s.status,
+                s.authorization.as_deref() == Some("Bearer kq-test-token"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        flow,
+        [
+            ("HEAD /v2/team/app/manifests/v1".to_string(), 401, false),
+            ("GET /token".to_string(), 200, false),
+            ("HEAD /v2/team/app/manifests/v1".to_string(), 200, true),
+            (format!("GET /v2/team/app/manifests/{}", p.app.digest), 200, true),
+        ]
+    );
+
+    // A private registry: credentials from a docker config file, sent as Basic.
+    reg.gate(Gate::Basic("robot".into(), "s3cret".into()));
+    let config = format!(
+        r#"{{"auths": {{"{}": {{"auth": "cm9ib3Q6czNjcmV0"}}}}}}"#,
+        reg.host
+    );
+    let with_creds = Client::new(
+        RegistryOptions {
+            insecure: vec![reg.host.clone()],
+            rate_per_sec: 50.0,
+            ..Default::default()
+        },
+        Credentials::parse(config.as_bytes()).unwrap(),
+    )
+    .unwrap();
+    let cache = Cache::open(&dir.path().join("b.sqlite"));
+    assert_eq!(
+        sized(&with_creds, &cache, &j, now).await.size_bytes,
+        p.app.size_bytes
+    );
+    // Without them the answer is a clear, remembered refusal.
+    let cache = Cache::open(&dir.path().join("c.sqlite"));
+    let Outcome::Failed { error, .. } =
+        resolve(&client(&reg, 50.0), &cache, &LookupOptions::default(), &j, now).await
+    else {
+        panic!("a private registry refuses anonymous lookups")
+    };
+    assert!(error.contains("unauthorized") && error.contains(&reg.host), "{error}");
+    assert!(!error.contains("s3cret"));
+}
+
+#[tokio::test]
+async fn kqd_reads_a_pods_pull_secret_for_a_private_registry() {
+    let env = Env::start(1, 4).await;
+    let reg = Registry::start().await;
+    let private = reg
+        .push_image("team/private", Some("v1"), &[5000, 123], "linux", "amd64")
+        .await;
+    reg.gate(Gate::Basic("robot".into(), "s3cret".into()));
+    let h = reg.host.clone();
+    let store = &env.fleet.clusters[0].store;
+    use base64::Engine as _;
+    let dockerconfig = base64::engine::general_purpose::STANDARD.encode(format!(
+        r#"{{"auths": {{"{h}": {{"username": "robot", "password": "s3cret"}}}}}}"#
+    ));
+    let secret_rt = store.resolve_kind("v1", "Secret").unwrap();
+    store
+        .create(
+            &secret_rt,
+            "default",
+            serde_json::json!({
+                "metadata": {"name": "regcred"},
+                "type": "kubernetes.io/dockerconfigjson",
+                "data": {".dockerconfigjson": dockerconfig},
+            }),
+        )
+        .unwrap();
+    let pod_rt = store.resolve_kind("v1", "Pod").unwrap();
+    let image = format!("{h}/team/private:v1");
+    store
+        .create(
+            &pod_rt,
+            "default",
+            serde_json::json!({
+                "metadata": {"name": "private"},
+                "spec": {"nodeName": "node-001", "imagePullSecrets": [{"name": "regcred"}],
+                         "containers": [{"name": "main", "image": image}]},
+                "status": {"phase": "Pending", "containerStatuses": [{"name": "main", "image": image, "ready": false, "restartCount": 0,
+                           "state": {"waiting": {"reason": "ImagePullBackOff"}}}]},
+            }),
+        )
+        .unwrap();
+    let kqd = env
+        .kqd_with(&[("KQ_INSECURE_REGISTRIES", h.as_str())])
+        .await;
+    env.wait_csv(
+        &format!("select size_bytes, source from container_images where pod = 'private'"),
+        &format!("size_bytes,source\n{},registry\n", private.size_bytes),
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", kqd.log()));
+    assert!(
+        reg.seen().iter().any(|s| s.status == 200 && s.authorization.as_deref().is_some_and(|a| a.starts_with("Basic "))),
+        "{:#?}",
+        reg.seen()
+    );
+    // The secret's value is in no table and no log line.
+    let dump = env
+        .csv(&format!("select count(*) from objects where object::VARCHAR like '%s3cret%' or object::VARCHAR like '%{dockerconfig}%'"))
+        .await
+        .unwrap();
+    assert_eq!(dump.lines().nth(1), Some("0"));
+    assert!(!kqd.log().contains("s3cret"));
+}
