@@ -31,7 +31,8 @@ pub struct Args {
     #[command(subcommand)]
     pub cmd: Option<Cmd>,
     /// Run this SQL and exit.
-    #[arg(short = 'c', long = "command")]
+    // SQL may begin with a `--` comment, which psql and duckdb take as SQL too.
+    #[arg(short = 'c', long = "command", allow_hyphen_values = true)]
     pub command: Option<String>,
     /// Run the statements of this file and exit.
     #[arg(short = 'f', long = "file")]
@@ -214,5 +215,12 @@ mod tests {
     fn statements_split_outside_quotes_and_comments() {
         let s = split_statements("select ';'; -- a; comment\nselect 2;\n\n  ;select 3");
         assert_eq!(s, vec!["select ';'", "select 2", "select 3"]);
+    }
+
+    #[test]
+    fn a_command_may_start_with_a_sql_comment() {
+        let sql = "-- the biggest images\nselect 1";
+        let args = Args::try_parse_from(["kq", "-c", sql]).unwrap();
+        assert_eq!(args.command.as_deref(), Some(sql));
     }
 }

@@ -22,7 +22,7 @@ pub use cache::Cache;
 pub use coordinator::spawn;
 pub use lookup::{Job, LookupOptions, Outcome, SizedImage, resolve};
 pub use reference::ImageRef;
-pub use registry::{Registry, RegistryError, RegistryOptions};
+pub use registry::{Registry, RegistryError, RegistryOptions, install_tls_provider};
 pub use secrets::{Clients, PullSecrets};
 
 /// What a pod or a node tells about images.

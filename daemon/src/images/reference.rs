@@ -21,6 +21,13 @@ impl ImageRef {
             .trim()
             .parse()
             .map_err(|e| format!("invalid image reference {image:?}: {e}"))?;
+        // The distribution spec allows only lowercase repository names and runtimes refuse
+        // others with InvalidImageName, which oci-spec's grammar does not check.
+        if r.repository().bytes().any(|b| b.is_ascii_uppercase()) {
+            return Err(format!(
+                "invalid image reference {image:?}: repository names must be lowercase"
+            ));
+        }
         Ok(ImageRef {
             registry: r.registry().to_string(),
             repository: r.repository().to_string(),

@@ -84,10 +84,16 @@ pub struct Registry {
     pub requests: AtomicU64,
 }
 
+/// Installs ring as the process's rustls provider, which every reqwest client needs first:
+/// reqwest is built without a TLS provider of its own, so that it shares kube's ring.
+/// Installing twice is harmless, so callers need not coordinate.
+pub fn install_tls_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 impl Registry {
     pub fn new(opts: RegistryOptions, creds: Credentials) -> Result<Registry, String> {
-        // reqwest is built without a TLS provider of its own, so that it shares kube's ring.
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        install_tls_provider();
         let http = reqwest::Client::builder()
             .timeout(opts.timeout)
             .user_agent(concat!("kq/", env!("CARGO_PKG_VERSION")))

@@ -111,6 +111,7 @@ impl Registry {
             .stderr(std::fs::File::create(dir.path().join("registry.log")).expect("log"))
             .spawn()
             .expect("docker-registry starts");
+        kq_daemon::images::install_tls_provider();
         let http = reqwest::Client::new();
         let base = format!("http://{upstream}/v2/");
         let up = crate::eventually_async(Duration::from_secs(20), || {
