@@ -137,7 +137,12 @@ async fn start_images(
         return None;
     }
     let secrets: Arc<dyn crate::images::PullSecrets> = clients.clone();
-    match crate::images::spawn(config.images.clone(), tx.clone(), Some(secrets), cancel.clone()) {
+    match crate::images::spawn(
+        config.images.clone(),
+        tx.clone(),
+        Some(secrets),
+        cancel.clone(),
+    ) {
         Ok((sightings, task)) => {
             let _ = tx.send(Op::ImageSightings(sightings)).await;
             Some(task)

@@ -328,7 +328,11 @@ pub static CATALOG: LazyLock<Vec<Table>> = LazyLock::new(|| {
                     "VARCHAR",
                     "Its best name: a tag reference when one is known, else the digest reference.",
                 ),
-                c("registry", "VARCHAR", "Registry host (docker.io, ghcr.io…)."),
+                c(
+                    "registry",
+                    "VARCHAR",
+                    "Registry host (docker.io, ghcr.io…).",
+                ),
                 c("repository", "VARCHAR", "Repository within the registry."),
                 c(
                     "digest",
@@ -346,7 +350,11 @@ pub static CATALOG: LazyLock<Vec<Table>> = LazyLock::new(|| {
                     "node (node.status.images) or registry (the OCI distribution API).",
                 ),
                 c("platform", "VARCHAR", "os/arch the size is for."),
-                c("fetched_at", "TIMESTAMPTZ", "When the size or digest was learnt."),
+                c(
+                    "fetched_at",
+                    "TIMESTAMPTZ",
+                    "When the size or digest was learnt.",
+                ),
                 c(
                     "expires_at",
                     "TIMESTAMPTZ",

@@ -91,7 +91,11 @@ fn create_tables(names: &[&str]) -> String {
 fn v11() -> String {
     let mut sql =
         "ALTER TABLE containers ADD COLUMN IF NOT EXISTS image_ref VARCHAR;\n".to_string();
-    sql.push_str(&create_tables(&["images", "image_refs", "container_images"]));
+    sql.push_str(&create_tables(&[
+        "images",
+        "image_refs",
+        "container_images",
+    ]));
     sql
 }
 

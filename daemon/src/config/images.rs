@@ -85,11 +85,7 @@ impl ImagesFile {
 /// `KQ_REGISTRY_RATE_LIMIT`, `KQ_INSECURE_REGISTRIES` (comma-separated) and
 /// `KQ_IMAGE_NODE_WAIT_SECS`.
 pub(super) fn apply_env(o: &mut ImageOptions) -> Result<(), ConfigError> {
-    let var = |n: &str| {
-        std::env::var(n)
-            .ok()
-            .filter(|v| !v.is_empty())
-    };
+    let var = |n: &str| std::env::var(n).ok().filter(|v| !v.is_empty());
     let num = |name: &'static str| -> Result<Option<f64>, ConfigError> {
         var(name)
             .map(|v| {
@@ -101,7 +97,10 @@ pub(super) fn apply_env(o: &mut ImageOptions) -> Result<(), ConfigError> {
             .transpose()
     };
     if let Some(v) = var("KQ_IMAGES") {
-        o.enabled = !matches!(v.to_ascii_lowercase().as_str(), "0" | "false" | "no" | "off");
+        o.enabled = !matches!(
+            v.to_ascii_lowercase().as_str(),
+            "0" | "false" | "no" | "off"
+        );
     }
     if let Some(v) = var("KQ_IMAGE_CACHE") {
         o.cache_path = v.into();

@@ -62,8 +62,7 @@ impl Credentials {
         for (key, entry) in cfg.auths {
             let basic = match (entry.auth, entry.username, entry.password) {
                 (Some(a), _, _) if !a.is_empty() => {
-                    let Ok(raw) = base64::engine::general_purpose::STANDARD.decode(a.trim())
-                    else {
+                    let Ok(raw) = base64::engine::general_purpose::STANDARD.decode(a.trim()) else {
                         continue;
                     };
                     let Ok(text) = String::from_utf8(raw) else {
@@ -151,7 +150,11 @@ fn parse_params(s: &str) -> HashMap<String, String> {
         let Some((key, after)) = rest.split_once('=') else {
             break;
         };
-        let key = key.trim().trim_start_matches(',').trim().to_ascii_lowercase();
+        let key = key
+            .trim()
+            .trim_start_matches(',')
+            .trim()
+            .to_ascii_lowercase();
         let (value, after) = if let Some(q) = after.strip_prefix('"') {
             match q.find('"') {
                 Some(end) => (&q[..end], &q[end + 1..]),
@@ -184,7 +187,10 @@ mod tests {
         assert_eq!(c.get("docker.io").unwrap().password, "s3cret");
         assert_eq!(c.get("ghcr.io").unwrap().password, "tok");
         assert!(c.get("broken.example").is_none());
-        assert!(!format!("{:?}", c).contains("s3cret"), "secrets never print");
+        assert!(
+            !format!("{:?}", c).contains("s3cret"),
+            "secrets never print"
+        );
     }
 
     #[test]

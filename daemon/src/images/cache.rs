@@ -226,7 +226,8 @@ fn log_error<T: Default>(what: &str, e: rusqlite::Error) -> T {
 
 fn try_open(path: &Path) -> Result<Connection, String> {
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     }
     let conn = Connection::open(path).map_err(|e| e.to_string())?;
     let id: i32 = conn
@@ -324,7 +325,10 @@ mod tests {
             std::fs::read_dir(dir.path())
                 .unwrap()
                 .filter_map(Result::ok)
-                .any(|e| e.file_name().to_string_lossy().starts_with("foreign.sqlite.unreadable")),
+                .any(|e| e
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with("foreign.sqlite.unreadable")),
             "the foreign file is kept aside, not written into"
         );
     }

@@ -212,7 +212,7 @@ impl Coordinator {
                             last: None,
                         },
                     );
-                    if let Some(f) = self.from_node(&r) {
+                    if let Some(f) = self.node_reported(&r) {
                         found.push(f);
                     } else if self.listed.contains(&context) {
                         self.queue(&r);
@@ -225,12 +225,11 @@ impl Coordinator {
                 platform,
                 images,
             } => {
-                self.platforms
-                    .insert((context, node), platform.clone());
+                self.platforms.insert((context, node), platform.clone());
                 for im in images {
                     for name in self.learn(&im, &platform) {
                         if self.refs.contains_key(&name)
-                            && let Some(f) = self.from_node(&name)
+                            && let Some(f) = self.node_reported(&name)
                         {
                             found.push(f);
                         }
@@ -291,14 +290,11 @@ impl Coordinator {
     }
 
     /// The `images` row of a reference a node reports, if one does.
-    fn from_node(&mut self, reference: &str) -> Option<ImageFound> {
+    fn node_reported(&mut self, reference: &str) -> Option<ImageFound> {
         let n = self.nodes.get(reference)?.clone();
         let known = self.refs.get_mut(reference)?;
         known.state = State::Node;
-        let (registry, repository) = (
-            known.image.registry.clone(),
-            known.image.repository.clone(),
-        );
+        let (registry, repository) = (known.image.registry.clone(), known.image.repository.clone());
         let name = self.best_name(&n.image, &n.name);
         Some(ImageFound {
             image: n.image,

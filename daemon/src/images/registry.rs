@@ -149,9 +149,9 @@ impl Registry {
         let resp = self
             .manifest_request(Method::GET, r, digest, pull_secret)
             .await?;
-        resp.bytes()
-            .await
-            .map_err(|e| RegistryError::Failed(format!("reading a manifest from {}: {e}", r.registry)))
+        resp.bytes().await.map_err(|e| {
+            RegistryError::Failed(format!("reading a manifest from {}: {e}", r.registry))
+        })
     }
 
     fn quota_spent(&self, host: &str) -> Option<Instant> {
@@ -175,7 +175,7 @@ impl Registry {
         pull_secret: Option<&Basic>,
     ) -> Result<reqwest::Response, RegistryError> {
         let host = r.api_host().to_string();
-        let scheme = if self.opts.insecure.iter().any(|h| *h == r.registry) {
+        let scheme = if self.opts.insecure.contains(&r.registry) {
             "http"
         } else {
             "https"
@@ -194,7 +194,12 @@ impl Registry {
                 .http
                 .request(method.clone(), &url)
                 .header(ACCEPT, manifest::ACCEPT);
-            if let Some(a) = self.auth.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+            if let Some(a) = self
+                .auth
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&key)
+            {
                 req = req.header(AUTHORIZATION, a);
             }
             self.requests.fetch_add(1, Ordering::Relaxed);
@@ -319,7 +324,10 @@ impl Registry {
                 }
                 self.requests.fetch_add(1, Ordering::Relaxed);
                 let resp = req.send().await.map_err(|e| {
-                    RegistryError::Failed(format!("token service {realm} unreachable: {}", error_chain(&e)))
+                    RegistryError::Failed(format!(
+                        "token service {realm} unreachable: {}",
+                        error_chain(&e)
+                    ))
                 })?;
                 if !resp.status().is_success() {
                     return Err(RegistryError::Unauthorized(format!(
@@ -380,7 +388,11 @@ impl Registry {
         let (left, window) = parse_ratelimit(v);
         if left == Some(0) {
             let window = Duration::from_secs(window.unwrap_or(3600));
-            tracing::warn!(host, window_secs = window.as_secs(), "registry pull quota spent; manifest downloads pause");
+            tracing::warn!(
+                host,
+                window_secs = window.as_secs(),
+                "registry pull quota spent; manifest downloads pause"
+            );
             self.quota_spent
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -461,7 +473,10 @@ mod tests {
             .unwrap();
         h.insert(RETRY_AFTER, date.parse().unwrap());
         let d = retry_after(&h).unwrap();
-        assert!(d > Duration::from_secs(100) && d <= Duration::from_secs(120), "{d:?}");
+        assert!(
+            d > Duration::from_secs(100) && d <= Duration::from_secs(120),
+            "{d:?}"
+        );
     }
 
     #[test]

@@ -256,7 +256,9 @@ impl Registry {
         let mut layers = Vec::new();
         let mut size = config.len() as i64;
         for &n in layer_sizes {
-            let data: Vec<u8> = std::iter::repeat_with(|| fastrand::u8(..)).take(n).collect();
+            let data: Vec<u8> = std::iter::repeat_with(|| fastrand::u8(..))
+                .take(n)
+                .collect();
             let d = self.put_blob(repo, &data).await;
             size += n as i64;
             layers.push(json!({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "size": n, "digest": d}));
@@ -280,14 +282,21 @@ impl Registry {
     }
 
     /// Pushes a multi-arch index over already pushed images, tagged `tag`; returns its digest.
-    pub async fn push_index(&self, repo: &str, tag: &str, images: &[(&Pushed, &str, &str)]) -> String {
+    pub async fn push_index(
+        &self,
+        repo: &str,
+        tag: &str,
+        images: &[(&Pushed, &str, &str)],
+    ) -> String {
         let manifests: Vec<_> = images
             .iter()
-            .map(|(p, os, arch)| json!({
-                "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                "size": p.manifest_len, "digest": p.digest,
-                "platform": {"os": os, "architecture": arch},
-            }))
+            .map(|(p, os, arch)| {
+                json!({
+                    "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                    "size": p.manifest_len, "digest": p.digest,
+                    "platform": {"os": os, "architecture": arch},
+                })
+            })
             .collect();
         let index = serde_json::to_vec(&json!({
             "schemaVersion": 2,
@@ -360,7 +369,11 @@ async fn forward(
             .map(|s| ("retry-after", s.to_string()))
             .into_iter()
             .collect();
-        return Ok(answer(f.status, &headers, b"{\"errors\":[{\"code\":\"TOOMANYREQUESTS\"}]}"));
+        return Ok(answer(
+            f.status,
+            &headers,
+            b"{\"errors\":[{\"code\":\"TOOMANYREQUESTS\"}]}",
+        ));
     }
     let gate = p.gate.lock().unwrap().clone();
     match &gate {
@@ -374,13 +387,21 @@ async fn forward(
             if authorization.as_deref() != Some(want.as_str()) {
                 record(401);
                 let h = [("www-authenticate", "Basic realm=\"kq-test\"".to_string())];
-                return Ok(answer(401, &h, b"{\"errors\":[{\"code\":\"UNAUTHORIZED\"}]}"));
+                return Ok(answer(
+                    401,
+                    &h,
+                    b"{\"errors\":[{\"code\":\"UNAUTHORIZED\"}]}",
+                ));
             }
         }
         Gate::Bearer => {
             if path.starts_with("/token") {
                 record(200);
-                return Ok(answer(200, &[("content-type", "application/json".into())], b"{\"token\":\"kq-test-token\"}"));
+                return Ok(answer(
+                    200,
+                    &[("content-type", "application/json".into())],
+                    b"{\"token\":\"kq-test-token\"}",
+                ));
             }
             if authorization.as_deref() != Some(format!("Bearer {TOKEN}").as_str()) {
                 record(401);
@@ -391,7 +412,11 @@ async fn forward(
                         p.host
                     ),
                 )];
-                return Ok(answer(401, &h, b"{\"errors\":[{\"code\":\"UNAUTHORIZED\"}]}"));
+                return Ok(answer(
+                    401,
+                    &h,
+                    b"{\"errors\":[{\"code\":\"UNAUTHORIZED\"}]}",
+                ));
             }
         }
     }

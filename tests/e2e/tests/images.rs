@@ -7,8 +7,8 @@
 use std::time::Duration;
 
 use kq_daemon::images::{
-    Cache, Credentials, ImageRef, Job, LookupOptions, Outcome, Registry as Client,
-    RegistryOptions, SizedImage, resolve,
+    Cache, Credentials, ImageRef, Job, LookupOptions, Outcome, Registry as Client, RegistryOptions,
+    SizedImage, resolve,
 };
 use kq_e2e::Env;
 use kq_e2e::registry::{Fault, Gate, Pushed, Registry, Seen};
@@ -124,8 +124,15 @@ async fn sizes_match_the_manifests_and_the_cache_saves_every_repeat_request() {
         distinct.len(),
         "no manifest is fetched twice: {gets:?}"
     );
-    assert_eq!(gets.len(), 4, "app, the index, and its two platform manifests: {gets:?}");
-    assert!(gets.iter().all(|g| g.contains("/manifests/sha256:")), "GETs go by digest: {gets:?}");
+    assert_eq!(
+        gets.len(),
+        4,
+        "app, the index, and its two platform manifests: {gets:?}"
+    );
+    assert!(
+        gets.iter().all(|g| g.contains("/manifests/sha256:")),
+        "GETs go by digest: {gets:?}"
+    );
 
     // Within the TTL, nothing reaches the registry.
     reg.clear();
@@ -165,18 +172,28 @@ async fn missing_images_fail_clearly_and_are_not_asked_again_for_a_while() {
     let j = job(&format!("{h}/team/missing:v0"), "linux/amd64");
     let now = jiff::Timestamp::now().as_second();
     let opts = LookupOptions::default();
-    let Outcome::Failed { error, retry_at, .. } = resolve(&c, &cache, &opts, &j, now).await else {
+    let Outcome::Failed {
+        error, retry_at, ..
+    } = resolve(&c, &cache, &opts, &j, now).await
+    else {
         panic!("a missing image cannot be sized")
     };
     assert!(error.contains("not found"), "{error}");
-    assert!(error.contains("team/missing"), "the error names the image: {error}");
+    assert!(
+        error.contains("team/missing"),
+        "the error names the image: {error}"
+    );
     assert_eq!(retry_at, now + opts.failure_ttl.as_secs() as i64);
     reg.clear();
     assert!(matches!(
         resolve(&c, &cache, &opts, &j, now + 60).await,
         Outcome::Failed { .. }
     ));
-    assert!(reg.seen().is_empty(), "the failure is cached: {:#?}", reg.seen());
+    assert!(
+        reg.seen().is_empty(),
+        "the failure is cached: {:#?}",
+        reg.seen()
+    );
 }
 
 #[tokio::test]
@@ -218,8 +235,14 @@ async fn the_request_rate_never_exceeds_the_limit() {
     let reg = Registry::start().await;
     let tags = 6;
     for i in 0..tags {
-        reg.push_image("team/rated", Some(&format!("t{i}")), &[100 + i], "linux", "amd64")
-            .await;
+        reg.push_image(
+            "team/rated",
+            Some(&format!("t{i}")),
+            &[100 + i],
+            "linux",
+            "amd64",
+        )
+        .await;
     }
     reg.clear();
     let dir = tempfile::tempdir().unwrap();
@@ -248,7 +271,10 @@ async fn the_request_rate_never_exceeds_the_limit() {
     }
     let span = (seen.last().unwrap().at - seen[0].at).as_secs_f64();
     let rate = (seen.len() - 1) as f64 / span;
-    assert!(rate <= limit * 1.02, "measured {rate:.2} requests/s at a limit of {limit}/s");
+    assert!(
+        rate <= limit * 1.02,
+        "measured {rate:.2} requests/s at a limit of {limit}/s"
+    );
 }
 
 #[tokio::test]
@@ -283,7 +309,13 @@ async fn kqd_sizes_every_pod_image_from_nodes_first_and_the_registry_second() {
         scenario::create_pod(store, "default", name, image).unwrap();
     }
     // The same tag in another cluster: still one lookup.
-    scenario::create_pod(&env.fleet.clusters[1].store, "default", "by-tag", &pods[0].1).unwrap();
+    scenario::create_pod(
+        &env.fleet.clusters[1].store,
+        "default",
+        "by-tag",
+        &pods[0].1,
+    )
+    .unwrap();
     reg.clear();
     let kqd = env
         .kqd_with(&[("KQ_INSECURE_REGISTRIES", h.as_str())])
@@ -305,17 +337,31 @@ async fn kqd_sizes_every_pod_image_from_nodes_first_and_the_registry_second() {
         .unwrap();
     let app_image = format!("{h}/team/app@{}", p.app.digest);
     let want = [
-        format!("{h}/team/app:v1,{app_image},{},registry,linux/amd64,false", p.app.size_bytes),
-        format!("{h}/team/app@{},{app_image},{},registry,linux/amd64,false", p.app.digest, p.app.size_bytes),
-        format!("{h}/team/cached:v3,{h}/team/cached@{},55555,node,linux/amd64,false", cached.digest),
+        format!(
+            "{h}/team/app:v1,{app_image},{},registry,linux/amd64,false",
+            p.app.size_bytes
+        ),
+        format!(
+            "{h}/team/app@{},{app_image},{},registry,linux/amd64,false",
+            p.app.digest, p.app.size_bytes
+        ),
+        format!(
+            "{h}/team/cached:v3,{h}/team/cached@{},55555,node,linux/amd64,false",
+            cached.digest
+        ),
         format!("{h}/team/missing:v0,{h}/team/missing:v0,,,,true"),
-        format!("{h}/team/multi:v2,{h}/team/multi@{},{},registry,linux/amd64,false", p.index, p.amd.size_bytes),
+        format!(
+            "{h}/team/multi:v2,{h}/team/multi@{},{},registry,linux/amd64,false",
+            p.index, p.amd.size_bytes
+        ),
     ];
     let got: Vec<&str> = rows.lines().skip(1).collect();
     assert_eq!(got, want, "{}", kqd.log());
     // The tag and the digest of team/app are one image.
     let one = env
-        .csv(&format!("select count(*) from images where image like '{h}/team/app%'"))
+        .csv(&format!(
+            "select count(*) from images where image like '{h}/team/app%'"
+        ))
         .await
         .unwrap();
     assert_eq!(one.lines().nth(1), Some("1"));
@@ -330,7 +376,9 @@ async fn kqd_sizes_every_pod_image_from_nodes_first_and_the_registry_second() {
         "a node-reported image reached the registry: {seen:#?}"
     );
     let error = env
-        .csv(&format!("select error from images where image = '{h}/team/missing:v0'"))
+        .csv(&format!(
+            "select error from images where image = '{h}/team/missing:v0'"
+        ))
         .await
         .unwrap();
     assert!(error.contains("not found"), "{error}");
@@ -366,7 +414,11 @@ async fn kqd_sizes_every_pod_image_from_nodes_first_and_the_registry_second() {
         .await
         .unwrap();
     let (n, biggest) = n.lines().nth(1).unwrap().split_once(',').unwrap();
-    assert_eq!(top.lines().count() - 1, n.parse::<usize>().unwrap(), "{top}");
+    assert_eq!(
+        top.lines().count() - 1,
+        n.parse::<usize>().unwrap(),
+        "{top}"
+    );
     assert!(top.contains(&format!(",{biggest},")), "{top}");
 
     // The cache outlives kqd and its database: a new kqd on an empty inventory sizes the
@@ -426,7 +478,11 @@ async fn anonymous_bearer_tokens_and_docker_config_credentials() {
             ("HEAD /v2/team/app/manifests/v1".to_string(), 401, false),
             ("GET /token".to_string(), 200, false),
             ("HEAD /v2/team/app/manifests/v1".to_string(), 200, true),
-            (format!("GET /v2/team/app/manifests/{}", p.app.digest), 200, true),
+            (
+                format!("GET /v2/team/app/manifests/{}", p.app.digest),
+                200,
+                true
+            ),
         ]
     );
 
@@ -452,12 +508,21 @@ async fn anonymous_bearer_tokens_and_docker_config_credentials() {
     );
     // Without them the answer is a clear, remembered refusal.
     let cache = Cache::open(&dir.path().join("c.sqlite"));
-    let Outcome::Failed { error, .. } =
-        resolve(&client(&reg, 50.0), &cache, &LookupOptions::default(), &j, now).await
+    let Outcome::Failed { error, .. } = resolve(
+        &client(&reg, 50.0),
+        &cache,
+        &LookupOptions::default(),
+        &j,
+        now,
+    )
+    .await
     else {
         panic!("a private registry refuses anonymous lookups")
     };
-    assert!(error.contains("unauthorized") && error.contains(&reg.host), "{error}");
+    assert!(
+        error.contains("unauthorized") && error.contains(&reg.host),
+        "{error}"
+    );
     assert!(!error.contains("s3cret"));
 }
 
@@ -506,14 +571,17 @@ async fn kqd_reads_a_pods_pull_secret_for_a_private_registry() {
         .kqd_with(&[("KQ_INSECURE_REGISTRIES", h.as_str())])
         .await;
     env.wait_csv(
-        &format!("select size_bytes, source from container_images where pod = 'private'"),
+        "select size_bytes, source from container_images where pod = 'private'",
         &format!("size_bytes,source\n{},registry\n", private.size_bytes),
         Duration::from_secs(60),
     )
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", kqd.log()));
     assert!(
-        reg.seen().iter().any(|s| s.status == 200 && s.authorization.as_deref().is_some_and(|a| a.starts_with("Basic "))),
+        reg.seen().iter().any(|s| s.status == 200
+            && s.authorization
+                .as_deref()
+                .is_some_and(|a| a.starts_with("Basic "))),
         "{:#?}",
         reg.seen()
     );
