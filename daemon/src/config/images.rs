@@ -21,7 +21,7 @@ pub(super) struct ImagesFile {
     failure_ttl_minutes: Option<f64>,
     /// Requests per second to each registry host.
     rate_limit: Option<f64>,
-    /// Requests per second to named hosts (`"registry-1.docker.io" = 1.0`).
+    /// Requests per second to named registries (`"docker.io" = 1.0`).
     host_rate_limits: Option<HashMap<String, f64>>,
     /// Registries served over plain HTTP.
     insecure_registries: Option<Vec<String>>,
@@ -64,6 +64,8 @@ impl ImagesFile {
             o.registry.rate_per_sec = rate("images.rate_limit", v)?;
         }
         for (host, v) in self.host_rate_limits.unwrap_or_default() {
+            // Limits apply to the host requests go to, so `docker.io` means Docker Hub's.
+            let host = crate::images::reference::api_host(&host).to_string();
             o.registry
                 .host_rates
                 .insert(host, rate("images.host_rate_limits", v)?);
@@ -140,7 +142,8 @@ mod tests {
             rate_limit = 5
             insecure_registries = ["127.0.0.1:5000"]
             [host_rate_limits]
-            "registry-1.docker.io" = 0.5
+            "docker.io" = 0.5
+            "ghcr.io" = 3
             "#,
         )
         .unwrap();
@@ -150,6 +153,7 @@ mod tests {
         assert_eq!(o.lookup.tag_ttl.as_secs(), 3600);
         assert_eq!(o.registry.rate_per_sec, 5.0);
         assert_eq!(o.registry.host_rates["registry-1.docker.io"], 0.5);
+        assert_eq!(o.registry.host_rates["ghcr.io"], 3.0);
         assert_eq!(o.registry.insecure, ["127.0.0.1:5000"]);
         let bad: ImagesFile = toml::from_str("rate_limit = 0").unwrap();
         assert!(bad.apply(&mut ImageOptions::default()).is_err());

@@ -248,6 +248,12 @@ impl Coordinator {
                     self.queue(&r);
                 }
             }
+            Sighting::Unused { refs } => {
+                // A lookup in flight for one of them finishes, and its answer is dropped.
+                for r in refs {
+                    self.refs.remove(&r);
+                }
+            }
         }
         found
     }

@@ -46,6 +46,8 @@ pub enum Sighting {
     },
     /// Every node of a context has been listed: images no node reports go to registries.
     NodesListed { context: Arc<str> },
+    /// No container uses these references any more: they are not looked up again.
+    Unused { refs: Vec<String> },
 }
 
 /// One entry of `node.status.images`: the names it goes by, and its size.

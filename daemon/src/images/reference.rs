@@ -63,11 +63,7 @@ impl ImageRef {
 
     /// The host that serves the registry's API: Docker Hub's is not `docker.io`.
     pub fn api_host(&self) -> &str {
-        if self.registry == "docker.io" {
-            "registry-1.docker.io"
-        } else {
-            &self.registry
-        }
+        api_host(&self.registry)
     }
 
     /// What the manifest is asked for by: the digest when there is one, else the tag.
@@ -76,6 +72,14 @@ impl ImageRef {
             .as_deref()
             .or(self.tag.as_deref())
             .unwrap_or("latest")
+    }
+}
+
+/// The host that serves a registry's API, for a registry named as people write it.
+pub fn api_host(registry: &str) -> &str {
+    match registry {
+        "docker.io" | "index.docker.io" => "registry-1.docker.io",
+        other => other,
     }
 }
 

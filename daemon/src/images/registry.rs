@@ -80,6 +80,8 @@ pub struct Registry {
     auth: Mutex<HashMap<(String, String), String>>,
     /// Hosts whose pull quota is spent, until when.
     quota_spent: Mutex<HashMap<String, Instant>>,
+    /// Hosts that answered 429, and until when every request to them waits.
+    held: Mutex<HashMap<String, Instant>>,
     /// Requests sent, for the log and for tests.
     pub requests: AtomicU64,
 }
@@ -106,6 +108,7 @@ impl Registry {
             limiters: Mutex::default(),
             auth: Mutex::default(),
             quota_spent: Mutex::default(),
+            held: Mutex::default(),
             requests: AtomicU64::new(0),
         })
     }
@@ -244,7 +247,11 @@ impl Registry {
                     StatusCode::TOO_MANY_REQUESTS => {
                         let told = retry_after(resp.headers());
                         tracing::info!(registry = %r.registry, retry_after = ?told, "registry says 429 Too Many Requests");
-                        told.unwrap_or_else(|| self.backoff(attempt))
+                        let wait = told.unwrap_or_else(|| self.backoff(attempt));
+                        // The whole host is told to wait, not just this request: the other
+                        // workers' requests would only earn more 429s.
+                        self.hold(&host, wait);
+                        wait
                     }
                     s if s.is_server_error() => self.backoff(attempt),
                     s => {
@@ -357,8 +364,25 @@ impl Registry {
         }
     }
 
-    /// Waits until the host's limiter lets one more request through.
+    /// Holds every request to `host` for `wait`, unless it is held longer already.
+    fn hold(&self, host: &str, wait: Duration) {
+        let until = Instant::now() + wait;
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        let e = held.entry(host.to_string()).or_insert(until);
+        *e = (*e).max(until);
+    }
+
+    /// When requests to `host` may go again, if it is held.
+    fn held_until(&self, host: &str) -> Option<Instant> {
+        let held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        held.get(host).copied().filter(|&t| t > Instant::now())
+    }
+
+    /// Waits until the host is not held and its limiter lets one more request through.
     async fn wait_turn(&self, host: &str) {
+        while let Some(until) = self.held_until(host) {
+            tokio::time::sleep_until(until.into()).await;
+        }
         let limiter = {
             let mut l = self.limiters.lock().unwrap_or_else(|e| e.into_inner());
             l.entry(host.to_string())
@@ -373,7 +397,14 @@ impl Registry {
                 })
                 .clone()
         };
-        limiter.until_ready().await;
+        loop {
+            limiter.until_ready().await;
+            // A 429 may have come in while this request waited for its turn.
+            match self.held_until(host) {
+                Some(until) => tokio::time::sleep_until(until.into()).await,
+                None => return,
+            }
+        }
     }
 
     /// Docker Hub says how many pulls are left (`ratelimit-remaining: 76;w=21600`); at zero,

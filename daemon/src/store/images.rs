@@ -1,5 +1,5 @@
 //! Writes image sizes: one `images` row per image, one `image_refs` row per reference that
-//! names it, and no `images` row that no reference names any more.
+//! names it, and no row for an image or a reference that nothing uses any more.
 
 use duckdb::types::{TimeUnit, Value};
 use duckdb::{Connection, params_from_iter};
@@ -51,4 +51,85 @@ pub fn drop_orphans(conn: &Connection) -> Result<(), StoreError> {
         [],
     )?;
     Ok(())
+}
+
+/// Removes the references no container uses any more, and the images only they named.
+/// Returns those references, so that image sizing stops refreshing them.
+pub fn prune_unused(conn: &Connection) -> Result<Vec<String>, StoreError> {
+    let unused = conn
+        .prepare(
+            "DELETE FROM main.image_refs WHERE ref NOT IN
+               (SELECT image_ref FROM main.containers WHERE image_ref IS NOT NULL)
+             RETURNING ref",
+        )?
+        .query_map([], |row| row.get::<_, String>(0))?
+        .collect::<Result<Vec<_>, _>>()?;
+    if !unused.is_empty() {
+        drop_orphans(conn)?;
+    }
+    Ok(unused)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn found(image: &str, refs: &[&str]) -> ImageFound {
+        ImageFound {
+            image: image.into(),
+            name: refs[0].into(),
+            registry: "docker.io".into(),
+            repository: "library/app".into(),
+            digest: None,
+            size_bytes: Some(1000),
+            source: Some("registry"),
+            platform: Some("linux/amd64".into()),
+            fetched_at: 1_700_000_000,
+            expires_at: Some(1_700_086_400),
+            error: None,
+            refs: refs.iter().map(|r| r.to_string()).collect(),
+        }
+    }
+
+    fn strings(conn: &Connection, sql: &str) -> Vec<String> {
+        conn.prepare(sql)
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
+    #[test]
+    fn images_no_container_uses_any_more_are_pruned() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kq.duckdb");
+        let conn = Connection::open(&path).unwrap();
+        super::super::migrate::apply(&conn, &path).unwrap();
+        conn.execute_batch(
+            "INSERT INTO containers (context, namespace, pod, name, kind, image, image_ref)
+             VALUES ('c', 'ns', 'p', 'main', 'container', 'app:1', 'docker.io/library/app:1')",
+        )
+        .unwrap();
+        write(&conn, &found("app@sha256:1", &["docker.io/library/app:1"])).unwrap();
+        write(&conn, &found("app@sha256:2", &["docker.io/library/app:2"])).unwrap();
+        // A second name for the image still in use keeps it, and goes itself.
+        write(
+            &conn,
+            &found("app@sha256:1", &["docker.io/library/app@sha256:1"]),
+        )
+        .unwrap();
+        let mut unused = prune_unused(&conn).unwrap();
+        unused.sort();
+        assert_eq!(
+            unused,
+            ["docker.io/library/app:2", "docker.io/library/app@sha256:1"]
+        );
+        assert_eq!(strings(&conn, "SELECT image FROM images"), ["app@sha256:1"]);
+        assert_eq!(
+            strings(&conn, "SELECT ref FROM image_refs"),
+            ["docker.io/library/app:1"]
+        );
+        assert!(prune_unused(&conn).unwrap().is_empty());
+    }
 }

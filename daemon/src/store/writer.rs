@@ -432,10 +432,11 @@ impl Writer {
         }
     }
 
-    /// Applies the retention periods of `changes`, `events` and `incidents`. Expired events
-    /// take their `objects` rows with them. An ended incident goes only once its object is
-    /// gone too: while the object still shows the occurrence, the row is what keeps a relist
-    /// from raising it again.
+    /// Applies the retention periods of `changes`, `events` and `incidents`, and forgets
+    /// image references no container uses any more. Expired events take their `objects`
+    /// rows with them. An ended incident goes only once its object is gone too: while the
+    /// object still shows the occurrence, the row is what keeps a relist from raising it
+    /// again.
     fn prune(&mut self) -> Result<(), StoreError> {
         let changes = self.opts.changes_retention.as_secs();
         let events = self.opts.events_retention.as_secs();
@@ -471,6 +472,17 @@ impl Writer {
         )?;
         if pruned_incidents > 0 {
             self.reload_tracker();
+        }
+        let unused = super::images::prune_unused(&self.conn)?;
+        if !unused.is_empty() {
+            tracing::info!(
+                references = unused.len(),
+                "dropped image references no container uses"
+            );
+            for r in &unused {
+                self.seen_refs.remove(r);
+            }
+            self.forward_images(crate::images::Sighting::Unused { refs: unused });
         }
         if pruned_changes + pruned_events + pruned_incidents > 0 {
             tracing::info!(

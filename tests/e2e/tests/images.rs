@@ -231,6 +231,44 @@ async fn a_429_with_retry_after_is_waited_out_and_retried() {
 }
 
 #[tokio::test]
+async fn a_429_holds_every_request_to_that_host() {
+    let reg = Registry::start().await;
+    let p = push(&reg).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cache = Cache::open(&dir.path().join("images.sqlite"));
+    // Two lookups at once, half a second apart by the rate limit; the first is told to
+    // wait two seconds, and the second must wait with it.
+    let c = client(&reg, 2.0);
+    reg.clear();
+    let told = 2;
+    reg.inject([Fault {
+        status: 429,
+        retry_after: Some(told),
+    }]);
+    let now = jiff::Timestamp::now().as_second();
+    let (a, b) = (
+        job(&format!("{}/team/app:v1", reg.host), "linux/amd64"),
+        job(&format!("{}/team/multi:v2", reg.host), "linux/amd64"),
+    );
+    let (sa, sb) = tokio::join!(sized(&c, &cache, &a, now), sized(&c, &cache, &b, now));
+    assert_eq!(
+        (sa.size_bytes, sb.size_bytes),
+        (p.app.size_bytes, p.amd.size_bytes)
+    );
+    let seen = reg.seen();
+    assert_eq!(seen[0].status, 429, "{seen:#?}");
+    for s in &seen[1..] {
+        let after = s.at - seen[0].at;
+        assert!(
+            after >= Duration::from_millis(told * 1000 - 20),
+            "{} {} went {after:?} after a 429 that said Retry-After: {told}",
+            s.method,
+            s.path
+        );
+    }
+}
+
+#[tokio::test]
 async fn the_request_rate_never_exceeds_the_limit() {
     let reg = Registry::start().await;
     let tags = 6;
