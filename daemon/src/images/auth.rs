@@ -55,8 +55,19 @@ impl Credentials {
     /// `~/.docker/config.json` and `kubernetes.io/dockerconfigjson` secrets use.
     pub fn parse(bytes: &[u8]) -> Result<Credentials, String> {
         let cfg: DockerConfig = serde_json::from_slice(bytes).map_err(|e| {
-            // serde_json errors quote no input, so they are safe to show.
-            format!("not a docker config: {e}")
+            // Only where it broke: serde_json's messages can quote the offending value
+            // (`invalid type: string "…"`), which here may be a password.
+            let what = match e.classify() {
+                serde_json::error::Category::Data => "unexpected value",
+                serde_json::error::Category::Syntax => "invalid JSON",
+                serde_json::error::Category::Eof => "truncated JSON",
+                serde_json::error::Category::Io => "unreadable",
+            };
+            format!(
+                "not a docker config: {what} at line {}, column {}",
+                e.line(),
+                e.column()
+            )
         })?;
         let mut out = HashMap::new();
         for (key, entry) in cfg.auths {
@@ -191,6 +202,15 @@ mod tests {
             !format!("{:?}", c).contains("s3cret"),
             "secrets never print"
         );
+        // A malformed file's error says where, never what.
+        for broken in [
+            &br#"{"auths": {"ghcr.io": {"password": 7, "username": "s3cret"}}}"#[..],
+            br#"{"auths": "s3cret"}"#,
+            br#"{"auths": {"ghcr.io": {"auth": "s3cret"#,
+        ] {
+            let e = Credentials::parse(broken).unwrap_err();
+            assert!(e.contains("line 1") && !e.contains("s3cret"), "{e}");
+        }
     }
 
     #[test]
