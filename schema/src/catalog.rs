@@ -381,6 +381,50 @@ pub static CATALOG: LazyLock<Vec<Table>> = LazyLock::new(|| {
             ],
         },
         Table {
+            name: "registries",
+            description: "Every registry kqd has asked for image sizes: requests sent, the last answer, the last problem, and whether requests are held. Registries that only nodes answered for are absent: they cost no request.",
+            view: None,
+            columns: vec![
+                c(
+                    "registry",
+                    "VARCHAR",
+                    "Registry as image names spell it (docker.io, ghcr.io…).",
+                ),
+                c(
+                    "requests",
+                    "BIGINT",
+                    "Requests sent since kqd started: manifest HEADs and GETs, and token requests.",
+                ),
+                c(
+                    "manifest_gets",
+                    "BIGINT",
+                    "Manifest GETs, the requests Docker Hub counts as pulls.",
+                ),
+                c("last_status", "INTEGER", "HTTP status of the last answer."),
+                c(
+                    "last_request_at",
+                    "TIMESTAMPTZ",
+                    "When the last request went out.",
+                ),
+                c(
+                    "last_error",
+                    "VARCHAR",
+                    "The last registry-wide problem: 429, 5xx, unreachable, token service, spent pull quota.",
+                ),
+                c("last_error_at", "TIMESTAMPTZ", "When last_error happened."),
+                c(
+                    "held_until",
+                    "TIMESTAMPTZ",
+                    "Requests wait until then (a 429's Retry-After, a spent pull quota).",
+                ),
+                c(
+                    "pulls_remaining",
+                    "BIGINT",
+                    "Docker Hub's ratelimit-remaining, when the registry sends it.",
+                ),
+            ],
+        },
+        Table {
             name: "container_images",
             description: "View: every container with its image's size; containers join image_refs on image_ref, and image_refs join images on image.",
             view: Some(CONTAINER_IMAGES),

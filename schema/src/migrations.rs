@@ -12,7 +12,7 @@ pub struct Migration {
 }
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: u32 = 11;
+pub const SCHEMA_VERSION: u32 = 12;
 
 /// Every migration, oldest first.
 pub static MIGRATIONS: &[Migration] = &[
@@ -71,6 +71,11 @@ pub static MIGRATIONS: &[Migration] = &[
         description: "images: sizes of every image pods use, and containers.image_ref",
         sql: v11,
     },
+    Migration {
+        version: 12,
+        description: "registries: what kqd has asked each registry, and its problems",
+        sql: v12,
+    },
 ];
 
 /// Creates the named catalog tables. A migration names its tables so that later catalog
@@ -86,6 +91,10 @@ fn create_tables(names: &[&str]) -> String {
         })
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+fn v12() -> String {
+    create_tables(&["registries"])
 }
 
 fn v11() -> String {

@@ -122,6 +122,8 @@ pub fn spawn(
     let mut c = Coordinator {
         opts,
         ops,
+        registry,
+        registries_written: None,
         jobs: jobs_tx,
         refs: HashMap::new(),
         nodes: HashMap::new(),
@@ -140,6 +142,9 @@ fn now() -> i64 {
 struct Coordinator {
     opts: ImageOptions,
     ops: mpsc::Sender<Op>,
+    registry: Arc<Registry>,
+    /// The generation of registry statuses last written to `registries`.
+    registries_written: Option<u64>,
     jobs: mpsc::UnboundedSender<Work>,
     refs: HashMap<String, Known>,
     /// Node-reported images by every name they go by.
@@ -171,6 +176,9 @@ impl Coordinator {
                 Some((reference, outcome)) = results.recv() => self.result(reference, outcome),
                 _ = tick.tick() => {
                     self.tick();
+                    if self.write_registries().await.is_err() {
+                        return;
+                    }
                     Vec::new()
                 }
             };
@@ -180,6 +188,17 @@ impl Coordinator {
                 }
             }
         }
+    }
+
+    /// Rewrites `registries` when a registry's status changed since the last time.
+    async fn write_registries(&mut self) -> Result<(), mpsc::error::SendError<Op>> {
+        if self.registries_written == Some(self.registry.status_generation()) {
+            return Ok(());
+        }
+        let (generation, all) = self.registry.statuses();
+        self.ops.send(Op::Registries(all)).await?;
+        self.registries_written = Some(generation);
+        Ok(())
     }
 
     fn sighting(&mut self, s: Sighting) -> Vec<ImageFound> {

@@ -12,6 +12,7 @@ mod manifest;
 pub mod reference;
 mod registry;
 mod secrets;
+mod status;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -24,6 +25,7 @@ pub use lookup::{Job, LookupOptions, Outcome, SizedImage, resolve};
 pub use reference::ImageRef;
 pub use registry::{Registry, RegistryError, RegistryOptions, install_tls_provider};
 pub use secrets::{Clients, PullSecrets};
+pub use status::RegistryStatus;
 
 /// What a pod or a node tells about images.
 #[derive(Debug, Clone)]

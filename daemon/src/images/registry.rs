@@ -18,6 +18,7 @@ use reqwest::{Method, StatusCode};
 use super::auth::{Basic, Challenge, Credentials};
 use super::manifest;
 use super::reference::ImageRef;
+use super::status::{RegistryStatus, Statuses};
 
 /// How kq talks to registries.
 #[derive(Debug, Clone)]
@@ -84,6 +85,8 @@ pub struct Registry {
     held: Mutex<HashMap<String, Instant>>,
     /// Requests sent, for the log and for tests.
     pub requests: AtomicU64,
+    /// Per-registry counts and problems, for the `registries` table.
+    status: Statuses,
 }
 
 /// Installs ring as the process's rustls provider, which every reqwest client needs first:
@@ -110,7 +113,18 @@ impl Registry {
             quota_spent: Mutex::default(),
             held: Mutex::default(),
             requests: AtomicU64::new(0),
+            status: Statuses::default(),
         })
+    }
+
+    /// Every registry's status, and the generation it is at.
+    pub fn statuses(&self) -> (u64, Vec<RegistryStatus>) {
+        (self.status.generation(), self.status.snapshot())
+    }
+
+    /// The generation of the registries' status; it moves whenever one changes.
+    pub fn status_generation(&self) -> u64 {
+        self.status.generation()
     }
 
     /// The digest a reference resolves to, from a `HEAD` of its manifest: registries do not
@@ -206,9 +220,14 @@ impl Registry {
                 req = req.header(AUTHORIZATION, a);
             }
             self.requests.fetch_add(1, Ordering::Relaxed);
-            let wait = match req.send().await {
+            self.status.sent(&r.registry, method == Method::GET);
+            let sent = req.send().await;
+            if let Ok(resp) = &sent {
+                self.status.answered(&r.registry, resp.status().as_u16());
+            }
+            let wait = match sent {
                 Ok(resp) if resp.status().is_success() => {
-                    self.note_quota(&host, resp.headers());
+                    self.note_quota(r, &host, resp.headers());
                     return Ok(resp);
                 }
                 Ok(resp) if resp.status() == StatusCode::UNAUTHORIZED && !challenged => {
@@ -250,10 +269,18 @@ impl Registry {
                         let wait = told.unwrap_or_else(|| self.backoff(attempt));
                         // The whole host is told to wait, not just this request: the other
                         // workers' requests would only earn more 429s.
-                        self.hold(&host, wait);
+                        self.hold(r, &host, wait);
+                        self.status.failed(
+                            &r.registry,
+                            &format!("429 Too Many Requests: waiting {:.1}s", wait.as_secs_f64()),
+                        );
                         wait
                     }
-                    s if s.is_server_error() => self.backoff(attempt),
+                    s if s.is_server_error() => {
+                        self.status
+                            .failed(&r.registry, &format!("answered {s} for {}", r.repository));
+                        self.backoff(attempt)
+                    }
                     s => {
                         return Err(RegistryError::Failed(format!(
                             "{} answered {s} for {}:{reference}",
@@ -263,6 +290,8 @@ impl Registry {
                 },
                 Err(e) => {
                     tracing::debug!(registry = %r.registry, error = %e, "registry request failed");
+                    self.status
+                        .failed(&r.registry, &format!("unreachable: {}", error_chain(&e)));
                     if attempt + 1 >= self.opts.max_attempts {
                         return Err(RegistryError::Failed(format!(
                             "{} unreachable: {}",
@@ -330,17 +359,17 @@ impl Registry {
                     self.wait_turn(&host).await;
                 }
                 self.requests.fetch_add(1, Ordering::Relaxed);
+                self.status.sent(&r.registry, false);
                 let resp = req.send().await.map_err(|e| {
-                    RegistryError::Failed(format!(
-                        "token service {realm} unreachable: {}",
-                        error_chain(&e)
-                    ))
+                    let e = format!("token service {realm} unreachable: {}", error_chain(&e));
+                    self.status.failed(&r.registry, &e);
+                    RegistryError::Failed(e)
                 })?;
+                self.status.answered(&r.registry, resp.status().as_u16());
                 if !resp.status().is_success() {
-                    return Err(RegistryError::Unauthorized(format!(
-                        "token service {realm} answered {}",
-                        resp.status()
-                    )));
+                    let e = format!("token service {realm} answered {}", resp.status());
+                    self.status.failed(&r.registry, &e);
+                    return Err(RegistryError::Unauthorized(e));
                 }
                 #[derive(serde::Deserialize)]
                 struct Token {
@@ -365,7 +394,8 @@ impl Registry {
     }
 
     /// Holds every request to `host` for `wait`, unless it is held longer already.
-    fn hold(&self, host: &str, wait: Duration) {
+    fn hold(&self, r: &ImageRef, host: &str, wait: Duration) {
+        self.status.held(&r.registry, unix_after(wait));
         let until = Instant::now() + wait;
         let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
         let e = held.entry(host.to_string()).or_insert(until);
@@ -409,7 +439,7 @@ impl Registry {
 
     /// Docker Hub says how many pulls are left (`ratelimit-remaining: 76;w=21600`); at zero,
     /// manifest GETs to that host stop for the window.
-    fn note_quota(&self, host: &str, headers: &HeaderMap) {
+    fn note_quota(&self, r: &ImageRef, host: &str, headers: &HeaderMap) {
         let Some(v) = headers
             .get("ratelimit-remaining")
             .and_then(|v| v.to_str().ok())
@@ -417,8 +447,19 @@ impl Registry {
             return;
         };
         let (left, window) = parse_ratelimit(v);
+        if let Some(left) = left {
+            self.status.pulls_remaining(&r.registry, left as i64);
+        }
         if left == Some(0) {
             let window = Duration::from_secs(window.unwrap_or(3600));
+            self.status.held(&r.registry, unix_after(window));
+            self.status.failed(
+                &r.registry,
+                &format!(
+                    "pull quota spent (ratelimit-remaining: 0): manifest downloads wait {}s",
+                    window.as_secs()
+                ),
+            );
             tracing::warn!(
                 host,
                 window_secs = window.as_secs(),
@@ -462,6 +503,11 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
         }
     };
     Some(d.min(Duration::from_secs(600)))
+}
+
+/// Unix seconds `d` from now.
+fn unix_after(d: Duration) -> i64 {
+    jiff::Timestamp::now().as_second() + d.as_secs_f64().ceil() as i64
 }
 
 /// `76;w=21600` into (76, 21600).

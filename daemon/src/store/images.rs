@@ -5,16 +5,21 @@ use duckdb::types::{TimeUnit, Value};
 use duckdb::{Connection, params_from_iter};
 
 use super::StoreError;
-use crate::images::ImageFound;
+use crate::images::{ImageFound, RegistryStatus};
+
+fn text(v: Option<&str>) -> Value {
+    v.map_or(Value::Null, |s| Value::Text(s.to_string()))
+}
+
+/// Unix seconds as a timestamp.
+fn ts(secs: Option<i64>) -> Value {
+    secs.map_or(Value::Null, |s| {
+        Value::Timestamp(TimeUnit::Microsecond, s * 1_000_000)
+    })
+}
 
 /// Replaces an image's row and points its references at it.
 pub fn write(conn: &Connection, f: &ImageFound) -> Result<(), StoreError> {
-    let text = |v: Option<&str>| v.map_or(Value::Null, |s| Value::Text(s.to_string()));
-    let ts = |secs: Option<i64>| {
-        secs.map_or(Value::Null, |s| {
-            Value::Timestamp(TimeUnit::Microsecond, s * 1_000_000)
-        })
-    };
     let values = [
         Value::Text(f.image.clone()),
         Value::Text(f.name.clone()),
@@ -40,6 +45,30 @@ pub fn write(conn: &Connection, f: &ImageFound) -> Result<(), StoreError> {
             "INSERT INTO main.image_refs (ref, image) VALUES (?, ?)",
             [r, &f.image],
         )?;
+    }
+    Ok(())
+}
+
+/// Replaces the `registries` table with what image sizing knows of each registry.
+pub fn write_registries(conn: &Connection, all: &[RegistryStatus]) -> Result<(), StoreError> {
+    conn.execute("DELETE FROM main.registries", [])?;
+    let mut insert = conn.prepare(
+        "INSERT INTO main.registries (registry, requests, manifest_gets, last_status, last_request_at, last_error, last_error_at, held_until, pulls_remaining)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )?;
+    for r in all {
+        let values = [
+            Value::Text(r.registry.clone()),
+            Value::BigInt(r.requests as i64),
+            Value::BigInt(r.manifest_gets as i64),
+            r.last_status.map_or(Value::Null, |s| Value::Int(s.into())),
+            ts(r.last_request_at),
+            text(r.last_error.as_deref()),
+            ts(r.last_error_at),
+            ts(r.held_until),
+            r.pulls_remaining.map_or(Value::Null, Value::BigInt),
+        ];
+        insert.execute(params_from_iter(values.iter()))?;
     }
     Ok(())
 }

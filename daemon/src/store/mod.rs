@@ -107,6 +107,8 @@ pub enum Op {
     RemoveContext { name: String },
     /// An image was sized (or failed to be): its `images` row and the references naming it.
     Image(Box<crate::images::ImageFound>),
+    /// What kqd has asked each registry: the whole `registries` table.
+    Registries(Vec<crate::images::RegistryStatus>),
     /// Where to send what pods and nodes say about images (image sizing is on).
     ImageSightings(tokio::sync::mpsc::UnboundedSender<crate::images::Sighting>),
     /// Answered once everything sent before it is committed.

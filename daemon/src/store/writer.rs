@@ -222,8 +222,9 @@ impl Writer {
                 );
             }
         }
-        // Resource states are rebuilt by this run's watchers.
-        conn.execute_batch("DELETE FROM main.resources")?;
+        // Resource states are rebuilt by this run's watchers, and registry counts are this
+        // run's.
+        conn.execute_batch("DELETE FROM main.resources; DELETE FROM main.registries;")?;
         Ok(Writer {
             conn,
             opts,
@@ -620,6 +621,7 @@ impl Writer {
                         super::images::write(&self.conn, &found)?;
                         images_changed = true;
                     }
+                    Op::Registries(all) => super::images::write_registries(&self.conn, &all)?,
                     Op::ImageSightings(tx) => self.sightings = Some(tx),
                     Op::Barrier(b) => barriers.push(b),
                 }

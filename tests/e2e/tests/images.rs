@@ -257,6 +257,24 @@ async fn a_429_holds_every_request_to_that_host() {
     );
     let seen = reg.seen();
     assert_eq!(seen[0].status, 429, "{seen:#?}");
+    let (_, status) = c.statuses();
+    assert_eq!(status.len(), 1, "{status:#?}");
+    let st = &status[0];
+    assert_eq!(
+        (
+            st.registry.as_str(),
+            st.requests as usize,
+            st.manifest_gets as usize
+        ),
+        (reg.host.as_str(), seen.len(), count(&seen, "GET"))
+    );
+    assert!(
+        st.last_error
+            .as_deref()
+            .is_some_and(|e| e.starts_with("429 Too Many Requests: waiting 2.0s")),
+        "{st:#?}"
+    );
+    assert!(st.held_until >= st.last_error_at.map(|t| t + told as i64 - 1));
     for s in &seen[1..] {
         let after = s.at - seen[0].at;
         assert!(
@@ -413,6 +431,19 @@ async fn kqd_sizes_every_pod_image_from_nodes_first_and_the_registry_second() {
         seen.iter().all(|s| !s.path.contains("team/cached")),
         "a node-reported image reached the registry: {seen:#?}"
     );
+    // `registries` counts what kqd asked, and only the test registry was asked: the images
+    // of the simulator's pods (docker.io, ghcr.io, quay.io…) came from node status.
+    env.wait_csv(
+        "select registry, requests, manifest_gets from registries",
+        &format!(
+            "registry,requests,manifest_gets\n{h},{},{}\n",
+            seen.len(),
+            count(&seen, "GET")
+        ),
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{seen:#?}"));
     let error = env
         .csv(&format!(
             "select error from images where image = '{h}/team/missing:v0'"
@@ -459,8 +490,36 @@ async fn kqd_sizes_every_pod_image_from_nodes_first_and_the_registry_second() {
     );
     assert!(top.contains(&format!(",{biggest},")), "{top}");
 
+    // A registry that answers 429 shows in `registries`, and kqd still sizes the image.
+    let late = reg
+        .push_image("team/late", Some("v1"), &[999], "linux", "amd64")
+        .await;
+    reg.inject([Fault {
+        status: 429,
+        retry_after: Some(1),
+    }]);
+    scenario::create_pod(store, "default", "late", &format!("{h}/team/late:v1")).unwrap();
+    env.wait_csv(
+        "select size_bytes from container_images where pod = 'late'",
+        &format!("size_bytes\n{}\n", late.size_bytes),
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", kqd.log()));
+    env.wait_csv(
+        "select last_status, last_error like '429 Too Many Requests%' as told, held_until > last_error_at as held
+         from registries",
+        "last_status,told,held\n200,true,true\n",
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", kqd.log()));
+
     // The cache outlives kqd and its database: a new kqd on an empty inventory sizes the
     // same images without a single registry request.
+    let sized_before = env.csv(&format!("select r.ref, i.image, i.size_bytes, i.source, i.platform, i.error is not null as failed
+             from image_refs r join images i using (image) where r.{mine} order by r.ref")).await.unwrap();
+    assert_eq!(sized_before.lines().count(), 1 + 6, "{sized_before}");
     kqd.terminate();
     std::fs::remove_dir_all(&env.data_dir).unwrap();
     reg.clear();
@@ -469,7 +528,7 @@ async fn kqd_sizes_every_pod_image_from_nodes_first_and_the_registry_second() {
         .await;
     env.wait_csv(
         &format!("select count(*) from image_refs where {mine}"),
-        "count_star()\n5\n",
+        "count_star()\n6\n",
         Duration::from_secs(60),
     )
     .await
@@ -481,7 +540,7 @@ async fn kqd_sizes_every_pod_image_from_nodes_first_and_the_registry_second() {
         ))
         .await
         .unwrap();
-    assert_eq!(again, rows);
+    assert_eq!(again, sized_before);
     assert!(reg.seen().is_empty(), "after a restart: {:#?}", reg.seen());
 }
 
