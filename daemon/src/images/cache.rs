@@ -99,30 +99,22 @@ impl Cache {
 
     /// The digest a tag resolved to, if that answer has not expired at `now`.
     pub fn tag(&self, reference: &str, now: i64) -> Option<TagEntry> {
-        self.conn()
-            .query_row(
-                "SELECT digest, fetched_at, expires_at FROM tags WHERE reference = ?1 AND expires_at > ?2",
-                params![reference, now],
-                |r| {
-                    Ok(TagEntry {
-                        digest: r.get(0)?,
-                        fetched_at: r.get(1)?,
-                        expires_at: r.get(2)?,
-                    })
-                },
-            )
-            .optional()
-            .unwrap_or_else(|e| log_error("read a tag", e))
+        let (digest, fetched_at, expires_at) = self.timed(Timed::Tags, reference, now)?;
+        Some(TagEntry {
+            digest,
+            fetched_at,
+            expires_at,
+        })
     }
 
     pub fn put_tag(&self, reference: &str, e: &TagEntry) {
-        let r = self.conn().execute(
-            "INSERT OR REPLACE INTO tags (reference, digest, fetched_at, expires_at) VALUES (?1, ?2, ?3, ?4)",
-            params![reference, e.digest, e.fetched_at, e.expires_at],
+        self.put_timed(
+            Timed::Tags,
+            reference,
+            &e.digest,
+            e.fetched_at,
+            e.expires_at,
         );
-        if let Err(e) = r {
-            log_error::<()>("write a tag", e);
-        }
     }
 
     /// The size of a manifest for a platform; `""` stands for a single-platform manifest,
@@ -184,30 +176,22 @@ impl Cache {
 
     /// A failure remembered for `reference` that has not expired at `now`.
     pub fn failure(&self, reference: &str, now: i64) -> Option<Failure> {
-        self.conn()
-            .query_row(
-                "SELECT error, fetched_at, expires_at FROM failures WHERE reference = ?1 AND expires_at > ?2",
-                params![reference, now],
-                |r| {
-                    Ok(Failure {
-                        error: r.get(0)?,
-                        fetched_at: r.get(1)?,
-                        expires_at: r.get(2)?,
-                    })
-                },
-            )
-            .optional()
-            .unwrap_or_else(|e| log_error("read a failure", e))
+        let (error, fetched_at, expires_at) = self.timed(Timed::Failures, reference, now)?;
+        Some(Failure {
+            error,
+            fetched_at,
+            expires_at,
+        })
     }
 
     pub fn put_failure(&self, reference: &str, f: &Failure) {
-        let r = self.conn().execute(
-            "INSERT OR REPLACE INTO failures (reference, error, fetched_at, expires_at) VALUES (?1, ?2, ?3, ?4)",
-            params![reference, f.error, f.fetched_at, f.expires_at],
+        self.put_timed(
+            Timed::Failures,
+            reference,
+            &f.error,
+            f.fetched_at,
+            f.expires_at,
         );
-        if let Err(e) = r {
-            log_error::<()>("write a failure", e);
-        }
     }
 
     /// Forgets a failure once the reference resolves.
@@ -219,6 +203,49 @@ impl Cache {
 }
 
 /// A cache that fails mid-run is a cache miss, not an error: the lookup goes to the source.
+/// The tables of answers that expire: a reference's value, when it was learnt, and until
+/// when it holds.
+#[derive(Clone, Copy)]
+enum Timed {
+    Tags,
+    Failures,
+}
+
+impl Timed {
+    /// The table and its value column.
+    fn names(self) -> (&'static str, &'static str) {
+        match self {
+            Timed::Tags => ("tags", "digest"),
+            Timed::Failures => ("failures", "error"),
+        }
+    }
+}
+
+impl Cache {
+    fn timed(&self, t: Timed, reference: &str, now: i64) -> Option<(String, i64, i64)> {
+        let (table, value) = t.names();
+        self.conn()
+            .query_row(
+                &format!("SELECT {value}, fetched_at, expires_at FROM {table} WHERE reference = ?1 AND expires_at > ?2"),
+                params![reference, now],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()
+            .unwrap_or_else(|e| log_error(&format!("read {table}"), e))
+    }
+
+    fn put_timed(&self, t: Timed, reference: &str, v: &str, fetched_at: i64, expires_at: i64) {
+        let (table, value) = t.names();
+        let r = self.conn().execute(
+            &format!("INSERT OR REPLACE INTO {table} (reference, {value}, fetched_at, expires_at) VALUES (?1, ?2, ?3, ?4)"),
+            params![reference, v, fetched_at, expires_at],
+        );
+        if let Err(e) = r {
+            log_error::<()>(&format!("write {table}"), e);
+        }
+    }
+}
+
 fn log_error<T: Default>(what: &str, e: rusqlite::Error) -> T {
     tracing::warn!(error = %e, "image cache: cannot {what}");
     T::default()

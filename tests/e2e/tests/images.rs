@@ -10,8 +10,8 @@ use kq_daemon::images::{
     Cache, Credentials, ImageRef, Job, LookupOptions, Outcome, Registry as Client, RegistryOptions,
     SizedImage, resolve,
 };
-use kq_e2e::Env;
 use kq_e2e::registry::{Fault, Gate, Pushed, Registry, Seen};
+use kq_e2e::{Env, Kqd};
 use kube_sim::scenario;
 
 fn client(reg: &Registry, rate: f64) -> Client {
@@ -333,6 +333,30 @@ async fn the_request_rate_never_exceeds_the_limit() {
     );
 }
 
+/// kqd, allowed to reach the test registry over plain HTTP, once `refs` of that registry's
+/// references are in `image_refs`.
+async fn kqd_sizing(env: &Env, h: &str, refs: usize) -> Kqd {
+    let kqd = env.kqd_with(&[("KQ_INSECURE_REGISTRIES", h)]).await;
+    env.wait_csv(
+        &format!("select count(*) from image_refs where ref like '{h}/%'"),
+        &format!("count_star()\n{refs}\n"),
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", kqd.log()));
+    kqd
+}
+
+/// The test registry's references and the images they name, as csv.
+async fn sized_rows(env: &Env, h: &str) -> String {
+    env.csv(&format!(
+        "select r.ref, i.image, i.size_bytes, i.source, i.platform, i.error is not null as failed
+         from image_refs r join images i using (image) where r.ref like '{h}/%' order by r.ref"
+    ))
+    .await
+    .unwrap()
+}
+
 #[tokio::test]
 async fn kqd_sizes_every_pod_image_from_nodes_first_and_the_registry_second() {
     let env = Env::start(2, 12).await;
@@ -373,24 +397,8 @@ async fn kqd_sizes_every_pod_image_from_nodes_first_and_the_registry_second() {
     )
     .unwrap();
     reg.clear();
-    let kqd = env
-        .kqd_with(&[("KQ_INSECURE_REGISTRIES", h.as_str())])
-        .await;
-    let mine = format!("ref like '{h}/%'");
-    env.wait_csv(
-        &format!("select count(*) from image_refs where {mine}"),
-        "count_star()\n5\n",
-        Duration::from_secs(60),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}\n{}", kqd.log()));
-    let rows = env
-        .csv(&format!(
-            "select r.ref, i.image, i.size_bytes, i.source, i.platform, i.error is not null as failed
-             from image_refs r join images i using (image) where r.{mine} order by r.ref"
-        ))
-        .await
-        .unwrap();
+    let kqd = kqd_sizing(&env, &h, 5).await;
+    let rows = sized_rows(&env, &h).await;
     let app_image = format!("{h}/team/app@{}", p.app.digest);
     let want = [
         format!(
@@ -517,30 +525,13 @@ async fn kqd_sizes_every_pod_image_from_nodes_first_and_the_registry_second() {
 
     // The cache outlives kqd and its database: a new kqd on an empty inventory sizes the
     // same images without a single registry request.
-    let sized_before = env.csv(&format!("select r.ref, i.image, i.size_bytes, i.source, i.platform, i.error is not null as failed
-             from image_refs r join images i using (image) where r.{mine} order by r.ref")).await.unwrap();
+    let sized_before = sized_rows(&env, &h).await;
     assert_eq!(sized_before.lines().count(), 1 + 6, "{sized_before}");
     kqd.terminate();
     std::fs::remove_dir_all(&env.data_dir).unwrap();
     reg.clear();
-    let kqd = env
-        .kqd_with(&[("KQ_INSECURE_REGISTRIES", h.as_str())])
-        .await;
-    env.wait_csv(
-        &format!("select count(*) from image_refs where {mine}"),
-        "count_star()\n6\n",
-        Duration::from_secs(60),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}\n{}", kqd.log()));
-    let again = env
-        .csv(&format!(
-            "select r.ref, i.image, i.size_bytes, i.source, i.platform, i.error is not null as failed
-             from image_refs r join images i using (image) where r.{mine} order by r.ref"
-        ))
-        .await
-        .unwrap();
-    assert_eq!(again, sized_before);
+    let _kqd = kqd_sizing(&env, &h, 6).await;
+    assert_eq!(sized_rows(&env, &h).await, sized_before);
     assert!(reg.seen().is_empty(), "after a restart: {:#?}", reg.seen());
 }
 
