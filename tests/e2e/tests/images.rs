@@ -536,6 +536,65 @@ async fn kqd_sizes_every_pod_image_from_nodes_first_and_the_registry_second() {
 }
 
 #[tokio::test]
+async fn a_shutdown_mid_lookup_leaves_nothing_half_written() {
+    let env = Env::start(1, 2).await;
+    let reg = Registry::start().await;
+    let p = push(&reg).await;
+    let h = reg.host.clone();
+    let image = format!("{h}/team/app:v1");
+    let store = &env.fleet.clusters[0].store;
+    scenario::create_pod(store, "default", "waiting", &image).unwrap();
+    // The registry tells kqd to come back in 30 s; kqd is stopped while it waits.
+    reg.inject([Fault {
+        status: 429,
+        retry_after: Some(30),
+    }]);
+    let kqd = env
+        .kqd_with(&[("KQ_INSECURE_REGISTRIES", h.as_str())])
+        .await;
+    env.wait_csv(
+        "select last_status from registries",
+        "last_status\n429\n",
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", kqd.log()));
+    let stopping = std::time::Instant::now();
+    let status = kqd.terminate();
+    assert!(status.success(), "{status:?}");
+    assert!(
+        stopping.elapsed() < Duration::from_secs(10),
+        "kqd waited out the registry's Retry-After before stopping: {:?}",
+        stopping.elapsed()
+    );
+    // The cache opens whole (nothing moved aside) and holds no answer for the abandoned
+    // lookup, not even a partial one.
+    let dir = env.dir.path().join(".cache/kq");
+    let cache = Cache::open(&dir.join("images.sqlite"));
+    let now = jiff::Timestamp::now().as_second();
+    assert!(cache.tag(&image, now).is_none());
+    assert!(cache.failure(&image, now).is_none());
+    let files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(files.iter().all(|f| !f.contains("unreadable")), "{files:?}");
+    drop(cache);
+    // The next kqd does the lookup in full.
+    reg.clear();
+    let _kqd = kqd_sizing(&env, &h, 1).await;
+    assert_eq!(
+        sized_rows(&env, &h).await,
+        format!(
+            "ref,image,size_bytes,source,platform,failed\n{image},{h}/team/app@{},{},registry,linux/amd64,false\n",
+            p.app.digest, p.app.size_bytes
+        )
+    );
+    let methods: Vec<String> = reg.seen().iter().map(|s| s.method.clone()).collect();
+    assert_eq!(methods, ["HEAD", "GET"]);
+}
+
+#[tokio::test]
 async fn anonymous_bearer_tokens_and_docker_config_credentials() {
     let reg = Registry::start().await;
     let p = push(&reg).await;
