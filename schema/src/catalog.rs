@@ -415,7 +415,7 @@ pub static CATALOG: LazyLock<Vec<Table>> = LazyLock::new(|| {
                 c(
                     "held_until",
                     "TIMESTAMPTZ",
-                    "Requests wait until then (a 429's Retry-After, a spent pull quota).",
+                    "Until when every request waits (a 429's Retry-After), or manifest GETs do (a spent pull quota).",
                 ),
                 c(
                     "pulls_remaining",

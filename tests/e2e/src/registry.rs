@@ -67,6 +67,7 @@ pub struct Registry {
     seen: Arc<Mutex<Vec<Seen>>>,
     faults: Arc<Mutex<VecDeque<Fault>>>,
     gate: Arc<Mutex<Gate>>,
+    pulls_left: Arc<Mutex<Option<String>>>,
     http: reqwest::Client,
 }
 
@@ -133,10 +134,12 @@ impl Registry {
             .expect("proxy binds");
         let host = listener.local_addr().expect("addr").to_string();
         let gate: Arc<Mutex<Gate>> = Arc::default();
+        let pulls_left: Arc<Mutex<Option<String>>> = Arc::default();
         let proxy = Proxy {
             seen: seen.clone(),
             faults: faults.clone(),
             gate: gate.clone(),
+            pulls_left: pulls_left.clone(),
             http: http.clone(),
             upstream: upstream.clone(),
             host: host.clone(),
@@ -163,8 +166,15 @@ impl Registry {
             seen,
             faults,
             gate,
+            pulls_left,
             http,
         }
+    }
+
+    /// From now on every answer says how many pulls are left, as Docker Hub's
+    /// `ratelimit-remaining` header does (`"76;w=21600"`); `None` stops saying it.
+    pub fn pulls_left(&self, header: Option<&str>) {
+        *self.pulls_left.lock().unwrap() = header.map(str::to_string);
     }
 
     /// From now on the proxy demands this authentication.
@@ -324,6 +334,7 @@ struct Proxy {
     seen: Arc<Mutex<Vec<Seen>>>,
     faults: Arc<Mutex<VecDeque<Fault>>>,
     gate: Arc<Mutex<Gate>>,
+    pulls_left: Arc<Mutex<Option<String>>>,
     http: reqwest::Client,
     upstream: String,
     host: String,
@@ -449,6 +460,9 @@ async fn forward(
         if k != "transfer-encoding" && k != "connection" {
             b = b.header(k.as_str(), v.as_bytes());
         }
+    }
+    if let Some(left) = p.pulls_left.lock().unwrap().clone() {
+        b = b.header("ratelimit-remaining", left);
     }
     let bytes = resp.bytes().await.unwrap_or_default();
     Ok(b.body(Full::new(bytes)).unwrap())

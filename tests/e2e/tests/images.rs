@@ -287,6 +287,58 @@ async fn a_429_holds_every_request_to_that_host() {
 }
 
 #[tokio::test]
+async fn a_spent_pull_quota_stops_manifest_downloads_but_not_tag_lookups() {
+    let reg = Registry::start().await;
+    let p = push(&reg).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cache = Cache::open(&dir.path().join("images.sqlite"));
+    let c = client(&reg, 50.0);
+    let now = jiff::Timestamp::now().as_second();
+    let app = job(&format!("{}/team/app:v1", reg.host), "linux/amd64");
+    reg.pulls_left(Some("76;w=21600"));
+    assert_eq!(
+        sized(&c, &cache, &app, now).await.size_bytes,
+        p.app.size_bytes
+    );
+    assert_eq!(c.statuses().1[0].pulls_remaining, Some(76));
+
+    // No pull left: a new image's tag still resolves (HEADs are not pulls), but its
+    // manifest is not downloaded until the window passes, and the error says why.
+    reg.pulls_left(Some("0;w=60"));
+    reg.clear();
+    let multi = job(&format!("{}/team/multi:v2", reg.host), "linux/amd64");
+    let Outcome::Failed {
+        error, retry_at, ..
+    } = resolve(&c, &cache, &LookupOptions::default(), &multi, now).await
+    else {
+        panic!("a manifest was downloaded with no pull left")
+    };
+    assert!(error.contains("pull quota"), "{error}");
+    assert!(retry_at > now, "the lookup is tried again later");
+    let methods: Vec<String> = reg.seen().iter().map(|s| s.method.clone()).collect();
+    assert_eq!(methods, ["HEAD"]);
+    let st = &c.statuses().1[0];
+    assert_eq!(st.pulls_remaining, Some(0));
+    assert!(
+        st.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("pull quota"))
+    );
+    assert!(st.held_until.is_some_and(|t| t >= now + 59), "{st:#?}");
+
+    // An image whose digest is sized already costs no pull: once its tag expires it is
+    // looked up again with a HEAD alone.
+    reg.clear();
+    let later = now + 25 * 3600;
+    assert_eq!(
+        sized(&c, &cache, &app, later).await.size_bytes,
+        p.app.size_bytes
+    );
+    let methods: Vec<String> = reg.seen().iter().map(|s| s.method.clone()).collect();
+    assert_eq!(methods, ["HEAD"]);
+}
+
+#[tokio::test]
 async fn the_request_rate_never_exceeds_the_limit() {
     let reg = Registry::start().await;
     let tags = 6;
