@@ -440,6 +440,22 @@ async fn kqd_sizes_every_pod_image_from_nodes_first_and_the_registry_second() {
     for (name, image) in &pods {
         scenario::create_pod(store, "default", name, image).unwrap();
     }
+    // Init and ephemeral containers' images count too (these three are known already).
+    let pod_rt = store.resolve_kind("v1", "Pod").unwrap();
+    store
+        .create(
+            &pod_rt,
+            "default",
+            serde_json::json!({
+                "metadata": {"name": "kinds"},
+                "spec": {"nodeName": "node-002",
+                         "initContainers": [{"name": "setup", "image": pods[2].1}],
+                         "containers": [{"name": "main", "image": pods[0].1}],
+                         "ephemeralContainers": [{"name": "debug", "image": pods[1].1}]},
+                "status": {"phase": "Running"},
+            }),
+        )
+        .unwrap();
     // The same tag in another cluster: still one lookup.
     scenario::create_pod(
         &env.fleet.clusters[1].store,
@@ -473,6 +489,17 @@ async fn kqd_sizes_every_pod_image_from_nodes_first_and_the_registry_second() {
     ];
     let got: Vec<&str> = rows.lines().skip(1).collect();
     assert_eq!(got, want, "{}", kqd.log());
+    let kinds = env
+        .csv("select kind, size_bytes, source from container_images where pod = 'kinds' order by kind")
+        .await
+        .unwrap();
+    assert_eq!(
+        kinds,
+        format!(
+            "kind,size_bytes,source\ncontainer,{0},registry\nephemeral,{0},registry\ninit,{1},registry\n",
+            p.app.size_bytes, p.amd.size_bytes
+        )
+    );
     // The tag and the digest of team/app are one image.
     let one = env
         .csv(&format!(
