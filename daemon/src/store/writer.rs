@@ -315,6 +315,7 @@ impl Writer {
                     tracing::error!(ops = n, error = %e, "a batch failed and was rolled back; every context relists");
                     self.reload_index();
                     self.reload_tracker();
+                    self.forget_images();
                     self.resync.send_modify(|g| *g += 1);
                 }
             }
@@ -361,6 +362,17 @@ impl Writer {
         if tx.send(s).is_err() {
             self.sightings = None;
         }
+    }
+
+    /// After a rollback, whose batch may have held `images` rows: image sizing forgets every
+    /// reference, so that the relist sends them again and their rows are written anew, from
+    /// its memory of node reports and from the SQLite cache, at no registry request.
+    fn forget_images(&mut self) {
+        if self.seen_refs.is_empty() {
+            return;
+        }
+        let refs = self.seen_refs.drain().collect();
+        self.forward_images(crate::images::Sighting::Unused { refs });
     }
 
     /// Rebuilds the incident tracker from the database, after a rollback.
