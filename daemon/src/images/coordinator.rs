@@ -244,6 +244,7 @@ impl Coordinator {
                 platform,
                 images,
             } => {
+                let platform = platform.unwrap_or_else(|| self.opts.default_platform.clone());
                 self.platforms.insert((context, node), platform.clone());
                 for im in images {
                     for name in self.learn(&im, &platform) {

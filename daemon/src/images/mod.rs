@@ -39,11 +39,12 @@ pub enum Sighting {
         pull_secrets: Vec<String>,
         refs: Vec<String>,
     },
-    /// A node's platform and the images it holds (`status.images`).
+    /// A node's platform (`os/arch`, when its status says) and the images it holds
+    /// (`status.images`).
     Node {
         context: Arc<str>,
         node: String,
-        platform: String,
+        platform: Option<String>,
         images: Vec<NodeImage>,
     },
     /// Every node of a context has been listed: images no node reports go to registries.

@@ -547,12 +547,9 @@ pub fn pod(ctx: &Arc<str>, p: &Pod) -> ObjectRows {
 fn node_images(ctx: &Arc<str>, n: &Node) -> crate::images::Sighting {
     let status = n.status.as_ref();
     let info = status.and_then(|s| s.node_info.as_ref());
-    let platform = match info {
-        Some(i) if !i.operating_system.is_empty() => {
-            format!("{}/{}", i.operating_system, i.architecture)
-        }
-        _ => "linux/amd64".to_string(),
-    };
+    let platform = info
+        .filter(|i| !i.operating_system.is_empty())
+        .map(|i| format!("{}/{}", i.operating_system, i.architecture));
     let images = status
         .and_then(|s| s.images.as_ref())
         .map(|list| {
