@@ -20,14 +20,27 @@ use crate::store::Op;
 /// What the coordinator knows of one reference.
 struct Known {
     image: ImageRef,
+    /// The context and node of the first pod seen using it (for the platform).
     context: Arc<str>,
-    namespace: String,
     node: Option<String>,
-    pull_secrets: Vec<String>,
+    /// Every set of pull secrets pods using it name, wherever they are.
+    secrets: Vec<SecretSource>,
     state: State,
     since: Instant,
     /// The last registry answer that sized it, kept through later transient failures.
     last: Option<ImageFound>,
+    /// Whether the last lookup failed.
+    failed: bool,
+    /// A pod brought new pull secrets while a lookup was under way.
+    new_secrets: bool,
+}
+
+/// Pull secrets named by the pods of one namespace.
+#[derive(Debug, Clone, PartialEq)]
+struct SecretSource {
+    context: Arc<str>,
+    namespace: String,
+    names: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -52,12 +65,10 @@ struct NodeSized {
     platform: String,
 }
 
-/// A queued lookup and what its worker needs to find credentials.
+/// A queued lookup and where its worker may find credentials.
 struct Work {
     job: Job,
-    context: Arc<str>,
-    namespace: String,
-    pull_secrets: Vec<String>,
+    secrets: Vec<SecretSource>,
 }
 
 /// Starts the coordinator and its workers. Returns the channel that takes sightings and
@@ -97,15 +108,20 @@ pub fn spawn(
                     _ = cancel.cancelled() => return,
                 };
                 let Some(mut work) = work else { return };
-                if let (Some(s), false) = (&secrets, work.pull_secrets.is_empty()) {
-                    work.job.pull_secret = s
-                        .credentials(
-                            &work.context,
-                            &work.namespace,
-                            &work.pull_secrets,
-                            &work.job.image.registry,
-                        )
-                        .await;
+                if let Some(s) = &secrets {
+                    for src in &work.secrets {
+                        work.job.pull_secret = s
+                            .credentials(
+                                &src.context,
+                                &src.namespace,
+                                &src.names,
+                                &work.job.image.registry,
+                            )
+                            .await;
+                        if work.job.pull_secret.is_some() {
+                            break;
+                        }
+                    }
                 }
                 // A lookup cut short by shutdown is simply dropped: the cache only ever holds
                 // whole answers, and nothing reaches the inventory half-done.
@@ -211,8 +227,25 @@ impl Coordinator {
                 pull_secrets,
                 refs,
             } => {
+                let source = (!pull_secrets.is_empty()).then(|| SecretSource {
+                    context: context.clone(),
+                    namespace,
+                    names: pull_secrets,
+                });
                 for r in refs {
-                    if self.refs.contains_key(&r) {
+                    if let Some(k) = self.refs.get_mut(&r) {
+                        // Another pod names pull secrets for a known image: a lookup that
+                        // failed, perhaps for want of them, is tried again with them.
+                        if let Some(src) = &source
+                            && !k.secrets.contains(src)
+                        {
+                            k.secrets.push(src.clone());
+                            match k.state {
+                                State::Until(_) if k.failed => self.queue(&r),
+                                State::Queued => k.new_secrets = true,
+                                _ => {}
+                            }
+                        }
                         continue;
                     }
                     let Ok(image) = ImageRef::parse(&r) else {
@@ -223,12 +256,13 @@ impl Coordinator {
                         Known {
                             image,
                             context: context.clone(),
-                            namespace: namespace.clone(),
                             node: node.clone(),
-                            pull_secrets: pull_secrets.clone(),
+                            secrets: source.iter().cloned().collect(),
                             state: State::Waiting,
                             since: Instant::now(),
                             last: None,
+                            failed: false,
+                            new_secrets: false,
                         },
                     );
                     if let Some(f) = self.node_reported(&r) {
@@ -356,6 +390,7 @@ impl Coordinator {
             return;
         };
         k.state = State::Queued;
+        k.new_secrets = false;
         let platform = k
             .node
             .as_ref()
@@ -369,9 +404,7 @@ impl Coordinator {
                 platform,
                 pull_secret: None,
             },
-            context: k.context.clone(),
-            namespace: k.namespace.clone(),
-            pull_secrets: k.pull_secrets.clone(),
+            secrets: k.secrets.clone(),
         });
     }
 
@@ -384,6 +417,7 @@ impl Coordinator {
             return Vec::new();
         }
         let (image, last) = (k.image.clone(), k.last.clone());
+        let failed = matches!(outcome, Outcome::Failed { .. });
         let (found, until) = match outcome {
             Outcome::Sized(s) => {
                 let id = image.identity(&s.digest);
@@ -443,6 +477,10 @@ impl Coordinator {
         };
         if let Some(k) = self.refs.get_mut(&reference) {
             k.state = State::Until(until);
+            k.failed = failed;
+            if failed && k.new_secrets {
+                self.queue(&reference);
+            }
         }
         vec![found]
     }

@@ -73,7 +73,12 @@ pub async fn resolve(
     job: &Job,
     now: i64,
 ) -> Outcome {
-    if let Some(f) = cache.failure(&job.reference, now) {
+    // A remembered failure is not repeated, unless this time there are credentials: the
+    // failure may be an anonymous refusal that a pod's pull secret now answers.
+    if let Some(f) = cache
+        .failure(&job.reference, now)
+        .filter(|_| job.pull_secret.is_none())
+    {
         return Outcome::Failed {
             error: f.error,
             fetched_at: f.fetched_at,

@@ -90,9 +90,11 @@ pub struct Writer {
     resources: BTreeMap<ResKey, ResourceRow>,
     /// Told when a batch is lost, so that every context relists.
     resync: tokio::sync::watch::Sender<u64>,
-    /// Image sizing's inbox, when it is on; and the image references already sent to it.
+    /// Image sizing's inbox, when it is on; the image references already sent to it; and,
+    /// for pods that name pull secrets, the (reference, context, namespace) already sent.
     sightings: Option<tokio::sync::mpsc::UnboundedSender<crate::images::Sighting>>,
     seen_refs: HashSet<String>,
+    seen_secret_refs: HashSet<(String, Arc<str>, String)>,
 }
 
 /// The resource an upserted object belongs to: a typed kind's, or the one its `objects` row
@@ -238,6 +240,7 @@ impl Writer {
             resync,
             sightings: None,
             seen_refs: HashSet::new(),
+            seen_secret_refs: HashSet::new(),
         })
     }
 
@@ -333,7 +336,8 @@ impl Writer {
     }
 
     /// Passes what a pod or node says about images to image sizing, when it is on; a pod's
-    /// references only the first time any pod names them.
+    /// references only the first time any pod names them, or the first time a namespace's
+    /// pods name them with pull secrets (which may be what a lookup lacked).
     fn forward_images(&mut self, s: crate::images::Sighting) {
         let Some(tx) = &self.sightings else { return };
         let s = match s {
@@ -344,11 +348,16 @@ impl Writer {
                 pull_secrets,
                 mut refs,
             } => {
-                refs.retain(|r| !self.seen_refs.contains(r));
+                let (seen, seen_secret) = (&mut self.seen_refs, &mut self.seen_secret_refs);
+                refs.retain(|r| {
+                    let new_ref = seen.insert(r.clone());
+                    let new_secret = !pull_secrets.is_empty()
+                        && seen_secret.insert((r.clone(), context.clone(), namespace.clone()));
+                    new_ref || new_secret
+                });
                 if refs.is_empty() {
                     return;
                 }
-                self.seen_refs.extend(refs.iter().cloned());
                 crate::images::Sighting::Pod {
                     context,
                     namespace,
@@ -372,6 +381,7 @@ impl Writer {
             return;
         }
         let refs = self.seen_refs.drain().collect();
+        self.seen_secret_refs.clear();
         self.forward_images(crate::images::Sighting::Unused { refs });
     }
 
@@ -495,6 +505,9 @@ impl Writer {
             for r in &unused {
                 self.seen_refs.remove(r);
             }
+            let unused_set: HashSet<&String> = unused.iter().collect();
+            self.seen_secret_refs
+                .retain(|(r, _, _)| !unused_set.contains(r));
             self.forward_images(crate::images::Sighting::Unused { refs: unused });
         }
         if pruned_changes + pruned_events + pruned_incidents > 0 {

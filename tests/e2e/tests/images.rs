@@ -752,16 +752,9 @@ async fn anonymous_bearer_tokens_and_docker_config_credentials() {
     assert!(!error.contains("s3cret"));
 }
 
-#[tokio::test]
-async fn kqd_reads_a_pods_pull_secret_for_a_private_registry() {
-    let env = Env::start(1, 4).await;
-    let reg = Registry::start().await;
-    let private = reg
-        .push_image("team/private", Some("v1"), &[5000, 123], "linux", "amd64")
-        .await;
-    reg.gate(Gate::Basic("robot".into(), "s3cret".into()));
-    let h = reg.host.clone();
-    let store = &env.fleet.clusters[0].store;
+/// A `regcred` pull secret for the registry at `h` (robot / s3cret), and a pod in
+/// ImagePullBackOff that names it; returns the secret's base64 `.dockerconfigjson`.
+fn private_pod(store: &kube_sim::store::Store, name: &str, image: &str, h: &str) -> String {
     use base64::Engine as _;
     let dockerconfig = base64::engine::general_purpose::STANDARD.encode(format!(
         r#"{{"auths": {{"{h}": {{"username": "robot", "password": "s3cret"}}}}}}"#
@@ -779,13 +772,12 @@ async fn kqd_reads_a_pods_pull_secret_for_a_private_registry() {
         )
         .unwrap();
     let pod_rt = store.resolve_kind("v1", "Pod").unwrap();
-    let image = format!("{h}/team/private:v1");
     store
         .create(
             &pod_rt,
             "default",
             serde_json::json!({
-                "metadata": {"name": "private"},
+                "metadata": {"name": name},
                 "spec": {"nodeName": "node-001", "imagePullSecrets": [{"name": "regcred"}],
                          "containers": [{"name": "main", "image": image}]},
                 "status": {"phase": "Pending", "containerStatuses": [{"name": "main", "image": image, "ready": false, "restartCount": 0,
@@ -793,6 +785,20 @@ async fn kqd_reads_a_pods_pull_secret_for_a_private_registry() {
             }),
         )
         .unwrap();
+    dockerconfig
+}
+
+#[tokio::test]
+async fn kqd_reads_a_pods_pull_secret_for_a_private_registry() {
+    let env = Env::start(1, 4).await;
+    let reg = Registry::start().await;
+    let private = reg
+        .push_image("team/private", Some("v1"), &[5000, 123], "linux", "amd64")
+        .await;
+    reg.gate(Gate::Basic("robot".into(), "s3cret".into()));
+    let h = reg.host.clone();
+    let image = format!("{h}/team/private:v1");
+    let dockerconfig = private_pod(&env.fleet.clusters[0].store, "private", &image, &h);
     let kqd = env
         .kqd_with(&[("KQ_INSECURE_REGISTRIES", h.as_str())])
         .await;
@@ -821,4 +827,42 @@ async fn kqd_reads_a_pods_pull_secret_for_a_private_registry() {
         .await
         .unwrap();
     assert_eq!(dump.lines().nth(1), Some("0"));
+}
+
+#[tokio::test]
+async fn a_pull_secret_seen_later_elsewhere_sizes_an_image_refused_anonymously() {
+    let env = Env::start(2, 4).await;
+    let reg = Registry::start().await;
+    let private = reg
+        .push_image("team/private", Some("v1"), &[5000, 123], "linux", "amd64")
+        .await;
+    reg.gate(Gate::Basic("robot".into(), "s3cret".into()));
+    let h = reg.host.clone();
+    let image = format!("{h}/team/private:v1");
+    // sim-1 runs the image with no pull secret (its nodes may have credentials of their
+    // own): the anonymous lookup is refused, and the refusal is remembered.
+    scenario::create_pod(&env.fleet.clusters[0].store, "default", "anon", &image).unwrap();
+    let kqd = env
+        .kqd_with(&[("KQ_INSECURE_REGISTRIES", h.as_str())])
+        .await;
+    env.wait_csv(
+        &format!("select error like 'unauthorized%' as refused from images where name = '{image}'"),
+        "refused\ntrue\n",
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", kqd.log()));
+    // A pod in sim-2 names a pull secret for it: kqd tries again at once, with it, and the
+    // one image is sized for both pods.
+    private_pod(&env.fleet.clusters[1].store, "private", &image, &h);
+    env.wait_csv(
+        &format!("select context, size_bytes, error from container_images where image_ref = '{image}' order by context"),
+        &format!(
+            "context,size_bytes,error\nsim-1,{0},\nsim-2,{0},\n",
+            private.size_bytes
+        ),
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{:#?}\n{}", reg.seen(), kqd.log()));
 }
