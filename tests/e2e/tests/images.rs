@@ -752,6 +752,18 @@ async fn anonymous_bearer_tokens_and_docker_config_credentials() {
     assert!(!error.contains("s3cret"));
 }
 
+/// A registry that wants robot / s3cret, holding `team/private:v1`; its pushed manifest
+/// and its full reference.
+async fn private_registry() -> (Registry, Pushed, String) {
+    let reg = Registry::start().await;
+    let private = reg
+        .push_image("team/private", Some("v1"), &[5000, 123], "linux", "amd64")
+        .await;
+    reg.gate(Gate::Basic("robot".into(), "s3cret".into()));
+    let image = format!("{}/team/private:v1", reg.host);
+    (reg, private, image)
+}
+
 /// A `regcred` pull secret for the registry at `h` (robot / s3cret), and a pod in
 /// ImagePullBackOff that names it; returns the secret's base64 `.dockerconfigjson`.
 fn private_pod(store: &kube_sim::store::Store, name: &str, image: &str, h: &str) -> String {
@@ -791,13 +803,8 @@ fn private_pod(store: &kube_sim::store::Store, name: &str, image: &str, h: &str)
 #[tokio::test]
 async fn kqd_reads_a_pods_pull_secret_for_a_private_registry() {
     let env = Env::start(1, 4).await;
-    let reg = Registry::start().await;
-    let private = reg
-        .push_image("team/private", Some("v1"), &[5000, 123], "linux", "amd64")
-        .await;
-    reg.gate(Gate::Basic("robot".into(), "s3cret".into()));
+    let (reg, private, image) = private_registry().await;
     let h = reg.host.clone();
-    let image = format!("{h}/team/private:v1");
     let dockerconfig = private_pod(&env.fleet.clusters[0].store, "private", &image, &h);
     let kqd = env
         .kqd_with(&[("KQ_INSECURE_REGISTRIES", h.as_str())])
@@ -832,13 +839,8 @@ async fn kqd_reads_a_pods_pull_secret_for_a_private_registry() {
 #[tokio::test]
 async fn a_pull_secret_seen_later_elsewhere_sizes_an_image_refused_anonymously() {
     let env = Env::start(2, 4).await;
-    let reg = Registry::start().await;
-    let private = reg
-        .push_image("team/private", Some("v1"), &[5000, 123], "linux", "amd64")
-        .await;
-    reg.gate(Gate::Basic("robot".into(), "s3cret".into()));
+    let (reg, private, image) = private_registry().await;
     let h = reg.host.clone();
-    let image = format!("{h}/team/private:v1");
     // sim-1 runs the image with no pull secret (its nodes may have credentials of their
     // own): the anonymous lookup is refused, and the refusal is remembered.
     scenario::create_pod(&env.fleet.clusters[0].store, "default", "anon", &image).unwrap();
