@@ -81,6 +81,29 @@ async fn push(reg: &Registry) -> Pushes {
     }
 }
 
+/// An empty cache in a temporary directory, which lives as long as the guard.
+fn fresh_cache() -> (tempfile::TempDir, Cache) {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = Cache::open(&dir.path().join("images.sqlite"));
+    (dir, cache)
+}
+
+/// A registry holding `push`'s images, and an empty cache.
+async fn pushed() -> (Registry, Pushes, tempfile::TempDir, Cache) {
+    let reg = Registry::start().await;
+    let p = push(&reg).await;
+    let (dir, cache) = fresh_cache();
+    (reg, p, dir, cache)
+}
+
+/// A 429 that says `Retry-After: secs`.
+fn too_many(secs: u64) -> Fault {
+    Fault {
+        status: 429,
+        retry_after: Some(secs),
+    }
+}
+
 #[tokio::test]
 async fn sizes_match_the_manifests_and_the_cache_saves_every_repeat_request() {
     let reg = Registry::start().await;
@@ -166,8 +189,7 @@ async fn sizes_match_the_manifests_and_the_cache_saves_every_repeat_request() {
 async fn missing_images_fail_clearly_and_are_not_asked_again_for_a_while() {
     let reg = Registry::start().await;
     let h = reg.host.clone();
-    let dir = tempfile::tempdir().unwrap();
-    let cache = Cache::open(&dir.path().join("images.sqlite"));
+    let (_dir, cache) = fresh_cache();
     let c = client(&reg, 50.0);
     let j = job(&format!("{h}/team/missing:v0"), "linux/amd64");
     let now = jiff::Timestamp::now().as_second();
@@ -198,23 +220,11 @@ async fn missing_images_fail_clearly_and_are_not_asked_again_for_a_while() {
 
 #[tokio::test]
 async fn a_429_with_retry_after_is_waited_out_and_retried() {
-    let reg = Registry::start().await;
-    let p = push(&reg).await;
-    let dir = tempfile::tempdir().unwrap();
-    let cache = Cache::open(&dir.path().join("images.sqlite"));
+    let (reg, p, _dir, cache) = pushed().await;
     let c = client(&reg, 50.0);
     reg.clear();
     let told = 1;
-    reg.inject([
-        Fault {
-            status: 429,
-            retry_after: Some(told),
-        },
-        Fault {
-            status: 429,
-            retry_after: Some(told),
-        },
-    ]);
+    reg.inject([too_many(told), too_many(told)]);
     let j = job(&format!("{}/team/app:v1", reg.host), "linux/amd64");
     let s = sized(&c, &cache, &j, jiff::Timestamp::now().as_second()).await;
     assert_eq!(s.size_bytes, p.app.size_bytes);
@@ -232,19 +242,13 @@ async fn a_429_with_retry_after_is_waited_out_and_retried() {
 
 #[tokio::test]
 async fn a_429_holds_every_request_to_that_host() {
-    let reg = Registry::start().await;
-    let p = push(&reg).await;
-    let dir = tempfile::tempdir().unwrap();
-    let cache = Cache::open(&dir.path().join("images.sqlite"));
+    let (reg, p, _dir, cache) = pushed().await;
     // Two lookups at once, half a second apart by the rate limit; the first is told to
     // wait two seconds, and the second must wait with it.
     let c = client(&reg, 2.0);
     reg.clear();
     let told = 2;
-    reg.inject([Fault {
-        status: 429,
-        retry_after: Some(told),
-    }]);
+    reg.inject([too_many(told)]);
     let now = jiff::Timestamp::now().as_second();
     let (a, b) = (
         job(&format!("{}/team/app:v1", reg.host), "linux/amd64"),
@@ -288,10 +292,7 @@ async fn a_429_holds_every_request_to_that_host() {
 
 #[tokio::test]
 async fn a_spent_pull_quota_stops_manifest_downloads_but_not_tag_lookups() {
-    let reg = Registry::start().await;
-    let p = push(&reg).await;
-    let dir = tempfile::tempdir().unwrap();
-    let cache = Cache::open(&dir.path().join("images.sqlite"));
+    let (reg, p, _dir, cache) = pushed().await;
     let c = client(&reg, 50.0);
     let now = jiff::Timestamp::now().as_second();
     let app = job(&format!("{}/team/app:v1", reg.host), "linux/amd64");
@@ -353,8 +354,7 @@ async fn the_request_rate_never_exceeds_the_limit() {
         .await;
     }
     reg.clear();
-    let dir = tempfile::tempdir().unwrap();
-    let cache = Cache::open(&dir.path().join("images.sqlite"));
+    let (_dir, cache) = fresh_cache();
     let limit = 4.0;
     let c = client(&reg, limit);
     let now = jiff::Timestamp::now().as_second();
@@ -581,10 +581,7 @@ async fn kqd_sizes_every_pod_image_from_nodes_first_and_the_registry_second() {
     let late = reg
         .push_image("team/late", Some("v1"), &[999], "linux", "amd64")
         .await;
-    reg.inject([Fault {
-        status: 429,
-        retry_after: Some(1),
-    }]);
+    reg.inject([too_many(1)]);
     scenario::create_pod(store, "default", "late", &format!("{h}/team/late:v1")).unwrap();
     env.wait_csv(
         "select size_bytes from container_images where pod = 'late'",
@@ -624,10 +621,7 @@ async fn a_shutdown_mid_lookup_leaves_nothing_half_written() {
     let store = &env.fleet.clusters[0].store;
     scenario::create_pod(store, "default", "waiting", &image).unwrap();
     // The registry tells kqd to come back in 30 s; kqd is stopped while it waits.
-    reg.inject([Fault {
-        status: 429,
-        retry_after: Some(30),
-    }]);
+    reg.inject([too_many(30)]);
     let kqd = env
         .kqd_with(&[("KQ_INSECURE_REGISTRIES", h.as_str())])
         .await;
