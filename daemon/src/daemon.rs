@@ -136,11 +136,10 @@ async fn start_images(
         tracing::info!("image sizing is off");
         return None;
     }
-    let secrets: Arc<dyn crate::images::PullSecrets> = clients.clone();
     match crate::images::spawn(
         config.images.clone(),
         tx.clone(),
-        Some(secrets),
+        Some(clients.clone()),
         cancel.clone(),
     ) {
         Ok((sightings, task)) => {

@@ -12,7 +12,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    Cache, Credentials, ImageFound, ImageOptions, ImageRef, Job, NodeImage, Outcome, PullSecrets,
+    Cache, Clients, Credentials, ImageFound, ImageOptions, ImageRef, Job, NodeImage, Outcome,
     Registry, Sighting, resolve,
 };
 use crate::store::Op;
@@ -76,7 +76,7 @@ struct Work {
 pub fn spawn(
     opts: ImageOptions,
     ops: mpsc::Sender<Op>,
-    secrets: Option<Arc<dyn PullSecrets>>,
+    secrets: Option<Arc<Clients>>,
     cancel: CancellationToken,
 ) -> Result<(mpsc::UnboundedSender<Sighting>, JoinHandle<()>), String> {
     let creds = opts

@@ -24,7 +24,7 @@ pub use coordinator::spawn;
 pub use lookup::{Job, LookupOptions, Outcome, SizedImage, resolve};
 pub use reference::ImageRef;
 pub use registry::{Registry, RegistryError, RegistryOptions, install_tls_provider};
-pub use secrets::{Clients, PullSecrets};
+pub use secrets::Clients;
 pub use status::RegistryStatus;
 
 /// What a pod or a node tells about images.
