@@ -162,11 +162,9 @@ async fn size_of(
     digest: &str,
     now: i64,
 ) -> Result<i64, RegistryError> {
-    let secret = job.pull_secret.as_ref();
     let mut entries = cache.entries(digest);
     if entries.is_empty() {
-        let body = registry.manifest(&job.image, digest, secret).await?;
-        match manifest::parse(&body).map_err(RegistryError::Failed)? {
+        match fetch(registry, job, digest).await? {
             Manifest::Image { size_bytes } => {
                 cache.put_size(digest, "", size_bytes, now);
                 return Ok(size_bytes);
@@ -191,22 +189,27 @@ async fn size_of(
     })?;
     let size = match cache.size(&entry.digest, "") {
         Some(s) => s,
-        None => {
-            let body = registry.manifest(&job.image, &entry.digest, secret).await?;
-            match manifest::parse(&body).map_err(RegistryError::Failed)? {
-                Manifest::Image { size_bytes } => {
-                    cache.put_size(&entry.digest, "", size_bytes, now);
-                    size_bytes
-                }
-                Manifest::Index(_) => {
-                    return Err(RegistryError::Failed(format!(
-                        "{}: an index inside an index",
-                        job.reference
-                    )));
-                }
+        None => match fetch(registry, job, &entry.digest).await? {
+            Manifest::Image { size_bytes } => {
+                cache.put_size(&entry.digest, "", size_bytes, now);
+                size_bytes
             }
-        }
+            Manifest::Index(_) => {
+                return Err(RegistryError::Failed(format!(
+                    "{}: an index inside an index",
+                    job.reference
+                )));
+            }
+        },
     };
     cache.put_size(digest, &job.platform, size, now);
     Ok(size)
+}
+
+/// One manifest (the GET Docker Hub counts as a pull), parsed.
+async fn fetch(registry: &Registry, job: &Job, digest: &str) -> Result<Manifest, RegistryError> {
+    let body = registry
+        .manifest(&job.image, digest, job.pull_secret.as_ref())
+        .await?;
+    manifest::parse(&body).map_err(RegistryError::Failed)
 }

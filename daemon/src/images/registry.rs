@@ -6,7 +6,6 @@
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -83,8 +82,6 @@ pub struct Registry {
     quota_spent: Mutex<HashMap<String, Instant>>,
     /// Hosts that answered 429, and until when every request to them waits.
     held: Mutex<HashMap<String, Instant>>,
-    /// Requests sent, for the log and for tests.
-    pub requests: AtomicU64,
     /// Per-registry counts and problems, for the `registries` table.
     status: Statuses,
 }
@@ -112,7 +109,6 @@ impl Registry {
             auth: Mutex::default(),
             quota_spent: Mutex::default(),
             held: Mutex::default(),
-            requests: AtomicU64::new(0),
             status: Statuses::default(),
         })
     }
@@ -219,7 +215,6 @@ impl Registry {
             {
                 req = req.header(AUTHORIZATION, a);
             }
-            self.requests.fetch_add(1, Ordering::Relaxed);
             self.status.sent(&r.registry, method == Method::GET);
             let sent = req.send().await;
             if let Ok(resp) = &sent {
@@ -358,7 +353,6 @@ impl Registry {
                     };
                     self.wait_turn(&host).await;
                 }
-                self.requests.fetch_add(1, Ordering::Relaxed);
                 self.status.sent(&r.registry, false);
                 let resp = req.send().await.map_err(|e| {
                     let e = format!("token service {realm} unreachable: {}", error_chain(&e));
