@@ -91,10 +91,12 @@ pub struct Writer {
     /// Told when a batch is lost, so that every context relists.
     resync: tokio::sync::watch::Sender<u64>,
     /// Image sizing's inbox, when it is on; the image references already sent to it; and,
-    /// for pods that name pull secrets, the (reference, context, namespace) already sent.
+    /// for pods that name pull secrets, the (context, namespace)s each was sent with. Both
+    /// are looked up by `&str` on every pod event, so that a known reference costs no
+    /// allocation.
     sightings: Option<tokio::sync::mpsc::UnboundedSender<crate::images::Sighting>>,
     seen_refs: HashSet<String>,
-    seen_secret_refs: HashSet<(String, Arc<str>, String)>,
+    seen_secret_refs: HashMap<String, Vec<(Arc<str>, String)>>,
 }
 
 /// The resource an upserted object belongs to: a typed kind's, or the one its `objects` row
@@ -240,7 +242,7 @@ impl Writer {
             resync,
             sightings: None,
             seen_refs: HashSet::new(),
-            seen_secret_refs: HashSet::new(),
+            seen_secret_refs: HashMap::new(),
         })
     }
 
@@ -350,9 +352,22 @@ impl Writer {
             } => {
                 let (seen, seen_secret) = (&mut self.seen_refs, &mut self.seen_secret_refs);
                 refs.retain(|r| {
-                    let new_ref = seen.insert(r.clone());
+                    let new_ref = !seen.contains(r.as_str()) && seen.insert(r.clone());
                     let new_secret = !pull_secrets.is_empty()
-                        && seen_secret.insert((r.clone(), context.clone(), namespace.clone()));
+                        && match seen_secret.get_mut(r.as_str()) {
+                            Some(v) if v.iter().any(|(c, n)| *c == context && *n == namespace) => {
+                                false
+                            }
+                            Some(v) => {
+                                v.push((context.clone(), namespace.clone()));
+                                true
+                            }
+                            None => {
+                                seen_secret
+                                    .insert(r.clone(), vec![(context.clone(), namespace.clone())]);
+                                true
+                            }
+                        };
                     new_ref || new_secret
                 });
                 if refs.is_empty() {
@@ -504,10 +519,8 @@ impl Writer {
             );
             for r in &unused {
                 self.seen_refs.remove(r);
+                self.seen_secret_refs.remove(r);
             }
-            let unused_set: HashSet<&String> = unused.iter().collect();
-            self.seen_secret_refs
-                .retain(|(r, _, _)| !unused_set.contains(r));
             self.forward_images(crate::images::Sighting::Unused { refs: unused });
         }
         if pruned_changes + pruned_events + pruned_incidents > 0 {
