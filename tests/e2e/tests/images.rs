@@ -385,17 +385,25 @@ async fn the_request_rate_never_exceeds_the_limit() {
     );
 }
 
+/// Waits until `sql` prints `want`; on timeout, fails with kqd's log.
+async fn expect_csv(env: &Env, kqd: &Kqd, sql: &str, want: &str, timeout: Duration) {
+    env.wait_csv(sql, want, timeout)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", kqd.log()));
+}
+
 /// kqd, allowed to reach the test registry over plain HTTP, once `refs` of that registry's
 /// references are in `image_refs`.
 async fn kqd_sizing(env: &Env, h: &str, refs: usize) -> Kqd {
     let kqd = env.kqd_with(&[("KQ_INSECURE_REGISTRIES", h)]).await;
-    env.wait_csv(
+    expect_csv(
+        env,
+        &kqd,
         &format!("select count(*) from image_refs where ref like '{h}/%'"),
         &format!("count_star()\n{refs}\n"),
         Duration::from_secs(60),
     )
-    .await
-    .unwrap_or_else(|e| panic!("{e}\n{}", kqd.log()));
+    .await;
     kqd
 }
 
@@ -583,21 +591,21 @@ async fn kqd_sizes_every_pod_image_from_nodes_first_and_the_registry_second() {
         .await;
     reg.inject([too_many(1)]);
     scenario::create_pod(store, "default", "late", &format!("{h}/team/late:v1")).unwrap();
-    env.wait_csv(
+    expect_csv(
+        &env,
+        &kqd,
         "select size_bytes from container_images where pod = 'late'",
         &format!("size_bytes\n{}\n", late.size_bytes),
         Duration::from_secs(30),
     )
-    .await
-    .unwrap_or_else(|e| panic!("{e}\n{}", kqd.log()));
-    env.wait_csv(
+    .await;
+    expect_csv(&env, &kqd,
         "select last_status, last_error like '429 Too Many Requests%' as told, held_until > last_error_at as held
          from registries",
         "last_status,told,held\n200,true,true\n",
         Duration::from_secs(10),
     )
-    .await
-    .unwrap_or_else(|e| panic!("{e}\n{}", kqd.log()));
+    .await;
 
     // The cache outlives kqd and its database: a new kqd on an empty inventory sizes the
     // same images without a single registry request.
@@ -625,13 +633,14 @@ async fn a_shutdown_mid_lookup_leaves_nothing_half_written() {
     let kqd = env
         .kqd_with(&[("KQ_INSECURE_REGISTRIES", h.as_str())])
         .await;
-    env.wait_csv(
+    expect_csv(
+        &env,
+        &kqd,
         "select last_status from registries",
         "last_status\n429\n",
         Duration::from_secs(30),
     )
-    .await
-    .unwrap_or_else(|e| panic!("{e}\n{}", kqd.log()));
+    .await;
     let stopping = std::time::Instant::now();
     let status = kqd.terminate();
     assert!(status.success(), "{status:?}");
@@ -803,13 +812,14 @@ async fn kqd_reads_a_pods_pull_secret_for_a_private_registry() {
     let kqd = env
         .kqd_with(&[("KQ_INSECURE_REGISTRIES", h.as_str())])
         .await;
-    env.wait_csv(
+    expect_csv(
+        &env,
+        &kqd,
         "select size_bytes, source from container_images where pod = 'private'",
         &format!("size_bytes,source\n{},registry\n", private.size_bytes),
         Duration::from_secs(60),
     )
-    .await
-    .unwrap_or_else(|e| panic!("{e}\n{}", kqd.log()));
+    .await;
     assert!(
         reg.seen().iter().any(|s| s.status == 200
             && s.authorization
@@ -841,13 +851,14 @@ async fn a_pull_secret_seen_later_elsewhere_sizes_an_image_refused_anonymously()
     let kqd = env
         .kqd_with(&[("KQ_INSECURE_REGISTRIES", h.as_str())])
         .await;
-    env.wait_csv(
+    expect_csv(
+        &env,
+        &kqd,
         &format!("select error like 'unauthorized%' as refused from images where name = '{image}'"),
         "refused\ntrue\n",
         Duration::from_secs(30),
     )
-    .await
-    .unwrap_or_else(|e| panic!("{e}\n{}", kqd.log()));
+    .await;
     // A pod in sim-2 names a pull secret for it: kqd tries again at once, with it, and the
     // one image is sized for both pods.
     private_pod(&env.fleet.clusters[1].store, "private", &image, &h);
