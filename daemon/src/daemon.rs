@@ -36,6 +36,7 @@ pub async fn run(
     source: ConfigSource,
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
+    crate::private::restrict_umask();
     let db_path = config.database_path();
     let Opened {
         store,
@@ -180,6 +181,10 @@ async fn follow_changes(
         }
     };
     let mut files = start_watch(&config);
+    let contents = |config: &Config| {
+        reload::Contents::read(&kubeconfig::kubeconfig_paths(&config.kubeconfigs))
+    };
+    let mut applied = contents(&config);
     loop {
         let changed = async {
             match files.as_mut() {
@@ -196,6 +201,13 @@ async fn follow_changes(
         tokio::select! {
             _ = stop.cancelled() => break,
             _ = changed => {
+                // A save that wrote the same bytes (or a change undone within the debounce)
+                // leaves every context as it is.
+                let now = contents(&config);
+                if now == applied {
+                    tracing::debug!("a kubeconfig file was rewritten unchanged; not reloading");
+                    continue;
+                }
                 tracing::info!("a kubeconfig file changed; reloading");
             }
             _ = hangup => {
@@ -209,6 +221,7 @@ async fn follow_changes(
                 }
             }
         }
+        applied = contents(&config);
         fleet.apply(&config).await;
         // Symlinks may point elsewhere now, and SIGHUP may have changed the file list.
         files = start_watch(&config);

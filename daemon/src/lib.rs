@@ -9,6 +9,7 @@ pub mod images;
 pub mod incidents;
 pub mod kubeconfig;
 pub mod notify;
+pub mod private;
 pub mod quantity;
 pub mod query;
 pub mod reload;

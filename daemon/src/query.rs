@@ -219,7 +219,20 @@ fn is_interrupt(e: &QueryError) -> bool {
 /// Hands out read connections, reusing idle ones.
 pub struct Engine {
     store: Arc<Store>,
-    idle: Mutex<Vec<Connection>>,
+    idle: Mutex<Vec<Reader>>,
+}
+
+/// A read connection and the generation of the store's health its session variables show.
+struct Reader {
+    conn: Connection,
+    seen: u64,
+}
+
+impl std::ops::Deref for Reader {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        &self.conn
+    }
 }
 
 impl Engine {
@@ -235,16 +248,28 @@ impl Engine {
         }
     }
 
-    fn connection(&self) -> Result<Connection, QueryError> {
-        if let Some(c) = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop() {
-            return Ok(c);
-        }
+    fn connection(&self) -> Result<Reader, QueryError> {
+        let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let mut reader = match idle {
+            Some(r) => r,
+            None => Reader {
+                conn: self
+                    .store
+                    .reader()
+                    .map_err(|e| QueryError::Internal(e.to_string()))?,
+                seen: 0,
+            },
+        };
+        // What is wrong with the store (a full disk, a file moved aside) reaches `status`
+        // through session variables.
         self.store
-            .reader()
-            .map_err(|e| QueryError::Internal(e.to_string()))
+            .health
+            .apply_to(&reader.conn, &mut reader.seen)
+            .map_err(|e| QueryError::Internal(e.to_string()))?;
+        Ok(reader)
     }
 
-    fn give_back(&self, c: Connection) {
+    fn give_back(&self, c: Reader) {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         if idle.len() < 8 {
             idle.push(c);

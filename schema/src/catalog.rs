@@ -803,14 +803,14 @@ pub static CATALOG: LazyLock<Vec<Table>> = LazyLock::new(|| {
         ),
         Table {
             name: "status",
-            description: "View: per context, its state, how far the initial sync got, its object count, how long since the last change, and what is wrong.",
+            description: "View: per context, its state, how far the initial sync got, its object count, how long since the last change, and what is wrong; plus a `kqd` row while kqd has something to say about itself (a database file it had to move aside), until it restarts.",
             view: Some(STATUS),
             columns: vec![
                 c("context", "VARCHAR", "Kubeconfig context."),
                 c(
                     "state",
                     "VARCHAR",
-                    "connecting | syncing | ready | error | removed.",
+                    "connecting | syncing | ready | error | removed; notice on the kqd row.",
                 ),
                 c(
                     "synced",
@@ -826,7 +826,7 @@ pub static CATALOG: LazyLock<Vec<Table>> = LazyLock::new(|| {
                 c(
                     "error",
                     "VARCHAR",
-                    "The connection error, else the kubeconfig file error.",
+                    "What is wrong: while kqd cannot write its database (disk full: could not write <path>), that; else the connection error, else the kubeconfig file error.",
                 ),
             ],
         },
@@ -1100,11 +1100,14 @@ const STATUS: &str = "SELECT c.name AS context, c.state,
             WHEN age < 3600 THEN age // 60 || 'm' || age % 60 || 's'
             WHEN age < 86400 THEN age // 3600 || 'h' || age % 3600 // 60 || 'm'
             ELSE age // 86400 || 'd' || age % 86400 // 3600 || 'h' END AS last_event,
-       coalesce(c.error, c.config_error) AS error
+       coalesce(getvariable('kq_write_error')::VARCHAR, c.error, c.config_error) AS error
 FROM (SELECT *, floor(epoch(now()::TIMESTAMP) - epoch(last_event_at::TIMESTAMP))::BIGINT AS age
       FROM contexts) c
 LEFT JOIN (SELECT context, count(*) FILTER (WHERE state IN ('ready', 'forbidden')) AS listed, count(*) AS total
-           FROM resources GROUP BY context) r ON r.context = c.name";
+           FROM resources GROUP BY context) r ON r.context = c.name
+UNION ALL
+SELECT 'kqd', 'notice', NULL, NULL, NULL, getvariable('kq_notice')::VARCHAR
+WHERE getvariable('kq_notice')::VARCHAR IS NOT NULL";
 
 /// CRDs come through `objects` (discovery watches them to notice new ones); this names their
 /// fields.

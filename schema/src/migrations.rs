@@ -12,7 +12,7 @@ pub struct Migration {
 }
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: u32 = 12;
+pub const SCHEMA_VERSION: u32 = 13;
 
 /// Every migration, oldest first.
 pub static MIGRATIONS: &[Migration] = &[
@@ -76,6 +76,11 @@ pub static MIGRATIONS: &[Migration] = &[
         description: "registries: what kqd has asked each registry, and its problems",
         sql: v12,
     },
+    Migration {
+        version: 13,
+        description: "status: why writes fail, and a kqd row for notices about kqd itself",
+        sql: v13,
+    },
 ];
 
 /// Creates the named catalog tables. A migration names its tables so that later catalog
@@ -91,6 +96,10 @@ fn create_tables(names: &[&str]) -> String {
         })
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+fn v13() -> String {
+    create_tables(&["status"])
 }
 
 fn v12() -> String {

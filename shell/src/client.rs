@@ -21,6 +21,14 @@ pub enum ClientError {
         "kqd is not running at {socket} — start it with `kqd` (or `systemctl --user start kqd`): {reason}"
     )]
     NotRunning { socket: PathBuf, reason: String },
+    #[error(
+        "kqd at {socket} refused the connection: it belongs to another user (uid {owner}; you are uid {uid}); run your own kqd, or pass --socket"
+    )]
+    OtherUser {
+        socket: PathBuf,
+        owner: u32,
+        uid: u32,
+    },
     #[error("your SQL is wrong: {0}")]
     Sql(String),
     #[error("{0}")]
@@ -33,7 +41,7 @@ impl ClientError {
     /// 2 when kqd cannot be reached, 1 for everything else.
     pub fn exit_code(&self) -> i32 {
         match self {
-            ClientError::NotRunning { .. } => 2,
+            ClientError::NotRunning { .. } | ClientError::OtherUser { .. } => 2,
             _ => 1,
         }
     }
@@ -42,13 +50,42 @@ impl ClientError {
         match s.code() {
             tonic::Code::InvalidArgument => ClientError::Sql(s.message().to_string()),
             tonic::Code::PermissionDenied => ClientError::ReadOnly(s.message().to_string()),
-            tonic::Code::Unavailable => ClientError::NotRunning {
-                socket: socket.to_path_buf(),
-                reason: s.message().to_string(),
-            },
-            _ => ClientError::Server(s.message().to_string()),
+            tonic::Code::Unavailable => {
+                other_user(socket).unwrap_or_else(|| ClientError::NotRunning {
+                    socket: socket.to_path_buf(),
+                    reason: s.message().to_string(),
+                })
+            }
+            // kqd closes a connection from another user as soon as it accepts it, which
+            // tonic reports as a bare transport error.
+            _ => other_user(socket).unwrap_or_else(|| ClientError::Server(s.message().to_string())),
         }
     }
+}
+
+/// The error to show when `socket` belongs to another user. kqd closes connections from other users, and a
+/// socket directory of another user's cannot even be entered; both read as a bare transport
+/// or permission error, so whose the socket is decides which message the person sees: the
+/// socket's owner, or the owner of the directory that kept us from it.
+fn other_user(socket: &Path) -> Option<ClientError> {
+    use std::os::unix::fs::MetadataExt as _;
+    let uid = rustix::process::geteuid().as_raw();
+    let mut denied = false;
+    for p in socket.ancestors() {
+        match std::fs::metadata(p) {
+            Ok(m) => {
+                return (m.uid() != uid && (p == socket || denied)).then(|| {
+                    ClientError::OtherUser {
+                        socket: socket.to_path_buf(),
+                        owner: m.uid(),
+                        uid,
+                    }
+                });
+            }
+            Err(e) => denied = e.kind() == std::io::ErrorKind::PermissionDenied,
+        }
+    }
+    None
 }
 
 /// The result of one statement.
@@ -72,9 +109,11 @@ pub struct Client {
 impl Client {
     /// Connects to the socket; fails at once when nothing listens there.
     pub async fn connect(socket: &Path) -> Result<Client, ClientError> {
-        let not_running = |reason: String| ClientError::NotRunning {
-            socket: socket.to_path_buf(),
-            reason,
+        let not_running = |reason: String| {
+            other_user(socket).unwrap_or_else(|| ClientError::NotRunning {
+                socket: socket.to_path_buf(),
+                reason,
+            })
         };
         // Probe first, so a missing daemon is reported plainly rather than as a gRPC error.
         tokio::net::UnixStream::connect(socket)

@@ -253,8 +253,13 @@ fn log_error<T: Default>(what: &str, e: rusqlite::Error) -> T {
 
 fn try_open(path: &Path) -> Result<Connection, String> {
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        crate::private::dir(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    }
+    for suffix in ["", "-wal", "-shm"] {
+        let mut f = path.as_os_str().to_owned();
+        f.push(suffix);
+        let f = Path::new(&f);
+        crate::private::file(f).map_err(|e| format!("cannot make {} private: {e}", f.display()))?;
     }
     let conn = Connection::open(path).map_err(|e| e.to_string())?;
     let id: i32 = conn

@@ -4,6 +4,7 @@
 //! `index`). Readers get their own connections to the same database through [`Store::reader`].
 
 mod batch;
+mod health;
 mod images;
 mod incidents;
 mod index;
@@ -16,10 +17,18 @@ use std::sync::{Arc, Mutex};
 use duckdb::Connection;
 use tokio::sync::{mpsc, oneshot};
 
+pub use health::{Health, WriteFailure};
 pub use incidents::IncidentRow;
 pub use writer::{ContextInfo, ContextState, Writer};
 
 use crate::rows::{Kind, ObjectRows};
+
+/// DuckDB's write-ahead log beside the database file.
+fn wal_path(db: &Path) -> PathBuf {
+    let mut p = db.as_os_str().to_owned();
+    p.push(".wal");
+    PathBuf::from(p)
+}
 
 /// Errors of the store, naming the database file involved.
 #[derive(Debug, thiserror::Error)]
@@ -171,6 +180,73 @@ pub struct Store {
     incidents: tokio::sync::broadcast::Sender<Arc<IncidentRow>>,
     /// The Arrow schema of `incidents`, for streaming them.
     pub incidents_schema: duckdb::arrow::datatypes::SchemaRef,
+    /// What is wrong with the store, for readers (see `health`).
+    pub health: Arc<Health>,
+}
+
+/// Opens the file with kqd's settings and brings its schema up to date.
+fn open_and_migrate(path: &Path, opts: &StoreOptions) -> Result<(Connection, bool), StoreError> {
+    let open_error = |source| StoreError::Open {
+        path: path.to_path_buf(),
+        source,
+    };
+    let config = duckdb::Config::default()
+        .enable_autoload_extension(false)
+        .and_then(|c| c.with("autoinstall_known_extensions", "false"))
+        .and_then(|c| c.max_memory(&opts.memory_limit))
+        // Fewer, larger checkpoints: the initial sync of large clusters writes hundreds of
+        // megabytes, and checkpointing every 16 MiB of WAL rewrote it over and over.
+        .and_then(|c| c.with("checkpoint_threshold", &opts.checkpoint_threshold))
+        .map_err(open_error)?;
+    let conn = Connection::open_with_flags(path, config).map_err(open_error)?;
+    let migrated = migrate::apply(&conn, path)?;
+    Ok((conn, migrated))
+}
+
+/// Whether DuckDB refused the file because its bytes are not a sound database: not a
+/// DuckDB file at all, a failed checksum, or a WAL that cannot be replayed. A lock held by
+/// another process, a permission, a full disk, or a file from a newer DuckDB are not
+/// corruption, and moving such a file aside would lose or split a good inventory.
+fn is_corrupt(e: &duckdb::Error) -> bool {
+    let m = e.to_string().to_ascii_lowercase();
+    let not_corrupt = [
+        "could not set lock",
+        "conflicting lock",
+        "permission denied",
+        "no space left",
+        "newer version",
+        "older version",
+    ];
+    let corrupt = [
+        "not a valid duckdb database file",
+        "corrupt",
+        "checksum",
+        "replaying wal",
+        "replay wal",
+    ];
+    corrupt.iter().any(|c| m.contains(c)) && !not_corrupt.iter().any(|c| m.contains(c))
+}
+
+/// Renames the database file and its WAL to `<file>.corrupt-<UTC time>` (and `….wal`), so
+/// that DuckDB would still pair them if someone opens the moved file.
+fn move_aside(path: &Path) -> Result<PathBuf, StoreError> {
+    let stamp = jiff::Timestamp::now()
+        .strftime("%Y%m%dT%H%M%SZ")
+        .to_string();
+    let mut moved = path.as_os_str().to_owned();
+    moved.push(format!(".corrupt-{stamp}"));
+    let moved = PathBuf::from(moved);
+    let rename = |from: &Path, to: &Path| match std::fs::rename(from, to) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(StoreError::Io {
+            path: from.to_path_buf(),
+            source,
+        }),
+    };
+    rename(path, &moved)?;
+    rename(&wal_path(path), &wal_path(&moved))?;
+    Ok(moved)
 }
 
 impl Store {
@@ -178,28 +254,32 @@ impl Store {
     /// thread. Returns the store and the channel to send ops on.
     pub fn open(path: &Path, opts: StoreOptions) -> Result<Opened, StoreError> {
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
+            crate::private::dir(dir).map_err(|source| StoreError::Io {
                 path: dir.to_path_buf(),
                 source,
             })?;
         }
-        let config = duckdb::Config::default()
-            .enable_autoload_extension(false)
-            .and_then(|c| c.with("autoinstall_known_extensions", "false"))
-            .and_then(|c| c.max_memory(&opts.memory_limit))
-            // Fewer, larger checkpoints: the initial sync of large clusters writes hundreds of
-            // megabytes, and checkpointing every 16 MiB of WAL rewrote it over and over.
-            .and_then(|c| c.with("checkpoint_threshold", &opts.checkpoint_threshold))
-            .map_err(|source| StoreError::Open {
-                path: path.to_path_buf(),
-                source,
-            })?;
-        let conn =
-            Connection::open_with_flags(path, config).map_err(|source| StoreError::Open {
-                path: path.to_path_buf(),
-                source,
-            })?;
-        let migrated = migrate::apply(&conn, path)?;
+        // Files an earlier kqd (or another umask) left readable by others.
+        for f in [path.to_path_buf(), wal_path(path)] {
+            crate::private::file(&f).map_err(|source| StoreError::Io { path: f, source })?;
+        }
+        let health = Arc::new(Health::default());
+        let (conn, migrated) = match open_and_migrate(path, &opts) {
+            Err(StoreError::Open { source, .. }) if is_corrupt(&source) => {
+                // The inventory can be listed again from the clusters; the history in the
+                // bad file cannot, so it is kept beside the new one rather than deleted.
+                let moved = move_aside(path)?;
+                let notice = format!(
+                    "{} could not be opened ({source}); moved it aside to {} and started a fresh inventory: the history from before (incidents, changes, events) is in the moved file",
+                    path.display(),
+                    moved.display()
+                );
+                tracing::error!(path = %path.display(), moved_to = %moved.display(), error = %source, "the database file is corrupt; moved it aside and started a fresh one");
+                health.set_notice(Some(notice));
+                open_and_migrate(path, &opts)?
+            }
+            other => other?,
+        };
         let writer_conn = conn.try_clone()?;
         let (incidents, _) = tokio::sync::broadcast::channel(1024);
         let incidents_schema = conn
@@ -211,10 +291,19 @@ impl Store {
             path: path.to_path_buf(),
             incidents: incidents.clone(),
             incidents_schema,
+            health: health.clone(),
         });
         let (tx, rx) = mpsc::channel(1024);
         let (resync_tx, resync) = tokio::sync::watch::channel(0u64);
-        let writer = Writer::new(writer_conn, opts, resync_tx, migrated, incidents)?;
+        let writer = Writer::new(
+            writer_conn,
+            opts,
+            resync_tx,
+            migrated,
+            incidents,
+            path.to_path_buf(),
+            health.clone(),
+        )?;
         let handle = std::thread::Builder::new()
             .name("kq-store-writer".into())
             .spawn(move || writer.run(rx))
@@ -251,5 +340,93 @@ impl Store {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .try_clone()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn files(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_database_is_moved_aside_with_its_wal_and_a_fresh_one_opens() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("kq.duckdb");
+        let junk: Vec<u8> = (0..=255u8).cycle().take(64 * 1024).collect();
+        std::fs::write(&db, &junk).unwrap();
+        std::fs::write(wal_path(&db), b"not a wal either").unwrap();
+        let opened = Store::open(&db, StoreOptions::default()).unwrap();
+        let names = files(dir.path());
+        let moved: Vec<&String> = names.iter().filter(|n| n.contains(".corrupt-")).collect();
+        assert_eq!(moved.len(), 2, "the file and its WAL: {names:?}");
+        assert!(moved[0].ends_with(".wal") || moved[1].ends_with(".wal"));
+        let kept = moved.iter().find(|n| !n.ends_with(".wal")).unwrap();
+        assert_eq!(std::fs::read(dir.path().join(kept)).unwrap(), junk);
+        let conn = opened.store.reader().unwrap();
+        let mut seen = 0;
+        opened.store.health.apply_to(&conn, &mut seen).unwrap();
+        let (state, error): (String, String) = conn
+            .query_row(
+                "SELECT state, error FROM status WHERE context = 'kqd'",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!(state, "notice");
+        assert!(error.contains(kept.as_str()), "{error}");
+    }
+
+    #[test]
+    fn a_database_from_a_newer_kq_is_refused_and_left_where_it_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("kq.duckdb");
+        {
+            let opened = Store::open(&db, StoreOptions::default()).unwrap();
+            let conn = opened.store.reader().unwrap();
+            conn.execute_batch(
+                "UPDATE kq_meta SET value = '9999' WHERE key = 'schema_version'; CHECKPOINT;",
+            )
+            .unwrap();
+            drop(conn);
+            let Opened {
+                store, ops, writer, ..
+            } = opened;
+            drop(ops);
+            writer.join().unwrap();
+            drop(store);
+        }
+        let before = files(dir.path());
+        match Store::open(&db, StoreOptions::default()) {
+            Err(StoreError::NewerSchema { found: 9999, .. }) => {}
+            Err(e) => panic!("refused for the wrong reason: {e}"),
+            Ok(_) => panic!("a newer schema was opened"),
+        }
+        assert_eq!(files(dir.path()), before, "nothing moved");
+    }
+
+    #[test]
+    fn corruption_is_told_apart_from_a_lock_a_permission_and_a_full_disk() {
+        let e = |m: &str| duckdb::Error::DuckDBFailure(duckdb::ffi::Error::new(1), Some(m.into()));
+        assert!(is_corrupt(&e(
+            "IO Error: The file \"/x/kq.duckdb\" exists, but it is not a valid DuckDB database file!"
+        )));
+        assert!(is_corrupt(&e(
+            "IO Error: Corrupt database file: computed checksum 1 does not match stored checksum 2 in block at location 3"
+        )));
+        for not in [
+            "IO Error: Could not set lock on file \"/x/kq.duckdb\": Conflicting lock is held in /usr/bin/kqd (PID 7)",
+            "IO Error: Cannot open file \"/x/kq.duckdb\": Permission denied",
+            "IO Error: Could not write file \"/x/kq.duckdb.wal\": No space left on device",
+        ] {
+            assert!(!is_corrupt(&e(not)), "{not}");
+        }
     }
 }

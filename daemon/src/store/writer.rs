@@ -9,6 +9,7 @@ use duckdb::types::{TimeUnit, Value};
 use duckdb::{Connection, params_from_iter};
 use tokio::sync::{mpsc, oneshot};
 
+use super::health::{Health, Hold, WriteFailure};
 use super::incidents::{IncidentRow, Tracker};
 use super::index::{Index, Seen};
 use super::{Op, StoreError, StoreOptions};
@@ -97,7 +98,18 @@ pub struct Writer {
     sightings: Option<tokio::sync::mpsc::UnboundedSender<crate::images::Sighting>>,
     seen_refs: HashSet<String>,
     seen_secret_refs: HashMap<String, Vec<(Arc<str>, String)>>,
+    /// The database file, named in errors.
+    path: std::path::PathBuf,
+    /// What readers are told is wrong with the store.
+    health: Arc<Health>,
+    /// Set while writes fail: why, and how long to wait before trying again.
+    hold: Option<Hold>,
 }
+
+/// While writes fail, how many ops a batch reads at most: past that the channel fills and
+/// the watchers' events wait (in the channel and in the API servers' watch streams) until
+/// writes succeed again, instead of being read and lost.
+const HELD_OPS: usize = 1024;
 
 /// The resource an upserted object belongs to: a typed kind's, or the one its `objects` row
 /// names (columns 8 and 11: api_group and resource).
@@ -171,6 +183,8 @@ impl Writer {
         resync: tokio::sync::watch::Sender<u64>,
         migrated: bool,
         follow: tokio::sync::broadcast::Sender<Arc<IncidentRow>>,
+        path: std::path::PathBuf,
+        health: Arc<Health>,
     ) -> Result<Writer, StoreError> {
         // `kq_stage.keys` names the objects a batch replaces or deletes; it is emptied inside
         // every transaction, so it never holds rows between batches.
@@ -243,6 +257,9 @@ impl Writer {
             sightings: None,
             seen_refs: HashSet::new(),
             seen_secret_refs: HashMap::new(),
+            path,
+            health,
+            hold: None,
         })
     }
 
@@ -260,6 +277,21 @@ impl Writer {
                     tracing::warn!(error = %e, "pruning old changes and events failed; will retry");
                 }
                 pruned_at = Some(Instant::now());
+            }
+            // While writes fail, the next attempt waits out the hold; with nothing to write
+            // by then, a small write of the status rows tells whether writing works again.
+            if let Some(wait) = self.hold.as_ref().map(|h| h.wait) {
+                match rt.block_on(async { tokio::time::timeout(wait, rx.recv()).await }) {
+                    Ok(Some(op)) => {
+                        let closed = self.write_held(op, &mut rx, wait);
+                        if closed {
+                            break;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(_) => self.probe(),
+                }
+                continue;
             }
             // Incidents waiting out a grace period or a healthy pod's probation need the
             // writer to wake without ops.
@@ -307,26 +339,7 @@ impl Writer {
                     }
                 }
             }
-            let n = batch.len();
-            let started = Instant::now();
-            let mut barriers = Vec::new();
-            match self.apply(batch, &mut barriers) {
-                Ok(()) => tracing::trace!(
-                    ops = n,
-                    elapsed_ms = started.elapsed().as_millis() as u64,
-                    "committed batch"
-                ),
-                Err(e) => {
-                    tracing::error!(ops = n, error = %e, "a batch failed and was rolled back; every context relists");
-                    self.reload_index();
-                    self.reload_tracker();
-                    self.forget_images();
-                    self.resync.send_modify(|g| *g += 1);
-                }
-            }
-            for b in barriers {
-                let _ = b.send(());
-            }
+            self.write_batch(batch);
             if closed {
                 break;
             }
@@ -335,6 +348,135 @@ impl Writer {
             tracing::warn!(error = %e, "final checkpoint failed; the WAL will be replayed at next start");
         }
         tracing::info!("store writer stopped");
+    }
+
+    /// Writes one batch, answers its barriers, and handles a failure.
+    fn write_batch(&mut self, batch: Vec<Op>) {
+        let n = batch.len();
+        let started = Instant::now();
+        let mut barriers = Vec::new();
+        match self.apply(batch, &mut barriers) {
+            Ok(()) => {
+                tracing::trace!(
+                    ops = n,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "committed batch"
+                );
+                self.recovered();
+            }
+            Err(e) => self.failed(&e, n),
+        }
+        // Barriers ask whether the writer moves, and it does, written or not.
+        for b in barriers {
+            let _ = b.send(());
+        }
+    }
+
+    /// While writes fail: gathers at most [`HELD_OPS`] ops for `wait`, without reading
+    /// further, then tries them as one batch. Returns whether the channel closed.
+    fn write_held(
+        &mut self,
+        first: Op,
+        rx: &mut mpsc::Receiver<Op>,
+        wait: std::time::Duration,
+    ) -> bool {
+        let deadline = Instant::now() + wait;
+        let mut batch = vec![first];
+        while batch.len() < HELD_OPS {
+            match rx.try_recv() {
+                Ok(op) => batch.push(op),
+                Err(mpsc::error::TryRecvError::Disconnected) => {
+                    self.write_batch(batch);
+                    return true;
+                }
+                Err(mpsc::error::TryRecvError::Empty) => break,
+            }
+        }
+        // Wait out the rest of the hold without reading, so that senders wait too; a
+        // shutdown (every sender gone) ends the wait early.
+        while Instant::now() < deadline && !rx.is_closed() {
+            std::thread::sleep(std::time::Duration::from_millis(50).min(deadline - Instant::now()));
+        }
+        self.write_batch(batch);
+        false
+    }
+
+    /// A batch failed and was rolled back. What the writer keeps in memory is rebuilt from
+    /// the file; the cause is told to readers and, when the file takes it, to `contexts`;
+    /// and the writer holds off before it tries again. Contexts relist only once writes
+    /// succeed again: relisting into a disk that is still full would only load every API
+    /// server and fail again.
+    fn failed(&mut self, e: &StoreError, ops: usize) {
+        self.reload_index();
+        self.reload_tracker();
+        self.forget_images();
+        self.hold_on(e, ops);
+        // Best effort: a nearly full disk may still take the few rows that say why.
+        if let Err(e) = self.write_status(true) {
+            tracing::debug!(error = %e, "cannot record the write failure in contexts either");
+        }
+    }
+
+    /// Starts or extends the hold for the failure `e`, and tells readers its cause.
+    fn hold_on(&mut self, e: &StoreError, ops: usize) {
+        let cause = WriteFailure::classify(e, &self.path);
+        let previous = self.hold.take();
+        // The first failure, or a new cause, is an error; the same cause again is news only
+        // in that it lasts.
+        let repeated = previous.as_ref().is_some_and(|h| h.cause == cause);
+        let hold = Hold::after(previous, cause);
+        let retry_in_ms = hold.wait.as_millis() as u64;
+        if repeated {
+            tracing::warn!(ops, failures = hold.failures, cause = %hold.cause, retry_in_ms, "writes still fail");
+        } else {
+            tracing::error!(ops, error = %e, cause = %hold.cause, retry_in_ms, "a batch failed and was rolled back; holding writes until they succeed, then every context relists");
+        }
+        self.health.set_write_error(Some(hold.cause.to_string()));
+        self.hold = Some(hold);
+    }
+
+    /// Writes succeeded: when they had been failing, the hold ends and every context
+    /// relists, once, to restore what the failed batches lost.
+    fn recovered(&mut self) {
+        let Some(hold) = self.hold.take() else { return };
+        tracing::info!(failures = hold.failures, cause = %hold.cause, "writes succeed again; every context relists to restore what the failed writes lost");
+        self.health.set_write_error(None);
+        if let Err(e) = self.write_status(false) {
+            tracing::warn!(error = %e, "cannot clear the write failure from contexts");
+        }
+        self.resync.send_modify(|g| *g += 1);
+    }
+
+    /// With nothing to write during a hold: a write of the status rows (still naming the
+    /// cause) tells whether the database takes writes again.
+    fn probe(&mut self) {
+        match self.write_status(true) {
+            Ok(()) => self.recovered(),
+            Err(e) => self.hold_on(&e, 0),
+        }
+    }
+
+    /// Rewrites every `contexts` row in a transaction of its own; with `failing`, each
+    /// names the hold's cause as its error.
+    fn write_status(&mut self, failing: bool) -> Result<(), StoreError> {
+        let cause = self
+            .hold
+            .as_ref()
+            .filter(|_| failing)
+            .map(|h| h.cause.to_string());
+        self.conn.execute_batch("BEGIN TRANSACTION")?;
+        let names: Vec<String> = self.contexts.keys().cloned().collect();
+        let now = now_micros();
+        let result = names
+            .iter()
+            .try_for_each(|n| self.write_context_as(n, now, cause.as_deref()));
+        match result.and_then(|()| Ok(self.conn.execute_batch("COMMIT")?)) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let _ = self.conn.execute_batch("ROLLBACK");
+                Err(e)
+            }
+        }
     }
 
     /// Passes what a pod or node says about images to image sizing, when it is on; a pod's
@@ -1053,6 +1195,17 @@ impl Writer {
     }
 
     fn write_context(&mut self, name: &str, now: i64) -> Result<(), StoreError> {
+        let cause = self.hold.as_ref().map(|h| h.cause.to_string());
+        self.write_context_as(name, now, cause.as_deref())
+    }
+
+    /// Writes a context's row; `error`, when given, stands in for the context's own.
+    fn write_context_as(
+        &mut self,
+        name: &str,
+        now: i64,
+        error: Option<&str>,
+    ) -> Result<(), StoreError> {
         let Some(row) = self.contexts.get_mut(name) else {
             return Ok(());
         };
@@ -1068,7 +1221,10 @@ impl Writer {
             info.namespace.clone().map_or(Value::Null, Value::Text),
             Value::Text(info.source_file.clone()),
             Value::Text(row.state.clone()),
-            row.error.clone().map_or(Value::Null, Value::Text),
+            error
+                .map(str::to_string)
+                .or_else(|| row.error.clone())
+                .map_or(Value::Null, Value::Text),
             ts(row.last_event_at),
             ts(row.synced_at),
             row.server_version.clone().map_or(Value::Null, Value::Text),

@@ -112,14 +112,24 @@ impl Env {
 
     /// The command that runs kqd on this env, and the log file it writes to.
     pub fn kqd_command(&self) -> (Command, PathBuf) {
+        self.kqd_command_at(&self.data_dir, &self.socket)
+    }
+
+    /// The command that runs a kqd on this env's kubeconfig with its own data directory and
+    /// socket (a second kqd beside the first), and the log file it writes to.
+    pub fn kqd_command_at(
+        &self,
+        data_dir: &std::path::Path,
+        socket: &std::path::Path,
+    ) -> (Command, PathBuf) {
         let log = self.dir.path().join(format!("kqd-{}.log", uuid_like()));
         let mut cmd = Command::new(bin("kqd"));
         cmd.arg("--kubeconfig")
             .arg(&self.kubeconfig)
             .arg("--data-dir")
-            .arg(&self.data_dir)
+            .arg(data_dir)
             .arg("--socket")
-            .arg(&self.socket)
+            .arg(socket)
             .arg("--log-level")
             .arg("info,kq_daemon=debug")
             .env_remove("KUBECONFIG")
