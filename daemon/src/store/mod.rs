@@ -347,6 +347,17 @@ impl Store {
 mod tests {
     use super::*;
 
+    /// Stops the writer and waits for it, as kqd does at exit: a writer thread still
+    /// checkpointing when the test process exits would race DuckDB's teardown.
+    fn close(opened: Opened) {
+        let Opened {
+            store, ops, writer, ..
+        } = opened;
+        drop(ops);
+        writer.join().unwrap();
+        drop(store);
+    }
+
     fn files(dir: &Path) -> Vec<String> {
         let mut v: Vec<String> = std::fs::read_dir(dir)
             .unwrap()
@@ -382,27 +393,20 @@ mod tests {
             .unwrap();
         assert_eq!(state, "notice");
         assert!(error.contains(kept.as_str()), "{error}");
+        drop(conn);
+        close(opened);
     }
 
     #[test]
     fn a_database_from_a_newer_kq_is_refused_and_left_where_it_is() {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("kq.duckdb");
-        {
-            let opened = Store::open(&db, StoreOptions::default()).unwrap();
-            let conn = opened.store.reader().unwrap();
-            conn.execute_batch(
-                "UPDATE kq_meta SET value = '9999' WHERE key = 'schema_version'; CHECKPOINT;",
-            )
+        close(Store::open(&db, StoreOptions::default()).unwrap());
+        // As a later kq would leave it, written while no kqd runs.
+        Connection::open(&db)
+            .unwrap()
+            .execute_batch("UPDATE kq_meta SET value = '9999' WHERE key = 'schema_version'")
             .unwrap();
-            drop(conn);
-            let Opened {
-                store, ops, writer, ..
-            } = opened;
-            drop(ops);
-            writer.join().unwrap();
-            drop(store);
-        }
         let before = files(dir.path());
         match Store::open(&db, StoreOptions::default()) {
             Err(StoreError::NewerSchema { found: 9999, .. }) => {}

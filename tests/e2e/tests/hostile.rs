@@ -148,11 +148,11 @@ async fn the_inventory_and_image_cache_are_private_whatever_the_umask() {
     let db = env.data_dir.join("kq.duckdb");
     let wal = env.data_dir.join("kq.duckdb.wal");
     assert!(wal.exists(), "kqd keeps a WAL while it runs");
-    let modes: Vec<(String, u32)> = [&env.data_dir, &db, &wal, &cache, &sqlite]
+    let modes: Vec<String> = [&env.data_dir, &db, &wal, &cache, &sqlite]
         .iter()
-        .map(|p| (p.display().to_string(), mode(p)))
+        .map(|p| format!("{} {:o}", p.display(), mode(p)))
         .collect();
-    let want: Vec<(String, u32)> = [
+    let want: Vec<String> = [
         (&env.data_dir, 0o700),
         (&db, 0o600),
         (&wal, 0o600),
@@ -160,9 +160,9 @@ async fn the_inventory_and_image_cache_are_private_whatever_the_umask() {
         (&sqlite, 0o600),
     ]
     .iter()
-    .map(|(p, m)| (p.display().to_string(), *m))
+    .map(|(p, m)| format!("{} {m:o}", p.display()))
     .collect();
-    assert_eq!(modes, want, "modes (decimal) under umask 022");
+    assert_eq!(modes, want, "modes under umask 022");
     assert!(
         kqd.log().contains("narrowed its permissions"),
         "the widened data directory was narrowed silently:\n{}",
