@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 use std::fmt::Debug;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::StreamExt as _;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
@@ -40,6 +40,7 @@ enum Health {
 }
 
 /// Backoff between reconnect attempts: 1 s doubling to 30 s, with jitter.
+#[derive(Debug)]
 struct Backoff {
     next: Duration,
 }
@@ -59,10 +60,9 @@ impl Backoff {
     fn step(&mut self) -> Duration {
         let base = self.next;
         self.next = (self.next * 2).min(Self::MAX);
-        // Up to 20 % jitter, so contexts that failed together do not retry in lockstep.
-        let jitter =
-            (Instant::now().elapsed().subsec_nanos() as u64 ^ std::process::id() as u64) % 200;
-        base + base * jitter as u32 / 1000
+        // Up to 20 % jitter, random, so contexts that failed together do not retry in
+        // lockstep.
+        base + base.mul_f64(fastrand::f64() * 0.2)
     }
 }
 
@@ -289,6 +289,9 @@ async fn connect_and_watch(
     );
     w.spawn(Api::<Event>::all(client), Kind::Events, rows::event);
     let expected = w.spawned.get();
+    // The supervisor keeps a sender of its own, so that a context whose watchers are all
+    // discovered ones (`kinds = ["objects"]`) waits on its channel rather than seeing it close.
+    let _health = w.health.clone();
     drop(w);
     if plan.kinds.allows(Kind::Objects.table()) {
         tokio::spawn(crate::discover::run(
@@ -310,6 +313,14 @@ async fn connect_and_watch(
             .await;
     }
     let mut synced: HashSet<Kind> = HashSet::new();
+    // With no typed kind to list, the context is ready once it is connected; its discovered
+    // resources report their own progress in `resources`.
+    if expected == 0 {
+        tracing::info!(context = %ctx, "connected; no typed kinds to list");
+        backoff.reset();
+        slot.take();
+        set_state(tx, ctx, "ready", None, Some(version.clone()), true).await;
+    }
     resync.mark_unchanged();
     loop {
         let h = tokio::select! {
@@ -566,5 +577,27 @@ where
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_its_cap_with_random_jitter_of_up_to_a_fifth() {
+        let mut b = Backoff::new();
+        let bases = [1, 2, 4, 8, 16, 30, 30];
+        for base in bases {
+            let base = Duration::from_secs(base);
+            let wait = b.step();
+            assert!(
+                wait >= base && wait <= base.mul_f64(1.2),
+                "{wait:?} for {base:?}"
+            );
+        }
+        // Contexts that fail at the same moment get different waits.
+        let waits: HashSet<Duration> = (0..16).map(|_| Backoff::new().step()).collect();
+        assert!(waits.len() > 1, "16 contexts, one wait: {waits:?}");
     }
 }

@@ -178,6 +178,56 @@ async fn sighup_applies_a_changed_exclude_glob() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn watching_only_objects_makes_the_context_ready_with_every_object_and_no_typed_rows() {
+    let env = Env::start(1, 5).await;
+    let config = env.kubeconfig.with_file_name("config.toml");
+    std::fs::write(&config, "kinds = [\"objects\"]\n").unwrap();
+    let (mut cmd, log) = env.kqd_command();
+    cmd.arg("--config").arg(&config);
+    let kqd = env.start_kqd(cmd, log).await;
+    contexts(&env, "name,state\nsim-1,ready\n").await;
+    // Discovered resources (those no typed table covers) are listed and watched into
+    // `objects`; no typed table fills.
+    env.wait_csv(
+        "select count(*) > 0 as listed, count(*) filter (where state <> 'ready') as pending from resources",
+        "listed,pending\ntrue,0\n",
+        Duration::from_secs(20),
+    )
+    .await
+    .unwrap();
+    let c = &env.fleet.clusters[0];
+    let rt = c
+        .store
+        .resolve_kind("apiextensions.k8s.io/v1", "CustomResourceDefinition")
+        .unwrap();
+    c.store
+        .create(
+            &rt,
+            "",
+            serde_json::json!({
+                "metadata": {"name": "widgets.example.com"},
+                "spec": {"group": "example.com", "scope": "Namespaced",
+                         "names": {"plural": "widgets", "singular": "widget", "kind": "Widget"},
+                         "versions": [{"name": "v1", "served": true, "storage": true}]},
+            }),
+        )
+        .unwrap();
+    env.wait_csv(
+        "select (select string_agg(name) from crds) as crds, (select count(*) from pods) as pods",
+        "crds,pods\nwidgets.example.com,0\n",
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+    // It stays ready: the supervisor does not take a quiet channel for failed watchers.
+    assert!(
+        !kqd.log().contains("watchers stopped"),
+        "the context fell over:\n{}",
+        kqd.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn under_socket_activation_kq_can_query() {
     use std::os::fd::AsRawFd as _;
     use std::os::unix::process::CommandExt as _;
