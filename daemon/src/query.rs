@@ -129,48 +129,11 @@ pub fn check_read_only(sql: &str) -> Result<(), QueryError> {
 
 /// Strips comments and a trailing `;`, and refuses more than one statement.
 fn single_statement(sql: &str) -> Result<String, QueryError> {
-    let mut out = String::with_capacity(sql.len());
-    let mut chars = sql.chars().peekable();
-    let mut ended = false;
-    while let Some(c) = chars.next() {
-        match c {
-            '-' if chars.peek() == Some(&'-') => {
-                for c in chars.by_ref() {
-                    if c == '\n' {
-                        break;
-                    }
-                }
-                out.push(' ');
-            }
-            '/' if chars.peek() == Some(&'*') => {
-                chars.next();
-                let mut prev = ' ';
-                for c in chars.by_ref() {
-                    if prev == '*' && c == '/' {
-                        break;
-                    }
-                    prev = c;
-                }
-                out.push(' ');
-            }
-            '\'' | '"' => {
-                if ended {
-                    return Err(multiple());
-                }
-                out.push(c);
-                for q in chars.by_ref() {
-                    out.push(q);
-                    if q == c {
-                        break;
-                    }
-                }
-            }
-            ';' => ended = true,
-            c if ended && !c.is_whitespace() => return Err(multiple()),
-            c => out.push(c),
-        }
+    let mut statements = kq_schema::sql::split_statements(sql);
+    if statements.len() > 1 {
+        return Err(multiple());
     }
-    Ok(out.trim().to_string())
+    Ok(statements.pop().unwrap_or_default())
 }
 
 fn multiple() -> QueryError {

@@ -8,6 +8,7 @@ pub mod incidents;
 mod migrations;
 pub mod paths;
 pub mod reference;
+pub mod sql;
 
 pub use catalog::{CATALOG, Column, Table, table};
 pub use migrations::{MIGRATIONS, Migration, SCHEMA_VERSION, create_table_sql};

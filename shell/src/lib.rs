@@ -169,53 +169,11 @@ async fn run_script(client: &mut Client, script: &str, format: Format) -> i32 {
 }
 
 /// Splits a script on `;` outside quotes and comments, dropping empty statements.
-pub fn split_statements(script: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut cur = String::new();
-    let mut chars = script.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            '\'' | '"' => {
-                cur.push(c);
-                for q in chars.by_ref() {
-                    cur.push(q);
-                    if q == c {
-                        break;
-                    }
-                }
-            }
-            '-' if chars.peek() == Some(&'-') => {
-                for q in chars.by_ref() {
-                    if q == '\n' {
-                        cur.push('\n');
-                        break;
-                    }
-                }
-            }
-            ';' => {
-                if !cur.trim().is_empty() {
-                    out.push(cur.trim().to_string());
-                }
-                cur.clear();
-            }
-            c => cur.push(c),
-        }
-    }
-    if !cur.trim().is_empty() {
-        out.push(cur.trim().to_string());
-    }
-    out
-}
+pub use kq_schema::sql::split_statements;
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn statements_split_outside_quotes_and_comments() {
-        let s = split_statements("select ';'; -- a; comment\nselect 2;\n\n  ;select 3");
-        assert_eq!(s, vec!["select ';'", "select 2", "select 3"]);
-    }
 
     #[test]
     fn a_command_may_start_with_a_sql_comment() {

@@ -155,35 +155,7 @@ fn is_complete(input: &str) -> bool {
     if t.is_empty() || t.starts_with('.') || t.starts_with('\\') {
         return true;
     }
-    let mut last = None;
-    let mut chars = t.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            '\'' | '"' => {
-                let mut closed = false;
-                for q in chars.by_ref() {
-                    if q == c {
-                        closed = true;
-                        break;
-                    }
-                }
-                if !closed {
-                    return false;
-                }
-                last = Some(c);
-            }
-            '-' if chars.peek() == Some(&'-') => {
-                for q in chars.by_ref() {
-                    if q == '\n' {
-                        break;
-                    }
-                }
-            }
-            c if c.is_whitespace() => {}
-            c => last = Some(c),
-        }
-    }
-    last == Some(';')
+    kq_schema::sql::ends_statement(t)
 }
 
 fn history_path() -> std::path::PathBuf {

@@ -200,8 +200,11 @@ impl Env {
 impl Env {
     /// `select context, count(*) from pods …` as the simulator says it should print.
     pub fn expected_pod_counts(&self) -> String {
+        // In the order SQL's `order by 1` gives: sim-10 sorts before sim-2.
+        let mut clusters: Vec<_> = self.fleet.clusters.iter().collect();
+        clusters.sort_by(|a, b| a.name.cmp(&b.name));
         let mut s = String::from("context,count_star()\n");
-        for c in &self.fleet.clusters {
+        for c in clusters {
             s.push_str(&format!("{},{}\n", c.name, sim_pod_uids(c).len()));
         }
         s

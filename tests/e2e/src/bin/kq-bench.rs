@@ -36,13 +36,19 @@ fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1000.0)
 }
 
-fn peak_rss_mib(pid: u32) -> f64 {
+/// A memory figure of `/proc/PID/status` in MiB: `VmHWM` is the peak RSS, `VmRSS` the
+/// current one.
+fn status_mib(pid: u32, field: &str) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
         .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn peak_rss_mib(pid: u32) -> f64 {
+    status_mib(pid, "VmHWM")
 }
 
 #[tokio::main(flavor = "multi_thread")]
@@ -86,6 +92,7 @@ async fn main() -> anyhow::Result<()> {
     let sync = started.elapsed();
     let sync_rate = bodies.len() as f64 / sync.as_secs_f64();
     let rss = peak_rss_mib(kqd.child.id());
+    let rss_now = status_mib(kqd.child.id(), "VmRSS");
 
     let mut client = kq_shell::Client::connect(&env.socket).await?;
     let mut socket_lat = Vec::new();
@@ -162,6 +169,12 @@ async fn main() -> anyhow::Result<()> {
         "kqd peak RSS after initial sync",
         format!("{rss:.0} MiB"),
         "≤ 250 MiB at 10 × 10k"
+    );
+    println!(
+        "{:<44} {:>14} {:>22}",
+        "kqd RSS right after initial sync",
+        format!("{rss_now:.0} MiB"),
+        ""
     );
     println!(
         "{:<44} {:>14} {:>22}",
