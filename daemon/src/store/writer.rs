@@ -582,23 +582,22 @@ impl Writer {
             .observe(&self.conn, ctx, cluster_id.as_deref(), &o, now_micros())
     }
 
-    /// Runs the incident tracker's timers in a transaction of their own.
+    /// Runs the incident tracker's timers in a transaction of their own. Rows the tracker
+    /// wrote before a failure were rolled back with it, so they are dropped, not published.
     fn tick_incidents(&mut self) {
         let ids = self.cluster_ids();
-        let result = self.conn.execute_batch("BEGIN TRANSACTION").and_then(|_| {
-            match self.tracker.tick(&self.conn, &ids, now_micros()) {
-                Ok(()) => self.conn.execute_batch("COMMIT"),
-                Err(e) => {
-                    tracing::error!(error = %e, "incident timers failed");
-                    self.conn.execute_batch("ROLLBACK")
-                }
-            }
-        });
+        let result = self
+            .conn
+            .execute_batch("BEGIN TRANSACTION")
+            .map_err(StoreError::from)
+            .and_then(|()| self.tracker.tick(&self.conn, &ids, now_micros()))
+            .and_then(|()| Ok(self.conn.execute_batch("COMMIT")?));
         match result {
             Ok(()) => self.publish(),
             Err(e) => {
-                tracing::error!(error = %e, "incident timers failed");
+                tracing::error!(error = %e, "incident timers failed; rolled back");
                 let _ = self.conn.execute_batch("ROLLBACK");
+                drop(self.tracker.take_written());
                 self.reload_tracker();
             }
         }
@@ -1239,5 +1238,201 @@ impl Writer {
             params_from_iter(values.iter()),
         )?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::Pod;
+    use serde_json::json;
+
+    /// A writer over a fresh, migrated database file, with what it reports to.
+    struct Fixture {
+        writer: Writer,
+        resync: tokio::sync::watch::Receiver<u64>,
+        follow: tokio::sync::broadcast::Receiver<Arc<IncidentRow>>,
+        health: Arc<Health>,
+        /// Another connection to the same database, as a reader (or a meddler) has.
+        other: Connection,
+        _dir: tempfile::TempDir,
+    }
+
+    fn fixture(opts: StoreOptions) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kq.duckdb");
+        let (conn, migrated) = super::super::open_and_migrate(&path, &opts).unwrap();
+        let other = conn.try_clone().unwrap();
+        let (resync_tx, resync) = tokio::sync::watch::channel(0);
+        let (follow_tx, follow) = tokio::sync::broadcast::channel(16);
+        let health = Arc::new(Health::default());
+        let writer = Writer::new(
+            conn,
+            opts,
+            resync_tx,
+            migrated,
+            follow_tx,
+            path,
+            health.clone(),
+        )
+        .unwrap();
+        Fixture {
+            writer,
+            resync,
+            follow,
+            health,
+            other,
+            _dir: dir,
+        }
+    }
+
+    fn ctx() -> Arc<str> {
+        Arc::from("test")
+    }
+
+    fn pod(name: &str, status: serde_json::Value) -> Op {
+        let p: Pod = serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": "default", "uid": format!("uid-{name}"),
+                         "resourceVersion": "1", "creationTimestamp": "2020-01-01T00:00:00Z"},
+            "spec": {"containers": [{"name": "main", "image": "nginx:1"}]},
+            "status": status,
+        }))
+        .unwrap();
+        Op::Upsert {
+            kind: Kind::Pods,
+            context: ctx(),
+            rows: crate::rows::pod(&ctx(), &p),
+        }
+    }
+
+    fn running(name: &str) -> Op {
+        pod(
+            name,
+            json!({"phase": "Running", "containerStatuses": [{"name": "main", "image": "nginx:1",
+                   "imageID": "", "ready": true, "restartCount": 0,
+                   "state": {"running": {"startedAt": "2020-01-01T00:00:00Z"}}}]}),
+        )
+    }
+
+    fn count(conn: &Connection, sql: &str) -> i64 {
+        conn.query_row(sql, [], |r| r.get(0)).unwrap()
+    }
+
+    #[test]
+    fn a_failed_batch_rolls_back_reloads_the_index_holds_and_relists_once_writes_succeed() {
+        let mut f = fixture(StoreOptions::default());
+        f.writer.write_batch(vec![running("kept")]);
+        assert_eq!(count(&f.other, "SELECT count(*) FROM pods"), 1);
+        assert_eq!(f.writer.index.total("test"), 1);
+
+        // A table the batch needs is gone: the batch fails as a whole.
+        f.other
+            .execute_batch("ALTER TABLE containers RENAME TO containers_away")
+            .unwrap();
+        f.writer.write_batch(vec![running("lost")]);
+        assert_eq!(
+            count(&f.other, "SELECT count(*) FROM pods"),
+            1,
+            "the pod row of the failed batch was rolled back with it"
+        );
+        assert_eq!(
+            f.writer.index.total("test"),
+            1,
+            "the index was reloaded from the file"
+        );
+        let hold = f.writer.hold.clone().expect("the writer holds");
+        assert!(
+            matches!(hold.cause, WriteFailure::Other { .. }),
+            "{:?}",
+            hold.cause
+        );
+        assert!(
+            !f.resync.has_changed().unwrap(),
+            "no relist while writes fail"
+        );
+
+        // Still failing: the next attempt extends the hold and still does not relist.
+        f.writer.write_batch(vec![running("lost")]);
+        assert_eq!(f.writer.hold.as_ref().map(|h| h.failures), Some(2));
+        assert!(!f.resync.has_changed().unwrap());
+
+        // Writes succeed again: the hold ends and every context relists, once.
+        f.other
+            .execute_batch("ALTER TABLE containers_away RENAME TO containers")
+            .unwrap();
+        f.writer.probe();
+        assert!(f.writer.hold.is_none());
+        assert!(f.resync.has_changed().unwrap());
+        assert_eq!(*f.resync.borrow_and_update(), 1);
+        let conn = f.other.try_clone().unwrap();
+        let mut seen = 0;
+        f.health.apply_to(&conn, &mut seen).unwrap();
+        let error: Option<String> = conn
+            .query_row("SELECT getvariable('kq_write_error')::VARCHAR", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(error, None, "readers are told writes work again");
+        // The relist that follows writes the lost pod.
+        f.writer.write_batch(vec![running("lost")]);
+        assert_eq!(count(&f.other, "SELECT count(*) FROM pods"), 2);
+    }
+
+    #[test]
+    fn a_failed_incident_tick_rolls_back_and_publishes_nothing() {
+        let mut opts = StoreOptions::default();
+        opts.incidents.image_pull_grace = std::time::Duration::from_millis(1);
+        opts.incidents.healthy_after = std::time::Duration::from_millis(1);
+        let mut f = fixture(opts);
+        // A pod that crashed once and runs again (healthy since long ago, so its timer is
+        // due), and a pod whose image pull fails (due after its grace).
+        f.writer.write_batch(vec![pod(
+            "recovered",
+            json!({"phase": "Running", "containerStatuses": [{"name": "main", "image": "nginx:1",
+                   "imageID": "", "ready": true, "restartCount": 1,
+                   "state": {"running": {"startedAt": "2020-01-01T00:10:00Z"}},
+                   "lastState": {"terminated": {"exitCode": 1, "reason": "Error",
+                       "startedAt": "2020-01-01T00:00:00Z", "finishedAt": "2020-01-01T00:05:00Z"}}}]}),
+        )]);
+        assert_eq!(
+            count(
+                &f.other,
+                "SELECT count(*) FROM incidents WHERE resolved_at IS NULL"
+            ),
+            1
+        );
+        f.writer.write_batch(vec![pod(
+            "pulling",
+            json!({"phase": "Pending", "containerStatuses": [{"name": "main", "image": "nginx:1",
+                   "imageID": "", "ready": false, "restartCount": 0,
+                   "state": {"waiting": {"reason": "ErrImagePull", "message": "not found"}}}]}),
+        )]);
+        // What those batches committed (the long-Pending pod's incident) is published.
+        while f.follow.try_recv().is_ok() {}
+        let due = Instant::now() + std::time::Duration::from_secs(5);
+        while !f.writer.tracker.due(now_micros()) {
+            assert!(Instant::now() < due, "the timers never fell due");
+        }
+        // Another transaction holds the open incident's row: the tick records the image
+        // pull, then fails to resolve the crash, and rolls both back.
+        f.other
+            .execute_batch("BEGIN; DELETE FROM incidents WHERE resolved_at IS NULL")
+            .unwrap();
+        f.writer.tick_incidents();
+        f.other.execute_batch("ROLLBACK").unwrap();
+        assert_eq!(
+            count(
+                &f.other,
+                "SELECT count(*) FROM incidents WHERE type = 'image_pull'"
+            ),
+            0,
+            "the tick was rolled back"
+        );
+        let published = f.follow.try_recv();
+        assert!(
+            published.is_err(),
+            "a rolled-back incident was published to followers: {:?}",
+            published.map(|r| (r.typ.clone(), r.object_name.clone()))
+        );
     }
 }
