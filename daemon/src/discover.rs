@@ -17,7 +17,7 @@ use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::rows::{self, Gvk, Kind, ObjectRows};
-use crate::store::Op;
+use crate::store::{Op, ResourcePhase};
 
 /// How often discovery runs again when no CRD changed.
 const REDISCOVER_EVERY: Duration = Duration::from_secs(300);
@@ -126,14 +126,14 @@ fn spawn(
             .boxed();
             let mut seen: Vec<String> = Vec::new();
             let mut listed = false;
-            let state = |state: &'static str, error: Option<String>| Op::ResourceState {
+            let state = |state: ResourcePhase, error: Option<String>| Op::ResourceState {
                 context: ctx.clone(),
                 group: ar.group.clone(),
                 resource: ar.plural.clone(),
                 state,
                 error,
             };
-            if tx.send(state("syncing", None)).await.is_err() {
+            if tx.send(state(ResourcePhase::Syncing, None)).await.is_err() {
                 return;
             }
             let forbidden = loop {
@@ -158,7 +158,7 @@ fn spawn(
                     }
                     Ok(watcher::Event::InitDone) => {
                         listed = true;
-                        if tx.send(state("ready", None)).await.is_err() {
+                        if tx.send(state(ResourcePhase::Ready, None)).await.is_err() {
                             return;
                         }
                         Op::Sweep {
@@ -192,7 +192,9 @@ fn spawn(
                         watcher::Error::InitialListFailed(kube::Error::Api(s))
                         | watcher::Error::WatchStartFailed(kube::Error::Api(s)),
                     ) if s.code == 403 => {
-                        let _ = tx.send(state("forbidden", Some(s.message.clone()))).await;
+                        let _ = tx
+                            .send(state(ResourcePhase::Forbidden, Some(s.message.clone())))
+                            .await;
                         break true;
                     }
                     // Other errors are retried by the stream's backoff.

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::kubeconfig::{self, Files};
-use crate::store::{ContextState, Op, Store};
+use crate::store::{ContextPhase, ContextState, Op, Store};
 use crate::watch;
 
 /// What a running context depends on: its kubeconfig entries and the kinds it watches.
@@ -130,7 +130,7 @@ impl Fleet {
                     .tx
                     .send(Op::ContextState(ContextState {
                         name,
-                        state: "removed",
+                        state: ContextPhase::Removed,
                         error: None,
                         server_version: None,
                         synced: false,

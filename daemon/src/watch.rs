@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::KindFilter;
 use crate::kubeconfig::{ContextSpec, client_for};
 use crate::rows::{self, Kind, ObjectRows};
-use crate::store::{ContextState, Op};
+use crate::store::{ContextPhase, ContextState, Op, ResourcePhase};
 
 /// What a watcher task tells its supervisor.
 #[derive(Debug)]
@@ -69,7 +69,7 @@ impl Backoff {
 async fn set_state(
     tx: &mpsc::Sender<Op>,
     name: &str,
-    state: &'static str,
+    state: ContextPhase,
     error: Option<String>,
     version: Option<String>,
     synced: bool,
@@ -100,7 +100,7 @@ pub async fn supervise(
     let _ = tx.send(Op::ContextInfo(spec.info.clone())).await;
     let mut backoff = Backoff::new();
     loop {
-        set_state(&tx, &name, "connecting", None, None, false).await;
+        set_state(&tx, &name, ContextPhase::Connecting, None, None, false).await;
         let attempt = connect_and_watch(
             &ctx,
             &kubeconfig,
@@ -116,7 +116,7 @@ pub async fn supervise(
         };
         let wait = backoff.step();
         tracing::warn!(context = %name, error = %err, retry_in_ms = wait.as_millis() as u64, "context failed");
-        set_state(&tx, &name, "error", Some(err), None, false).await;
+        set_state(&tx, &name, ContextPhase::Error, Some(err), None, false).await;
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = cancel.cancelled() => return,
@@ -151,7 +151,15 @@ async fn connect_and_watch(
     let Ok(mut slot) = plan.sync_slots.clone().acquire_owned().await.map(Some) else {
         return "shutting down".to_string();
     };
-    set_state(tx, ctx, "syncing", None, Some(version.clone()), false).await;
+    set_state(
+        tx,
+        ctx,
+        ContextPhase::Syncing,
+        None,
+        Some(version.clone()),
+        false,
+    )
+    .await;
     let (htx, mut hrx) = mpsc::channel(64);
     let child = cancel.child_token();
     let _stop = child.clone().drop_guard();
@@ -319,7 +327,15 @@ async fn connect_and_watch(
         tracing::info!(context = %ctx, "connected; no typed kinds to list");
         backoff.reset();
         slot.take();
-        set_state(tx, ctx, "ready", None, Some(version.clone()), true).await;
+        set_state(
+            tx,
+            ctx,
+            ContextPhase::Ready,
+            None,
+            Some(version.clone()),
+            true,
+        )
+        .await;
     }
     resync.mark_unchanged();
     loop {
@@ -337,7 +353,15 @@ async fn connect_and_watch(
                     tracing::info!(context = %ctx, "initial sync complete");
                     backoff.reset();
                     slot.take();
-                    set_state(tx, ctx, "ready", None, Some(version.clone()), true).await;
+                    set_state(
+                        tx,
+                        ctx,
+                        ContextPhase::Ready,
+                        None,
+                        Some(version.clone()),
+                        true,
+                    )
+                    .await;
                 }
             }
             // A failing watcher takes the whole context down and back up: the reconnect
@@ -412,7 +436,7 @@ impl Watch {
             }
         };
         tokio::spawn(async move {
-            let state = |state: &'static str, error: Option<String>| Op::ResourceState {
+            let state = |state: ResourcePhase, error: Option<String>| Op::ResourceState {
                 context: ctx.clone(),
                 group: gvk_key.0.clone(),
                 resource: gvk_key.1.clone(),
@@ -420,7 +444,7 @@ impl Watch {
                 error,
             };
             loop {
-                if tx.send(state("syncing", None)).await.is_err() {
+                if tx.send(state(ResourcePhase::Syncing, None)).await.is_err() {
                     return;
                 }
                 match watch_kind(&api, kind, &ctx, &tx, &health, &cancel, &rows_of).await {
@@ -429,7 +453,7 @@ impl Watch {
                     // context counts it as synced, so one forbidden kind does not hold it back.
                     Ended::Forbidden(why) => {
                         tracing::warn!(context = %ctx, kind = kind.table(), "forbidden by RBAC; skipped, will try again in 10 minutes");
-                        let _ = tx.send(state("forbidden", Some(why))).await;
+                        let _ = tx.send(state(ResourcePhase::Forbidden, Some(why))).await;
                         let _ = health.send(Health::InitDone(kind)).await;
                         tokio::select! {
                             _ = tokio::time::sleep(crate::discover::FORBIDDEN_RETRY) => {}
@@ -530,7 +554,7 @@ where
                                 context: ctx.clone(),
                                 group: kind.gvk().group,
                                 resource: kind.gvk().resource,
-                                state: "ready",
+                                state: ResourcePhase::Ready,
                                 error: None,
                             })
                             .await;

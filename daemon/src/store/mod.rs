@@ -9,6 +9,7 @@ mod images;
 mod incidents;
 mod index;
 mod migrate;
+mod phase;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -19,6 +20,7 @@ use tokio::sync::{mpsc, oneshot};
 
 pub use health::{Health, WriteFailure};
 pub use incidents::IncidentRow;
+pub use phase::{ContextPhase, ResourcePhase};
 pub use writer::{ContextInfo, ContextState, Writer};
 
 use crate::rows::{Kind, ObjectRows};
@@ -91,7 +93,7 @@ pub enum Op {
         context: Arc<str>,
         group: String,
         resource: String,
-        state: &'static str,
+        state: ResourcePhase,
         error: Option<String>,
     },
     /// A resource stopped being served (its CRD was deleted): remove its objects.

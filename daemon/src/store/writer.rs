@@ -36,8 +36,7 @@ pub struct ContextInfo {
 #[derive(Debug, Clone)]
 pub struct ContextState {
     pub name: String,
-    /// connecting | syncing | ready | error
-    pub state: &'static str,
+    pub state: super::ContextPhase,
     pub error: Option<String>,
     pub server_version: Option<String>,
     /// The initial list of every watched kind completed.
@@ -47,7 +46,7 @@ pub struct ContextState {
 #[derive(Debug, Clone, Default)]
 struct ContextRow {
     info: ContextInfo,
-    state: String,
+    state: super::ContextPhase,
     error: Option<String>,
     last_event_at: Option<i64>,
     synced_at: Option<i64>,
@@ -65,7 +64,7 @@ type ResKey = (String, String, String);
 
 #[derive(Debug, Clone, Default)]
 struct ResourceRow {
-    state: String,
+    state: super::ResourcePhase,
     error: Option<String>,
     object_count: i64,
     last_event_at: Option<i64>,
@@ -234,7 +233,7 @@ impl Writer {
                     info.name.clone(),
                     ContextRow {
                         info,
-                        state: "connecting".into(),
+                        state: super::ContextPhase::Connecting,
                         ..Default::default()
                     },
                 );
@@ -741,16 +740,13 @@ impl Writer {
                     }
                     Op::ContextInfo(info) => {
                         let row = self.contexts.entry(info.name.clone()).or_default();
-                        if row.state.is_empty() {
-                            row.state = "connecting".into();
-                        }
                         row.info = info.clone();
                         dirty.insert(info.name);
                     }
                     Op::ContextState(s) => {
                         let row = self.contexts.entry(s.name.clone()).or_default();
                         row.info.name = s.name.clone();
-                        row.state = s.state.to_string();
+                        row.state = s.state;
                         row.error = s.error;
                         if s.server_version.is_some() {
                             row.server_version = s.server_version;
@@ -771,9 +767,9 @@ impl Writer {
                         let key = (context.to_string(), group, resource);
                         let row = self.resources.entry(key.clone()).or_default();
                         row.object_count = count;
-                        row.state = state.to_string();
+                        row.state = state;
                         row.error = error;
-                        if state == "ready" {
+                        if state == super::ResourcePhase::Ready {
                             row.synced_at = Some(now_micros());
                         }
                         dirty_res.insert(key);
@@ -1180,7 +1176,7 @@ impl Writer {
             Value::Text(ctx.clone()),
             Value::Text(group.clone()),
             Value::Text(resource.clone()),
-            Value::Text(row.state.clone()),
+            Value::Text(row.state.as_str().to_string()),
             row.error.clone().map_or(Value::Null, Value::Text),
             Value::BigInt(row.object_count),
             ts(row.last_event_at),
@@ -1219,7 +1215,7 @@ impl Writer {
             Value::Text(info.user.clone()),
             info.namespace.clone().map_or(Value::Null, Value::Text),
             Value::Text(info.source_file.clone()),
-            Value::Text(row.state.clone()),
+            Value::Text(row.state.as_str().to_string()),
             error
                 .map(str::to_string)
                 .or_else(|| row.error.clone())
