@@ -111,14 +111,16 @@ pub struct Writer {
 const HELD_OPS: usize = 1024;
 
 /// The resource an upserted object belongs to: a typed kind's, or the one its `objects` row
-/// names (columns 8 and 11: api_group and resource).
+/// names.
 fn resource_of(kind: Kind, context: &str, rows: &ObjectRows) -> ResKey {
     if kind == Kind::Objects {
-        let text = |i: usize| match rows.row.get(i) {
-            Some(Value::Text(t)) => t.clone(),
-            _ => String::new(),
+        let p = positions(kind);
+        let text = |i: Option<usize>| {
+            i.and_then(|i| text_at(&rows.row, i))
+                .unwrap_or_default()
+                .to_string()
         };
-        return (context.to_string(), text(8), text(11));
+        return (context.to_string(), text(p.api_group), text(p.resource));
     }
     (
         context.to_string(),
@@ -127,15 +129,41 @@ fn resource_of(kind: Kind, context: &str, rows: &ObjectRows) -> ResKey {
     )
 }
 
-/// Positions of namespace, name and resourceVersion in a row of `kind`'s table: the
-/// common columns come first (context, [namespace], name, uid, labels, annotations,
-/// created_at, resource_version).
-fn meta_columns(kind: Kind) -> (Option<usize>, usize, usize) {
-    if kind.namespaced() {
-        (Some(1), 2, 7)
-    } else {
-        (None, 1, 6)
-    }
+/// Where a row of one table holds what the writer reads back from it, found once by
+/// column name in kq-schema's catalog, whose order the rows functions write in.
+#[derive(Debug)]
+struct Positions {
+    namespace: Option<usize>,
+    name: usize,
+    resource_version: usize,
+    /// `objects` only: the resource the row's object belongs to.
+    api_group: Option<usize>,
+    resource: Option<usize>,
+}
+
+fn positions(kind: Kind) -> &'static Positions {
+    static ALL: std::sync::OnceLock<HashMap<Kind, Positions>> = std::sync::OnceLock::new();
+    let all = ALL.get_or_init(|| {
+        Kind::ALL
+            .iter()
+            .map(|&k| {
+                let table = kq_schema::table(k.table()).expect("every kind has a catalog table");
+                let at = |name: &str| table.columns.iter().position(|c| c.name == name);
+                let must = |name: &str| {
+                    at(name).unwrap_or_else(|| panic!("{} has no column {name}", table.name))
+                };
+                let positions = Positions {
+                    namespace: at("namespace"),
+                    name: must("name"),
+                    resource_version: must("resource_version"),
+                    api_group: at("api_group"),
+                    resource: at("resource"),
+                };
+                (k, positions)
+            })
+            .collect()
+    });
+    &all[&kind]
 }
 
 fn text_at(row: &Row, i: usize) -> Option<&str> {
@@ -147,9 +175,12 @@ fn text_at(row: &Row, i: usize) -> Option<&str> {
 
 /// The `changes` row recording that `rows` was added or modified.
 fn change_row(now: i64, kind: Kind, context: &str, rows: &ObjectRows, op: &str) -> Row {
-    let (ns, name, rv) = meta_columns(kind);
+    let p = positions(kind);
+    let (ns, name, rv) = (p.namespace, p.name, p.resource_version);
     let what = if kind == Kind::Objects {
-        text_at(&rows.row, 11).unwrap_or_default()
+        p.resource
+            .and_then(|i| text_at(&rows.row, i))
+            .unwrap_or_default()
     } else {
         kind.table()
     };
@@ -866,9 +897,9 @@ impl Writer {
     /// The index's id of the resource an upserted object belongs to.
     fn resource_id(&mut self, kind: Kind, rows: &ObjectRows) -> u32 {
         if kind == Kind::Objects {
-            let g = text_at(&rows.row, 8).unwrap_or_default();
-            let r = text_at(&rows.row, 11).unwrap_or_default();
-            return self.index.resource_id(g, r);
+            let p = positions(kind);
+            let at = |i: Option<usize>| i.and_then(|i| text_at(&rows.row, i)).unwrap_or_default();
+            return self.index.resource_id(at(p.api_group), at(p.resource));
         }
         self.index.resource_id(kind.group(), kind.table())
     }
@@ -902,7 +933,7 @@ impl Writer {
                 match rows {
                     Some(r) => {
                         let res = self.resource_id(kind, r);
-                        let (_, _, rv) = meta_columns(kind);
+                        let rv = positions(kind).resource_version;
                         let op = match self.index.upsert(ctx, uid, text_at(&r.row, rv), res) {
                             Seen::Same => continue,
                             Seen::New => "add",
@@ -1312,6 +1343,29 @@ mod tests {
 
     fn count(conn: &Connection, sql: &str) -> i64 {
         conn.query_row(sql, [], |r| r.get(0)).unwrap()
+    }
+
+    #[test]
+    fn row_positions_come_from_the_catalog_and_match_what_the_rows_functions_write() {
+        let Op::Upsert { rows, .. } = running("positioned") else {
+            unreachable!()
+        };
+        let p = positions(Kind::Pods);
+        assert_eq!(text_at(&rows.row, p.name), Some("positioned"));
+        assert_eq!(text_at(&rows.row, p.resource_version), Some("1"));
+        assert_eq!(
+            p.namespace.and_then(|i| text_at(&rows.row, i)),
+            Some("default")
+        );
+        let meta = k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+            name: Some("positioned".into()),
+            ..Default::default()
+        };
+        let object = crate::rows::object_row(&ctx(), &Kind::Pods.gvk(), &meta, "{}".into());
+        let o = positions(Kind::Objects);
+        let at = |i: Option<usize>| i.and_then(|i| text_at(&object, i));
+        assert_eq!((at(o.api_group), at(o.resource)), (Some(""), Some("pods")));
+        assert!(positions(Kind::Nodes).namespace.is_none());
     }
 
     #[test]
