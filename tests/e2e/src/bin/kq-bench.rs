@@ -25,6 +25,13 @@ struct Args {
     /// Samples for each latency figure.
     #[arg(long, default_value_t = 100)]
     samples: usize,
+    /// Sustained load: pod status changes per second across the fleet, one run per rate
+    /// (for example `--load 1000,5000`), each measuring watch-to-query latency under it.
+    #[arg(long, value_delimiter = ',')]
+    load: Vec<u64>,
+    /// How long each sustained-load run lasts.
+    #[arg(long, default_value_t = 30)]
+    load_secs: u64,
 }
 
 fn percentile(v: &mut [Duration], p: f64) -> Duration {
@@ -218,8 +225,213 @@ async fn main() -> anyhow::Result<()> {
         ms(percentile(&mut watch_lat, 0.99)),
         "≤ 250 ms"
     );
+    for rate in &args.load {
+        let r = load::run(
+            &env,
+            &mut client,
+            *rate,
+            Duration::from_secs(args.load_secs),
+        )
+        .await?;
+        r.print();
+    }
     drop(kqd);
     Ok(())
+}
+
+/// The sustained-load mode: the simulator changes pods' status at a steady rate while a
+/// probe measures how long a change takes to become queryable.
+mod load {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::time::{Duration, Instant};
+
+    use kq_e2e::Env;
+    use kube_sim::patch::PatchType;
+    use kube_sim::scenario;
+
+    use super::{ms, percentile};
+
+    /// What one run measured.
+    pub struct Report {
+        rate: u64,
+        applied: u64,
+        secs: f64,
+        latencies: Vec<Duration>,
+        /// p50 of the first and of the last third of the probes.
+        first: Duration,
+        last: Duration,
+        lost: usize,
+    }
+
+    impl Report {
+        /// Lag is bounded when the probes at the end wait no longer than those at the
+        /// start, within a margin (twice as long, or 250 ms more).
+        fn bounded(&self) -> bool {
+            self.lost == 0
+                && (self.last <= self.first * 2
+                    || self.last <= self.first + Duration::from_millis(250))
+        }
+
+        pub fn print(mut self) {
+            let achieved = self.applied as f64 / self.secs;
+            println!();
+            println!(
+                "sustained load: {} pod status changes/s asked, {achieved:.0}/s applied for {:.0} s; {} probes",
+                self.rate,
+                self.secs,
+                self.latencies.len()
+            );
+            let target = if self.rate <= 1000 { "≤ 250 ms" } else { "" };
+            println!(
+                "{:<44} {:>14} {:>22}",
+                "watch-to-query latency under load, p50",
+                ms(percentile(&mut self.latencies, 0.5)),
+                ""
+            );
+            println!(
+                "{:<44} {:>14} {:>22}",
+                "watch-to-query latency under load, p99",
+                ms(percentile(&mut self.latencies, 0.99)),
+                target
+            );
+            println!(
+                "{:<44} {:>14} {:>22}",
+                "lag, p50 of first third → last third",
+                format!("{} → {}", ms(self.first), ms(self.last)),
+                if self.bounded() { "bounded" } else { "GROWING" }
+            );
+            if self.lost > 0 {
+                println!("{} probes were never seen within 10 s", self.lost);
+            }
+        }
+    }
+
+    const PROBE: &str = "bench-probe";
+
+    pub async fn run(
+        env: &Env,
+        client: &mut kq_shell::Client,
+        rate: u64,
+        secs: Duration,
+    ) -> anyhow::Result<Report> {
+        let c0 = env.fleet.clusters[0].clone();
+        if scenario::create_pod(&c0.store, "default", PROBE, "nginx:1.27").is_ok() {
+            wait_probe(client, &c0.name, "", Duration::from_secs(30)).await?;
+        }
+        // Every pod of the fleet, changed in turn.
+        let mut targets = Vec::new();
+        for c in &env.fleet.clusters {
+            let rt = c
+                .store
+                .resolve_kind("v1", "Pod")
+                .expect("pods are built in");
+            for p in c.store.list(&rt, &Default::default(), None, None)?.items {
+                if p.name != PROBE {
+                    targets.push((c.clone(), rt.clone(), p.namespace.clone(), p.name.clone()));
+                }
+            }
+        }
+        anyhow::ensure!(!targets.is_empty(), "no pods to change");
+        let stop = Arc::new(AtomicBool::new(false));
+        let applied = Arc::new(AtomicU64::new(0));
+        let started = Instant::now();
+        let load = {
+            let (stop, applied) = (stop.clone(), applied.clone());
+            std::thread::spawn(move || {
+                let mut i = 0usize;
+                while !stop.load(Ordering::Relaxed) {
+                    let due = (started.elapsed().as_secs_f64() * rate as f64) as u64;
+                    while applied.load(Ordering::Relaxed) < due {
+                        let (c, rt, ns, name) = &targets[i % targets.len()];
+                        let body = format!(r#"{{"status":{{"message":"bench {i}"}}}}"#);
+                        let _ =
+                            c.store
+                                .patch(rt, ns, name, PatchType::Merge, body.as_bytes(), true);
+                        applied.fetch_add(1, Ordering::Relaxed);
+                        i += 1;
+                    }
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            })
+        };
+        // Probes: a label on one pod, changed and then waited for, every 200 ms.
+        let rt = c0
+            .store
+            .resolve_kind("v1", "Pod")
+            .expect("pods are built in");
+        let mut latencies = Vec::new();
+        let mut sent_at = Vec::new();
+        let mut lost = 0;
+        let mut n = 0u64;
+        while started.elapsed() < secs {
+            let slot = Instant::now();
+            n += 1;
+            let body = format!(r#"{{"metadata":{{"labels":{{"kq-bench-probe":"{n}"}}}}}}"#);
+            c0.store
+                .patch(
+                    &rt,
+                    "default",
+                    PROBE,
+                    PatchType::Merge,
+                    body.as_bytes(),
+                    false,
+                )
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            match wait_probe(client, &c0.name, &n.to_string(), Duration::from_secs(10)).await {
+                Ok(()) => {
+                    latencies.push(slot.elapsed());
+                    sent_at.push(slot - started);
+                }
+                Err(_) => lost += 1,
+            }
+            tokio::time::sleep(Duration::from_millis(200).saturating_sub(slot.elapsed())).await;
+        }
+        stop.store(true, Ordering::Relaxed);
+        let _ = load.join();
+        let secs_run = started.elapsed().as_secs_f64();
+        let third = latencies.len() / 3;
+        anyhow::ensure!(third > 0, "too few probes: {}", latencies.len());
+        let mut first: Vec<Duration> = latencies[..third].to_vec();
+        let mut last: Vec<Duration> = latencies[latencies.len() - third..].to_vec();
+        Ok(Report {
+            rate,
+            applied: applied.load(Ordering::Relaxed),
+            secs: secs_run,
+            first: percentile(&mut first, 0.5),
+            last: percentile(&mut last, 0.5),
+            latencies,
+            lost,
+        })
+    }
+
+    /// Waits until the probe pod's label reads `want` (empty: the pod exists).
+    async fn wait_probe(
+        client: &mut kq_shell::Client,
+        context: &str,
+        want: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
+        use kq_shell::arrow::array::{Array as _, StringArray};
+        let sql = format!(
+            "select coalesce(labels->>'kq-bench-probe', '') as v from pods where context = '{context}' and name = '{PROBE}'"
+        );
+        let deadline = Instant::now() + timeout;
+        loop {
+            let r = client.query(&sql).await?;
+            let seen = r.batches.iter().any(|b| {
+                b.column(0)
+                    .as_any()
+                    .downcast_ref::<StringArray>()
+                    .is_some_and(|a| a.len() > 0 && a.value(0) == want)
+            });
+            if seen {
+                return Ok(());
+            }
+            anyhow::ensure!(Instant::now() < deadline, "probe {want:?} not seen");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
 }
 
 /// Arrow's Int64Array, through kq-shell's arrow.
