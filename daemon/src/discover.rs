@@ -7,7 +7,6 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt as _;
 use kube::api::{ApiResource, DynamicObject};
 use kube::core::TypeMeta;
 use kube::discovery::{Discovery, verbs};
@@ -16,13 +15,12 @@ use kube::{Api, Client};
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
+use crate::resource_watch::{self, Ended, OnError, Seen, Watched};
 use crate::rows::{self, Gvk, Kind, ObjectRows};
-use crate::store::{Op, ResourcePhase};
+use crate::store::Op;
 
 /// How often discovery runs again when no CRD changed.
 const REDISCOVER_EVERY: Duration = Duration::from_secs(300);
-/// How long a forbidden resource waits before it is tried again.
-pub const FORBIDDEN_RETRY: Duration = Duration::from_secs(600);
 
 /// Runs until `cancel` fires.
 pub async fn run(client: Client, ctx: Arc<str>, tx: mpsc::Sender<Op>, cancel: CancellationToken) {
@@ -112,106 +110,34 @@ fn spawn(
             kind: ar.kind.clone(),
             resource: ar.plural.clone(),
         };
-        let scope = Some((ar.group.clone(), ar.plural.clone()));
         let crds = is_crds(&ar);
+        let watched = Watched {
+            ctx: &ctx,
+            kind: Kind::Objects,
+            group: &ar.group,
+            resource: &ar.plural,
+            scope: Some((ar.group.clone(), ar.plural.clone())),
+            tx: &tx,
+            cancel: &cancel,
+            on_error: OnError::Retry,
+        };
         loop {
             let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
-            let mut stream = watcher(
-                api,
-                watcher::Config::default()
-                    .any_semantic()
-                    .page_size(crate::watch::PAGE_SIZE),
-            )
-            .default_backoff()
-            .boxed();
-            let mut seen: Vec<String> = Vec::new();
-            let mut listed = false;
-            let state = |state: ResourcePhase, error: Option<String>| Op::ResourceState {
-                context: ctx.clone(),
-                group: ar.group.clone(),
-                resource: ar.plural.clone(),
-                state,
-                error,
-            };
-            if tx.send(state(ResourcePhase::Syncing, None)).await.is_err() {
-                return;
-            }
-            let forbidden = loop {
-                let ev = tokio::select! {
-                    ev = stream.next() => ev,
-                    _ = cancel.cancelled() => return,
-                };
-                let Some(ev) = ev else { break false };
-                let op = match ev {
-                    Ok(watcher::Event::Init) => {
-                        seen.clear();
-                        continue;
-                    }
-                    Ok(watcher::Event::InitApply(o)) => {
-                        let rows = object_rows(&ctx, &gvk, &ar, o);
-                        seen.push(rows.uid.clone());
-                        Op::Upsert {
-                            kind: Kind::Objects,
-                            context: ctx.clone(),
-                            rows,
-                        }
-                    }
-                    Ok(watcher::Event::InitDone) => {
-                        listed = true;
-                        if tx.send(state(ResourcePhase::Ready, None)).await.is_err() {
-                            return;
-                        }
-                        Op::Sweep {
-                            kind: Kind::Objects,
-                            context: ctx.clone(),
-                            keep: std::mem::take(&mut seen),
-                            scope: scope.clone(),
-                        }
-                    }
-                    Ok(watcher::Event::Apply(o)) => {
-                        if crds && listed {
-                            rediscover.notify_one();
-                        }
-                        Op::Upsert {
-                            kind: Kind::Objects,
-                            context: ctx.clone(),
-                            rows: object_rows(&ctx, &gvk, &ar, o),
-                        }
-                    }
-                    Ok(watcher::Event::Delete(o)) => {
-                        if crds {
-                            rediscover.notify_one();
-                        }
-                        Op::Delete {
-                            kind: Kind::Objects,
-                            context: ctx.clone(),
-                            uid: o.metadata.uid.unwrap_or_default(),
-                        }
-                    }
-                    Err(
-                        watcher::Error::InitialListFailed(kube::Error::Api(s))
-                        | watcher::Error::WatchStartFailed(kube::Error::Api(s)),
-                    ) if s.code == 403 => {
-                        let _ = tx
-                            .send(state(ResourcePhase::Forbidden, Some(s.message.clone())))
-                            .await;
-                        break true;
-                    }
-                    // Other errors are retried by the stream's backoff.
-                    Err(e) => {
-                        tracing::debug!(context = %ctx, resource = %ar.plural, error = %crate::describe(&e), "watch error");
-                        continue;
-                    }
-                };
-                if tx.send(op).await.is_err() {
-                    return;
+            let stream = watcher(api, resource_watch::config()).default_backoff();
+            // A CRD created, changed or deleted may change what the cluster serves.
+            let changed = |s: Seen| {
+                if crds && s == Seen::Changed {
+                    rediscover.notify_one();
                 }
             };
-            let wait = if forbidden {
-                tracing::warn!(context = %ctx, group = %ar.group, resource = %ar.plural, "forbidden by RBAC; skipped, will try again in 10 minutes");
-                FORBIDDEN_RETRY
-            } else {
-                Duration::from_secs(1)
+            let rows_of = |o| object_rows(&ctx, &gvk, &ar, o);
+            let wait = match watched.run(stream, rows_of, changed).await {
+                Ended::Stop => return,
+                Ended::Forbidden(_) => {
+                    tracing::warn!(context = %ctx, group = %ar.group, resource = %ar.plural, "forbidden by RBAC; skipped, will try again in 10 minutes");
+                    resource_watch::FORBIDDEN_RETRY
+                }
+                Ended::Failed(_) | Ended::Closed => Duration::from_secs(1),
             };
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}

@@ -13,6 +13,7 @@ pub mod private;
 pub mod quantity;
 pub mod query;
 pub mod reload;
+pub mod resource_watch;
 pub mod rows;
 pub mod socket;
 pub mod store;

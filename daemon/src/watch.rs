@@ -7,7 +7,6 @@ use std::fmt::Debug;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt as _;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::{CronJob, Job};
@@ -29,8 +28,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::KindFilter;
 use crate::kubeconfig::{ContextSpec, client_for};
+use crate::resource_watch::{self, Ended, OnError, Seen, Watched};
 use crate::rows::{self, Kind, ObjectRows};
-use crate::store::{ContextPhase, ContextState, Op, ResourcePhase};
+use crate::store::{ContextPhase, ContextState, Op};
 
 /// What a watcher task tells its supervisor.
 #[derive(Debug)]
@@ -160,7 +160,8 @@ async fn connect_and_watch(
         false,
     )
     .await;
-    let (htx, mut hrx) = mpsc::channel(64);
+    // Unbounded: a few messages per kind and relist, sent from a watcher's sync callback.
+    let (htx, mut hrx) = mpsc::unbounded_channel();
     let child = cancel.child_token();
     let _stop = child.clone().drop_guard();
     // The kube-system namespace's uid identifies the cluster behind the context.
@@ -396,7 +397,7 @@ fn classify(e: &kube::Error) -> String {
 struct Watch {
     ctx: Arc<str>,
     tx: mpsc::Sender<Op>,
-    health: mpsc::Sender<Health>,
+    health: mpsc::UnboundedSender<Health>,
     cancel: CancellationToken,
     kinds: Arc<KindFilter>,
     /// How many kinds were started: the context is synced when all have listed.
@@ -436,40 +437,56 @@ impl Watch {
             }
         };
         tokio::spawn(async move {
-            let state = |state: ResourcePhase, error: Option<String>| Op::ResourceState {
-                context: ctx.clone(),
-                group: gvk_key.0.clone(),
-                resource: gvk_key.1.clone(),
-                state,
-                error,
+            let watched = Watched {
+                ctx: &ctx,
+                kind,
+                group: &gvk_key.0,
+                resource: &gvk_key.1,
+                scope: None,
+                tx: &tx,
+                cancel: &cancel,
+                on_error: OnError::Fail,
             };
             loop {
-                if tx.send(state(ResourcePhase::Syncing, None)).await.is_err() {
-                    return;
-                }
-                match watch_kind(&api, kind, &ctx, &tx, &health, &cancel, &rows_of).await {
+                let stream = watcher(api.clone(), resource_watch::config());
+                let listed = |s: Seen| {
+                    if s == Seen::Listed {
+                        let _ = health.send(Health::InitDone(kind));
+                    }
+                };
+                match watched.run(stream, &rows_of, listed).await {
                     Ended::Stop => return,
                     // RBAC refuses this kind: skip it, say why, and look again much later. The
                     // context counts it as synced, so one forbidden kind does not hold it back.
-                    Ended::Forbidden(why) => {
+                    Ended::Forbidden(_) => {
                         tracing::warn!(context = %ctx, kind = kind.table(), "forbidden by RBAC; skipped, will try again in 10 minutes");
-                        let _ = tx.send(state(ResourcePhase::Forbidden, Some(why))).await;
-                        let _ = health.send(Health::InitDone(kind)).await;
+                        let _ = health.send(Health::InitDone(kind));
                         tokio::select! {
-                            _ = tokio::time::sleep(crate::discover::FORBIDDEN_RETRY) => {}
+                            _ = tokio::time::sleep(resource_watch::FORBIDDEN_RETRY) => {}
                             _ = cancel.cancelled() => return,
                         }
+                    }
+                    // Failing to list or to start a watch means the cluster is not reachable
+                    // (or refuses us): the supervisor reports it and reconnects with backoff,
+                    // which relists every kind and so also repairs deletes missed meanwhile.
+                    Ended::Failed(e) => {
+                        let msg = match &e {
+                            watcher::Error::InitialListFailed(k)
+                            | watcher::Error::WatchStartFailed(k) => classify(k),
+                            other => crate::describe(other),
+                        };
+                        let _ = health.send(Health::Failed(kind, msg));
+                        return;
+                    }
+                    Ended::Closed => {
+                        let _ = health.send(Health::Failed(kind, "watch stream ended".into()));
+                        return;
                     }
                 }
             }
         });
     }
 }
-
-/// Objects per list page. Every kind of a syncing context lists at once and each holds a
-/// page, parsed, until the writer has taken it; 100 keeps that burst small (500 made the
-/// initial sync of ten large clusters peak about 40 MB higher) for a few more requests.
-pub const PAGE_SIZE: u32 = 100;
 
 /// What every context shares: the slots bounding concurrent initial syncs, and the kinds
 /// to watch.
@@ -479,129 +496,6 @@ pub struct Plan {
     pub kinds: Arc<KindFilter>,
     /// Each connected context's client, for reading pull secrets when sizing images.
     pub clients: Arc<crate::images::Clients>,
-}
-
-/// How a watcher of one kind ended.
-enum Ended {
-    Stop,
-    Forbidden(String),
-}
-
-/// Runs the watch of one typed kind until it is cancelled, fails (reported to the
-/// supervisor), or is forbidden.
-async fn watch_kind<K>(
-    api: &Api<K>,
-    kind: Kind,
-    ctx: &Arc<str>,
-    tx: &mpsc::Sender<Op>,
-    health: &mpsc::Sender<Health>,
-    cancel: &CancellationToken,
-    rows_of: &(impl Fn(K) -> ObjectRows + Send + Sync),
-) -> Ended
-where
-    K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
-{
-    {
-        {
-            let cfg = watcher::Config::default()
-                .any_semantic()
-                .page_size(crate::watch::PAGE_SIZE);
-            let mut stream = watcher(api.clone(), cfg).boxed();
-            // Only the uids of the current relist are kept, never objects.
-            let mut seen: Vec<String> = Vec::new();
-            loop {
-                let ev = tokio::select! {
-                    ev = stream.next() => ev,
-                    _ = cancel.cancelled() => return Ended::Stop,
-                };
-                let Some(ev) = ev else {
-                    let _ = health
-                        .send(Health::Failed(kind, "watch stream ended".into()))
-                        .await;
-                    return Ended::Stop;
-                };
-                let op = match ev {
-                    Ok(watcher::Event::Init) => {
-                        seen.clear();
-                        continue;
-                    }
-                    Ok(watcher::Event::InitApply(o)) => {
-                        let rows = rows_of(o);
-                        seen.push(rows.uid.clone());
-                        Op::Upsert {
-                            kind,
-                            context: ctx.clone(),
-                            rows,
-                        }
-                    }
-                    Ok(watcher::Event::InitDone) => {
-                        let keep = std::mem::take(&mut seen);
-                        if !kind.keeps_deleted()
-                            && tx
-                                .send(Op::Sweep {
-                                    kind,
-                                    context: ctx.clone(),
-                                    keep,
-                                    scope: None,
-                                })
-                                .await
-                                .is_err()
-                        {
-                            return Ended::Stop;
-                        }
-                        let _ = tx
-                            .send(Op::ResourceState {
-                                context: ctx.clone(),
-                                group: kind.gvk().group,
-                                resource: kind.gvk().resource,
-                                state: ResourcePhase::Ready,
-                                error: None,
-                            })
-                            .await;
-                        let _ = health.send(Health::InitDone(kind)).await;
-                        continue;
-                    }
-                    Ok(watcher::Event::Apply(o)) => Op::Upsert {
-                        kind,
-                        context: ctx.clone(),
-                        rows: rows_of(o),
-                    },
-                    // Events stay after the cluster expires them; retention removes them later.
-                    Ok(watcher::Event::Delete(_)) if kind.keeps_deleted() => continue,
-                    Ok(watcher::Event::Delete(o)) => Op::Delete {
-                        kind,
-                        context: ctx.clone(),
-                        uid: o.meta().uid.clone().unwrap_or_default(),
-                    },
-                    // The watcher recovers from these by itself: a 410 makes it relist, a broken
-                    // stream makes it watch again from the last resource version.
-                    Err(watcher::Error::WatchError(s)) if s.code == 410 => continue,
-                    Err(e @ (watcher::Error::WatchFailed(_) | watcher::Error::WatchError(_))) => {
-                        tracing::debug!(context = %ctx, kind = kind.table(), error = %crate::describe(&e), "watch interrupted; resuming");
-                        continue;
-                    }
-                    Err(
-                        watcher::Error::InitialListFailed(kube::Error::Api(s))
-                        | watcher::Error::WatchStartFailed(kube::Error::Api(s)),
-                    ) if s.code == 403 => return Ended::Forbidden(s.message.clone()),
-                    // Failing to list or to start a watch means the cluster is not reachable (or
-                    // refuses us): the supervisor reports it and reconnects with backoff.
-                    Err(e) => {
-                        let msg = match &e {
-                            watcher::Error::InitialListFailed(k)
-                            | watcher::Error::WatchStartFailed(k) => classify(k),
-                            other => crate::describe(other),
-                        };
-                        let _ = health.send(Health::Failed(kind, msg)).await;
-                        return Ended::Stop;
-                    }
-                };
-                if tx.send(op).await.is_err() {
-                    return Ended::Stop;
-                }
-            }
-        }
-    }
 }
 
 #[cfg(test)]
