@@ -7,17 +7,7 @@ use std::fmt::Debug;
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
-use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::batch::v1::{CronJob, Job};
-use k8s_openapi::api::core::v1::{
-    ConfigMap, Endpoints, Event, Namespace, Node, PersistentVolume, PersistentVolumeClaim, Pod,
-    Secret, Service, ServiceAccount,
-};
-use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
-use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
-use k8s_openapi::api::storage::v1::StorageClass;
+use k8s_openapi::api::core::v1::Namespace;
 use kube::config::Kubeconfig;
 use kube::runtime::watcher;
 use kube::{Api, Resource};
@@ -186,117 +176,8 @@ async fn connect_and_watch(
         kinds: plan.kinds.clone(),
         spawned: std::cell::Cell::new(0),
     };
-    w.spawn(
-        Api::<Namespace>::all(client.clone()),
-        Kind::Namespaces,
-        rows::namespace,
-    );
-    w.spawn(Api::<Node>::all(client.clone()), Kind::Nodes, rows::node);
-    w.spawn(Api::<Pod>::all(client.clone()), Kind::Pods, rows::pod);
-    w.spawn(
-        Api::<Deployment>::all(client.clone()),
-        Kind::Deployments,
-        rows::deployment,
-    );
-    w.spawn(
-        Api::<ReplicaSet>::all(client.clone()),
-        Kind::ReplicaSets,
-        rows::replicaset,
-    );
-    w.spawn(
-        Api::<StatefulSet>::all(client.clone()),
-        Kind::StatefulSets,
-        rows::statefulset,
-    );
-    w.spawn(
-        Api::<DaemonSet>::all(client.clone()),
-        Kind::DaemonSets,
-        rows::daemonset,
-    );
-    w.spawn(Api::<Job>::all(client.clone()), Kind::Jobs, rows::job);
-    w.spawn(
-        Api::<CronJob>::all(client.clone()),
-        Kind::CronJobs,
-        rows::cronjob,
-    );
-    w.spawn(
-        Api::<Service>::all(client.clone()),
-        Kind::Services,
-        rows::service,
-    );
-    w.spawn(
-        Api::<ConfigMap>::all(client.clone()),
-        Kind::ConfigMaps,
-        rows::configmap,
-    );
-    w.spawn(
-        Api::<Secret>::all(client.clone()),
-        Kind::Secrets,
-        rows::secret,
-    );
     let client_for_discovery = client.clone();
-    w.spawn(
-        Api::<Ingress>::all(client.clone()),
-        Kind::Ingresses,
-        rows::ingress,
-    );
-    w.spawn(
-        Api::<NetworkPolicy>::all(client.clone()),
-        Kind::NetworkPolicies,
-        rows::networkpolicy,
-    );
-    w.spawn(
-        Api::<PersistentVolume>::all(client.clone()),
-        Kind::PersistentVolumes,
-        rows::persistentvolume,
-    );
-    w.spawn(
-        Api::<PersistentVolumeClaim>::all(client.clone()),
-        Kind::PersistentVolumeClaims,
-        rows::persistentvolumeclaim,
-    );
-    w.spawn(
-        Api::<StorageClass>::all(client.clone()),
-        Kind::StorageClasses,
-        rows::storageclass,
-    );
-    w.spawn(
-        Api::<ServiceAccount>::all(client.clone()),
-        Kind::ServiceAccounts,
-        rows::serviceaccount,
-    );
-    w.spawn(Api::<Role>::all(client.clone()), Kind::Roles, rows::role);
-    w.spawn(
-        Api::<ClusterRole>::all(client.clone()),
-        Kind::ClusterRoles,
-        rows::clusterrole,
-    );
-    w.spawn(
-        Api::<RoleBinding>::all(client.clone()),
-        Kind::RoleBindings,
-        rows::rolebinding,
-    );
-    w.spawn(
-        Api::<ClusterRoleBinding>::all(client.clone()),
-        Kind::ClusterRoleBindings,
-        rows::clusterrolebinding,
-    );
-    w.spawn(
-        Api::<Endpoints>::all(client.clone()),
-        Kind::Endpoints,
-        rows::endpoints,
-    );
-    w.spawn(
-        Api::<HorizontalPodAutoscaler>::all(client.clone()),
-        Kind::HorizontalPodAutoscalers,
-        rows::horizontalpodautoscaler,
-    );
-    w.spawn(
-        Api::<PodDisruptionBudget>::all(client.clone()),
-        Kind::PodDisruptionBudgets,
-        rows::poddisruptionbudget,
-    );
-    w.spawn(Api::<Event>::all(client), Kind::Events, rows::event);
+    rows::for_each_typed(&mut Starter { watch: &w, client });
     let expected = w.spawned.get();
     // The supervisor keeps a sender of its own, so that a context whose watchers are all
     // discovered ones (`kinds = ["objects"]`) waits on its channel rather than seeing it close.
@@ -402,6 +283,28 @@ struct Watch {
     kinds: Arc<KindFilter>,
     /// How many kinds were started: the context is synced when all have listed.
     spawned: std::cell::Cell<usize>,
+}
+
+/// Starts the watcher of each typed kind, as [`rows::for_each_typed`] names them.
+struct Starter<'a> {
+    watch: &'a Watch,
+    client: kube::Client,
+}
+
+impl rows::TypedKinds for Starter<'_> {
+    fn visit<K>(&mut self, kind: Kind, to_rows: fn(&Arc<str>, &K) -> ObjectRows)
+    where
+        K: Resource<DynamicType = ()>
+            + Clone
+            + DeserializeOwned
+            + Serialize
+            + Debug
+            + Send
+            + 'static,
+    {
+        self.watch
+            .spawn(Api::<K>::all(self.client.clone()), kind, to_rows);
+    }
 }
 
 impl Watch {

@@ -13,6 +13,7 @@ use crate::quantity;
 
 mod access;
 mod config;
+mod kinds;
 mod scaling;
 mod workloads;
 
@@ -21,200 +22,12 @@ pub use access::{
     persistentvolumeclaim, role, rolebinding, serviceaccount, storageclass,
 };
 pub use config::{configmap, event, secret, service};
+pub use kinds::{Kind, TypedKinds, for_each_typed};
 pub use scaling::{endpoints, horizontalpodautoscaler, poddisruptionbudget};
 pub use workloads::{cronjob, daemonset, deployment, job, replicaset, statefulset};
 
 /// One row, column values in catalog order.
 pub type Row = Vec<Value>;
-
-/// The inventory tables kqd writes from watch events.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Kind {
-    Namespaces,
-    Nodes,
-    Pods,
-    Deployments,
-    ReplicaSets,
-    StatefulSets,
-    DaemonSets,
-    Jobs,
-    CronJobs,
-    Services,
-    ConfigMaps,
-    Secrets,
-    Events,
-    Ingresses,
-    NetworkPolicies,
-    PersistentVolumes,
-    PersistentVolumeClaims,
-    StorageClasses,
-    ServiceAccounts,
-    Roles,
-    ClusterRoles,
-    RoleBindings,
-    ClusterRoleBindings,
-    Endpoints,
-    HorizontalPodAutoscalers,
-    PodDisruptionBudgets,
-    /// Every resource, as JSON, in `objects`; custom resources only come this way.
-    Objects,
-}
-
-impl Kind {
-    /// The kinds with their own typed table and watcher.
-    pub const TYPED: [Kind; 26] = [
-        Kind::Namespaces,
-        Kind::Nodes,
-        Kind::Pods,
-        Kind::Deployments,
-        Kind::ReplicaSets,
-        Kind::StatefulSets,
-        Kind::DaemonSets,
-        Kind::Jobs,
-        Kind::CronJobs,
-        Kind::Services,
-        Kind::ConfigMaps,
-        Kind::Secrets,
-        Kind::Events,
-        Kind::Ingresses,
-        Kind::NetworkPolicies,
-        Kind::PersistentVolumes,
-        Kind::PersistentVolumeClaims,
-        Kind::StorageClasses,
-        Kind::ServiceAccounts,
-        Kind::Roles,
-        Kind::ClusterRoles,
-        Kind::RoleBindings,
-        Kind::ClusterRoleBindings,
-        Kind::Endpoints,
-        Kind::HorizontalPodAutoscalers,
-        Kind::PodDisruptionBudgets,
-    ];
-
-    /// Every table the writer stages into: the typed kinds and `objects`.
-    pub const ALL: [Kind; 27] = {
-        let mut all = [Kind::Objects; 27];
-        let mut i = 0;
-        while i < Self::TYPED.len() {
-            all[i] = Self::TYPED[i];
-            i += 1;
-        }
-        all
-    };
-
-    pub fn table(self) -> &'static str {
-        match self {
-            Kind::Namespaces => "namespaces",
-            Kind::Nodes => "nodes",
-            Kind::Pods => "pods",
-            Kind::Deployments => "deployments",
-            Kind::ReplicaSets => "replicasets",
-            Kind::StatefulSets => "statefulsets",
-            Kind::DaemonSets => "daemonsets",
-            Kind::Jobs => "jobs",
-            Kind::CronJobs => "cronjobs",
-            Kind::Services => "services",
-            Kind::ConfigMaps => "configmaps",
-            Kind::Secrets => "secrets",
-            Kind::Events => "events",
-            Kind::Ingresses => "ingresses",
-            Kind::NetworkPolicies => "networkpolicies",
-            Kind::PersistentVolumes => "persistentvolumes",
-            Kind::PersistentVolumeClaims => "persistentvolumeclaims",
-            Kind::StorageClasses => "storageclasses",
-            Kind::ServiceAccounts => "serviceaccounts",
-            Kind::Roles => "roles",
-            Kind::ClusterRoles => "clusterroles",
-            Kind::RoleBindings => "rolebindings",
-            Kind::ClusterRoleBindings => "clusterrolebindings",
-            Kind::Endpoints => "endpoints",
-            Kind::HorizontalPodAutoscalers => "horizontalpodautoscalers",
-            Kind::PodDisruptionBudgets => "poddisruptionbudgets",
-            Kind::Objects => "objects",
-        }
-    }
-
-    /// API group, version, kind and resource of a typed kind, as its `objects` rows say.
-    pub fn gvk(self) -> Gvk {
-        let (group, version, kind) = self.parts();
-        Gvk {
-            group: group.into(),
-            version: version.into(),
-            kind: kind.into(),
-            resource: self.table().into(),
-        }
-    }
-
-    /// The API group, without allocating: the writer asks for it on every upsert.
-    pub fn group(self) -> &'static str {
-        self.parts().0
-    }
-
-    fn parts(self) -> (&'static str, &'static str, &'static str) {
-        match self {
-            Kind::Namespaces => ("", "v1", "Namespace"),
-            Kind::Nodes => ("", "v1", "Node"),
-            Kind::Pods => ("", "v1", "Pod"),
-            Kind::Deployments => ("apps", "v1", "Deployment"),
-            Kind::ReplicaSets => ("apps", "v1", "ReplicaSet"),
-            Kind::StatefulSets => ("apps", "v1", "StatefulSet"),
-            Kind::DaemonSets => ("apps", "v1", "DaemonSet"),
-            Kind::Jobs => ("batch", "v1", "Job"),
-            Kind::CronJobs => ("batch", "v1", "CronJob"),
-            Kind::Services => ("", "v1", "Service"),
-            Kind::ConfigMaps => ("", "v1", "ConfigMap"),
-            Kind::Secrets => ("", "v1", "Secret"),
-            Kind::Events => ("", "v1", "Event"),
-            Kind::Ingresses => ("networking.k8s.io", "v1", "Ingress"),
-            Kind::NetworkPolicies => ("networking.k8s.io", "v1", "NetworkPolicy"),
-            Kind::PersistentVolumes => ("", "v1", "PersistentVolume"),
-            Kind::PersistentVolumeClaims => ("", "v1", "PersistentVolumeClaim"),
-            Kind::StorageClasses => ("storage.k8s.io", "v1", "StorageClass"),
-            Kind::ServiceAccounts => ("", "v1", "ServiceAccount"),
-            Kind::Roles => ("rbac.authorization.k8s.io", "v1", "Role"),
-            Kind::ClusterRoles => ("rbac.authorization.k8s.io", "v1", "ClusterRole"),
-            Kind::RoleBindings => ("rbac.authorization.k8s.io", "v1", "RoleBinding"),
-            Kind::ClusterRoleBindings => ("rbac.authorization.k8s.io", "v1", "ClusterRoleBinding"),
-
-            Kind::Endpoints => ("", "v1", "Endpoints"),
-            Kind::HorizontalPodAutoscalers => ("autoscaling", "v2", "HorizontalPodAutoscaler"),
-            Kind::PodDisruptionBudgets => ("policy", "v1", "PodDisruptionBudget"),
-            Kind::Objects => ("", "", ""),
-        }
-    }
-
-    /// Whether the table has a namespace column.
-    pub fn namespaced(self) -> bool {
-        !matches!(
-            self,
-            Kind::Namespaces
-                | Kind::Nodes
-                | Kind::PersistentVolumes
-                | Kind::StorageClasses
-                | Kind::ClusterRoles
-                | Kind::ClusterRoleBindings
-        )
-    }
-
-    /// The child table whose rows belong to one object of this kind, keyed by its uid.
-    pub fn child(self) -> Option<(&'static str, &'static str)> {
-        match self {
-            Kind::Pods => Some(("containers", "pod_uid")),
-            _ => None,
-        }
-    }
-
-    /// Kinds whose objects incidents are about: their deletion ends those incidents.
-    pub fn has_incidents(self) -> bool {
-        matches!(self, Kind::Pods | Kind::Jobs | Kind::Nodes)
-    }
-
-    /// Kinds whose rows outlive the object: the cluster forgets events after an hour, kq
-    /// keeps them for its own retention period.
-    pub fn keeps_deleted(self) -> bool {
-        matches!(self, Kind::Events)
-    }
-}
 
 /// Names a resource: API group, version, kind and plural resource name.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
