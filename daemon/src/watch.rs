@@ -203,24 +203,26 @@ async fn connect_and_watch(
             .await;
     }
     let mut synced: HashSet<Kind> = HashSet::new();
-    // With no typed kind to list, the context is ready once it is connected; its discovered
-    // resources report their own progress in `resources`.
-    if expected == 0 {
-        tracing::info!(context = %ctx, "connected; no typed kinds to list");
-        backoff.reset();
-        slot.take();
-        set_state(
-            tx,
-            ctx,
-            ContextPhase::Ready,
-            None,
-            Some(version.clone()),
-            true,
-        )
-        .await;
-    }
+    let mut ready = false;
     resync.mark_unchanged();
     loop {
+        // Ready once every typed kind has listed; at once when it watches none, since its
+        // discovered resources report their own progress in `resources`.
+        if !ready && synced.len() == expected {
+            ready = true;
+            tracing::info!(context = %ctx, kinds = expected, "initial sync complete");
+            backoff.reset();
+            slot.take();
+            set_state(
+                tx,
+                ctx,
+                ContextPhase::Ready,
+                None,
+                Some(version.clone()),
+                true,
+            )
+            .await;
+        }
         let h = tokio::select! {
             h = hrx.recv() => h,
             // A batch of this or another context could not be written: relist everything.
@@ -228,23 +230,8 @@ async fn connect_and_watch(
         };
         let Some(h) = h else { break };
         match h {
-            Health::InitDone(Kind::Objects) => {}
             Health::InitDone(kind) => {
-                let first_time = synced.insert(kind);
-                if first_time && synced.len() == expected {
-                    tracing::info!(context = %ctx, "initial sync complete");
-                    backoff.reset();
-                    slot.take();
-                    set_state(
-                        tx,
-                        ctx,
-                        ContextPhase::Ready,
-                        None,
-                        Some(version.clone()),
-                        true,
-                    )
-                    .await;
-                }
+                synced.insert(kind);
             }
             // A failing watcher takes the whole context down and back up: the reconnect
             // relists every kind, which also repairs deletes missed while disconnected.
