@@ -1,0 +1,706 @@
+//! The writer thread: batches ops into transactions and merges staged rows by identity.
+//! This module holds the transaction loop and the dispatch of each op; the parts it calls
+//! live beside it, one concern each: `objects` (object rows, the index, sweeps and
+//! removals), `status` (the `contexts` and `resources` rows), `hold` (what a failed batch
+//! does), `tracking` (incidents), `image_feed` (what image sizing hears) and `retention`.
+
+mod hold;
+mod image_feed;
+mod objects;
+mod retention;
+mod status;
+mod tracking;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Instant;
+
+use duckdb::arrow::datatypes::SchemaRef;
+use duckdb::types::{TimeUnit, Value};
+use duckdb::{Connection, params_from_iter};
+use tokio::sync::{mpsc, oneshot};
+
+use super::health::{Health, Hold, WriteFailure};
+use super::incidents::{IncidentRow, Tracker};
+use super::index::{Index, Seen};
+use super::{Op, StoreError, StoreOptions};
+use crate::rows::{Kind, ObjectRows, Row};
+
+pub use status::{ContextInfo, ContextState};
+
+/// How often retention runs (it also runs at start).
+const PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// How often the writer wakes for incident timers while some are pending.
+const TICK: std::time::Duration = std::time::Duration::from_millis(200);
+
+type Key = (Arc<str>, String);
+
+#[derive(Debug, Clone, Default)]
+struct ContextRow {
+    info: ContextInfo,
+    state: super::ContextPhase,
+    error: Option<String>,
+    last_event_at: Option<i64>,
+    synced_at: Option<i64>,
+    server_version: Option<String>,
+    object_count: i64,
+    updated_at: i64,
+    cluster_id: Option<String>,
+    config_error: Option<String>,
+}
+
+/// (context, API group, resource)
+type ResKey = (String, String, String);
+
+#[derive(Debug, Clone, Default)]
+struct ResourceRow {
+    state: crate::store::ResourcePhase,
+    error: Option<String>,
+    object_count: i64,
+    last_event_at: Option<i64>,
+    synced_at: Option<i64>,
+}
+
+/// Owns the writing connection. Only this type writes DuckDB.
+pub struct Writer {
+    conn: Connection,
+    opts: StoreOptions,
+    contexts: BTreeMap<String, ContextRow>,
+    /// The Arrow schema of each inventory table, for building record batches.
+    schemas: HashMap<&'static str, SchemaRef>,
+    /// What the database holds, by identity; see [`Index`].
+    index: Index,
+    /// The schema was migrated at this start: stored rows are rewritten by the next list.
+    migrated: bool,
+    /// Turns what pods, jobs, nodes and Warning events show into `incidents` rows.
+    tracker: Tracker,
+    /// Incidents written, published once their transaction commits.
+    follow: tokio::sync::broadcast::Sender<Arc<IncidentRow>>,
+    /// The `resources` rows, kept here and rewritten when they change.
+    resources: BTreeMap<ResKey, ResourceRow>,
+    /// Told when a batch is lost, so that every context relists.
+    resync: tokio::sync::watch::Sender<u64>,
+    /// Image sizing's inbox, when it is on; the image references already sent to it; and,
+    /// for pods that name pull secrets, the (context, namespace)s each was sent with. Both
+    /// are looked up by `&str` on every pod event, so that a known reference costs no
+    /// allocation.
+    sightings: Option<tokio::sync::mpsc::UnboundedSender<crate::images::Sighting>>,
+    seen_refs: HashSet<String>,
+    seen_secret_refs: HashMap<String, Vec<(Arc<str>, String)>>,
+    /// The database file, named in errors.
+    path: std::path::PathBuf,
+    /// What readers are told is wrong with the store.
+    health: Arc<Health>,
+    /// Set while writes fail: why, and how long to wait before trying again.
+    hold: Option<Hold>,
+}
+
+fn now_micros() -> i64 {
+    jiff::Timestamp::now().as_microsecond()
+}
+
+fn ts(v: Option<i64>) -> Value {
+    v.map_or(Value::Null, |t| Value::Timestamp(TimeUnit::Microsecond, t))
+}
+
+impl Writer {
+    /// `migrated`: the schema changed at this start, so stored rows may lack new columns.
+    pub fn new(
+        conn: Connection,
+        opts: StoreOptions,
+        resync: tokio::sync::watch::Sender<u64>,
+        migrated: bool,
+        follow: tokio::sync::broadcast::Sender<Arc<IncidentRow>>,
+        path: std::path::PathBuf,
+        health: Arc<Health>,
+    ) -> Result<Writer, StoreError> {
+        // `kq_stage.keys` names the objects a batch replaces or deletes; it is emptied inside
+        // every transaction, so it never holds rows between batches.
+        conn.execute_batch(
+            "CREATE SCHEMA IF NOT EXISTS kq_stage;
+             CREATE OR REPLACE TABLE kq_stage.keys (context VARCHAR, uid VARCHAR, gone BOOLEAN);",
+        )?;
+        let mut schemas = HashMap::new();
+        for t in Kind::ALL
+            .iter()
+            .map(|k| k.table())
+            .chain(["containers", "changes"])
+        {
+            let schema = conn
+                .prepare(&format!("SELECT * FROM main.{t} LIMIT 0"))?
+                .query_arrow([])?
+                .get_schema();
+            schemas.insert(t, schema);
+        }
+        let started = Instant::now();
+        let index = Index::load(&conn, !migrated)?;
+        let tracker = Tracker::load(&conn, opts.incidents.clone())?;
+        tracing::debug!(
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "loaded the index of stored objects"
+        );
+        // Contexts found in the file from an earlier run start as `connecting` until their
+        // supervisor reports; the daemon removes the ones no longer configured.
+        let mut contexts = BTreeMap::new();
+        {
+            let mut stmt = conn.prepare(
+                "SELECT name, cluster, server, \"user\", namespace, source_file FROM contexts",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok(ContextInfo {
+                    name: r.get(0)?,
+                    cluster: r.get::<_, Option<String>>(1)?.unwrap_or_default(),
+                    server: r.get::<_, Option<String>>(2)?.unwrap_or_default(),
+                    user: r.get::<_, Option<String>>(3)?.unwrap_or_default(),
+                    namespace: r.get(4)?,
+                    source_file: r.get::<_, Option<String>>(5)?.unwrap_or_default(),
+                })
+            })?;
+            for info in rows {
+                let info = info?;
+                contexts.insert(
+                    info.name.clone(),
+                    ContextRow {
+                        info,
+                        state: super::ContextPhase::Connecting,
+                        ..Default::default()
+                    },
+                );
+            }
+        }
+        // Resource states are rebuilt by this run's watchers, and registry counts are this
+        // run's.
+        conn.execute_batch("DELETE FROM main.resources; DELETE FROM main.registries;")?;
+        Ok(Writer {
+            conn,
+            opts,
+            contexts,
+            schemas,
+            index,
+            migrated,
+            tracker,
+            follow,
+            resources: BTreeMap::new(),
+            resync,
+            sightings: None,
+            seen_refs: HashSet::new(),
+            seen_secret_refs: HashMap::new(),
+            path,
+            health,
+            hold: None,
+        })
+    }
+
+    /// Runs until every sender is gone, then checkpoints the database.
+    pub fn run(mut self, mut rx: mpsc::Receiver<Op>) {
+        let mut pruned_at: Option<Instant> = None;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("a current-thread runtime builds");
+        loop {
+            // Retention runs at start and then between batches, at most every PRUNE_EVERY.
+            if pruned_at.is_none_or(|t: Instant| t.elapsed() > PRUNE_EVERY) {
+                if let Err(e) = self.prune() {
+                    tracing::warn!(error = %e, "pruning old changes and events failed; will retry");
+                }
+                pruned_at = Some(Instant::now());
+            }
+            // While writes fail, the next attempt waits out the hold; with nothing to write
+            // by then, a small write of the status rows tells whether writing works again.
+            if let Some(wait) = self.hold.as_ref().map(|h| h.wait) {
+                match rt.block_on(async { tokio::time::timeout(wait, rx.recv()).await }) {
+                    Ok(Some(op)) => {
+                        let closed = self.write_held(op, &mut rx, wait);
+                        if closed {
+                            break;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(_) => self.probe(),
+                }
+                continue;
+            }
+            // Incidents waiting out a grace period or a healthy pod's probation need the
+            // writer to wake without ops.
+            let first = if self.tracker.waiting() {
+                match rt.block_on(async { tokio::time::timeout(TICK, rx.recv()).await }) {
+                    Ok(Some(op)) => Some(op),
+                    Ok(None) => break,
+                    Err(_) => None,
+                }
+            } else {
+                match rx.blocking_recv() {
+                    Some(op) => Some(op),
+                    None => break,
+                }
+            };
+            if self.tracker.due(now_micros()) {
+                self.tick_incidents();
+            }
+            let Some(first) = first else {
+                continue;
+            };
+            let deadline = Instant::now() + self.opts.batch_interval;
+            let mut batch = vec![first];
+            let mut closed = false;
+            while batch.len() < self.opts.batch_max {
+                match rx.try_recv() {
+                    Ok(op) => batch.push(op),
+                    Err(mpsc::error::TryRecvError::Disconnected) => {
+                        closed = true;
+                        break;
+                    }
+                    Err(mpsc::error::TryRecvError::Empty) => {
+                        let left = deadline.saturating_duration_since(Instant::now());
+                        if left.is_zero() {
+                            break;
+                        }
+                        match rt.block_on(async { tokio::time::timeout(left, rx.recv()).await }) {
+                            Ok(Some(op)) => batch.push(op),
+                            Ok(None) => {
+                                closed = true;
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                }
+            }
+            self.write_batch(batch);
+            if closed {
+                break;
+            }
+        }
+        if let Err(e) = self.conn.execute_batch("CHECKPOINT") {
+            tracing::warn!(error = %e, "final checkpoint failed; the WAL will be replayed at next start");
+        }
+        tracing::info!("store writer stopped");
+    }
+
+    /// Writes one batch, answers its barriers, and handles a failure.
+    fn write_batch(&mut self, batch: Vec<Op>) {
+        let n = batch.len();
+        let started = Instant::now();
+        let mut barriers = Vec::new();
+        match self.apply(batch, &mut barriers) {
+            Ok(()) => {
+                tracing::trace!(
+                    ops = n,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "committed batch"
+                );
+                self.recovered();
+            }
+            Err(e) => self.failed(&e, n),
+        }
+        // Barriers ask whether the writer moves, and it does, written or not.
+        for b in barriers {
+            let _ = b.send(());
+        }
+    }
+
+    /// Rebuilds the incident tracker from the database, after a rollback.
+    fn reload_tracker(&mut self) {
+        match Tracker::load(&self.conn, self.opts.incidents.clone()) {
+            Ok(t) => self.tracker = t,
+            Err(e) => tracing::error!(error = %e, "cannot reload the incidents"),
+        }
+    }
+
+    /// Sends committed incident rows to followers (none listening is fine).
+    fn publish(&mut self) {
+        for row in self.tracker.take_written() {
+            let _ = self.follow.send(Arc::new(row));
+        }
+    }
+
+    fn cluster_ids(&self) -> HashMap<String, Option<String>> {
+        self.contexts
+            .iter()
+            .map(|(k, v)| (k.clone(), v.cluster_id.clone()))
+            .collect()
+    }
+
+    /// Rebuilds the index from the database, after a rollback or a bulk delete.
+    fn reload_index(&mut self) {
+        match Index::load(&self.conn, !self.migrated) {
+            Ok(index) => self.index = index,
+            Err(e) => tracing::error!(error = %e, "cannot reload the index of stored objects"),
+        }
+    }
+
+    fn apply(
+        &mut self,
+        batch: Vec<Op>,
+        barriers: &mut Vec<oneshot::Sender<()>>,
+    ) -> Result<(), StoreError> {
+        let mut pending: BTreeMap<Kind, HashMap<Key, Option<ObjectRows>>> = BTreeMap::new();
+        let mut touched: HashSet<Arc<str>> = HashSet::new();
+        let mut dirty: HashSet<String> = HashSet::new();
+        let mut dirty_res: HashSet<ResKey> = HashSet::new();
+        let mut images_changed = false;
+        self.conn.execute_batch("BEGIN TRANSACTION")?;
+        let result = (|| -> Result<(), StoreError> {
+            for op in batch {
+                match op {
+                    Op::Upsert {
+                        kind,
+                        context,
+                        mut rows,
+                    } => {
+                        if let Some(s) = rows.images.take() {
+                            self.forward_images(*s);
+                        }
+                        touched.insert(context.clone());
+                        dirty_res.insert(objects::resource_of(kind, &context, &rows));
+                        let earlier = pending
+                            .entry(kind)
+                            .or_default()
+                            .insert((context.clone(), rows.uid.clone()), Some(rows));
+                        self.observe_superseded(&context, earlier)?;
+                    }
+                    Op::Delete { kind, context, uid } => {
+                        touched.insert(context.clone());
+                        let earlier = pending
+                            .entry(kind)
+                            .or_default()
+                            .insert((context.clone(), uid), None);
+                        self.observe_superseded(&context, earlier)?;
+                    }
+                    Op::Sweep {
+                        kind,
+                        context,
+                        keep,
+                        scope,
+                    } => {
+                        // Tables are independent, so only this kind's pending rows must land
+                        // before its sweep; the rest keep batching.
+                        self.flush_kind(&mut pending, kind)?;
+                        touched.insert(context.clone());
+                        self.sweep(kind, &context, &keep, scope.as_ref())?;
+                        if kind == Kind::Nodes {
+                            self.forward_images(crate::images::Sighting::NodesListed {
+                                context: context.clone(),
+                            });
+                        }
+                    }
+                    Op::RemoveResource {
+                        context,
+                        group,
+                        resource,
+                    } => {
+                        self.flush_kind(&mut pending, Kind::Objects)?;
+                        touched.insert(context.clone());
+                        self.remove_resource(&context, &group, &resource)?;
+                    }
+                    Op::ContextInfo(info) => {
+                        let row = self.contexts.entry(info.name.clone()).or_default();
+                        row.info = info.clone();
+                        dirty.insert(info.name);
+                    }
+                    Op::ContextState(s) => {
+                        let row = self.contexts.entry(s.name.clone()).or_default();
+                        row.info.name = s.name.clone();
+                        row.state = s.state;
+                        row.error = s.error;
+                        if s.server_version.is_some() {
+                            row.server_version = s.server_version;
+                        }
+                        if s.synced {
+                            row.synced_at = Some(now_micros());
+                        }
+                        dirty.insert(s.name);
+                    }
+                    Op::ResourceState {
+                        context,
+                        group,
+                        resource,
+                        state,
+                        error,
+                    } => {
+                        let count = self.index.count(&context, &group, &resource);
+                        let key = (context.to_string(), group, resource);
+                        let row = self.resources.entry(key.clone()).or_default();
+                        row.object_count = count;
+                        row.state = state;
+                        row.error = error;
+                        if state == super::ResourcePhase::Ready {
+                            row.synced_at = Some(now_micros());
+                        }
+                        dirty_res.insert(key);
+                    }
+                    Op::ContextConfigError { name, error } => {
+                        let row = self.contexts.entry(name.clone()).or_default();
+                        if row.config_error != error {
+                            row.config_error = error;
+                            dirty.insert(name);
+                        }
+                    }
+                    Op::ClusterId { name, cluster_id } => {
+                        let row = self.contexts.entry(name.clone()).or_default();
+                        row.cluster_id = cluster_id;
+                        dirty.insert(name);
+                    }
+                    Op::RemoveContext { name } => {
+                        self.flush(&mut pending)?;
+                        self.remove_context(&name)?;
+                        touched.retain(|c| **c != *name);
+                        dirty.remove(&name);
+                    }
+                    Op::Image(found) => {
+                        super::images::write(&self.conn, &found)?;
+                        images_changed = true;
+                    }
+                    Op::Registries(all) => super::images::write_registries(&self.conn, &all)?,
+                    Op::ImageSightings(tx) => self.sightings = Some(tx),
+                    Op::Barrier(b) => barriers.push(b),
+                }
+            }
+            if images_changed {
+                super::images::drop_orphans(&self.conn)?;
+            }
+            let t = Instant::now();
+            self.flush(&mut pending)?;
+            tracing::trace!(flush_ms = t.elapsed().as_millis() as u64, "flushed");
+            let now = now_micros();
+            // Counts come from the index, which the flush kept current.
+            for (ctx, group, resource, n) in self.index.take_changed() {
+                let key = (ctx.to_string(), group, resource);
+                if let Some(row) = self.resources.get_mut(&key) {
+                    row.object_count = n;
+                    dirty_res.insert(key);
+                }
+            }
+            for ctx in &touched {
+                if let Some(row) = self.contexts.get_mut(&**ctx) {
+                    row.last_event_at = Some(now);
+                    row.object_count = self.index.total(ctx);
+                    dirty.insert(ctx.to_string());
+                }
+            }
+            for name in &dirty {
+                self.write_context(name, now)?;
+            }
+            for key in &dirty_res {
+                if let Some(row) = self.resources.get_mut(key) {
+                    row.last_event_at = Some(now);
+                }
+            }
+            for key in &dirty_res {
+                self.write_resource(key)?;
+            }
+            Ok(())
+        })();
+        match result {
+            Ok(()) => {
+                let t = Instant::now();
+                self.conn.execute_batch("COMMIT")?;
+                tracing::trace!(commit_ms = t.elapsed().as_millis() as u64, "committed");
+                self.publish();
+                Ok(())
+            }
+            Err(e) => {
+                let _ = self.conn.execute_batch("ROLLBACK");
+                Err(e)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+pub(super) mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::Pod;
+    use serde_json::json;
+
+    /// A writer over a fresh, migrated database file, with what it reports to.
+    pub(super) struct Fixture {
+        pub(super) writer: Writer,
+        pub(super) resync: tokio::sync::watch::Receiver<u64>,
+        pub(super) follow: tokio::sync::broadcast::Receiver<Arc<IncidentRow>>,
+        pub(super) health: Arc<Health>,
+        /// Another connection to the same database, as a reader (or a meddler) has.
+        pub(super) other: Connection,
+        _dir: tempfile::TempDir,
+    }
+
+    pub(super) fn fixture(opts: StoreOptions) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kq.duckdb");
+        let (conn, migrated) = super::super::open_and_migrate(&path, &opts).unwrap();
+        let other = conn.try_clone().unwrap();
+        let (resync_tx, resync) = tokio::sync::watch::channel(0);
+        let (follow_tx, follow) = tokio::sync::broadcast::channel(16);
+        let health = Arc::new(Health::default());
+        let writer = Writer::new(
+            conn,
+            opts,
+            resync_tx,
+            migrated,
+            follow_tx,
+            path,
+            health.clone(),
+        )
+        .unwrap();
+        Fixture {
+            writer,
+            resync,
+            follow,
+            health,
+            other,
+            _dir: dir,
+        }
+    }
+
+    pub(super) fn ctx() -> Arc<str> {
+        Arc::from("test")
+    }
+
+    pub(super) fn pod(name: &str, status: serde_json::Value) -> Op {
+        let p: Pod = serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": "default", "uid": format!("uid-{name}"),
+                         "resourceVersion": "1", "creationTimestamp": "2020-01-01T00:00:00Z"},
+            "spec": {"containers": [{"name": "main", "image": "nginx:1"}]},
+            "status": status,
+        }))
+        .unwrap();
+        Op::Upsert {
+            kind: Kind::Pods,
+            context: ctx(),
+            rows: crate::rows::pod(&ctx(), &p),
+        }
+    }
+
+    pub(super) fn running(name: &str) -> Op {
+        pod(
+            name,
+            json!({"phase": "Running", "containerStatuses": [{"name": "main", "image": "nginx:1",
+                   "imageID": "", "ready": true, "restartCount": 0,
+                   "state": {"running": {"startedAt": "2020-01-01T00:00:00Z"}}}]}),
+        )
+    }
+
+    pub(super) fn count(conn: &Connection, sql: &str) -> i64 {
+        conn.query_row(sql, [], |r| r.get(0)).unwrap()
+    }
+
+    #[test]
+    fn a_failed_batch_rolls_back_reloads_the_index_holds_and_relists_once_writes_succeed() {
+        let mut f = fixture(StoreOptions::default());
+        f.writer.write_batch(vec![running("kept")]);
+        assert_eq!(count(&f.other, "SELECT count(*) FROM pods"), 1);
+        assert_eq!(f.writer.index.total("test"), 1);
+
+        // A table the batch needs is gone: the batch fails as a whole.
+        f.other
+            .execute_batch("ALTER TABLE containers RENAME TO containers_away")
+            .unwrap();
+        f.writer.write_batch(vec![running("lost")]);
+        assert_eq!(
+            count(&f.other, "SELECT count(*) FROM pods"),
+            1,
+            "the pod row of the failed batch was rolled back with it"
+        );
+        assert_eq!(
+            f.writer.index.total("test"),
+            1,
+            "the index was reloaded from the file"
+        );
+        let hold = f.writer.hold.clone().expect("the writer holds");
+        assert!(
+            matches!(hold.cause, WriteFailure::Other { .. }),
+            "{:?}",
+            hold.cause
+        );
+        assert!(
+            !f.resync.has_changed().unwrap(),
+            "no relist while writes fail"
+        );
+
+        // Still failing: the next attempt extends the hold and still does not relist.
+        f.writer.write_batch(vec![running("lost")]);
+        assert_eq!(f.writer.hold.as_ref().map(|h| h.failures), Some(2));
+        assert!(!f.resync.has_changed().unwrap());
+
+        // Writes succeed again: the hold ends and every context relists, once.
+        f.other
+            .execute_batch("ALTER TABLE containers_away RENAME TO containers")
+            .unwrap();
+        f.writer.probe();
+        assert!(f.writer.hold.is_none());
+        assert!(f.resync.has_changed().unwrap());
+        assert_eq!(*f.resync.borrow_and_update(), 1);
+        let conn = f.other.try_clone().unwrap();
+        let mut seen = 0;
+        f.health.apply_to(&conn, &mut seen).unwrap();
+        let error: Option<String> = conn
+            .query_row("SELECT getvariable('kq_write_error')::VARCHAR", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(error, None, "readers are told writes work again");
+        // The relist that follows writes the lost pod.
+        f.writer.write_batch(vec![running("lost")]);
+        assert_eq!(count(&f.other, "SELECT count(*) FROM pods"), 2);
+    }
+
+    #[test]
+    fn a_failed_incident_tick_rolls_back_and_publishes_nothing() {
+        let mut opts = StoreOptions::default();
+        opts.incidents.image_pull_grace = std::time::Duration::from_millis(1);
+        opts.incidents.healthy_after = std::time::Duration::from_millis(1);
+        let mut f = fixture(opts);
+        // A pod that crashed once and runs again (healthy since long ago, so its timer is
+        // due), and a pod whose image pull fails (due after its grace).
+        f.writer.write_batch(vec![pod(
+            "recovered",
+            json!({"phase": "Running", "containerStatuses": [{"name": "main", "image": "nginx:1",
+                   "imageID": "", "ready": true, "restartCount": 1,
+                   "state": {"running": {"startedAt": "2020-01-01T00:10:00Z"}},
+                   "lastState": {"terminated": {"exitCode": 1, "reason": "Error",
+                       "startedAt": "2020-01-01T00:00:00Z", "finishedAt": "2020-01-01T00:05:00Z"}}}]}),
+        )]);
+        assert_eq!(
+            count(
+                &f.other,
+                "SELECT count(*) FROM incidents WHERE resolved_at IS NULL"
+            ),
+            1
+        );
+        f.writer.write_batch(vec![pod(
+            "pulling",
+            json!({"phase": "Pending", "containerStatuses": [{"name": "main", "image": "nginx:1",
+                   "imageID": "", "ready": false, "restartCount": 0,
+                   "state": {"waiting": {"reason": "ErrImagePull", "message": "not found"}}}]}),
+        )]);
+        // What those batches committed (the long-Pending pod's incident) is published.
+        while f.follow.try_recv().is_ok() {}
+        let due = Instant::now() + std::time::Duration::from_secs(5);
+        while !f.writer.tracker.due(now_micros()) {
+            assert!(Instant::now() < due, "the timers never fell due");
+        }
+        // Another transaction holds the open incident's row: the tick records the image
+        // pull, then fails to resolve the crash, and rolls both back.
+        f.other
+            .execute_batch("BEGIN; DELETE FROM incidents WHERE resolved_at IS NULL")
+            .unwrap();
+        f.writer.tick_incidents();
+        f.other.execute_batch("ROLLBACK").unwrap();
+        assert_eq!(
+            count(
+                &f.other,
+                "SELECT count(*) FROM incidents WHERE type = 'image_pull'"
+            ),
+            0,
+            "the tick was rolled back"
+        );
+        let published = f.follow.try_recv();
+        assert!(
+            published.is_err(),
+            "a rolled-back incident was published to followers: {:?}",
+            published.map(|r| (r.typ.clone(), r.object_name.clone()))
+        );
+    }
+}

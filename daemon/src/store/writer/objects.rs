@@ -1,0 +1,440 @@
+//! Object rows and the index: appends, deletes by key, sweeps after a relist, and the
+//! removal of a resource or a context.
+
+use super::*;
+
+/// The resource an upserted object belongs to: a typed kind's, or the one its `objects` row
+/// names.
+pub(super) fn resource_of(kind: Kind, context: &str, rows: &ObjectRows) -> ResKey {
+    if kind == Kind::Objects {
+        let p = positions(kind);
+        let text = |i: Option<usize>| {
+            i.and_then(|i| text_at(&rows.row, i))
+                .unwrap_or_default()
+                .to_string()
+        };
+        return (context.to_string(), text(p.api_group), text(p.resource));
+    }
+    (
+        context.to_string(),
+        kind.group().to_string(),
+        kind.table().to_string(),
+    )
+}
+
+/// Where a row of one table holds what the writer reads back from it, found once by
+/// column name in kq-schema's catalog, whose order the rows functions write in.
+#[derive(Debug)]
+pub(super) struct Positions {
+    namespace: Option<usize>,
+    name: usize,
+    resource_version: usize,
+    /// `objects` only: the resource the row's object belongs to.
+    api_group: Option<usize>,
+    resource: Option<usize>,
+}
+
+pub(super) fn positions(kind: Kind) -> &'static Positions {
+    static ALL: std::sync::OnceLock<HashMap<Kind, Positions>> = std::sync::OnceLock::new();
+    let all = ALL.get_or_init(|| {
+        Kind::ALL
+            .iter()
+            .map(|&k| {
+                let table = kq_schema::table(k.table()).expect("every kind has a catalog table");
+                let at = |name: &str| table.columns.iter().position(|c| c.name == name);
+                let must = |name: &str| {
+                    at(name).unwrap_or_else(|| panic!("{} has no column {name}", table.name))
+                };
+                let positions = Positions {
+                    namespace: at("namespace"),
+                    name: must("name"),
+                    resource_version: must("resource_version"),
+                    api_group: at("api_group"),
+                    resource: at("resource"),
+                };
+                (k, positions)
+            })
+            .collect()
+    });
+    &all[&kind]
+}
+
+pub(super) fn text_at(row: &Row, i: usize) -> Option<&str> {
+    match row.get(i) {
+        Some(Value::Text(t)) => Some(t.as_str()),
+        _ => None,
+    }
+}
+
+/// The `changes` row recording that `rows` was added or modified.
+pub(super) fn change_row(now: i64, kind: Kind, context: &str, rows: &ObjectRows, op: &str) -> Row {
+    let p = positions(kind);
+    let (ns, name, rv) = (p.namespace, p.name, p.resource_version);
+    let what = if kind == Kind::Objects {
+        p.resource
+            .and_then(|i| text_at(&rows.row, i))
+            .unwrap_or_default()
+    } else {
+        kind.table()
+    };
+    let text = |v: Option<&str>| v.map_or(Value::Null, |t| Value::Text(t.to_string()));
+    vec![
+        Value::Timestamp(TimeUnit::Microsecond, now),
+        Value::Text(context.to_string()),
+        Value::Text(what.to_string()),
+        text(ns.and_then(|i| text_at(&rows.row, i))),
+        text(text_at(&rows.row, name)),
+        Value::Text(rows.uid.clone()),
+        Value::Text(op.to_string()),
+        text(text_at(&rows.row, rv)),
+    ]
+}
+
+impl Writer {
+    /// Writes the pending rows of one kind (before a sweep or removal that depends on them).
+    pub(super) fn flush_kind(
+        &mut self,
+        pending: &mut BTreeMap<Kind, HashMap<Key, Option<ObjectRows>>>,
+        kind: Kind,
+    ) -> Result<(), StoreError> {
+        match pending.remove(&kind) {
+            Some(objects) => self.flush(&mut BTreeMap::from([(kind, objects)])),
+            None => Ok(()),
+        }
+    }
+
+    /// The index's id of the resource an upserted object belongs to.
+    pub(super) fn resource_id(&mut self, kind: Kind, rows: &ObjectRows) -> u32 {
+        if kind == Kind::Objects {
+            let p = positions(kind);
+            let at = |i: Option<usize>| i.and_then(|i| text_at(&rows.row, i)).unwrap_or_default();
+            return self.index.resource_id(at(p.api_group), at(p.resource));
+        }
+        self.index.resource_id(kind.group(), kind.table())
+    }
+
+    /// Writes pending upserts and deletes. The index says which objects are new (appended),
+    /// changed (old rows deleted by key, new ones appended), unchanged (skipped) or gone
+    /// (deleted and recorded), so the database is searched only for rows that must go.
+    pub(super) fn flush(
+        &mut self,
+        pending: &mut BTreeMap<Kind, HashMap<Key, Option<ObjectRows>>>,
+    ) -> Result<(), StoreError> {
+        let now = now_micros();
+        for (kind, mut objects) in std::mem::take(pending) {
+            let table = kind.table();
+            // Every upsert is observed, unchanged ones too: after a restart the relist is
+            // what rebuilds the tracker's timers.
+            let mut observed = Vec::new();
+            let mut gone = Vec::new();
+            for ((ctx, uid), rows) in objects.iter_mut() {
+                match rows {
+                    Some(r) => observed.extend(r.observed.take().map(|o| (ctx.clone(), o))),
+                    None if kind.has_incidents() => gone.push((ctx.clone(), uid.clone())),
+                    None => {}
+                }
+            }
+            let mut fresh: Vec<&ObjectRows> = Vec::new();
+            let mut changes: Vec<Row> = Vec::new();
+            // (context, uid, gone): rows to delete, and whether the object itself is gone.
+            let mut stale: Vec<(&str, &str, bool)> = Vec::new();
+            for ((ctx, uid), rows) in &objects {
+                match rows {
+                    Some(r) => {
+                        let res = self.resource_id(kind, r);
+                        let rv = positions(kind).resource_version;
+                        let op = match self.index.upsert(ctx, uid, text_at(&r.row, rv), res) {
+                            Seen::Same => continue,
+                            Seen::New => "add",
+                            Seen::Changed => {
+                                stale.push((ctx, uid, false));
+                                "modify"
+                            }
+                        };
+                        changes.push(change_row(now, kind, ctx, r, op));
+                        fresh.push(r);
+                    }
+                    None => {
+                        if self.index.remove(ctx, uid) {
+                            stale.push((ctx, uid, true));
+                        }
+                    }
+                }
+            }
+            let started = Instant::now();
+            if !stale.is_empty() {
+                self.delete_stale(kind, &stale)?;
+            }
+            self.append(table, fresh.iter().map(|r| r.row.as_slice()))?;
+            if let Some((child, _)) = kind.child() {
+                let rows = fresh.iter().flat_map(|r| r.children.iter());
+                self.append(child, rows.map(Vec::as_slice))?;
+            }
+            if kind != Kind::Objects {
+                let rows = fresh.iter().filter_map(|r| r.object.as_deref());
+                self.append("objects", rows)?;
+            }
+            self.append("changes", changes.iter().map(Vec::as_slice))?;
+            for (ctx, uid) in gone {
+                self.tracker.gone(&self.conn, &ctx, &uid, now)?;
+            }
+            for (ctx, o) in observed {
+                let cluster_id = self.contexts.get(&*ctx).and_then(|c| c.cluster_id.clone());
+                self.tracker
+                    .observe(&self.conn, &ctx, cluster_id.as_deref(), &o, now)?;
+            }
+            tracing::trace!(
+                table,
+                written = fresh.len(),
+                removed = stale.len(),
+                skipped = objects.len() - fresh.len() - stale.iter().filter(|s| s.2).count(),
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "wrote rows"
+            );
+        }
+        Ok(())
+    }
+
+    /// Deletes the stored rows of changed and deleted objects (with their containers and
+    /// `objects` rows), recording the deletes in `changes`.
+    pub(super) fn delete_stale(
+        &mut self,
+        kind: Kind,
+        stale: &[(&str, &str, bool)],
+    ) -> Result<(), StoreError> {
+        {
+            let mut keys = self.conn.appender_to_db("keys", "kq_stage")?;
+            for (ctx, uid, gone) in stale {
+                keys.append_row(duckdb::params![ctx, uid, gone])?;
+            }
+            keys.flush()?;
+        }
+        let table = kind.table();
+        let what = if kind == Kind::Objects {
+            "m.resource".to_string()
+        } else {
+            format!("'{table}'")
+        };
+        let ns = if kind.namespaced() {
+            "m.namespace"
+        } else {
+            "NULL"
+        };
+        let mut sql = format!(
+            "INSERT INTO main.changes
+             SELECT now(), m.context, {what}, {ns}, m.name, m.uid, 'delete', m.resource_version
+             FROM main.{table} m JOIN kq_stage.keys k ON m.context = k.context AND m.uid = k.uid
+             WHERE k.gone;"
+        );
+        let mut targets = vec![(table, "uid")];
+        targets.extend(kind.child());
+        if kind != Kind::Objects {
+            targets.push(("objects", "uid"));
+        }
+        for (t, fk) in targets {
+            sql.push_str(&format!(
+                "DELETE FROM main.{t} USING kq_stage.keys k WHERE main.{t}.context = k.context AND main.{t}.{fk} = k.uid;"
+            ));
+        }
+        sql.push_str("DELETE FROM kq_stage.keys;");
+        self.conn.execute_batch(&sql)?;
+        Ok(())
+    }
+
+    /// Appends rows to an inventory table as one Arrow batch.
+    pub(super) fn append<'a>(
+        &self,
+        table: &'static str,
+        rows: impl Iterator<Item = &'a [Value]> + Clone,
+    ) -> Result<(), StoreError> {
+        if rows.clone().next().is_none() {
+            return Ok(());
+        }
+        let schema = &self.schemas[table];
+        let batch = super::super::batch::record_batch(schema, rows)?;
+        let mut app = self.conn.appender_to_db(table, "main")?;
+        app.append_record_batch(batch)?;
+        app.flush()?;
+        Ok(())
+    }
+
+    /// After a relist: removes (and records as deleted) the rows of this context and kind
+    /// whose uid was not listed. Typed kinds also sweep their `objects` rows; `objects` itself
+    /// is swept per resource (`scope`: API group and resource).
+    pub(super) fn sweep(
+        &mut self,
+        kind: Kind,
+        ctx: &Arc<str>,
+        keep: &[String],
+        scope: Option<&(String, String)>,
+    ) -> Result<(), StoreError> {
+        // The index knows whether anything is gone; a relist that finds every object still
+        // there (the usual case) costs no query.
+        let res = match scope {
+            Some((g, r)) => self.index.resource_id(g, r),
+            None => self.index.resource_id(kind.group(), kind.table()),
+        };
+        if self.index.sweep(ctx, res, keep) == 0 {
+            return Ok(());
+        }
+        let context: &str = ctx;
+        {
+            let mut keys = self.conn.appender_to_db("keys", "kq_stage")?;
+            for uid in keep {
+                keys.append_row(duckdb::params![context, uid.as_str(), false])?;
+            }
+            keys.flush()?;
+        }
+        let table = kind.table();
+        let gone = "context = ? AND uid NOT IN (SELECT uid FROM kq_stage.keys)";
+        let ns = if kind.namespaced() {
+            "namespace"
+        } else {
+            "NULL"
+        };
+        let (what, scoped, mut params) = match (kind, scope) {
+            (Kind::Objects, Some((g, r))) => (
+                "resource".to_string(),
+                " AND api_group = ? AND resource = ?",
+                vec![context, g.as_str(), r.as_str()],
+            ),
+            _ => (format!("'{table}'"), "", vec![context]),
+        };
+        self.conn.execute(
+            &format!(
+                "INSERT INTO main.changes SELECT now(), context, {what}, {ns}, name, uid, 'delete', resource_version
+                 FROM main.{table} WHERE {gone}{scoped}"
+            ),
+            params_from_iter(params.iter()),
+        )?;
+        let removed = self.conn.execute(
+            &format!("DELETE FROM main.{table} WHERE {gone}{scoped}"),
+            params_from_iter(params.iter()),
+        )?;
+        if let Some((child, fk)) = kind.child() {
+            self.conn.execute(&format!("DELETE FROM main.{child} WHERE context = ? AND {fk} NOT IN (SELECT uid FROM kq_stage.keys)"), [context])?;
+        }
+        let gvk = kind.gvk();
+        if kind != Kind::Objects {
+            params = vec![context, gvk.group.as_str(), gvk.resource.as_str()];
+            self.conn.execute(
+                &format!(
+                    "DELETE FROM main.objects WHERE {gone} AND api_group = ? AND resource = ?"
+                ),
+                params_from_iter(params.iter()),
+            )?;
+        }
+        let resource = scope.map_or(table, |(_, r)| r.as_str());
+        self.conn.execute_batch("DELETE FROM kq_stage.keys")?;
+        if kind.has_incidents() {
+            let index = &self.index;
+            self.tracker.sweep(
+                &self.conn,
+                ctx,
+                |uid| index.contains(ctx, uid),
+                now_micros(),
+            )?;
+        }
+        if removed > 0 {
+            tracing::info!(
+                context,
+                table,
+                resource,
+                removed,
+                "relist removed rows of objects deleted while not watching"
+            );
+        }
+        Ok(())
+    }
+
+    /// A resource is no longer served (its CRD was deleted): its objects go.
+    pub(super) fn remove_resource(
+        &mut self,
+        context: &str,
+        group: &str,
+        resource: &str,
+    ) -> Result<(), StoreError> {
+        let params = duckdb::params![context, group, resource];
+        self.conn.execute(
+            "INSERT INTO main.changes SELECT now(), context, resource, namespace, name, uid, 'delete', resource_version
+             FROM main.objects WHERE context = $1 AND api_group = $2 AND resource = $3",
+            params,
+        )?;
+        let removed = self.conn.execute(
+            "DELETE FROM main.objects WHERE context = $1 AND api_group = $2 AND resource = $3",
+            params,
+        )?;
+        self.conn.execute(
+            "DELETE FROM main.resources WHERE context = ? AND api_group = ? AND resource = ?",
+            [context, group, resource],
+        )?;
+        self.resources
+            .remove(&(context.to_string(), group.to_string(), resource.to_string()));
+        let res = self.index.resource_id(group, resource);
+        self.index.remove_resource(&Arc::from(context), res);
+        tracing::info!(
+            context,
+            group,
+            resource,
+            removed,
+            "resource no longer served; removed its objects"
+        );
+        Ok(())
+    }
+
+    pub(super) fn remove_context(&mut self, name: &str) -> Result<(), StoreError> {
+        for k in Kind::ALL {
+            self.conn.execute(
+                &format!("DELETE FROM main.{} WHERE context = ?", k.table()),
+                [name],
+            )?;
+            if let Some((child, _)) = k.child() {
+                self.conn.execute(
+                    &format!("DELETE FROM main.{child} WHERE context = ?"),
+                    [name],
+                )?;
+            }
+        }
+        self.conn
+            .execute("DELETE FROM contexts WHERE name = ?", [name])?;
+        self.conn
+            .execute("DELETE FROM main.resources WHERE context = ?", [name])?;
+        self.contexts.remove(name);
+        self.resources.retain(|(c, _, _), _| c != name);
+        self.index.remove_context(name);
+        self.tracker
+            .remove_context(&self.conn, name, now_micros())?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn row_positions_come_from_the_catalog_and_match_what_the_rows_functions_write() {
+        let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "positioned", "namespace": "default", "uid": "u", "resourceVersion": "1"},
+        }))
+        .unwrap();
+        let ctx: Arc<str> = Arc::from("test");
+        let rows = crate::rows::pod(&ctx, &pod);
+        let p = positions(Kind::Pods);
+        assert_eq!(text_at(&rows.row, p.name), Some("positioned"));
+        assert_eq!(text_at(&rows.row, p.resource_version), Some("1"));
+        assert_eq!(
+            p.namespace.and_then(|i| text_at(&rows.row, i)),
+            Some("default")
+        );
+        let meta = k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+            name: Some("positioned".into()),
+            ..Default::default()
+        };
+        let object = crate::rows::object_row(&ctx, &Kind::Pods.gvk(), &meta, "{}".into());
+        let o = positions(Kind::Objects);
+        let at = |i: Option<usize>| i.and_then(|i| text_at(&object, i));
+        assert_eq!((at(o.api_group), at(o.resource)), (Some(""), Some("pods")));
+        assert!(positions(Kind::Nodes).namespace.is_none());
+    }
+}
