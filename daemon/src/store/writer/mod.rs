@@ -36,6 +36,20 @@ const TICK: std::time::Duration = std::time::Duration::from_millis(200);
 
 type Key = (Arc<str>, String);
 
+/// What one batch has gathered while its ops are applied.
+#[derive(Default)]
+struct Batch {
+    /// The last state of each object the batch names (`None`: deleted), by table.
+    pending: BTreeMap<Kind, HashMap<Key, Option<ObjectRows>>>,
+    /// Contexts whose objects changed: their counts and last-change times are rewritten.
+    touched: HashSet<Arc<str>>,
+    /// `contexts` and `resources` rows to rewrite.
+    dirty: HashSet<String>,
+    dirty_res: HashSet<ResKey>,
+    /// `images` rows changed: orphaned references may go.
+    images_changed: bool,
+}
+
 #[derive(Debug, Clone, Default)]
 struct ContextRow {
     info: ContextInfo,
@@ -331,181 +345,203 @@ impl Writer {
         }
     }
 
+    /// Applies one batch in one transaction: every op, then the rows they left pending, the
+    /// counts and the status rows. Barriers are answered by the caller, applied or not.
     fn apply(
         &mut self,
-        batch: Vec<Op>,
+        ops: Vec<Op>,
         barriers: &mut Vec<oneshot::Sender<()>>,
     ) -> Result<(), StoreError> {
-        let mut pending: BTreeMap<Kind, HashMap<Key, Option<ObjectRows>>> = BTreeMap::new();
-        let mut touched: HashSet<Arc<str>> = HashSet::new();
-        let mut dirty: HashSet<String> = HashSet::new();
-        let mut dirty_res: HashSet<ResKey> = HashSet::new();
-        let mut images_changed = false;
+        let mut rest = Vec::with_capacity(ops.len());
+        for op in ops {
+            match op {
+                Op::Barrier(done) => barriers.push(done),
+                op => rest.push(op),
+            }
+        }
         self.conn.execute_batch("BEGIN TRANSACTION")?;
-        let result = (|| -> Result<(), StoreError> {
-            for op in batch {
-                match op {
-                    Op::Upsert {
-                        kind,
-                        context,
-                        mut rows,
-                    } => {
-                        if let Some(s) = rows.images.take() {
-                            self.forward_images(*s);
-                        }
-                        touched.insert(context.clone());
-                        dirty_res.insert(objects::resource_of(kind, &context, &rows));
-                        let earlier = pending
-                            .entry(kind)
-                            .or_default()
-                            .insert((context.clone(), rows.uid.clone()), Some(rows));
-                        self.observe_superseded(&context, earlier)?;
-                    }
-                    Op::Delete { kind, context, uid } => {
-                        touched.insert(context.clone());
-                        let earlier = pending
-                            .entry(kind)
-                            .or_default()
-                            .insert((context.clone(), uid), None);
-                        self.observe_superseded(&context, earlier)?;
-                    }
-                    Op::Sweep {
-                        kind,
-                        context,
-                        keep,
-                        scope,
-                    } => {
-                        // Tables are independent, so only this kind's pending rows must land
-                        // before its sweep; the rest keep batching.
-                        self.flush_kind(&mut pending, kind)?;
-                        touched.insert(context.clone());
-                        self.sweep(kind, &context, &keep, scope.as_ref())?;
-                        if kind == Kind::Nodes {
-                            self.forward_images(crate::images::Sighting::NodesListed {
-                                context: context.clone(),
-                            });
-                        }
-                    }
-                    Op::RemoveResource {
-                        context,
-                        group,
-                        resource,
-                    } => {
-                        self.flush_kind(&mut pending, Kind::Objects)?;
-                        touched.insert(context.clone());
-                        self.remove_resource(&context, &group, &resource)?;
-                    }
-                    Op::ContextInfo(info) => {
-                        let row = self.contexts.entry(info.name.clone()).or_default();
-                        row.info = info.clone();
-                        dirty.insert(info.name);
-                    }
-                    Op::ContextState(s) => {
-                        let row = self.contexts.entry(s.name.clone()).or_default();
-                        row.info.name = s.name.clone();
-                        row.state = s.state;
-                        row.error = s.error;
-                        if s.server_version.is_some() {
-                            row.server_version = s.server_version;
-                        }
-                        if s.synced {
-                            row.synced_at = Some(now_micros());
-                        }
-                        dirty.insert(s.name);
-                    }
-                    Op::ResourceState {
-                        context,
-                        group,
-                        resource,
-                        state,
-                        error,
-                    } => {
-                        let count = self.index.count(&context, &group, &resource);
-                        let key = (context.to_string(), group, resource);
-                        let row = self.resources.entry(key.clone()).or_default();
-                        row.object_count = count;
-                        row.state = state;
-                        row.error = error;
-                        if state == super::ResourcePhase::Ready {
-                            row.synced_at = Some(now_micros());
-                        }
-                        dirty_res.insert(key);
-                    }
-                    Op::ContextConfigError { name, error } => {
-                        let row = self.contexts.entry(name.clone()).or_default();
-                        if row.config_error != error {
-                            row.config_error = error;
-                            dirty.insert(name);
-                        }
-                    }
-                    Op::ClusterId { name, cluster_id } => {
-                        let row = self.contexts.entry(name.clone()).or_default();
-                        row.cluster_id = cluster_id;
-                        dirty.insert(name);
-                    }
-                    Op::RemoveContext { name } => {
-                        self.flush(&mut pending)?;
-                        self.remove_context(&name)?;
-                        touched.retain(|c| **c != *name);
-                        dirty.remove(&name);
-                    }
-                    Op::Image(found) => {
-                        super::images::write(&self.conn, &found)?;
-                        images_changed = true;
-                    }
-                    Op::Registries(all) => super::images::write_registries(&self.conn, &all)?,
-                    Op::ImageSightings(tx) => self.sightings = Some(tx),
-                    Op::Barrier(b) => barriers.push(b),
-                }
-            }
-            if images_changed {
-                super::images::drop_orphans(&self.conn)?;
-            }
-            let t = Instant::now();
-            self.flush(&mut pending)?;
-            tracing::trace!(flush_ms = t.elapsed().as_millis() as u64, "flushed");
-            let now = now_micros();
-            // Counts come from the index, which the flush kept current.
-            for (ctx, group, resource, n) in self.index.take_changed() {
-                let key = (ctx.to_string(), group, resource);
-                if let Some(row) = self.resources.get_mut(&key) {
-                    row.object_count = n;
-                    dirty_res.insert(key);
-                }
-            }
-            for ctx in &touched {
-                if let Some(row) = self.contexts.get_mut(&**ctx) {
-                    row.last_event_at = Some(now);
-                    row.object_count = self.index.total(ctx);
-                    dirty.insert(ctx.to_string());
-                }
-            }
-            for name in &dirty {
-                self.write_context(name, now)?;
-            }
-            for key in &dirty_res {
-                if let Some(row) = self.resources.get_mut(key) {
-                    row.last_event_at = Some(now);
-                }
-            }
-            for key in &dirty_res {
-                self.write_resource(key)?;
-            }
-            Ok(())
-        })();
+        let mut b = Batch::default();
+        let t = Instant::now();
+        let result = rest
+            .into_iter()
+            .try_for_each(|op| self.apply_op(&mut b, op))
+            .and_then(|()| self.finish(b))
+            .and_then(|()| Ok(self.conn.execute_batch("COMMIT")?));
         match result {
             Ok(()) => {
-                let t = Instant::now();
-                self.conn.execute_batch("COMMIT")?;
-                tracing::trace!(commit_ms = t.elapsed().as_millis() as u64, "committed");
+                tracing::trace!(elapsed_ms = t.elapsed().as_millis() as u64, "committed");
                 self.publish();
                 Ok(())
             }
+            // A failed COMMIT (a full disk fails there) leaves nothing to roll back; the
+            // ROLLBACK is then refused, which is fine.
             Err(e) => {
                 let _ = self.conn.execute_batch("ROLLBACK");
                 Err(e)
             }
         }
+    }
+
+    /// One op of a batch: object rows wait in `b.pending` (so a batch keeps an object's last
+    /// state only), status changes go to the writer's rows and mark them dirty.
+    fn apply_op(&mut self, b: &mut Batch, op: Op) -> Result<(), StoreError> {
+        match op {
+            Op::Upsert {
+                kind,
+                context,
+                mut rows,
+            } => {
+                if let Some(s) = rows.images.take() {
+                    self.forward_images(*s);
+                }
+                b.touched.insert(context.clone());
+                b.dirty_res
+                    .insert(objects::resource_of(kind, &context, &rows));
+                let earlier = b
+                    .pending
+                    .entry(kind)
+                    .or_default()
+                    .insert((context.clone(), rows.uid.clone()), Some(rows));
+                self.observe_superseded(&context, earlier)?;
+            }
+            Op::Delete { kind, context, uid } => {
+                b.touched.insert(context.clone());
+                let earlier = b
+                    .pending
+                    .entry(kind)
+                    .or_default()
+                    .insert((context.clone(), uid), None);
+                self.observe_superseded(&context, earlier)?;
+            }
+            Op::Sweep {
+                kind,
+                context,
+                keep,
+                scope,
+            } => {
+                // Tables are independent, so only this kind's b.pending rows must land
+                // before its sweep; the rest keep batching.
+                self.flush_kind(&mut b.pending, kind)?;
+                b.touched.insert(context.clone());
+                self.sweep(kind, &context, &keep, scope.as_ref())?;
+                if kind == Kind::Nodes {
+                    self.forward_images(crate::images::Sighting::NodesListed {
+                        context: context.clone(),
+                    });
+                }
+            }
+            Op::RemoveResource {
+                context,
+                group,
+                resource,
+            } => {
+                self.flush_kind(&mut b.pending, Kind::Objects)?;
+                b.touched.insert(context.clone());
+                self.remove_resource(&context, &group, &resource)?;
+            }
+            Op::ContextInfo(info) => {
+                let row = self.contexts.entry(info.name.clone()).or_default();
+                row.info = info.clone();
+                b.dirty.insert(info.name);
+            }
+            Op::ContextState(s) => {
+                let row = self.contexts.entry(s.name.clone()).or_default();
+                row.info.name = s.name.clone();
+                row.state = s.state;
+                row.error = s.error;
+                if s.server_version.is_some() {
+                    row.server_version = s.server_version;
+                }
+                if s.synced {
+                    row.synced_at = Some(now_micros());
+                }
+                b.dirty.insert(s.name);
+            }
+            Op::ResourceState {
+                context,
+                group,
+                resource,
+                state,
+                error,
+            } => {
+                let count = self.index.count(&context, &group, &resource);
+                let key = (context.to_string(), group, resource);
+                let row = self.resources.entry(key.clone()).or_default();
+                row.object_count = count;
+                row.state = state;
+                row.error = error;
+                if state == super::ResourcePhase::Ready {
+                    row.synced_at = Some(now_micros());
+                }
+                b.dirty_res.insert(key);
+            }
+            Op::ContextConfigError { name, error } => {
+                let row = self.contexts.entry(name.clone()).or_default();
+                if row.config_error != error {
+                    row.config_error = error;
+                    b.dirty.insert(name);
+                }
+            }
+            Op::ClusterId { name, cluster_id } => {
+                let row = self.contexts.entry(name.clone()).or_default();
+                row.cluster_id = cluster_id;
+                b.dirty.insert(name);
+            }
+            Op::RemoveContext { name } => {
+                self.flush(&mut b.pending)?;
+                self.remove_context(&name)?;
+                b.touched.retain(|c| **c != *name);
+                b.dirty.remove(&name);
+            }
+            Op::Image(found) => {
+                super::images::write(&self.conn, &found)?;
+                b.images_changed = true;
+            }
+            Op::Registries(all) => super::images::write_registries(&self.conn, &all)?,
+            Op::ImageSightings(tx) => self.sightings = Some(tx),
+            // Taken out of the batch before it is applied.
+            Op::Barrier(done) => drop(done),
+        }
+        Ok(())
+    }
+
+    /// The end of a batch: pending rows are written, counts taken from the index, and the
+    /// status rows the batch touched rewritten.
+    fn finish(&mut self, mut b: Batch) -> Result<(), StoreError> {
+        if b.images_changed {
+            super::images::drop_orphans(&self.conn)?;
+        }
+        let t = Instant::now();
+        self.flush(&mut b.pending)?;
+        tracing::trace!(flush_ms = t.elapsed().as_millis() as u64, "flushed");
+        let now = now_micros();
+        // Counts come from the index, which the flush kept current.
+        for (ctx, group, resource, n) in self.index.take_changed() {
+            let key = (ctx.to_string(), group, resource);
+            if let Some(row) = self.resources.get_mut(&key) {
+                row.object_count = n;
+                b.dirty_res.insert(key);
+            }
+        }
+        for ctx in &b.touched {
+            if let Some(row) = self.contexts.get_mut(&**ctx) {
+                row.last_event_at = Some(now);
+                row.object_count = self.index.total(ctx);
+                b.dirty.insert(ctx.to_string());
+            }
+        }
+        for name in &b.dirty {
+            self.write_context(name, now)?;
+        }
+        for key in &b.dirty_res {
+            if let Some(row) = self.resources.get_mut(key) {
+                row.last_event_at = Some(now);
+            }
+        }
+        for key in &b.dirty_res {
+            self.write_resource(key)?;
+        }
+        Ok(())
     }
 }
 
