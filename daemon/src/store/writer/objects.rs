@@ -66,6 +66,27 @@ pub(super) fn text_at(row: &Row, i: usize) -> Option<&str> {
     }
 }
 
+/// The statement recording as deleted, in `changes`, the rows of `kind`'s table that
+/// `from` selects; `from` follows `FROM main.<table> m` (a join, a `WHERE`).
+fn record_deletes(kind: Kind, from: &str) -> String {
+    let table = kind.table();
+    let what = if kind == Kind::Objects {
+        "m.resource".to_string()
+    } else {
+        format!("'{table}'")
+    };
+    let ns = if kind.namespaced() {
+        "m.namespace"
+    } else {
+        "NULL"
+    };
+    format!(
+        "INSERT INTO main.changes
+         SELECT now(), m.context, {what}, {ns}, m.name, m.uid, 'delete', m.resource_version
+         FROM main.{table} m {from}"
+    )
+}
+
 /// The `changes` row recording that `rows` was added or modified.
 pub(super) fn change_row(now: i64, kind: Kind, context: &str, rows: &ObjectRows, op: &str) -> Row {
     let p = positions(kind);
@@ -210,22 +231,11 @@ impl Writer {
             keys.flush()?;
         }
         let table = kind.table();
-        let what = if kind == Kind::Objects {
-            "m.resource".to_string()
-        } else {
-            format!("'{table}'")
-        };
-        let ns = if kind.namespaced() {
-            "m.namespace"
-        } else {
-            "NULL"
-        };
-        let mut sql = format!(
-            "INSERT INTO main.changes
-             SELECT now(), m.context, {what}, {ns}, m.name, m.uid, 'delete', m.resource_version
-             FROM main.{table} m JOIN kq_stage.keys k ON m.context = k.context AND m.uid = k.uid
-             WHERE k.gone;"
+        let mut sql = record_deletes(
+            kind,
+            "JOIN kq_stage.keys k ON m.context = k.context AND m.uid = k.uid WHERE k.gone",
         );
+        sql.push(';');
         let mut targets = vec![(table, "uid")];
         targets.extend(kind.child());
         if kind != Kind::Objects {
@@ -287,24 +297,15 @@ impl Writer {
         }
         let table = kind.table();
         let gone = "context = ? AND uid NOT IN (SELECT uid FROM kq_stage.keys)";
-        let ns = if kind.namespaced() {
-            "namespace"
-        } else {
-            "NULL"
-        };
-        let (what, scoped, mut params) = match (kind, scope) {
+        let (scoped, mut params) = match (kind, scope) {
             (Kind::Objects, Some((g, r))) => (
-                "resource".to_string(),
                 " AND api_group = ? AND resource = ?",
                 vec![context, g.as_str(), r.as_str()],
             ),
-            _ => (format!("'{table}'"), "", vec![context]),
+            _ => ("", vec![context]),
         };
         self.conn.execute(
-            &format!(
-                "INSERT INTO main.changes SELECT now(), context, {what}, {ns}, name, uid, 'delete', resource_version
-                 FROM main.{table} WHERE {gone}{scoped}"
-            ),
+            &record_deletes(kind, &format!("WHERE {gone}{scoped}")),
             params_from_iter(params.iter()),
         )?;
         let removed = self.conn.execute(
@@ -356,8 +357,10 @@ impl Writer {
     ) -> Result<(), StoreError> {
         let params = duckdb::params![context, group, resource];
         self.conn.execute(
-            "INSERT INTO main.changes SELECT now(), context, resource, namespace, name, uid, 'delete', resource_version
-             FROM main.objects WHERE context = $1 AND api_group = $2 AND resource = $3",
+            &record_deletes(
+                Kind::Objects,
+                "WHERE context = $1 AND api_group = $2 AND resource = $3",
+            ),
             params,
         )?;
         let removed = self.conn.execute(
@@ -410,7 +413,38 @@ impl Writer {
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::{count, fixture, running};
     use super::*;
+
+    #[test]
+    fn a_sweep_deletes_what_the_relist_did_not_see_and_records_each_delete() {
+        let mut f = fixture(StoreOptions::default());
+        f.writer
+            .write_batch(vec![running("kept"), running("gone"), running("also-gone")]);
+        f.writer.write_batch(vec![Op::Sweep {
+            kind: Kind::Pods,
+            context: Arc::from("test"),
+            keep: vec!["uid-kept".into()],
+            scope: None,
+        }]);
+        assert_eq!(count(&f.other, "SELECT count(*) FROM pods"), 1);
+        assert_eq!(
+            count(
+                &f.other,
+                "SELECT count(*) FROM containers WHERE pod <> 'kept'"
+            ),
+            0,
+            "the pods' containers went with them"
+        );
+        assert_eq!(
+            count(
+                &f.other,
+                "SELECT count(*) FROM changes WHERE operation = 'delete' AND kind = 'pods' AND namespace = 'default' AND name IN ('gone', 'also-gone')"
+            ),
+            2
+        );
+        assert_eq!(f.writer.index.total("test"), 1);
+    }
 
     #[test]
     fn row_positions_come_from_the_catalog_and_match_what_the_rows_functions_write() {
