@@ -9,6 +9,11 @@ pub struct Column {
     /// The DuckDB type.
     pub sql_type: &'static str,
     pub description: &'static str,
+    /// A compression DuckDB must use for the column instead of choosing one (`zstd` for
+    /// large JSON, which DuckDB's string compressions leave about twice the size). It is
+    /// how a file created from now on stores the column; a table created before keeps the
+    /// storage it was created with, with the same rows and types.
+    pub compression: Option<&'static str>,
 }
 
 /// One kq table, or a view over tables.
@@ -26,6 +31,17 @@ const fn c(name: &'static str, sql_type: &'static str, description: &'static str
         name,
         sql_type,
         description,
+        compression: None,
+    }
+}
+
+impl Column {
+    /// The column stored with this compression (see [`Column::compression`]).
+    const fn compressed(self, compression: &'static str) -> Column {
+        Column {
+            compression: Some(compression),
+            ..self
+        }
     }
 }
 
@@ -877,7 +893,8 @@ pub static CATALOG: LazyLock<Vec<Table>> = LazyLock::new(|| {
                     "object",
                     "JSON",
                     "The whole object, without metadata.managedFields, and without data for Secrets.",
-                ),
+                )
+                .compressed("zstd"),
             ],
         ),
         Table {

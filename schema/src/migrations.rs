@@ -204,7 +204,14 @@ pub fn create_table_sql(t: &Table) -> String {
     let cols: Vec<String> = t
         .columns
         .iter()
-        .map(|c| format!("  {} {}", quote(c.name), c.sql_type))
+        .map(|c| match c.compression {
+            Some(method) => format!(
+                "  {} {} USING COMPRESSION {method}",
+                quote(c.name),
+                c.sql_type
+            ),
+            None => format!("  {} {}", quote(c.name), c.sql_type),
+        })
         .collect();
     let mut sql = format!("CREATE TABLE {} (\n{}\n);\n", t.name, cols.join(",\n"));
     sql.push_str(&format!(

@@ -419,6 +419,32 @@ mod tests {
     }
 
     #[test]
+    fn objects_json_is_stored_with_zstd() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("kq.duckdb");
+        close(Store::open(&db, StoreOptions::default()).unwrap());
+        let conn = Connection::open(&db).unwrap();
+        conn.execute_batch(
+            "INSERT INTO objects (context, name, uid, object)
+             SELECT 'c', 'o' || i, 'u' || i, json_object('spec', repeat('x', 200) || i)
+             FROM range(5000) t(i);
+             CHECKPOINT;",
+        )
+        .unwrap();
+        let compressions: Vec<String> = conn
+            .prepare(
+                "SELECT DISTINCT compression FROM pragma_storage_info('objects')
+                 WHERE column_name = 'object' AND segment_type <> 'VALIDITY'",
+            )
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(compressions, ["ZSTD"]);
+    }
+
+    #[test]
     fn corruption_is_told_apart_from_a_lock_a_permission_and_a_full_disk() {
         let e = |m: &str| duckdb::Error::DuckDBFailure(duckdb::ffi::Error::new(1), Some(m.into()));
         assert!(is_corrupt(&e(
