@@ -9,6 +9,10 @@ pub struct Migration {
     pub description: &'static str,
     /// The SQL to run, built from the catalog as it stood for this version.
     pub sql: fn() -> String,
+    /// Rows already stored lack what this migration adds (a column, or the `objects` row of
+    /// a typed object), so the next list must rewrite them. A new view, or a table no stored
+    /// row feeds, outdates nothing.
+    pub outdates_rows: bool,
 }
 
 /// The schema version this build writes.
@@ -20,66 +24,79 @@ pub static MIGRATIONS: &[Migration] = &[
         version: 1,
         description: "contexts, namespaces, nodes, pods and containers",
         sql: v1,
+        outdates_rows: true,
     },
     Migration {
         version: 2,
         description: "workloads, services, config, events, change history and cluster identity",
         sql: v2,
+        outdates_rows: true,
     },
     Migration {
         version: 3,
         description: "objects: every resource, built-in and custom, as JSON",
         sql: v3,
+        outdates_rows: true,
     },
     Migration {
         version: 4,
         description: "pod_controllers: owner chains as a view",
         sql: v4,
+        outdates_rows: false,
     },
     Migration {
         version: 5,
         description: "resources: per-context sync state of every resource",
         sql: v5,
+        outdates_rows: true,
     },
     Migration {
         version: 6,
         description: "networking, storage and access-control tables",
         sql: v6,
+        outdates_rows: true,
     },
     Migration {
         version: 7,
         description: "endpoints, autoscalers, disruption budgets and CRDs",
         sql: v7,
+        outdates_rows: true,
     },
     Migration {
         version: 8,
         description: "incidents",
         sql: v8,
+        outdates_rows: false,
     },
     Migration {
         version: 9,
         description: "contexts.config_error: a broken kubeconfig file, per context",
         sql: v9,
+        outdates_rows: true,
     },
     Migration {
         version: 10,
         description: "status: per-context state, sync progress and last change, as a view",
         sql: v10,
+        outdates_rows: false,
     },
     Migration {
         version: 11,
         description: "images: sizes of every image pods use, and containers.image_ref",
         sql: v11,
+        outdates_rows: true,
     },
     Migration {
         version: 12,
         description: "registries: what kqd has asked each registry, and its problems",
         sql: v12,
+        outdates_rows: false,
     },
     Migration {
         version: 13,
         description: "status: why writes fail, and a kqd row for notices about kqd itself",
         sql: v13,
+        outdates_rows: false,
     },
 ];
 

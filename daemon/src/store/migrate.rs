@@ -31,7 +31,7 @@ pub fn apply(conn: &Connection, path: &Path) -> Result<bool, StoreError> {
     }
     let mut migrated = false;
     for m in MIGRATIONS.iter().filter(|m| m.version > found) {
-        migrated = found > 0;
+        migrated |= found > 0 && m.outdates_rows;
         let sql = format!(
             "BEGIN TRANSACTION;\n{}\nINSERT OR REPLACE INTO kq_meta VALUES ('schema_version', '{}');\nCOMMIT;",
             (m.sql)(),
@@ -48,4 +48,49 @@ pub fn apply(conn: &Connection, path: &Path) -> Result<bool, StoreError> {
         tracing::info!(version = m.version, description = m.description, path = %path.display(), "applied schema migration");
     }
     Ok(migrated)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A file migrated up to `version` (as an older kq left it).
+    fn at_version(version: u32) -> (tempfile::TempDir, Connection) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kq.duckdb");
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch("CREATE TABLE kq_meta (key VARCHAR PRIMARY KEY, value VARCHAR)")
+            .unwrap();
+        for m in MIGRATIONS.iter().filter(|m| m.version <= version) {
+            conn.execute_batch(&(m.sql)()).unwrap();
+        }
+        conn.execute(
+            "INSERT INTO kq_meta VALUES ('schema_version', ?)",
+            [version.to_string()],
+        )
+        .unwrap();
+        (dir, conn)
+    }
+
+    #[test]
+    fn only_a_migration_that_outdates_stored_rows_makes_the_next_list_rewrite_them() {
+        // v13 only redefines the `status` view.
+        let (dir, conn) = at_version(12);
+        assert!(!apply(&conn, &dir.path().join("kq.duckdb")).unwrap());
+        let version: String = conn
+            .query_row(
+                "SELECT value FROM kq_meta WHERE key = 'schema_version'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION.to_string());
+        // v11 adds containers.image_ref, which stored rows lack.
+        let (dir, conn) = at_version(10);
+        assert!(apply(&conn, &dir.path().join("kq.duckdb")).unwrap());
+        // A new file has nothing to rewrite.
+        let dir = tempfile::tempdir().unwrap();
+        let conn = Connection::open(dir.path().join("kq.duckdb")).unwrap();
+        assert!(!apply(&conn, &dir.path().join("kq.duckdb")).unwrap());
+    }
 }
