@@ -208,6 +208,7 @@ async fn follow_changes(
                     tracing::debug!("a kubeconfig file was rewritten unchanged; not reloading");
                     continue;
                 }
+                applied = now;
                 tracing::info!("a kubeconfig file changed; reloading");
             }
             _ = hangup => {
@@ -219,9 +220,10 @@ async fn follow_changes(
                         continue;
                     }
                 }
+                // The config may name other kubeconfig files.
+                applied = contents(&config);
             }
         }
-        applied = contents(&config);
         fleet.apply(&config).await;
         // Symlinks may point elsewhere now, and SIGHUP may have changed the file list.
         files = start_watch(&config);

@@ -133,7 +133,7 @@ fn spawn(
             let rows_of = |o| object_rows(&ctx, &gvk, &ar, o);
             let wait = match watched.run(stream, rows_of, changed).await {
                 Ended::Stop => return,
-                Ended::Forbidden(_) => {
+                Ended::Forbidden => {
                     tracing::warn!(context = %ctx, group = %ar.group, resource = %ar.plural, "forbidden by RBAC; skipped, will try again in 10 minutes");
                     resource_watch::FORBIDDEN_RETRY
                 }

@@ -68,8 +68,8 @@ pub enum Seen {
 pub enum Ended {
     /// Cancelled, or the store is gone.
     Stop,
-    /// RBAC refuses the resource; already reported to `resources`.
-    Forbidden(String),
+    /// RBAC refuses the resource; already reported to `resources` with the server's reason.
+    Forbidden,
     /// A list or watch could not start (with [`OnError::Fail`]), worded by `describe`.
     Failed(watcher::Error),
     /// The stream ended.
@@ -161,9 +161,9 @@ impl Watched<'_> {
                 ) if s.code == 403 => {
                     let _ = self
                         .tx
-                        .send(self.state(ResourcePhase::Forbidden, Some(s.message.clone())))
+                        .send(self.state(ResourcePhase::Forbidden, Some(s.message)))
                         .await;
-                    return Ended::Forbidden(s.message.clone());
+                    return Ended::Forbidden;
                 }
                 // The watcher recovers from these by itself: a 410 makes it relist, a broken
                 // stream makes it watch again from the last resource version.

@@ -8,11 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Namespace;
+use kube::Api;
 use kube::config::Kubeconfig;
 use kube::runtime::watcher;
-use kube::{Api, Resource};
-use serde::Serialize;
-use serde::de::DeserializeOwned;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
@@ -279,16 +277,11 @@ struct Starter<'a> {
 }
 
 impl rows::TypedKinds for Starter<'_> {
-    fn visit<K>(&mut self, kind: Kind, to_rows: fn(&Arc<str>, &K) -> ObjectRows)
-    where
-        K: Resource<DynamicType = ()>
-            + Clone
-            + DeserializeOwned
-            + Serialize
-            + Debug
-            + Send
-            + 'static,
-    {
+    fn visit<K: rows::TypedObject>(
+        &mut self,
+        kind: Kind,
+        to_rows: fn(&Arc<str>, &K) -> ObjectRows,
+    ) {
         self.watch
             .spawn(Api::<K>::all(self.client.clone()), kind, to_rows);
     }
@@ -297,10 +290,12 @@ impl rows::TypedKinds for Starter<'_> {
 impl Watch {
     /// Starts the watcher of one kind: events become ops, list and watch failures are
     /// reported to the supervisor.
-    fn spawn<K>(&self, api: Api<K>, kind: Kind, to_rows: fn(&Arc<str>, &K) -> ObjectRows)
-    where
-        K: Resource + Clone + DeserializeOwned + Serialize + Debug + Send + 'static,
-    {
+    fn spawn<K: rows::TypedObject>(
+        &self,
+        api: Api<K>,
+        kind: Kind,
+        to_rows: fn(&Arc<str>, &K) -> ObjectRows,
+    ) {
         if !self.kinds.allows(kind.table()) {
             return;
         }
@@ -312,7 +307,6 @@ impl Watch {
             self.cancel.clone(),
         );
         let gvk = kind.gvk();
-        let gvk_key = (gvk.group.clone(), gvk.resource.clone());
         // The typed rows, and the `objects` row from the same parsed object: serialising it
         // back is cheaper than watching the resource a second time.
         let rows_of = {
@@ -330,8 +324,8 @@ impl Watch {
             let watched = Watched {
                 ctx: &ctx,
                 kind,
-                group: &gvk_key.0,
-                resource: &gvk_key.1,
+                group: kind.group(),
+                resource: kind.table(),
                 scope: None,
                 tx: &tx,
                 cancel: &cancel,
@@ -348,7 +342,7 @@ impl Watch {
                     Ended::Stop => return,
                     // RBAC refuses this kind: skip it, say why, and look again much later. The
                     // context counts it as synced, so one forbidden kind does not hold it back.
-                    Ended::Forbidden(_) => {
+                    Ended::Forbidden => {
                         tracing::warn!(context = %ctx, kind = kind.table(), "forbidden by RBAC; skipped, will try again in 10 minutes");
                         let _ = health.send(Health::InitDone(kind));
                         tokio::select! {

@@ -50,12 +50,7 @@ impl ClientError {
         match s.code() {
             tonic::Code::InvalidArgument => ClientError::Sql(s.message().to_string()),
             tonic::Code::PermissionDenied => ClientError::ReadOnly(s.message().to_string()),
-            tonic::Code::Unavailable => {
-                other_user(socket).unwrap_or_else(|| ClientError::NotRunning {
-                    socket: socket.to_path_buf(),
-                    reason: s.message().to_string(),
-                })
-            }
+            tonic::Code::Unavailable => unreachable(socket, s.message().to_string()),
             // kqd closes a connection from another user as soon as it accepts it, which
             // tonic reports as a bare transport error.
             _ => other_user(socket).unwrap_or_else(|| ClientError::Server(s.message().to_string())),
@@ -63,10 +58,18 @@ impl ClientError {
     }
 }
 
-/// The error to show when `socket` belongs to another user. kqd closes connections from other users, and a
-/// socket directory of another user's cannot even be entered; both read as a bare transport
-/// or permission error, so whose the socket is decides which message the person sees: the
-/// socket's owner, or the owner of the directory that kept us from it.
+/// Why nothing answered at `socket`: it belongs to another user, or no kqd runs there.
+fn unreachable(socket: &Path, reason: String) -> ClientError {
+    other_user(socket).unwrap_or_else(|| ClientError::NotRunning {
+        socket: socket.to_path_buf(),
+        reason,
+    })
+}
+
+/// The error to show when `socket` belongs to another user. kqd closes connections from
+/// other users, and a socket directory of another user's cannot even be entered; both read
+/// as a bare transport or permission error, so whose the socket is decides which message
+/// the person sees: the socket's owner, or the owner of the directory that kept us from it.
 fn other_user(socket: &Path) -> Option<ClientError> {
     use std::os::unix::fs::MetadataExt as _;
     let uid = rustix::process::geteuid().as_raw();
@@ -109,12 +112,7 @@ pub struct Client {
 impl Client {
     /// Connects to the socket; fails at once when nothing listens there.
     pub async fn connect(socket: &Path) -> Result<Client, ClientError> {
-        let not_running = |reason: String| {
-            other_user(socket).unwrap_or_else(|| ClientError::NotRunning {
-                socket: socket.to_path_buf(),
-                reason,
-            })
-        };
+        let not_running = |reason: String| unreachable(socket, reason);
         // Probe first, so a missing daemon is reported plainly rather than as a gRPC error.
         tokio::net::UnixStream::connect(socket)
             .await

@@ -22,18 +22,27 @@ use serde::de::DeserializeOwned;
 
 use super::{Gvk, ObjectRows};
 
+/// What a typed kind's API type can do: be watched, parsed, and written back as JSON.
+pub trait TypedObject:
+    kube::Resource<DynamicType = ()> + Clone + DeserializeOwned + Serialize + Debug + Send + 'static
+{
+}
+
+impl<K> TypedObject for K where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + Serialize
+        + Debug
+        + Send
+        + 'static
+{
+}
+
 /// What is done with every typed kind, by [`for_each_typed`]: the supervisor starts a
 /// watcher per kind through it.
 pub trait TypedKinds {
-    fn visit<K>(&mut self, kind: Kind, to_rows: fn(&Arc<str>, &K) -> ObjectRows)
-    where
-        K: kube::Resource<DynamicType = ()>
-            + Clone
-            + DeserializeOwned
-            + Serialize
-            + Debug
-            + Send
-            + 'static;
+    fn visit<K: TypedObject>(&mut self, kind: Kind, to_rows: fn(&Arc<str>, &K) -> ObjectRows);
 }
 
 macro_rules! typed_kinds {
@@ -183,16 +192,7 @@ mod tests {
         /// Each visited kind with what its API type says of itself: kind, group, version.
         struct Names(Vec<(Kind, [String; 3])>);
         impl TypedKinds for Names {
-            fn visit<K>(&mut self, kind: Kind, _: fn(&Arc<str>, &K) -> ObjectRows)
-            where
-                K: kube::Resource<DynamicType = ()>
-                    + Clone
-                    + DeserializeOwned
-                    + Serialize
-                    + Debug
-                    + Send
-                    + 'static,
-            {
+            fn visit<K: TypedObject>(&mut self, kind: Kind, _: fn(&Arc<str>, &K) -> ObjectRows) {
                 let api = [K::kind(&()), K::group(&()), K::version(&())].map(|s| s.into_owned());
                 self.0.push((kind, api));
             }

@@ -22,7 +22,7 @@ pub use access::{
     persistentvolumeclaim, role, rolebinding, serviceaccount, storageclass,
 };
 pub use config::{configmap, event, secret, service};
-pub use kinds::{Kind, TypedKinds, for_each_typed};
+pub use kinds::{Kind, TypedKinds, TypedObject, for_each_typed};
 pub use scaling::{endpoints, horizontalpodautoscaler, poddisruptionbudget};
 pub use workloads::{cronjob, daemonset, deployment, job, replicaset, statefulset};
 

@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use kq_e2e::{Env, sim_pod_uids};
+use kq_e2e::{Env, Kqd, sim_pod_uids};
 use kube_sim::fleet::{kubeconfig_for, write_private};
 
 /// A kubeconfig naming only the clusters `names`.
@@ -24,6 +24,16 @@ fn write_kubeconfig(env: &Env, names: &[&str], edit: impl FnOnce(&mut serde_json
     let mut kc = kubeconfig_of(env, names);
     edit(&mut kc);
     write_private(&env.kubeconfig, &serde_json::to_string_pretty(&kc).unwrap()).unwrap();
+}
+
+/// Starts kqd on `env` with a config file holding `toml`; returns kqd and the file's path,
+/// for a test to rewrite before a SIGHUP.
+async fn kqd_with_config(env: &Env, toml: &str) -> (Kqd, std::path::PathBuf) {
+    let config = env.kubeconfig.with_file_name("config.toml");
+    std::fs::write(&config, toml).unwrap();
+    let (mut cmd, log) = env.kqd_command();
+    cmd.arg("--config").arg(&config);
+    (env.start_kqd(cmd, log).await, config)
 }
 
 async fn contexts(env: &Env, want: &str) {
@@ -157,11 +167,7 @@ async fn a_broken_kubeconfig_is_reported_and_fixing_it_clears_the_error() {
 #[tokio::test(flavor = "multi_thread")]
 async fn sighup_applies_a_changed_exclude_glob() {
     let env = Env::start(3, 5).await;
-    let config = env.kubeconfig.with_file_name("config.toml");
-    std::fs::write(&config, "exclude_contexts = []\n").unwrap();
-    let (mut cmd, log) = env.kqd_command();
-    cmd.arg("--config").arg(&config);
-    let kqd = env.start_kqd(cmd, log).await;
+    let (kqd, config) = kqd_with_config(&env, "exclude_contexts = []\n").await;
     contexts(&env, "name,state\nsim-1,ready\nsim-2,ready\nsim-3,ready\n").await;
 
     std::fs::write(&config, "exclude_contexts = [\"sim-[23]\"]\n").unwrap();
@@ -180,11 +186,7 @@ async fn sighup_applies_a_changed_exclude_glob() {
 #[tokio::test(flavor = "multi_thread")]
 async fn watching_only_objects_makes_the_context_ready_with_every_object_and_no_typed_rows() {
     let env = Env::start(1, 5).await;
-    let config = env.kubeconfig.with_file_name("config.toml");
-    std::fs::write(&config, "kinds = [\"objects\"]\n").unwrap();
-    let (mut cmd, log) = env.kqd_command();
-    cmd.arg("--config").arg(&config);
-    let kqd = env.start_kqd(cmd, log).await;
+    let (kqd, _) = kqd_with_config(&env, "kinds = [\"objects\"]\n").await;
     contexts(&env, "name,state\nsim-1,ready\n").await;
     // Discovered resources (those no typed table covers) are listed and watched into
     // `objects`; no typed table fills.
@@ -302,11 +304,7 @@ async fn kq_status_shows_state_progress_counts_and_errors() {
 #[tokio::test(flavor = "multi_thread")]
 async fn sighup_applies_a_changed_kind_list() {
     let env = Env::start(1, 5).await;
-    let config = env.kubeconfig.with_file_name("config.toml");
-    std::fs::write(&config, "").unwrap();
-    let (mut cmd, log) = env.kqd_command();
-    cmd.arg("--config").arg(&config);
-    let kqd = env.start_kqd(cmd, log).await;
+    let (kqd, config) = kqd_with_config(&env, "").await;
     contexts(&env, "name,state\nsim-1,ready\n").await;
     let n = env
         .csv("select count(*) > 0 as any from configmaps")

@@ -9,15 +9,14 @@ use super::*;
 pub(super) const HELD_OPS: usize = 1024;
 
 impl Writer {
-    /// While writes fail: gathers at most [`HELD_OPS`] ops for `wait`, without reading
-    /// further, then tries them as one batch. Returns whether the channel closed.
+    /// While writes fail: gathers at most [`HELD_OPS`] ops until `deadline`, without
+    /// reading further, then tries them as one batch. Returns whether the channel closed.
     pub(super) fn write_held(
         &mut self,
         first: Op,
         rx: &mut mpsc::Receiver<Op>,
-        wait: std::time::Duration,
+        deadline: Instant,
     ) -> bool {
-        let deadline = Instant::now() + wait;
         let mut batch = vec![first];
         while batch.len() < HELD_OPS {
             match rx.try_recv() {
@@ -49,7 +48,7 @@ impl Writer {
         self.forget_images();
         self.hold_on(e, ops);
         // Best effort: a nearly full disk may still take the few rows that say why.
-        if let Err(e) = self.write_status(true) {
+        if let Err(e) = self.write_status() {
             tracing::debug!(error = %e, "cannot record the write failure in contexts either");
         }
     }
@@ -78,7 +77,7 @@ impl Writer {
         let Some(hold) = self.hold.take() else { return };
         tracing::info!(failures = hold.failures, cause = %hold.cause, "writes succeed again; every context relists to restore what the failed writes lost");
         self.health.set_write_error(None);
-        if let Err(e) = self.write_status(false) {
+        if let Err(e) = self.write_status() {
             tracing::warn!(error = %e, "cannot clear the write failure from contexts");
         }
         self.resync.send_modify(|g| *g += 1);
@@ -87,32 +86,17 @@ impl Writer {
     /// With nothing to write during a hold: a write of the status rows (still naming the
     /// cause) tells whether the database takes writes again.
     pub(super) fn probe(&mut self) {
-        match self.write_status(true) {
+        match self.write_status() {
             Ok(()) => self.recovered(),
             Err(e) => self.hold_on(&e, 0),
         }
     }
 
-    /// Rewrites every `contexts` row in a transaction of its own; with `failing`, each
-    /// names the hold's cause as its error.
-    pub(super) fn write_status(&mut self, failing: bool) -> Result<(), StoreError> {
-        let cause = self
-            .hold
-            .as_ref()
-            .filter(|_| failing)
-            .map(|h| h.cause.to_string());
-        self.conn.execute_batch("BEGIN TRANSACTION")?;
+    /// Rewrites every `contexts` row in a transaction of its own; while a hold lasts, each
+    /// names its cause as the error.
+    pub(super) fn write_status(&mut self) -> Result<(), StoreError> {
         let names: Vec<String> = self.contexts.keys().cloned().collect();
         let now = now_micros();
-        let result = names
-            .iter()
-            .try_for_each(|n| self.write_context_as(n, now, cause.as_deref()));
-        match result.and_then(|()| Ok(self.conn.execute_batch("COMMIT")?)) {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                let _ = self.conn.execute_batch("ROLLBACK");
-                Err(e)
-            }
-        }
+        self.in_transaction(|w| names.iter().try_for_each(|n| w.write_context(n, now)))
     }
 }

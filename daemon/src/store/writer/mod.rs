@@ -224,9 +224,10 @@ impl Writer {
             // While writes fail, the next attempt waits out the hold; with nothing to write
             // by then, a small write of the status rows tells whether writing works again.
             if let Some(wait) = self.hold.as_ref().map(|h| h.wait) {
+                let deadline = Instant::now() + wait;
                 match rt.block_on(async { tokio::time::timeout(wait, rx.recv()).await }) {
                     Ok(Some(op)) => {
-                        let closed = self.write_held(op, &mut rx, wait);
+                        let closed = self.write_held(op, &mut rx, deadline);
                         if closed {
                             break;
                         }
@@ -359,27 +360,32 @@ impl Writer {
                 op => rest.push(op),
             }
         }
+        self.in_transaction(|w| {
+            let mut b = Batch::default();
+            rest.into_iter().try_for_each(|op| w.apply_op(&mut b, op))?;
+            w.finish(b)
+        })?;
+        self.publish();
+        Ok(())
+    }
+
+    /// Runs `f` in a transaction: committed when it succeeds, rolled back when it or the
+    /// commit fails.
+    fn in_transaction<T>(
+        &mut self,
+        f: impl FnOnce(&mut Self) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
         self.conn.execute_batch("BEGIN TRANSACTION")?;
-        let mut b = Batch::default();
-        let t = Instant::now();
-        let result = rest
-            .into_iter()
-            .try_for_each(|op| self.apply_op(&mut b, op))
-            .and_then(|()| self.finish(b))
-            .and_then(|()| Ok(self.conn.execute_batch("COMMIT")?));
-        match result {
-            Ok(()) => {
-                tracing::trace!(elapsed_ms = t.elapsed().as_millis() as u64, "committed");
-                self.publish();
-                Ok(())
-            }
+        let result = f(self).and_then(|v| {
+            self.conn.execute_batch("COMMIT")?;
+            Ok(v)
+        });
+        if result.is_err() {
             // A failed COMMIT (a full disk fails there) leaves nothing to roll back; the
             // ROLLBACK is then refused, which is fine.
-            Err(e) => {
-                let _ = self.conn.execute_batch("ROLLBACK");
-                Err(e)
-            }
+            let _ = self.conn.execute_batch("ROLLBACK");
         }
+        result
     }
 
     /// One op of a batch: object rows wait in `b.pending` (so a batch keeps an object's last

@@ -35,28 +35,30 @@ pub(super) struct Positions {
 }
 
 pub(super) fn positions(kind: Kind) -> &'static Positions {
-    static ALL: std::sync::OnceLock<HashMap<Kind, Positions>> = std::sync::OnceLock::new();
+    // Indexed by `Kind as usize`: the writer asks for every object it writes.
+    static ALL: std::sync::OnceLock<Vec<Positions>> = std::sync::OnceLock::new();
     let all = ALL.get_or_init(|| {
         Kind::ALL
             .iter()
-            .map(|&k| {
+            .enumerate()
+            .map(|(i, &k)| {
+                assert_eq!(k as usize, i, "Kind::ALL is in declaration order");
                 let table = kq_schema::table(k.table()).expect("every kind has a catalog table");
                 let at = |name: &str| table.columns.iter().position(|c| c.name == name);
                 let must = |name: &str| {
                     at(name).unwrap_or_else(|| panic!("{} has no column {name}", table.name))
                 };
-                let positions = Positions {
+                Positions {
                     namespace: at("namespace"),
                     name: must("name"),
                     resource_version: must("resource_version"),
                     api_group: at("api_group"),
                     resource: at("resource"),
-                };
-                (k, positions)
+                }
             })
             .collect()
     });
-    &all[&kind]
+    &all[kind as usize]
 }
 
 pub(super) fn text_at(row: &Row, i: usize) -> Option<&str> {
@@ -159,11 +161,11 @@ impl Writer {
             let mut changes: Vec<Row> = Vec::new();
             // (context, uid, gone): rows to delete, and whether the object itself is gone.
             let mut stale: Vec<(&str, &str, bool)> = Vec::new();
+            let rv = positions(kind).resource_version;
             for ((ctx, uid), rows) in &objects {
                 match rows {
                     Some(r) => {
                         let res = self.resource_id(kind, r);
-                        let rv = positions(kind).resource_version;
                         let op = match self.index.upsert(ctx, uid, text_at(&r.row, rv), res) {
                             Seen::Same => continue,
                             Seen::New => "add",

@@ -52,18 +52,10 @@ impl Writer {
         Ok(())
     }
 
+    /// Writes a context's row. While writes are held, the hold's cause stands in for the
+    /// context's own error: it is why the context's rows are not current.
     pub(super) fn write_context(&mut self, name: &str, now: i64) -> Result<(), StoreError> {
-        let cause = self.hold.as_ref().map(|h| h.cause.to_string());
-        self.write_context_as(name, now, cause.as_deref())
-    }
-
-    /// Writes a context's row; `error`, when given, stands in for the context's own.
-    pub(super) fn write_context_as(
-        &mut self,
-        name: &str,
-        now: i64,
-        error: Option<&str>,
-    ) -> Result<(), StoreError> {
+        let error = self.hold.as_ref().map(|h| h.cause.to_string());
         let Some(row) = self.contexts.get_mut(name) else {
             return Ok(());
         };
@@ -80,7 +72,6 @@ impl Writer {
             Value::Text(info.source_file.clone()),
             Value::Text(row.state.as_str().to_string()),
             error
-                .map(str::to_string)
                 .or_else(|| row.error.clone())
                 .map_or(Value::Null, Value::Text),
             ts(row.last_event_at),
@@ -146,7 +137,7 @@ mod tests {
                 path: "/data/kq.duckdb.wal".into(),
             },
         ));
-        f.writer.write_status(true).unwrap();
+        f.writer.write_status().unwrap();
         assert_eq!(
             row(&f.other).1.as_deref(),
             Some("disk full: could not write /data/kq.duckdb.wal")

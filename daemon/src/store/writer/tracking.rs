@@ -26,17 +26,10 @@ impl Writer {
     /// wrote before a failure were rolled back with it, so they are dropped, not published.
     pub(super) fn tick_incidents(&mut self) {
         let ids = self.cluster_ids();
-        let result = self
-            .conn
-            .execute_batch("BEGIN TRANSACTION")
-            .map_err(StoreError::from)
-            .and_then(|()| self.tracker.tick(&self.conn, &ids, now_micros()))
-            .and_then(|()| Ok(self.conn.execute_batch("COMMIT")?));
-        match result {
+        match self.in_transaction(|w| w.tracker.tick(&w.conn, &ids, now_micros())) {
             Ok(()) => self.publish(),
             Err(e) => {
                 tracing::error!(error = %e, "incident timers failed; rolled back");
-                let _ = self.conn.execute_batch("ROLLBACK");
                 drop(self.tracker.take_written());
                 self.reload_tracker();
             }
