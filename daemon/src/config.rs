@@ -50,9 +50,14 @@ pub struct Config {
     pub keep_removed_contexts: bool,
     /// Which kinds (tables) to watch.
     pub kinds: Arc<KindFilter>,
-    /// Where the PostgreSQL mirror will write (`postgres://…`). Read and checked now; the
-    /// mirror itself is a later piece of work.
+    /// Where the PostgreSQL mirror writes (`postgres://…`); no mirror without it.
     pub postgres_url: Option<String>,
+    /// The mirror's PostgreSQL schema (`kq`).
+    pub postgres_schema: String,
+    /// The mirror's instance id; by default one made once and kept in the data directory.
+    pub mirror_instance: Option<String>,
+    /// Mirror `objects` (every object's JSON, most of the bytes).
+    pub mirror_objects: bool,
     /// Image sizing: cache, workers, TTLs, registry rate limits.
     pub images: ImageOptions,
 }
@@ -78,6 +83,23 @@ fn postgres_url(name: &'static str, v: String) -> Result<String, ConfigError> {
         Err(ConfigError::Value {
             name,
             reason: format!("{} is not a postgres:// URL", redact_url(&v)),
+        })
+    }
+}
+
+/// A name the mirror writes into PostgreSQL (a schema, an instance id): letters, digits,
+/// `_`, `-` and `.`, so that it needs no quoting anywhere it is shown.
+fn identifier(name: &'static str, v: String) -> Result<String, ConfigError> {
+    let ok = !v.is_empty()
+        && v.len() <= 63
+        && v.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    if ok {
+        Ok(v)
+    } else {
+        Err(ConfigError::Value {
+            name,
+            reason: format!("{v:?} must be 1 to 63 letters, digits, '_', '-' or '.'"),
         })
     }
 }
@@ -211,6 +233,9 @@ struct FileConfig {
     events_retention_days: Option<f64>,
     incidents_retention_days: Option<f64>,
     postgres_url: Option<String>,
+    postgres_schema: Option<String>,
+    mirror_instance: Option<String>,
+    mirror_objects: Option<bool>,
     images: Option<images::ImagesFile>,
 }
 
@@ -239,6 +264,9 @@ impl Default for Config {
             keep_removed_contexts: false,
             kinds: Arc::default(),
             postgres_url: None,
+            postgres_schema: "kq".to_string(),
+            mirror_instance: None,
+            mirror_objects: true,
             images: ImageOptions::default(),
         }
     }
@@ -287,6 +315,15 @@ impl Config {
         }
         if let Some(u) = f.postgres_url {
             self.postgres_url = Some(postgres_url("postgres_url", u)?);
+        }
+        if let Some(s) = f.postgres_schema {
+            self.postgres_schema = identifier("postgres_schema", s)?;
+        }
+        if let Some(i) = f.mirror_instance {
+            self.mirror_instance = Some(identifier("mirror_instance", i)?);
+        }
+        if let Some(o) = f.mirror_objects {
+            self.mirror_objects = o;
         }
         if let Some(i) = f.images {
             i.apply(&mut self.images)?;
@@ -388,6 +425,16 @@ impl Config {
         if let Some(v) = var("KQ_POSTGRES_URL") {
             self.postgres_url = Some(postgres_url(
                 "KQ_POSTGRES_URL",
+                v.to_string_lossy().into_owned(),
+            )?);
+        }
+        if let Some(v) = var("KQ_POSTGRES_SCHEMA") {
+            self.postgres_schema =
+                identifier("KQ_POSTGRES_SCHEMA", v.to_string_lossy().into_owned())?;
+        }
+        if let Some(v) = var("KQ_MIRROR_INSTANCE") {
+            self.mirror_instance = Some(identifier(
+                "KQ_MIRROR_INSTANCE",
                 v.to_string_lossy().into_owned(),
             )?);
         }

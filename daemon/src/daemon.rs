@@ -43,7 +43,14 @@ pub async fn run(
         ops: tx,
         writer,
         resync,
-    } = Store::open(&db_path, config.store.clone())?;
+        outbox,
+    } = Store::open(
+        &db_path,
+        crate::store::StoreOptions {
+            mirror: config.postgres_url.is_some(),
+            ..config.store.clone()
+        },
+    )?;
     tracing::info!(path = %db_path.display(), "opened the inventory");
 
     // A socket systemd passed stays systemd's: kqd neither binds nor removes it.
@@ -59,6 +66,7 @@ pub async fn run(
     let watchers = shutdown.child_token();
     let clients = Arc::new(crate::images::Clients::default());
     let images = start_images(&config, &tx, &clients, &watchers).await;
+    let mirror = start_mirror(&config, &store, &tx, outbox, &watchers);
     let mut fleet = Fleet::new(
         tx.clone(),
         store.clone(),
@@ -108,6 +116,9 @@ pub async fn run(
     if let Some(t) = images {
         let _ = t.await;
     }
+    if let Some(t) = mirror {
+        let _ = t.await;
+    }
     drop(tx);
     if !writer_failed {
         let _ = writer_task.await;
@@ -152,6 +163,41 @@ async fn start_images(
             None
         }
     }
+}
+
+/// Starts the PostgreSQL mirror when `postgres_url` is set. A mirror that cannot start (no
+/// instance id can be kept) leaves kqd running without it, and says why.
+fn start_mirror(
+    config: &Config,
+    store: &Arc<Store>,
+    tx: &tokio::sync::mpsc::Sender<Op>,
+    outbox: tokio::sync::watch::Receiver<i64>,
+    cancel: &CancellationToken,
+) -> Option<tokio::task::JoinHandle<()>> {
+    let url = config.postgres_url.clone()?;
+    let instance = match &config.mirror_instance {
+        Some(i) => i.clone(),
+        None => match crate::mirror::instance_id(&config.data_dir) {
+            Ok(i) => i,
+            Err(e) => {
+                tracing::error!(data_dir = %config.data_dir.display(), error = %e, "cannot keep the mirror's instance id; the postgres mirror is off");
+                return None;
+            }
+        },
+    };
+    let cfg = crate::mirror::MirrorConfig {
+        url,
+        schema: config.postgres_schema.clone(),
+        instance,
+        objects: config.mirror_objects,
+    };
+    Some(tokio::spawn(crate::mirror::run(
+        cfg,
+        store.clone(),
+        tx.clone(),
+        outbox,
+        cancel.clone(),
+    )))
 }
 
 /// Keeps the fleet in step with the kubeconfig files (watched) and the config (SIGHUP)
@@ -240,8 +286,9 @@ pub fn check_config(config: &Config) -> i32 {
     println!("socket: {}", config.socket.display());
     if let Some(u) = &config.postgres_url {
         println!(
-            "postgres mirror: {} (read and checked; the mirror is not built yet)",
-            crate::config::redact_url(u)
+            "postgres mirror: {} (schema {})",
+            crate::config::redact_url(u),
+            config.postgres_schema
         );
     }
     for p in &paths {

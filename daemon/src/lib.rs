@@ -8,6 +8,7 @@ pub mod flight;
 pub mod images;
 pub mod incidents;
 pub mod kubeconfig;
+pub mod mirror;
 pub mod notify;
 pub mod private;
 pub mod quantity;

@@ -819,7 +819,7 @@ pub static CATALOG: LazyLock<Vec<Table>> = LazyLock::new(|| {
         ),
         Table {
             name: "status",
-            description: "View: per context, its state, how far the initial sync got, its object count, how long since the last change, and what is wrong; plus a `kqd` row while kqd has something to say about itself (a database file it had to move aside), until it restarts.",
+            description: "View: per context, its state, how far the initial sync got, its object count, how long since the last change, and what is wrong; plus a `kqd` row while kqd has something to say about itself (a database file it had to move aside), until it restarts, and a `mirror` row while the PostgreSQL mirror is on (objects: what it still owes).",
             view: Some(STATUS),
             columns: vec![
                 c("context", "VARCHAR", "Kubeconfig context."),
@@ -922,6 +922,55 @@ pub static CATALOG: LazyLock<Vec<Table>> = LazyLock::new(|| {
                     "VARCHAR",
                     "resourceVersion after the change (before it, for deletes).",
                 ),
+                c(
+                    "seq",
+                    "BIGINT",
+                    "Order in which kqd applied the changes: unique and increasing, so a copy (the PostgreSQL mirror) can tell which it has.",
+                ),
+            ],
+        },
+        Table {
+            name: "mirror",
+            description: "The PostgreSQL mirror, when postgres_url is set: one row saying whether it is connected, how far behind it is, and what went wrong.",
+            view: None,
+            columns: vec![
+                c(
+                    "state",
+                    "VARCHAR",
+                    "connecting | verifying | streaming | error | refused (another kqd mirrors as this instance, or the database's schema is newer).",
+                ),
+                c("target", "VARCHAR", "The database, as its URL without the password."),
+                c("schema", "VARCHAR", "The PostgreSQL schema the mirror writes."),
+                c("instance", "VARCHAR", "This kqd's instance id: every row it mirrors carries it."),
+                c("connected", "BOOLEAN", "A connection to PostgreSQL is open."),
+                c(
+                    "lag_seconds",
+                    "DOUBLE",
+                    "Age of the oldest change PostgreSQL does not have yet; 0 when it has everything.",
+                ),
+                c(
+                    "outbox",
+                    "BIGINT",
+                    "Objects, incidents and tables whose rows PostgreSQL does not have yet (one entry each, however often they changed).",
+                ),
+                c("rows_mirrored", "BIGINT", "Rows written to PostgreSQL since kqd started."),
+                c("rows_per_s", "DOUBLE", "Rows written per second over the last commits."),
+                c("last_commit_at", "TIMESTAMPTZ", "When the last PostgreSQL transaction committed."),
+                c(
+                    "verified_at",
+                    "TIMESTAMPTZ",
+                    "When the mirror last compared every table with PostgreSQL, object by object.",
+                ),
+                c(
+                    "mismatched",
+                    "BIGINT",
+                    "Objects that comparison found different or missing in PostgreSQL (each was then sent again).",
+                ),
+                c("nul_replaced", "BIGINT", "NUL characters replaced in text and JSON values (PostgreSQL cannot store them)."),
+                c("set_aside", "BIGINT", "Rows PostgreSQL refused for a reason retrying cannot fix; see last_error."),
+                c("last_error", "VARCHAR", "The last problem, naming the database and the table."),
+                c("last_error_at", "TIMESTAMPTZ", "When last_error happened."),
+                c("updated_at", "TIMESTAMPTZ", "When this row was written."),
             ],
         },
         Table {
@@ -1124,7 +1173,9 @@ LEFT JOIN (SELECT context, count(*) FILTER (WHERE state IN ('ready', 'forbidden'
            FROM resources GROUP BY context) r ON r.context = c.name
 UNION ALL
 SELECT 'kqd', 'notice', NULL, NULL, NULL, getvariable('kq_notice')::VARCHAR
-WHERE getvariable('kq_notice')::VARCHAR IS NOT NULL";
+WHERE getvariable('kq_notice')::VARCHAR IS NOT NULL
+UNION ALL
+SELECT 'mirror', state, NULL, outbox, NULL, last_error FROM mirror";
 
 /// CRDs come through `objects` (discovery watches them to notice new ones); this names their
 /// fields.

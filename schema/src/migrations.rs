@@ -16,7 +16,7 @@ pub struct Migration {
 }
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: u32 = 13;
+pub const SCHEMA_VERSION: u32 = 14;
 
 /// Every migration, oldest first.
 pub static MIGRATIONS: &[Migration] = &[
@@ -98,6 +98,12 @@ pub static MIGRATIONS: &[Migration] = &[
         sql: v13,
         outdates_rows: false,
     },
+    Migration {
+        version: 14,
+        description: "the PostgreSQL mirror: changes.seq, its outbox, and its row in status",
+        sql: v14,
+        outdates_rows: false,
+    },
 ];
 
 /// Creates the named catalog tables. A migration names its tables so that later catalog
@@ -115,8 +121,23 @@ fn create_tables(names: &[&str]) -> String {
         .join("\n")
 }
 
+fn v14() -> String {
+    // Changes recorded before get numbers in the order they are stored; new ones continue
+    // from the highest. The outbox names what the mirror still owes PostgreSQL: one row per
+    // object, incident or whole table (`key` '*'), however often it changed.
+    let mut sql = "ALTER TABLE changes ADD COLUMN IF NOT EXISTS seq BIGINT;
+UPDATE changes SET seq = rowid + 1 WHERE seq IS NULL;
+CREATE TABLE IF NOT EXISTS kq_mirror_outbox (tbl VARCHAR, context VARCHAR, key VARCHAR, seq BIGINT, dirty_at TIMESTAMPTZ);
+"
+    .to_string();
+    sql.push_str(&create_tables(&["mirror", "status"]));
+    sql
+}
+
+// The `status` view is created by the newest migration that changes it (v14): its
+// definition is the catalog's current one, which reads tables older migrations do not have.
 fn v13() -> String {
-    create_tables(&["status"])
+    String::new()
 }
 
 fn v12() -> String {
@@ -135,7 +156,7 @@ fn v11() -> String {
 }
 
 fn v10() -> String {
-    create_tables(&["status"])
+    String::new()
 }
 
 fn v9() -> String {

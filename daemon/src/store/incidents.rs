@@ -183,6 +183,11 @@ impl Tracker {
         Ok(t)
     }
 
+    /// Rows written in the current transaction, so far.
+    pub fn written(&self) -> &[IncidentRow] {
+        &self.written
+    }
+
     /// Rows written since the last call (the writer publishes them after commit).
     pub fn take_written(&mut self) -> Vec<IncidentRow> {
         std::mem::take(&mut self.written)

@@ -9,6 +9,7 @@ mod images;
 mod incidents;
 mod index;
 mod migrate;
+pub mod outbox;
 mod phase;
 mod writer;
 
@@ -20,6 +21,7 @@ use tokio::sync::{mpsc, oneshot};
 
 pub use health::{Health, WriteFailure};
 pub use incidents::IncidentRow;
+pub use outbox::{MirrorState, MirrorStatus};
 pub use phase::{ContextPhase, ResourcePhase};
 pub use writer::{ContextInfo, ContextState, Writer};
 
@@ -122,6 +124,10 @@ pub enum Op {
     Registries(Vec<crate::images::RegistryStatus>),
     /// Where to send what pods and nodes say about images (image sizing is on).
     ImageSightings(tokio::sync::mpsc::UnboundedSender<crate::images::Sighting>),
+    /// PostgreSQL committed these outbox entries' rows.
+    MirrorAck(Vec<outbox::Read>),
+    /// The mirror's state, for the `mirror` row.
+    MirrorStatus(Box<MirrorStatus>),
     /// Answered once everything sent before it is committed.
     Barrier(oneshot::Sender<()>),
 }
@@ -146,6 +152,8 @@ pub struct StoreOptions {
     pub incidents_retention: std::time::Duration,
     /// Grace periods and timeouts of incident detection.
     pub incidents: crate::incidents::IncidentOptions,
+    /// The PostgreSQL mirror is on: every transaction records what it owes it.
+    pub mirror: bool,
 }
 
 impl Default for StoreOptions {
@@ -161,6 +169,7 @@ impl Default for StoreOptions {
             events_retention: std::time::Duration::from_secs(14 * 86_400),
             incidents_retention: std::time::Duration::from_secs(90 * 86_400),
             incidents: Default::default(),
+            mirror: false,
         }
     }
 }
@@ -172,6 +181,8 @@ pub struct Opened {
     pub writer: std::thread::JoinHandle<()>,
     /// Bumped when a batch could not be written: watchers relist so nothing stays lost.
     pub resync: tokio::sync::watch::Receiver<u64>,
+    /// The outbox's last sequence number, after each commit that recorded something.
+    pub outbox: tokio::sync::watch::Receiver<i64>,
 }
 
 /// The open database: hands out read connections; the writer owns the writing one.
@@ -297,7 +308,8 @@ impl Store {
         });
         let (tx, rx) = mpsc::channel(1024);
         let (resync_tx, resync) = tokio::sync::watch::channel(0u64);
-        let writer = Writer::new(
+        let (outbox_tx, outbox) = tokio::sync::watch::channel(0i64);
+        let mut writer = Writer::new(
             writer_conn,
             opts,
             resync_tx,
@@ -306,6 +318,7 @@ impl Store {
             path.to_path_buf(),
             health.clone(),
         )?;
+        writer.wake_on_commit(outbox_tx);
         let handle = std::thread::Builder::new()
             .name("kq-store-writer".into())
             .spawn(move || writer.run(rx))
@@ -318,6 +331,7 @@ impl Store {
             ops: tx,
             writer: handle,
             resync,
+            outbox,
         })
     }
 

@@ -2,11 +2,13 @@
 //! This module holds the transaction loop and the dispatch of each op; the parts it calls
 //! live beside it, one concern each: `objects` (object rows, the index, sweeps and
 //! removals), `status` (the `contexts` and `resources` rows), `hold` (what a failed batch
-//! does), `tracking` (incidents), `image_feed` (what image sizing hears) and `retention`.
+//! does), `tracking` (incidents), `image_feed` (what image sizing hears), `retention`, and
+//! `outbox` (what the PostgreSQL mirror still owes).
 
 mod hold;
 mod image_feed;
 mod objects;
+mod outbox;
 mod retention;
 mod status;
 mod tracking;
@@ -108,6 +110,10 @@ pub struct Writer {
     health: Arc<Health>,
     /// Set while writes fail: why, and how long to wait before trying again.
     hold: Option<Hold>,
+    /// What the current transaction owes the PostgreSQL mirror.
+    outbox: outbox::Outbox,
+    /// The last `changes.seq` given.
+    changes_seq: i64,
 }
 
 fn now_micros() -> i64 {
@@ -133,7 +139,8 @@ impl Writer {
         // every transaction, so it never holds rows between batches.
         conn.execute_batch(
             "CREATE SCHEMA IF NOT EXISTS kq_stage;
-             CREATE OR REPLACE TABLE kq_stage.keys (context VARCHAR, uid VARCHAR, gone BOOLEAN);",
+             CREATE OR REPLACE TABLE kq_stage.keys (context VARCHAR, uid VARCHAR, gone BOOLEAN);
+             CREATE OR REPLACE TABLE kq_stage.owed AS SELECT * FROM main.kq_mirror_outbox LIMIT 0;",
         )?;
         let mut schemas = HashMap::new();
         for t in Kind::ALL
@@ -186,6 +193,13 @@ impl Writer {
         // Resource states are rebuilt by this run's watchers, and registry counts are this
         // run's.
         conn.execute_batch("DELETE FROM main.resources; DELETE FROM main.registries;")?;
+        let mut outbox = outbox::Outbox::load(&conn, opts.mirror)?;
+        outbox.part("resources", None);
+        outbox.part("registries", None);
+        let changes_seq: i64 =
+            conn.query_row("SELECT coalesce(max(seq), 0) FROM main.changes", [], |r| {
+                r.get(0)
+            })?;
         Ok(Writer {
             conn,
             opts,
@@ -203,7 +217,14 @@ impl Writer {
             path,
             health,
             hold: None,
+            outbox,
+            changes_seq,
         })
+    }
+
+    /// Where to say, after each commit that recorded something, the outbox's last number.
+    pub fn wake_on_commit(&mut self, tx: tokio::sync::watch::Sender<i64>) {
+        self.outbox.committed = Some(tx);
     }
 
     /// Runs until every sender is gone, then checkpoints the database.
@@ -377,13 +398,19 @@ impl Writer {
     ) -> Result<T, StoreError> {
         self.conn.execute_batch("BEGIN TRANSACTION")?;
         let result = f(self).and_then(|v| {
+            // What the transaction owes the mirror commits with it, or not at all.
+            self.write_outbox()?;
             self.conn.execute_batch("COMMIT")?;
             Ok(v)
         });
-        if result.is_err() {
-            // A failed COMMIT (a full disk fails there) leaves nothing to roll back; the
-            // ROLLBACK is then refused, which is fine.
-            let _ = self.conn.execute_batch("ROLLBACK");
+        match result {
+            Ok(_) => self.outbox.committed(),
+            Err(_) => {
+                self.outbox.clear();
+                // A failed COMMIT (a full disk fails there) leaves nothing to roll back;
+                // the ROLLBACK is then refused, which is fine.
+                let _ = self.conn.execute_batch("ROLLBACK");
+            }
         }
         result
     }
@@ -501,9 +528,16 @@ impl Writer {
             }
             Op::Image(found) => {
                 super::images::write(&self.conn, &found)?;
+                self.outbox.part("images", None);
+                self.outbox.part("image_refs", None);
                 b.images_changed = true;
             }
-            Op::Registries(all) => super::images::write_registries(&self.conn, &all)?,
+            Op::Registries(all) => {
+                super::images::write_registries(&self.conn, &all)?;
+                self.outbox.part("registries", None);
+            }
+            Op::MirrorAck(read) => self.acknowledge(&read)?,
+            Op::MirrorStatus(status) => self.write_mirror_status(&status)?,
             Op::ImageSightings(tx) => self.sightings = Some(tx),
             // Taken out of the batch before it is applied.
             Op::Barrier(done) => drop(done),

@@ -26,12 +26,12 @@ pub(super) fn resource_of(kind: Kind, context: &str, rows: &ObjectRows) -> ResKe
 /// column name in kq-schema's catalog, whose order the rows functions write in.
 #[derive(Debug)]
 pub(super) struct Positions {
-    namespace: Option<usize>,
-    name: usize,
-    resource_version: usize,
+    pub(super) namespace: Option<usize>,
+    pub(super) name: usize,
+    pub(super) resource_version: usize,
     /// `objects` only: the resource the row's object belongs to.
-    api_group: Option<usize>,
-    resource: Option<usize>,
+    pub(super) api_group: Option<usize>,
+    pub(super) resource: Option<usize>,
 }
 
 pub(super) fn positions(kind: Kind) -> &'static Positions {
@@ -69,8 +69,9 @@ pub(super) fn text_at(row: &Row, i: usize) -> Option<&str> {
 }
 
 /// The statement recording as deleted, in `changes`, the rows of `kind`'s table that
-/// `from` selects; `from` follows `FROM main.<table> m` (a join, a `WHERE`).
-fn record_deletes(kind: Kind, from: &str) -> String {
+/// `from` selects; `from` follows `FROM main.<table> m` (a join, a `WHERE`). Their `seq`
+/// numbers follow `after`.
+fn record_deletes(kind: Kind, from: &str, after: i64) -> String {
     let table = kind.table();
     let what = if kind == Kind::Objects {
         "m.resource".to_string()
@@ -84,13 +85,21 @@ fn record_deletes(kind: Kind, from: &str) -> String {
     };
     format!(
         "INSERT INTO main.changes
-         SELECT now(), m.context, {what}, {ns}, m.name, m.uid, 'delete', m.resource_version
+         SELECT now(), m.context, {what}, {ns}, m.name, m.uid, 'delete', m.resource_version,
+                {after} + row_number() OVER ()
          FROM main.{table} m {from}"
     )
 }
 
-/// The `changes` row recording that `rows` was added or modified.
-pub(super) fn change_row(now: i64, kind: Kind, context: &str, rows: &ObjectRows, op: &str) -> Row {
+/// The `changes` row number `seq`, recording that `rows` was added or modified.
+pub(super) fn change_row(
+    now: i64,
+    kind: Kind,
+    context: &str,
+    rows: &ObjectRows,
+    op: &str,
+    seq: i64,
+) -> Row {
     let p = positions(kind);
     let (ns, name, rv) = (p.namespace, p.name, p.resource_version);
     let what = if kind == Kind::Objects {
@@ -110,6 +119,7 @@ pub(super) fn change_row(now: i64, kind: Kind, context: &str, rows: &ObjectRows,
         Value::Text(rows.uid.clone()),
         Value::Text(op.to_string()),
         text(text_at(&rows.row, rv)),
+        Value::BigInt(seq),
     ]
 }
 
@@ -174,11 +184,14 @@ impl Writer {
                                 "modify"
                             }
                         };
-                        changes.push(change_row(now, kind, ctx, r, op));
+                        self.changes_seq += 1;
+                        changes.push(change_row(now, kind, ctx, r, op, self.changes_seq));
+                        self.outbox.row(table, ctx, uid);
                         fresh.push(r);
                     }
                     None => {
                         if self.index.remove(ctx, uid) {
+                            self.outbox.row(table, ctx, uid);
                             stale.push((ctx, uid, true));
                         }
                     }
@@ -233,11 +246,12 @@ impl Writer {
             keys.flush()?;
         }
         let table = kind.table();
-        let mut sql = record_deletes(
+        self.record_deletes(
             kind,
             "JOIN kq_stage.keys k ON m.context = k.context AND m.uid = k.uid WHERE k.gone",
-        );
-        sql.push(';');
+            [],
+        )?;
+        let mut sql = String::new();
         let mut targets = vec![(table, "uid")];
         targets.extend(kind.child());
         if kind != Kind::Objects {
@@ -250,6 +264,19 @@ impl Writer {
         }
         sql.push_str("DELETE FROM kq_stage.keys;");
         self.conn.execute_batch(&sql)?;
+        Ok(())
+    }
+
+    /// Records as deleted, in `changes`, the rows of `kind`'s table that `from` selects (see
+    /// [`record_deletes`]), numbering them after the last change.
+    fn record_deletes(
+        &mut self,
+        kind: Kind,
+        from: &str,
+        params: impl duckdb::Params,
+    ) -> Result<(), StoreError> {
+        let sql = record_deletes(kind, from, self.changes_seq);
+        self.changes_seq += self.conn.execute(&sql, params)? as i64;
         Ok(())
     }
 
@@ -306,10 +333,12 @@ impl Writer {
             ),
             _ => ("", vec![context]),
         };
-        self.conn.execute(
-            &record_deletes(kind, &format!("WHERE {gone}{scoped}")),
+        self.record_deletes(
+            kind,
+            &format!("WHERE {gone}{scoped}"),
             params_from_iter(params.iter()),
         )?;
+        self.outbox.part(table, Some(context));
         let removed = self.conn.execute(
             &format!("DELETE FROM main.{table} WHERE {gone}{scoped}"),
             params_from_iter(params.iter()),
@@ -358,13 +387,13 @@ impl Writer {
         resource: &str,
     ) -> Result<(), StoreError> {
         let params = duckdb::params![context, group, resource];
-        self.conn.execute(
-            &record_deletes(
-                Kind::Objects,
-                "WHERE context = $1 AND api_group = $2 AND resource = $3",
-            ),
+        self.record_deletes(
+            Kind::Objects,
+            "WHERE context = $1 AND api_group = $2 AND resource = $3",
             params,
         )?;
+        self.outbox.part("objects", Some(context));
+        self.outbox.part("resources", None);
         let removed = self.conn.execute(
             "DELETE FROM main.objects WHERE context = $1 AND api_group = $2 AND resource = $3",
             params,
@@ -389,6 +418,7 @@ impl Writer {
 
     pub(super) fn remove_context(&mut self, name: &str) -> Result<(), StoreError> {
         for k in Kind::ALL {
+            self.outbox.part(k.table(), Some(name));
             self.conn.execute(
                 &format!("DELETE FROM main.{} WHERE context = ?", k.table()),
                 [name],
@@ -409,6 +439,9 @@ impl Writer {
         self.index.remove_context(name);
         self.tracker
             .remove_context(&self.conn, name, now_micros())?;
+        self.outbox.part("incidents", Some(name));
+        self.outbox.part("contexts", None);
+        self.outbox.part("resources", None);
         Ok(())
     }
 }

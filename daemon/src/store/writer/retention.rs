@@ -2,13 +2,55 @@
 
 use super::*;
 
+/// What one pruning removed.
+struct Pruned {
+    changes: usize,
+    events: usize,
+    incidents: usize,
+    unused_refs: Vec<String>,
+}
+
 impl Writer {
     /// Applies the retention periods of `changes`, `events` and `incidents`, and forgets
-    /// image references no container uses any more. Expired events take their `objects`
-    /// rows with them. An ended incident goes only once its object is gone too: while the
-    /// object still shows the occurrence, the row is what keeps a relist from raising it
-    /// again.
+    /// image references no container uses any more, in one transaction. Expired events
+    /// take their `objects` rows with them. An ended incident goes only once its object is
+    /// gone too: while the object still shows the occurrence, the row is what keeps a
+    /// relist from raising it again. The index and the tracker are reloaded only once the
+    /// deletes committed, so a failed pruning leaves them matching the file.
     pub(super) fn prune(&mut self) -> Result<(), StoreError> {
+        let pruned = self.in_transaction(|w| w.prune_rows())?;
+        if pruned.events > 0 {
+            self.reload_index();
+        }
+        if pruned.incidents > 0 {
+            self.reload_tracker();
+        }
+        let unused = pruned.unused_refs;
+        if !unused.is_empty() {
+            tracing::info!(
+                references = unused.len(),
+                "dropped image references no container uses"
+            );
+            for r in &unused {
+                self.seen_refs.remove(r);
+                self.seen_secret_refs.remove(r);
+            }
+            self.forward_images(crate::images::Sighting::Unused { refs: unused });
+        }
+        if pruned.changes + pruned.events + pruned.incidents > 0 {
+            tracing::info!(
+                changes = pruned.changes,
+                events = pruned.events,
+                incidents = pruned.incidents,
+                "pruned rows past their retention"
+            );
+        }
+        Ok(())
+    }
+
+    /// The deletes of [`Writer::prune`]. The mirror learns of them as parts to compare
+    /// (`changes` it follows by number, so it needs no entry).
+    fn prune_rows(&mut self) -> Result<Pruned, StoreError> {
         let changes = self.opts.changes_retention.as_secs();
         let events = self.opts.events_retention.as_secs();
         let old =
@@ -30,7 +72,7 @@ impl Writer {
             .conn
             .execute(&format!("DELETE FROM main.events WHERE {}", old("")), [])?;
         if pruned_events > 0 {
-            self.reload_index();
+            self.outbox.part("events", None);
         }
         let incidents = self.opts.incidents_retention.as_secs();
         let pruned_incidents = self.conn.execute(
@@ -42,29 +84,19 @@ impl Writer {
             [],
         )?;
         if pruned_incidents > 0 {
-            self.reload_tracker();
+            self.outbox.part("incidents", None);
         }
-        let unused = super::super::images::prune_unused(&self.conn)?;
-        if !unused.is_empty() {
-            tracing::info!(
-                references = unused.len(),
-                "dropped image references no container uses"
-            );
-            for r in &unused {
-                self.seen_refs.remove(r);
-                self.seen_secret_refs.remove(r);
-            }
-            self.forward_images(crate::images::Sighting::Unused { refs: unused });
+        let unused_refs = super::super::images::prune_unused(&self.conn)?;
+        if !unused_refs.is_empty() {
+            self.outbox.part("image_refs", None);
+            self.outbox.part("images", None);
         }
-        if pruned_changes + pruned_events + pruned_incidents > 0 {
-            tracing::info!(
-                changes = pruned_changes,
-                events = pruned_events,
-                incidents = pruned_incidents,
-                "pruned rows past their retention"
-            );
-        }
-        Ok(())
+        Ok(Pruned {
+            changes: pruned_changes,
+            events: pruned_events,
+            incidents: pruned_incidents,
+            unused_refs,
+        })
     }
 }
 

@@ -28,6 +28,7 @@ pub struct ContextState {
 impl Writer {
     pub(super) fn write_resource(&mut self, key: &ResKey) -> Result<(), StoreError> {
         let (ctx, group, resource) = key;
+        self.outbox.part("resources", None);
         self.conn.execute(
             "DELETE FROM main.resources WHERE context = ? AND api_group = ? AND resource = ?",
             [ctx, group, resource],
@@ -60,6 +61,7 @@ impl Writer {
             return Ok(());
         };
         row.updated_at = now;
+        self.outbox.part("contexts", None);
         let info = &row.info;
         self.conn
             .execute("DELETE FROM contexts WHERE name = ?", [name])?;

@@ -1,0 +1,555 @@
+//! The PostgreSQL mirror: everything kqd keeps in DuckDB, in one PostgreSQL schema, for a
+//! team. One task reads what the outbox says PostgreSQL lacks, reads those rows from DuckDB
+//! as they are now, writes them in one PostgreSQL transaction with the instance's progress
+//! row, and only then acknowledges the entries to the writer. Replaying any of it gives the
+//! same state, so a crash, an outage or a dropped connection at any step costs a retry,
+//! never a row. At every (re)connect, and every ten minutes, it compares each table part
+//! with PostgreSQL by (key, version) and sends what differs, which is also how the first
+//! load happens.
+
+mod copy;
+mod duck;
+mod pg;
+pub mod tables;
+pub mod url;
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::store::outbox::{Owed, Read};
+use crate::store::{MirrorState, MirrorStatus, Op, Store};
+use duck::Duck;
+use pg::{Mode, Pg, TableWrite};
+use tables::{Mirrored, Shape};
+
+/// (context, key): an object's uid, or an incident's id, in its context.
+pub type Key = (String, String);
+
+/// Owed entries read per transaction.
+const OUTBOX_BATCH: usize = 1000;
+/// Keys of a compared part sent per transaction.
+const PART_BATCH: usize = 2000;
+/// Changes sent per transaction.
+const CHANGES_BATCH: usize = 5000;
+/// How often every part is compared again while streaming.
+const VERIFY_EVERY: Duration = Duration::from_secs(600);
+/// How often the `mirror` row is rewritten while nothing happens.
+const REPORT_EVERY: Duration = Duration::from_secs(2);
+
+/// What the mirror needs.
+#[derive(Debug, Clone)]
+pub struct MirrorConfig {
+    /// The URL, libpq style (`postgres://user@host/db?sslmode=require`).
+    pub url: String,
+    /// The PostgreSQL schema it writes (`kq`).
+    pub schema: String,
+    /// This kqd's instance id: stable per data directory, or set by `mirror_instance`.
+    pub instance: String,
+    /// Mirror `objects` (the whole JSON of every object, most of the bytes).
+    pub objects: bool,
+}
+
+/// What went wrong, naming the side.
+#[derive(Debug, thiserror::Error)]
+pub enum MirrorError {
+    #[error("{0}")]
+    Config(String),
+    #[error("postgres: {message}")]
+    Pg {
+        message: String,
+        /// Retrying cannot help: the database refuses the data itself.
+        data: bool,
+    },
+    #[error("{0}")]
+    Refused(String),
+    #[error("reading the inventory: {0}")]
+    Duck(String),
+    #[error("mirror: {0}")]
+    Internal(String),
+    #[error("the store writer stopped")]
+    WriterGone,
+}
+
+impl MirrorError {
+    fn pg(e: tokio_postgres::Error) -> MirrorError {
+        // A SQLSTATE of class 22 (data exception) or 23 (integrity) is about a row; the
+        // others (connection, resources, a restart, a serialization failure) pass.
+        let data = e
+            .code()
+            .is_some_and(|c| c.code().starts_with("22") || c.code().starts_with("23"));
+        let message = match e.as_db_error() {
+            Some(db) => format!("{} ({})", db.message(), db.code().code()),
+            None => e.to_string(),
+        };
+        MirrorError::Pg { message, data }
+    }
+
+    fn duck(e: duckdb::Error) -> MirrorError {
+        MirrorError::Duck(e.to_string())
+    }
+}
+
+/// The instance id kept in the data directory, made on first use:
+/// `<host>-<8 hex digits>`.
+pub fn instance_id(data_dir: &std::path::Path) -> std::io::Result<String> {
+    let path = data_dir.join("mirror-instance");
+    match std::fs::read_to_string(&path) {
+        Ok(id) if !id.trim().is_empty() => return Ok(id.trim().to_string()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let host = pg::hostname();
+    let id = format!(
+        "{}-{:08x}",
+        if host.is_empty() { "kqd" } else { &host },
+        fastrand::u32(..)
+    );
+    crate::private::dir(data_dir)?;
+    std::fs::write(&path, format!("{id}\n"))?;
+    Ok(id)
+}
+
+/// Runs the mirror until `cancel` fires: connects, compares, streams, and after any
+/// failure reconnects with backoff (1 s doubling to 30 s, with jitter).
+pub async fn run(
+    cfg: MirrorConfig,
+    store: Arc<Store>,
+    ops: mpsc::Sender<Op>,
+    mut wake: watch::Receiver<i64>,
+    cancel: CancellationToken,
+) {
+    let target = crate::config::redact_url(&cfg.url);
+    let mut m = Mirror {
+        status: MirrorStatus {
+            target: target.clone(),
+            schema: cfg.schema.clone(),
+            instance: cfg.instance.clone(),
+            ..Default::default()
+        },
+        ops,
+        cfg,
+        duck: None,
+        store,
+        changes_seq: 0,
+        rates: Vec::new(),
+        reported: Instant::now() - REPORT_EVERY,
+    };
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        let started = Instant::now();
+        let result = m.session(&mut wake, &cancel).await;
+        if cancel.is_cancelled() {
+            break;
+        }
+        if let Err(e) = result {
+            if matches!(e, MirrorError::WriterGone) {
+                break;
+            }
+            let refused = matches!(e, MirrorError::Refused(_) | MirrorError::Config(_));
+            tracing::warn!(target = %target, error = %e, "postgres mirror failed; will retry");
+            m.status.state = if refused {
+                MirrorState::Refused
+            } else {
+                MirrorState::Error
+            };
+            m.status.connected = false;
+            m.error(&e);
+            let _ = m.report(true).await;
+        }
+        // A session that streamed for a while starts the backoff over.
+        if started.elapsed() > Duration::from_secs(60) {
+            backoff = Duration::from_secs(1);
+        }
+        let jitter = backoff.mul_f64(fastrand::f64() / 5.0);
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = tokio::time::sleep(backoff + jitter) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(30));
+    }
+    tracing::info!("postgres mirror stopped");
+}
+
+struct Mirror {
+    cfg: MirrorConfig,
+    store: Arc<Store>,
+    duck: Option<Duck>,
+    ops: mpsc::Sender<Op>,
+    status: MirrorStatus,
+    /// The highest change number PostgreSQL has.
+    changes_seq: i64,
+    /// (when, rows) of recent commits, for rows/s.
+    rates: Vec<(Instant, u64)>,
+    reported: Instant,
+}
+
+fn now_us() -> i64 {
+    jiff::Timestamp::now().as_microsecond()
+}
+
+impl Mirror {
+    fn duck(&mut self) -> Result<Duck, MirrorError> {
+        if self.duck.is_none() {
+            let conn = self
+                .store
+                .reader()
+                .map_err(|e| MirrorError::Duck(e.to_string()))?;
+            self.duck = Some(Duck::new(conn)?);
+        }
+        Ok(self.duck.clone().expect("set above"))
+    }
+
+    fn error(&mut self, e: &MirrorError) {
+        self.status.last_error = Some(e.to_string());
+        self.status.last_error_at = Some(now_us());
+    }
+
+    /// One connection's life: connect, compare everything, then stream until the
+    /// connection fails or kqd stops.
+    async fn session(
+        &mut self,
+        wake: &mut watch::Receiver<i64>,
+        cancel: &CancellationToken,
+    ) -> Result<(), MirrorError> {
+        self.status.state = MirrorState::Connecting;
+        self.report(true).await?;
+        let mut pg = tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            r = Pg::connect(&self.cfg) => r?,
+        };
+        tracing::info!(target = %self.status.target, schema = %self.cfg.schema, instance = %self.cfg.instance, "postgres mirror connected");
+        self.status.connected = true;
+        self.status.state = MirrorState::Verifying;
+        self.report(true).await?;
+        self.changes_seq = pg.changes_seq().await?;
+        // What the outbox owes first (it is what changed most recently), then everything
+        // compared.
+        self.drain(&mut pg, cancel).await?;
+        self.verify(&mut pg, cancel).await?;
+        self.status.state = MirrorState::Streaming;
+        self.report(true).await?;
+        let mut verified = Instant::now();
+        loop {
+            if cancel.is_cancelled() {
+                return Ok(());
+            }
+            self.drain(&mut pg, cancel).await?;
+            if verified.elapsed() > VERIFY_EVERY {
+                self.verify(&mut pg, cancel).await?;
+                verified = Instant::now();
+            }
+            self.report(false).await?;
+            tokio::select! {
+                _ = cancel.cancelled() => return Ok(()),
+                r = wake.changed() => if r.is_err() { return Err(MirrorError::WriterGone) },
+                _ = tokio::time::sleep(REPORT_EVERY) => {}
+            }
+            if pg.client.is_closed() {
+                return Err(MirrorError::Pg {
+                    message: "the connection closed".into(),
+                    data: false,
+                });
+            }
+        }
+    }
+
+    /// Sends what the outbox owes and the new changes until neither has anything left.
+    async fn drain(&mut self, pg: &mut Pg, cancel: &CancellationToken) -> Result<(), MirrorError> {
+        loop {
+            if cancel.is_cancelled() {
+                return Ok(());
+            }
+            let owed = self.duck()?.outbox(OUTBOX_BATCH).await?;
+            let changes = self.send_changes(pg).await?;
+            if owed.is_empty() {
+                if changes == 0 {
+                    return Ok(());
+                }
+                continue;
+            }
+            self.send_owed(pg, owed).await?;
+        }
+    }
+
+    /// New changes (numbered after what PostgreSQL has), one transaction; returns how many.
+    async fn send_changes(&mut self, pg: &mut Pg) -> Result<usize, MirrorError> {
+        let m = tables::get("changes").expect("changes are mirrored");
+        let (batches, _, _) = self
+            .duck()?
+            .changes_after(m, self.changes_seq, CHANGES_BATCH)
+            .await?;
+        let n: usize = batches.iter().map(|b| b.num_rows()).sum();
+        if n == 0 {
+            return Ok(0);
+        }
+        let last = last_seq(&batches).unwrap_or(self.changes_seq);
+        let writes = [TableWrite {
+            table: m,
+            mode: Mode::Append { floor: None },
+            batches,
+        }];
+        self.commit(pg, &writes, Some(last)).await?;
+        self.changes_seq = last;
+        Ok(n)
+    }
+
+    /// Applies writes in one transaction and counts what they did.
+    async fn commit(
+        &mut self,
+        pg: &mut Pg,
+        writes: &[TableWrite],
+        changes_seq: Option<i64>,
+    ) -> Result<(), MirrorError> {
+        let ids = self.duck()?.cluster_ids().await?;
+        let applied = pg.apply(writes, &ids, changes_seq).await?;
+        self.status.rows_mirrored += applied.rows as i64;
+        self.status.nul_replaced += applied.nul_replaced as i64;
+        if applied.nul_replaced > 0 {
+            tracing::warn!(replaced = applied.nul_replaced, "replaced NUL characters PostgreSQL cannot store");
+        }
+        self.status.last_commit_at = Some(now_us());
+        self.rates.push((Instant::now(), applied.rows));
+        Ok(())
+    }
+
+    /// Sends the rows of owed entries and acknowledges them. A part is compared and sent
+    /// in transactions of its own; rows go together in one. When PostgreSQL refuses the
+    /// data itself, each entry is tried alone, and one it refuses alone is set aside.
+    async fn send_owed(&mut self, pg: &mut Pg, owed: Vec<Read>) -> Result<(), MirrorError> {
+        let (parts, rows): (Vec<Read>, Vec<Read>) = owed
+            .into_iter()
+            .partition(|r| matches!(r.owed, Owed::Part { .. }));
+        for p in parts {
+            if let Owed::Part { table, context } = &p.owed
+                && let Some(m) = tables::get(table)
+            {
+                self.send_part(pg, m, context.as_deref()).await?;
+            }
+            self.acknowledge(vec![p]).await?;
+        }
+        if rows.is_empty() {
+            return Ok(());
+        }
+        match self.send_rows(pg, &rows).await {
+            Ok(()) => self.acknowledge(rows).await,
+            Err(MirrorError::Pg { data: true, .. }) if rows.len() > 1 => {
+                for r in rows {
+                    match self.send_rows(pg, std::slice::from_ref(&r)).await {
+                        Ok(()) => {}
+                        Err(e @ MirrorError::Pg { data: true, .. }) => self.set_aside(&r, &e),
+                        Err(e) => return Err(e),
+                    }
+                    self.acknowledge(vec![r]).await?;
+                }
+                Ok(())
+            }
+            Err(e @ MirrorError::Pg { data: true, .. }) => {
+                self.set_aside(&rows[0], &e);
+                self.acknowledge(rows).await
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn set_aside(&mut self, r: &Read, e: &MirrorError) {
+        let (table, context, key) = r.owed.columns();
+        tracing::error!(table, context, key, error = %e, "postgres refused a row; set it aside");
+        self.status.set_aside += 1;
+        self.error(&MirrorError::Internal(format!(
+            "set aside {table} {context}/{key}: {e}"
+        )));
+    }
+
+    async fn acknowledge(&mut self, read: Vec<Read>) -> Result<(), MirrorError> {
+        self.ops
+            .send(Op::MirrorAck(read))
+            .await
+            .map_err(|_| MirrorError::WriterGone)
+    }
+
+    /// The rows of owed objects and incidents, in one transaction.
+    async fn send_rows(&mut self, pg: &mut Pg, rows: &[Read]) -> Result<(), MirrorError> {
+        let mut by_table: BTreeMap<&'static str, (&'static Mirrored, Vec<Key>)> = BTreeMap::new();
+        for r in rows {
+            let Owed::Row {
+                table,
+                context,
+                key,
+            } = &r.owed
+            else {
+                continue;
+            };
+            let Some(m) = tables::get(table) else {
+                continue;
+            };
+            for t in m.targets(self.cfg.objects) {
+                by_table
+                    .entry(t.name())
+                    .or_insert_with(|| (t, Vec::new()))
+                    .1
+                    .push((context.to_string(), key.clone()));
+            }
+        }
+        let mut writes = Vec::new();
+        for (_, (m, keys)) in by_table {
+            let batches = self.duck()?.rows(m, keys.clone()).await?;
+            writes.push(TableWrite {
+                table: m,
+                mode: Mode::Keys(keys),
+                batches,
+            });
+        }
+        if writes.is_empty() {
+            return Ok(());
+        }
+        self.commit(pg, &writes, None).await
+    }
+
+    /// Brings one part up to date: a whole table is sent whole; a keyed table's part is
+    /// compared by (key, version) with PostgreSQL, and the keys that differ are sent.
+    /// Returns how many keys differed.
+    async fn send_part(
+        &mut self,
+        pg: &mut Pg,
+        m: &'static Mirrored,
+        context: Option<&str>,
+    ) -> Result<usize, MirrorError> {
+        match m.shape {
+            Shape::Whole => {
+                let batches = self.duck()?.whole(m).await?;
+                let writes = [TableWrite {
+                    table: m,
+                    mode: Mode::Whole,
+                    batches,
+                }];
+                self.commit(pg, &writes, None).await?;
+                Ok(0)
+            }
+            Shape::Changes => Ok(0),
+            Shape::Keyed { versioned, .. } => {
+                if m.name() == "objects" && !self.cfg.objects {
+                    return Ok(0);
+                }
+                let contexts: Vec<String> = match context {
+                    Some(c) => vec![c.to_string()],
+                    None => {
+                        let mut all: HashSet<String> =
+                            self.duck()?.contexts(m).await?.into_iter().collect();
+                        all.extend(pg.contexts(m).await?);
+                        all.into_iter().collect()
+                    }
+                };
+                let mut differ = 0;
+                for ctx in contexts {
+                    let here = self.duck()?.versions(m, ctx.clone()).await?;
+                    let there = pg.versions(m, &ctx).await?;
+                    let mut keys: Vec<Key> = here
+                        .iter()
+                        .filter(|(k, v)| !versioned || there.get(*k) != Some(*v))
+                        .map(|(k, _)| k.clone())
+                        .chain(there.keys().filter(|k| !here.contains_key(*k)).cloned())
+                        .collect();
+                    keys.sort();
+                    if versioned {
+                        differ += keys.len();
+                    }
+                    // Children follow their parents; `objects` rows have their own part.
+                    let targets: Vec<&'static Mirrored> = m
+                        .targets(false)
+                        .into_iter()
+                        .filter(|t| t.name() != "objects" || m.name() == "objects")
+                        .collect();
+                    for chunk in keys.chunks(PART_BATCH) {
+                        let mut writes = Vec::new();
+                        for t in &targets {
+                            let batches = self.duck()?.rows(t, chunk.to_vec()).await?;
+                            writes.push(TableWrite {
+                                table: t,
+                                mode: Mode::Keys(chunk.to_vec()),
+                                batches,
+                            });
+                        }
+                        self.commit(pg, &writes, None).await?;
+                        self.report(false).await?;
+                    }
+                }
+                Ok(differ)
+            }
+        }
+    }
+
+    /// Compares every part with PostgreSQL and sends what differs; checks that
+    /// PostgreSQL's changes are DuckDB's.
+    async fn verify(&mut self, pg: &mut Pg, cancel: &CancellationToken) -> Result<(), MirrorError> {
+        let started = Instant::now();
+        let mut differ = 0;
+        for m in tables::all() {
+            if cancel.is_cancelled() {
+                return Ok(());
+            }
+            if m.is_child() {
+                continue;
+            }
+            differ += self.send_part(pg, m, None).await?;
+        }
+        let changes = tables::get("changes").expect("changes are mirrored");
+        let (_, min, max) = self.duck()?.changes_after(changes, i64::MAX, 1).await?;
+        if max.unwrap_or(0) < self.changes_seq {
+            // A fresh DuckDB file numbers its changes from 1 again: PostgreSQL's are from
+            // the file before, and go.
+            tracing::warn!(postgres = self.changes_seq, duckdb = max.unwrap_or(0), "the inventory's changes start over; replacing the mirrored ones");
+            pg.reset_changes().await?;
+            self.changes_seq = 0;
+        } else if let Some(floor) = min {
+            // Retention in DuckDB: the changes it no longer keeps go here too.
+            let writes = [TableWrite {
+                table: changes,
+                mode: Mode::Append { floor: Some(floor) },
+                batches: Vec::new(),
+            }];
+            self.commit(pg, &writes, None).await?;
+        }
+        self.status.verified_at = Some(now_us());
+        self.status.mismatched = differ as i64;
+        tracing::info!(
+            differed = differ,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "postgres mirror compared every table"
+        );
+        Ok(())
+    }
+
+    /// Rewrites the `mirror` row: at once when `now`, else at most every
+    /// [`REPORT_EVERY`].
+    async fn report(&mut self, now: bool) -> Result<(), MirrorError> {
+        if !now && self.reported.elapsed() < REPORT_EVERY {
+            return Ok(());
+        }
+        self.reported = Instant::now();
+        let (depth, oldest) = self.duck()?.outbox_depth().await?;
+        self.status.outbox = depth;
+        self.status.lag_seconds = oldest.map_or(0.0, |t| ((now_us() - t) as f64 / 1e6).max(0.0));
+        let window = Duration::from_secs(10);
+        self.rates.retain(|(t, _)| t.elapsed() < window);
+        self.status.rows_per_s =
+            self.rates.iter().map(|(_, n)| *n as f64).sum::<f64>() / window.as_secs_f64();
+        self.ops
+            .send(Op::MirrorStatus(Box::new(self.status.clone())))
+            .await
+            .map_err(|_| MirrorError::WriterGone)
+    }
+}
+
+/// The `seq` of the last row of the last batch.
+fn last_seq(batches: &[arrow::record_batch::RecordBatch]) -> Option<i64> {
+    use arrow::array::{Array, Int64Array};
+    let b = batches.iter().rev().find(|b| b.num_rows() > 0)?;
+    let col = b.column_by_name("seq")?;
+    let a = col.as_any().downcast_ref::<Int64Array>()?;
+    (!a.is_null(a.len() - 1)).then(|| a.value(a.len() - 1))
+}

@@ -1,0 +1,403 @@
+//! The PostgreSQL side: connecting, the mirror's schema (additive migrations under an
+//! advisory lock), the instance's lock, and the transactions that apply rows.
+//!
+//! Every statement but COPY goes through the simple query protocol with literals, and all
+//! staging lives in temporary tables dropped at commit, so nothing outlives a transaction
+//! (PgBouncer in transaction mode sees nothing it cannot route).
+
+use std::collections::HashMap;
+
+use arrow::record_batch::RecordBatch;
+use futures::pin_mut;
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::{Client, SimpleQueryMessage};
+
+use super::copy::{Cell, Rows, copy_type};
+use super::duck::{Versions, add_version, versions_sql};
+use super::tables::{self, Mirrored, Shape, ident, literal};
+use super::{Key, MirrorConfig, MirrorError};
+
+/// The version of the mirror's PostgreSQL schema this kqd writes. A database whose
+/// schema is newer is refused: an older kqd must not write tables it does not know.
+pub const MIRROR_SCHEMA_VERSION: i64 = 1;
+
+/// One table's part of a transaction.
+pub struct TableWrite {
+    pub table: &'static Mirrored,
+    pub mode: Mode,
+    pub batches: Vec<RecordBatch>,
+}
+
+/// What the rows of a table write replace.
+pub enum Mode {
+    /// The rows of these keys: the instance's rows of each key that DuckDB no longer has go.
+    Keys(Vec<Key>),
+    /// The whole table: the instance's rows DuckDB no longer has go.
+    Whole,
+    /// New `changes`, and the lowest number DuckDB still keeps (rows below it go).
+    Append { floor: Option<i64> },
+}
+
+/// An open session: the connection and what it needs to write.
+pub struct Pg {
+    pub client: Client,
+    connection: tokio::task::JoinHandle<()>,
+    schema: String,
+    instance: String,
+}
+
+impl Drop for Pg {
+    fn drop(&mut self) {
+        self.connection.abort();
+    }
+}
+
+/// What one applied transaction did.
+#[derive(Debug, Default)]
+pub struct Applied {
+    pub rows: u64,
+    pub nul_replaced: u64,
+}
+
+impl Pg {
+    /// Connects, brings the schema up to date, and takes the instance's lock.
+    pub async fn connect(cfg: &MirrorConfig) -> Result<Pg, MirrorError> {
+        let pg_config = super::url::parse(&cfg.url)?;
+        let tls = super::url::tls(&cfg.url)?;
+        let (client, connection) = match tls {
+            Some(tls) => {
+                let (c, conn) = pg_config.connect(tls).await.map_err(MirrorError::pg)?;
+                (c, tokio::spawn(async move { drop(conn.await) }))
+            }
+            None => {
+                let (c, conn) = pg_config
+                    .connect(tokio_postgres::NoTls)
+                    .await
+                    .map_err(MirrorError::pg)?;
+                (c, tokio::spawn(async move { drop(conn.await) }))
+            }
+        };
+        let mut pg = Pg {
+            client,
+            connection,
+            schema: cfg.schema.clone(),
+            instance: cfg.instance.clone(),
+        };
+        pg.migrate().await?;
+        pg.lock().await?;
+        Ok(pg)
+    }
+
+    fn s(&self) -> String {
+        ident(&self.schema)
+    }
+
+    /// Creates what is missing, in one transaction under an advisory lock, so that two
+    /// kqd starting together do not race; refuses a schema newer than this kqd's.
+    async fn migrate(&mut self) -> Result<(), MirrorError> {
+        let s = self.s();
+        let tx = self.client.transaction().await.map_err(MirrorError::pg)?;
+        tx.batch_execute(&format!(
+            "SELECT pg_advisory_xact_lock(hashtext('kq-mirror-schema'));
+             CREATE SCHEMA IF NOT EXISTS {s};
+             CREATE TABLE IF NOT EXISTS {s}.mirror_meta (key text PRIMARY KEY, value text NOT NULL);"
+        ))
+        .await
+        .map_err(MirrorError::pg)?;
+        let found = simple_rows(
+            &tx,
+            &format!("SELECT value FROM {s}.mirror_meta WHERE key = 'schema_version'"),
+        )
+        .await?;
+        if let Some(v) = found.first().and_then(|r| r[0].as_deref()) {
+            let v: i64 = v.parse().unwrap_or(i64::MAX);
+            if v > MIRROR_SCHEMA_VERSION {
+                return Err(MirrorError::Refused(format!(
+                    "the mirror schema {} in the database has version {v}, newer than this kqd writes ({MIRROR_SCHEMA_VERSION}); upgrade kqd",
+                    self.schema
+                )));
+            }
+        }
+        let mut ddl = format!(
+            "CREATE TABLE IF NOT EXISTS {s}.mirror_instances (
+               instance text PRIMARY KEY,
+               changes_seq bigint NOT NULL DEFAULT 0,
+               host text, kqd_version text,
+               applied_at timestamptz);
+             COMMENT ON TABLE {s}.mirror_instances IS 'One row per kqd instance mirroring into this schema: how far its changes are, and when it last wrote.';
+             INSERT INTO {s}.mirror_meta VALUES ('schema_version', '{MIRROR_SCHEMA_VERSION}')
+               ON CONFLICT (key) DO UPDATE SET value = excluded.value;\n"
+        );
+        for m in tables::all() {
+            ddl.push_str(&tables::ddl(m, &self.schema));
+        }
+        tx.batch_execute(&ddl).await.map_err(MirrorError::pg)?;
+        tx.commit().await.map_err(MirrorError::pg)
+    }
+
+    /// One kqd per instance id: a second one would delete the first one's rows as stale.
+    async fn lock(&mut self) -> Result<(), MirrorError> {
+        let rows = simple_rows(
+            &self.client,
+            &format!(
+                "SELECT pg_try_advisory_lock(hashtext('kq-mirror'), hashtext({}))",
+                literal(&self.instance)
+            ),
+        )
+        .await?;
+        if rows.first().and_then(|r| r[0].as_deref()) != Some("t") {
+            return Err(MirrorError::Refused(format!(
+                "another kqd is mirroring as instance {:?} into {}; give this one its own mirror_instance",
+                self.instance, self.schema
+            )));
+        }
+        Ok(())
+    }
+
+    /// The highest change number PostgreSQL has from this instance.
+    pub async fn changes_seq(&self) -> Result<i64, MirrorError> {
+        let rows = simple_rows(
+            &self.client,
+            &format!(
+                "SELECT changes_seq FROM {}.mirror_instances WHERE instance = {}",
+                self.s(),
+                literal(&self.instance)
+            ),
+        )
+        .await?;
+        Ok(rows
+            .first()
+            .and_then(|r| r[0].as_deref())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0))
+    }
+
+    /// The contexts a table has rows of from this instance.
+    pub async fn contexts(&self, m: &Mirrored) -> Result<Vec<String>, MirrorError> {
+        let rows = simple_rows(
+            &self.client,
+            &format!(
+                "SELECT DISTINCT context FROM {}.{} WHERE instance = {}",
+                self.s(),
+                ident(m.name()),
+                literal(&self.instance)
+            ),
+        )
+        .await?;
+        Ok(rows.into_iter().filter_map(|mut r| r[0].take()).collect())
+    }
+
+    /// The (key, version) digests of a part, as [`super::duck::Duck::versions`] has them.
+    pub async fn versions(&self, m: &Mirrored, context: &str) -> Result<Versions, MirrorError> {
+        let from = format!("{}.{}", self.s(), ident(m.name()));
+        let filter = format!(
+            "AND instance = {} AND context = {}",
+            literal(&self.instance),
+            literal(context)
+        );
+        let mut v = Versions::new();
+        for row in simple_rows(&self.client, &versions_sql(m, &from, &filter)).await? {
+            let refs: Vec<Option<&str>> = row.iter().map(|s| s.as_deref()).collect();
+            add_version(&mut v, &refs);
+        }
+        Ok(v)
+    }
+
+    /// Removes every changes row of this instance (DuckDB's numbering started again, from a
+    /// fresh database file).
+    pub async fn reset_changes(&mut self) -> Result<(), MirrorError> {
+        let s = self.s();
+        let i = literal(&self.instance);
+        self.client
+            .batch_execute(&format!(
+                "BEGIN;
+                 DELETE FROM {s}.changes WHERE instance = {i};
+                 UPDATE {s}.mirror_instances SET changes_seq = 0 WHERE instance = {i};
+                 COMMIT;"
+            ))
+            .await
+            .map_err(MirrorError::pg)
+    }
+
+    /// Applies table writes in one transaction, with the instance's progress row (and its
+    /// changes number, `changes_seq`, when given).
+    pub async fn apply(
+        &mut self,
+        writes: &[TableWrite],
+        cluster_ids: &HashMap<String, Option<String>>,
+        changes_seq: Option<i64>,
+    ) -> Result<Applied, MirrorError> {
+        let s = self.s();
+        let i = literal(&self.instance);
+        let mut applied = Applied::default();
+        let tx = self.client.transaction().await.map_err(MirrorError::pg)?;
+        for (n, w) in writes.iter().enumerate() {
+            let m = w.table;
+            let t = format!("{s}.{}", ident(m.name()));
+            let stage = format!("kq_s{n}");
+            let staged = m.staged_columns();
+            let col_list = staged
+                .iter()
+                .map(|(c, _)| ident(c))
+                .collect::<Vec<_>>()
+                .join(", ");
+            tx.batch_execute(&format!(
+                "CREATE TEMP TABLE {stage} ON COMMIT DROP AS SELECT {col_list} FROM {t} WITH NO DATA;"
+            ))
+            .await
+            .map_err(MirrorError::pg)?;
+            // The rows.
+            {
+                let types: Vec<_> = staged.iter().map(|(_, ty)| copy_type(ty)).collect();
+                let sink = tx
+                    .copy_in(&format!(
+                        "COPY {stage} ({col_list}) FROM STDIN (FORMAT binary)"
+                    ))
+                    .await
+                    .map_err(MirrorError::pg)?;
+                let writer = BinaryCopyInWriter::new(sink, &types);
+                pin_mut!(writer);
+                let catalog_types: Vec<&str> =
+                    m.table.columns.iter().map(|c| c.sql_type).collect();
+                let ctx_at = m.table.columns.iter().position(|c| c.name == "context");
+                for b in &w.batches {
+                    let rows = Rows::new(b, &catalog_types)
+                        .map_err(|e| MirrorError::Internal(format!("{}: {e}", m.name())))?;
+                    for r in 0..rows.len {
+                        let mut cells = rows.row(r, &mut applied.nul_replaced);
+                        if m.adds_cluster_id {
+                            let id = ctx_at
+                                .and_then(|at| match &cells[at] {
+                                    Cell::Text(c) => cluster_ids.get(c.as_ref()).cloned(),
+                                    _ => None,
+                                })
+                                .flatten();
+                            cells.insert(0, id.map_or(Cell::Null, |id| Cell::Text(id.into())));
+                        }
+                        let refs: Vec<&(dyn postgres_types::ToSql + Sync)> =
+                            cells.iter().map(|c| c as _).collect();
+                        writer.as_mut().write(&refs).await.map_err(MirrorError::pg)?;
+                    }
+                }
+                applied.rows += writer.finish().await.map_err(MirrorError::pg)?;
+            }
+            let keys: Vec<String> = m.key.iter().map(|k| ident(k)).collect();
+            let matches = |a: &str, b: &str| {
+                keys.iter()
+                    .map(|k| format!("{a}.{k} = {b}.{k}"))
+                    .collect::<Vec<_>>()
+                    .join(" AND ")
+            };
+            let mut sql = String::new();
+            match &w.mode {
+                Mode::Keys(owed) => {
+                    let Shape::Keyed { unit, .. } = m.shape else {
+                        unreachable!("keys are owed for keyed tables")
+                    };
+                    let values: Vec<String> = owed
+                        .iter()
+                        .map(|(c, k)| format!("({}, {})", literal(c), literal(k)))
+                        .collect();
+                    if !values.is_empty() {
+                        sql.push_str(&format!(
+                            "DELETE FROM {t} t USING (VALUES {}) AS u(context, key)
+                             WHERE t.instance = {i} AND t.context = u.context AND t.{} = u.key
+                               AND NOT EXISTS (SELECT 1 FROM {stage} s WHERE {});\n",
+                            values.join(", "),
+                            ident(unit),
+                            matches("s", "t")
+                        ));
+                    }
+                }
+                Mode::Whole => sql.push_str(&format!(
+                    "DELETE FROM {t} t WHERE t.instance = {i}
+                       AND NOT EXISTS (SELECT 1 FROM {stage} s WHERE {});\n",
+                    matches("s", "t")
+                )),
+                Mode::Append { floor } => {
+                    if let Some(f) = floor {
+                        sql.push_str(&format!(
+                            "DELETE FROM {t} WHERE instance = {i} AND seq < {f};\n"
+                        ));
+                    }
+                }
+            }
+            let not_key: Vec<String> = staged
+                .iter()
+                .map(|(c, _)| *c)
+                .filter(|c| !m.key.contains(c))
+                .map(ident)
+                .collect();
+            let key_list = keys.join(", ");
+            let on_conflict = if not_key.is_empty() || matches!(w.mode, Mode::Append { .. }) {
+                "DO NOTHING".to_string()
+            } else {
+                let set: Vec<String> = not_key
+                    .iter()
+                    .map(|c| format!("{c} = excluded.{c}"))
+                    .chain(["mirrored_at = excluded.mirrored_at".to_string()])
+                    .collect();
+                let old: Vec<String> = not_key.iter().map(|c| format!("t.{c}")).collect();
+                let new: Vec<String> = not_key.iter().map(|c| format!("excluded.{c}")).collect();
+                format!(
+                    "DO UPDATE SET {} WHERE ({}) IS DISTINCT FROM ({})",
+                    set.join(", "),
+                    old.join(", "),
+                    new.join(", ")
+                )
+            };
+            let key_present = keys
+                .iter()
+                .map(|k| format!("{k} IS NOT NULL"))
+                .collect::<Vec<_>>()
+                .join(" AND ");
+            sql.push_str(&format!(
+                "INSERT INTO {t} AS t (instance, {col_list}, mirrored_at)
+                 SELECT DISTINCT ON ({key_list}) {i}, {col_list}, now() FROM {stage}
+                 WHERE {key_present} ORDER BY {key_list}
+                 ON CONFLICT (instance, {key_list}) {on_conflict};\n"
+            ));
+            tx.batch_execute(&sql).await.map_err(MirrorError::pg)?;
+        }
+        let seq = changes_seq.map_or("0".to_string(), |s| s.to_string());
+        let host = literal(&hostname());
+        let version = literal(env!("CARGO_PKG_VERSION"));
+        tx.batch_execute(&format!(
+            "INSERT INTO {s}.mirror_instances AS m (instance, changes_seq, host, kqd_version, applied_at)
+             VALUES ({i}, {seq}, {host}, {version}, now())
+             ON CONFLICT (instance) DO UPDATE SET
+               changes_seq = GREATEST(m.changes_seq, excluded.changes_seq),
+               host = excluded.host, kqd_version = excluded.kqd_version, applied_at = now();"
+        ))
+        .await
+        .map_err(MirrorError::pg)?;
+        tx.commit().await.map_err(MirrorError::pg)?;
+        Ok(applied)
+    }
+}
+
+/// The machine's name, for `mirror_instances.host`.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// Runs a simple query and returns its rows as text.
+pub async fn simple_rows(
+    client: &impl tokio_postgres::GenericClient,
+    sql: &str,
+) -> Result<Vec<Vec<Option<String>>>, MirrorError> {
+    let messages = client.simple_query(sql).await.map_err(MirrorError::pg)?;
+    Ok(messages
+        .into_iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(r) => Some(
+                (0..r.len())
+                    .map(|i| r.get(i).map(str::to_string))
+                    .collect(),
+            ),
+            _ => None,
+        })
+        .collect())
+}

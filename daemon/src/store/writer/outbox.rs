@@ -1,0 +1,268 @@
+//! The writer's side of the mirror's outbox: what a transaction changed is recorded in it
+//! before the transaction commits, and what PostgreSQL acknowledged leaves it.
+
+use super::*;
+use crate::store::outbox::{Owed, Read};
+
+/// What the current transaction owes the mirror, gathered as it runs.
+#[derive(Default)]
+pub(super) struct Outbox {
+    /// The mirror is on: without it nothing is recorded and the outbox stays empty.
+    pub(super) on: bool,
+    owed: HashSet<Owed>,
+    /// The last sequence number given to an entry.
+    seq: i64,
+    /// Told the last sequence number after each commit that recorded something, so that the
+    /// mirror wakes.
+    pub(super) committed: Option<tokio::sync::watch::Sender<i64>>,
+    recorded: bool,
+}
+
+impl Outbox {
+    /// Loads the last sequence number; without the mirror, empties what an earlier run
+    /// left (turning the mirror on later compares every table anyway).
+    pub(super) fn load(conn: &Connection, on: bool) -> Result<Outbox, StoreError> {
+        if !on {
+            conn.execute_batch("DELETE FROM main.kq_mirror_outbox; DELETE FROM main.mirror;")?;
+        }
+        let seq: i64 = conn.query_row(
+            "SELECT coalesce(max(seq), 0) FROM main.kq_mirror_outbox",
+            [],
+            |r| r.get(0),
+        )?;
+        Ok(Outbox {
+            on,
+            seq,
+            ..Default::default()
+        })
+    }
+
+    /// An object's (or an incident's) rows changed.
+    pub(super) fn row(&mut self, table: &'static str, context: &Arc<str>, key: &str) {
+        if self.on {
+            self.owed.insert(Owed::Row {
+                table,
+                context: context.clone(),
+                key: key.to_string(),
+            });
+        }
+    }
+
+    /// Rows of a table changed in bulk, in one context or (`None`) anywhere.
+    pub(super) fn part(&mut self, table: &'static str, context: Option<&str>) {
+        if self.on {
+            self.owed.insert(Owed::Part {
+                table,
+                context: context.map(Arc::from),
+            });
+        }
+    }
+
+    /// Forgets what a rolled-back transaction gathered.
+    pub(super) fn clear(&mut self) {
+        self.owed.clear();
+        self.recorded = false;
+    }
+
+    /// After a commit: wakes the mirror when the transaction recorded something.
+    pub(super) fn committed(&mut self) {
+        if std::mem::take(&mut self.recorded)
+            && let Some(tx) = &self.committed
+        {
+            tx.send_replace(self.seq);
+        }
+    }
+}
+
+impl Writer {
+    /// Records what the transaction owes the mirror (its gathered entries and the incidents
+    /// the tracker wrote), each with a new sequence number. An entry already in the outbox
+    /// gets the new number and keeps its first `dirty_at`, so the lag counts from the
+    /// change PostgreSQL has waited for longest.
+    pub(super) fn write_outbox(&mut self) -> Result<(), StoreError> {
+        if !self.outbox.on {
+            return Ok(());
+        }
+        for row in self.tracker.written() {
+            let context: Arc<str> = Arc::from(row.context.as_str());
+            self.outbox.row("incidents", &context, &row.id);
+        }
+        if self.outbox.owed.is_empty() {
+            return Ok(());
+        }
+        let now = now_micros();
+        {
+            let mut app = self.conn.appender_to_db("owed", "kq_stage")?;
+            for owed in self.outbox.owed.drain() {
+                self.outbox.seq += 1;
+                let (table, context, key) = owed.columns();
+                app.append_row(duckdb::params![
+                    table,
+                    context,
+                    key,
+                    self.outbox.seq,
+                    Value::Timestamp(TimeUnit::Microsecond, now)
+                ])?;
+            }
+            app.flush()?;
+        }
+        self.conn.execute_batch(
+            "UPDATE kq_stage.owed SET dirty_at = o.dirty_at FROM main.kq_mirror_outbox o
+               WHERE o.tbl = owed.tbl AND o.context = owed.context AND o.key = owed.key;
+             DELETE FROM main.kq_mirror_outbox USING kq_stage.owed s
+               WHERE kq_mirror_outbox.tbl = s.tbl AND kq_mirror_outbox.context = s.context
+                 AND kq_mirror_outbox.key = s.key;
+             INSERT INTO main.kq_mirror_outbox SELECT * FROM kq_stage.owed;
+             DELETE FROM kq_stage.owed;",
+        )?;
+        self.outbox.recorded = true;
+        Ok(())
+    }
+
+    /// PostgreSQL has these entries' rows: they leave the outbox, unless they changed
+    /// again since the mirror read them (their sequence number moved on).
+    pub(super) fn acknowledge(&mut self, read: &[Read]) -> Result<(), StoreError> {
+        {
+            let mut app = self.conn.appender_to_db("owed", "kq_stage")?;
+            for r in read {
+                let (table, context, key) = r.owed.columns();
+                app.append_row(duckdb::params![table, context, key, r.seq, Value::Null])?;
+            }
+            app.flush()?;
+        }
+        self.conn.execute_batch(
+            "DELETE FROM main.kq_mirror_outbox USING kq_stage.owed s
+               WHERE kq_mirror_outbox.tbl = s.tbl AND kq_mirror_outbox.context = s.context
+                 AND kq_mirror_outbox.key = s.key AND kq_mirror_outbox.seq = s.seq;
+             DELETE FROM kq_stage.owed;",
+        )?;
+        Ok(())
+    }
+
+    /// Replaces the `mirror` row.
+    pub(super) fn write_mirror_status(
+        &mut self,
+        s: &crate::store::MirrorStatus,
+    ) -> Result<(), StoreError> {
+        let ts = |t: Option<i64>| ts(t);
+        let text = |t: &Option<String>| t.clone().map_or(Value::Null, Value::Text);
+        let values = vec![
+            Value::Text(s.state.to_string()),
+            Value::Text(s.target.clone()),
+            Value::Text(s.schema.clone()),
+            Value::Text(s.instance.clone()),
+            Value::Boolean(s.connected),
+            Value::Double(s.lag_seconds),
+            Value::BigInt(s.outbox),
+            Value::BigInt(s.rows_mirrored),
+            Value::Double(s.rows_per_s),
+            ts(s.last_commit_at),
+            ts(s.verified_at),
+            Value::BigInt(s.mismatched),
+            Value::BigInt(s.nul_replaced),
+            Value::BigInt(s.set_aside),
+            text(&s.last_error),
+            ts(s.last_error_at),
+            ts(Some(now_micros())),
+        ];
+        self.conn.execute("DELETE FROM main.mirror", [])?;
+        let marks = vec!["?"; values.len()].join(", ");
+        self.conn.execute(
+            &format!("INSERT INTO main.mirror VALUES ({marks})"),
+            params_from_iter(values.iter()),
+        )?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{count, fixture, running};
+    use super::*;
+
+    fn owed(conn: &Connection) -> Vec<(String, String, String, i64)> {
+        conn.prepare("SELECT tbl, context, key, seq FROM kq_mirror_outbox ORDER BY tbl, key")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
+    #[test]
+    fn the_outbox_holds_one_entry_per_object_however_often_it_changed() {
+        let mut f = fixture(StoreOptions {
+            mirror: true,
+            ..StoreOptions::default()
+        });
+        f.writer.write_batch(vec![running("a")]);
+        let first = owed(&f.other);
+        let pod = first.iter().find(|o| o.0 == "pods").expect("the pod is owed");
+        assert_eq!((pod.1.as_str(), pod.2.as_str()), ("test", "uid-a"));
+        assert!(
+            first.iter().any(|o| o.0 == "resources" && o.1 == "*" && o.2 == "*"),
+            "the resources table, which the writer empties at start, is owed whole: {first:?}"
+        );
+        // Changed ten more times: still one entry, with a newer number.
+        for rv in 2..12 {
+            let Op::Upsert { kind, context, mut rows } = running("a") else {
+                unreachable!()
+            };
+            let p = objects::positions(kind);
+            rows.row[p_rv(p)] = Value::Text(rv.to_string());
+            f.writer.write_batch(vec![Op::Upsert {
+                kind,
+                context,
+                rows,
+            }]);
+        }
+        let later = owed(&f.other);
+        let pods: Vec<_> = later.iter().filter(|o| o.0 == "pods").collect();
+        assert_eq!(pods.len(), 1, "{later:?}");
+        assert!(pods[0].3 > pod.3);
+
+        // An acknowledgement of the old number leaves it; of the current one removes it.
+        let read = |seq| Read {
+            owed: Owed::Row {
+                table: "pods",
+                context: Arc::from("test"),
+                key: "uid-a".into(),
+            },
+            seq,
+            dirty_at: 0,
+        };
+        f.writer.acknowledge(&[read(pod.3)]).unwrap();
+        assert_eq!(
+            count(&f.other, "SELECT count(*) FROM kq_mirror_outbox WHERE tbl = 'pods'"),
+            1
+        );
+        f.writer.acknowledge(&[read(pods[0].3)]).unwrap();
+        assert_eq!(
+            count(&f.other, "SELECT count(*) FROM kq_mirror_outbox WHERE tbl = 'pods'"),
+            0
+        );
+    }
+
+    fn p_rv(p: &objects::Positions) -> usize {
+        p.resource_version
+    }
+
+    #[test]
+    fn a_rolled_back_batch_owes_nothing_and_without_the_mirror_nothing_is_recorded() {
+        let mut f = fixture(StoreOptions {
+            mirror: true,
+            ..StoreOptions::default()
+        });
+        f.other
+            .execute_batch("ALTER TABLE containers RENAME TO containers_away")
+            .unwrap();
+        f.writer.write_batch(vec![running("lost")]);
+        assert!(
+            owed(&f.other).iter().all(|o| o.0 != "pods"),
+            "the rolled-back pod is not owed"
+        );
+        let mut off = fixture(StoreOptions::default());
+        off.writer.write_batch(vec![running("a")]);
+        assert_eq!(count(&off.other, "SELECT count(*) FROM kq_mirror_outbox"), 0);
+    }
+}
