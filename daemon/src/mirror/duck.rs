@@ -157,7 +157,7 @@ impl Duck {
         self.read(move |c| {
             c.execute_batch("DELETE FROM temp.kq_mirror_keys")?;
             {
-                let mut app = c.appender_to_db("kq_mirror_keys", "temp")?;
+                let mut app = c.appender_to_catalog_and_db("kq_mirror_keys", "temp", "main")?;
                 for (ctx, key) in &keys {
                     app.append_row([ctx, key])?;
                 }

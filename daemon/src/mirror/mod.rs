@@ -459,11 +459,11 @@ impl Mirror {
                         differ += keys.len();
                     }
                     // Children follow their parents; `objects` rows have their own part.
-                    let targets: Vec<&'static Mirrored> = m
-                        .targets(false)
-                        .into_iter()
-                        .filter(|t| t.name() != "objects" || m.name() == "objects")
-                        .collect();
+                    let targets: Vec<&'static Mirrored> = if m.name() == "objects" {
+                        vec![m]
+                    } else {
+                        m.targets(false)
+                    };
                     for chunk in keys.chunks(PART_BATCH) {
                         let mut writes = Vec::new();
                         for t in &targets {

@@ -1,0 +1,289 @@
+//! A real PostgreSQL server for tests: `initdb` and `pg_ctl` on a free loopback port in a
+//! temporary directory (as the `postgres` user when the tests run as root, since initdb
+//! refuses root), with `psql` to look inside.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// A running server; stopped (immediately) and removed when dropped.
+pub struct Postgres {
+    dir: tempfile::TempDir,
+    pub port: u16,
+    bin: PathBuf,
+}
+
+/// Where `initdb`, `pg_ctl` and `psql` are: `PG_BIN`, else Debian's newest, else `PATH`.
+fn pg_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("PG_BIN") {
+        return PathBuf::from(p);
+    }
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path().join("bin"))
+        .filter(|p| p.join("initdb").exists())
+        .collect();
+    versions.sort();
+    versions.pop().unwrap_or_default()
+}
+
+fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+/// Runs a PostgreSQL program, as `postgres` when root.
+fn pg_command(bin: &Path, program: &str) -> Command {
+    let exe = if bin.as_os_str().is_empty() {
+        PathBuf::from(program)
+    } else {
+        bin.join(program)
+    };
+    if is_root() {
+        let mut c = Command::new("runuser");
+        c.arg("-u").arg("postgres").arg("--").arg(exe);
+        c
+    } else {
+        Command::new(exe)
+    }
+}
+
+/// A port nothing listens on now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("a free port")
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Postgres {
+    /// A fresh cluster, started, with trust authentication on loopback.
+    pub fn start() -> Postgres {
+        let dir = tempfile::Builder::new()
+            .prefix("kq-pg-")
+            .tempdir()
+            .expect("temp dir");
+        if is_root() {
+            let status = Command::new("chown")
+                .arg("postgres:")
+                .arg(dir.path())
+                .status()
+                .expect("chown runs");
+            assert!(status.success(), "chown the PostgreSQL directory");
+        }
+        let bin = pg_bin();
+        let data = dir.path().join("data");
+        let out = pg_command(&bin, "initdb")
+            .args(["--auth=trust", "--username=postgres", "--encoding=UTF8", "--no-sync"])
+            .arg("-D")
+            .arg(&data)
+            .stdout(Stdio::null())
+            .output()
+            .expect("initdb runs (install postgresql)");
+        assert!(
+            out.status.success(),
+            "initdb failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let pg = Postgres {
+            port: free_port(),
+            dir,
+            bin,
+        };
+        pg.start_again();
+        pg
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// Starts the server (again, on the same port) and waits until it accepts connections.
+    pub fn start_again(&self) {
+        let opts = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=50",
+            self.port,
+            self.dir.path().display()
+        );
+        let out = pg_command(&self.bin, "pg_ctl")
+            .arg("-D")
+            .arg(self.data())
+            .arg("-l")
+            .arg(self.dir.path().join("server.log"))
+            .args(["-o", &opts, "-w", "start"])
+            .stdout(Stdio::null())
+            .output()
+            .expect("pg_ctl runs");
+        assert!(
+            out.status.success(),
+            "pg_ctl start failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+        );
+    }
+
+    /// Stops the server, dropping every connection.
+    pub fn stop(&self) {
+        let out = pg_command(&self.bin, "pg_ctl")
+            .arg("-D")
+            .arg(self.data())
+            .args(["-m", "fast", "-w", "stop"])
+            .stdout(Stdio::null())
+            .output()
+            .expect("pg_ctl runs");
+        assert!(
+            out.status.success(),
+            "pg_ctl stop failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// The URL of database `postgres` as the superuser.
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// Runs SQL through `psql` (unaligned, tuples only, stopping at the first error):
+    /// its output, or its error.
+    pub fn psql(&self, sql: &str) -> Result<String, String> {
+        let out = Command::new(self.bin.join("psql"))
+            .args(["-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-X", "-A", "-t"])
+            .args(["-v", "ON_ERROR_STOP=1", "-p", &self.port.to_string(), "-c", sql])
+            .stdin(Stdio::null())
+            .output()
+            .expect("psql runs");
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
+    /// Like [`Postgres::psql`], panicking on an error.
+    pub fn sql(&self, sql: &str) -> String {
+        self.psql(sql)
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+            .trim_end()
+            .to_string()
+    }
+
+    /// Everything in the database, as `pg_dump` writes it.
+    pub fn dump(&self) -> Vec<u8> {
+        let out = Command::new(self.bin.join("pg_dump"))
+            .args(["-h", "127.0.0.1", "-U", "postgres", "-d", "postgres"])
+            .args(["-p", &self.port.to_string()])
+            .output()
+            .expect("pg_dump runs");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        out.stdout
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let _ = pg_command(&self.bin, "pg_ctl")
+            .arg("-D")
+            .arg(self.data())
+            .args(["-m", "immediate", "-w", "stop"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// A column as both sides can print it the same way in JSON: timestamps as Unix
+/// microseconds, everything else as itself.
+fn json_expr(name: &str, sql_type: &str, postgres: bool) -> String {
+    let q = format!("\"{name}\"");
+    match (sql_type, postgres) {
+        ("TIMESTAMPTZ", false) => format!("epoch_us({q})"),
+        ("TIMESTAMPTZ", true) => format!("(extract(epoch from {q}) * 1000000)::bigint"),
+        _ => q,
+    }
+}
+
+/// A JSON document with its keys in one order, for comparing.
+fn canonical(line: &str) -> String {
+    let v: serde_json::Value =
+        serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+    v.to_string()
+}
+
+/// Compares every mirrored table of this kqd (`instance`) in PostgreSQL with DuckDB's, row
+/// by row and column by column; returns the differences (empty when the mirror is exact).
+/// `skip` leaves tables out (those a test changes on one side on purpose).
+pub async fn mirror_differences(
+    env: &crate::Env,
+    pg: &Postgres,
+    schema: &str,
+    instance: &str,
+    skip: &[&str],
+) -> Vec<String> {
+    let mut out = Vec::new();
+    for m in kq_daemon::mirror::tables::all() {
+        let t = m.table;
+        if skip.contains(&t.name) {
+            continue;
+        }
+        let duck_fields: Vec<String> = t
+            .columns
+            .iter()
+            .map(|c| format!("\"{}\" := {}", c.name, json_expr(c.name, c.sql_type, false)))
+            .collect();
+        let sql = format!(
+            "SELECT to_json(struct_pack({}))::VARCHAR AS j FROM {}",
+            duck_fields.join(", "),
+            t.name
+        );
+        let o = env.kq(&["-c", &sql, "--format", "jsonl"]).await;
+        if !o.status.success() {
+            out.push(format!("{}: {}", t.name, String::from_utf8_lossy(&o.stderr)));
+            continue;
+        }
+        let mut here: Vec<String> = String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| {
+                let row: serde_json::Value = serde_json::from_str(l).unwrap();
+                canonical(row["j"].as_str().expect("j is text"))
+            })
+            .collect();
+        let pg_fields: Vec<String> = t
+            .columns
+            .iter()
+            .map(|c| format!("'{}', {}", c.name, json_expr(c.name, c.sql_type, true)))
+            .collect();
+        let sql = format!(
+            "SELECT json_build_object({})::text FROM \"{schema}\".\"{}\" WHERE instance = '{instance}'",
+            pg_fields.join(", "),
+            t.name
+        );
+        let mut there: Vec<String> = match pg.psql(&sql) {
+            Ok(s) => s
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .map(canonical)
+                .collect(),
+            Err(e) => {
+                out.push(format!("{}: {e}", t.name));
+                continue;
+            }
+        };
+        here.sort();
+        there.sort();
+        if here != there {
+            let only_here: Vec<&String> = here.iter().filter(|r| !there.contains(r)).collect();
+            let only_there: Vec<&String> = there.iter().filter(|r| !here.contains(r)).collect();
+            out.push(format!(
+                "{}: {} rows in DuckDB, {} in PostgreSQL; only in DuckDB: {:?}; only in PostgreSQL: {:?}",
+                t.name,
+                here.len(),
+                there.len(),
+                only_here.iter().take(2).collect::<Vec<_>>(),
+                only_there.iter().take(2).collect::<Vec<_>>()
+            ));
+        }
+    }
+    out
+}

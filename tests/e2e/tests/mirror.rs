@@ -1,0 +1,336 @@
+//! The PostgreSQL mirror end to end: the real kqd against a real PostgreSQL (initdb and
+//! pg_ctl on a free loopback port), compared with DuckDB row by row and column by column.
+
+use std::time::{Duration, Instant};
+
+use kq_e2e::Env;
+use kq_e2e::pg::{Postgres, mirror_differences};
+use kube_sim::scenario;
+use serde_json::{Value, json};
+
+fn create(c: &kube_sim::Cluster, api_version: &str, kind: &str, ns: &str, obj: Value) -> Value {
+    let rt = c.store.resolve_kind(api_version, kind).unwrap();
+    c.store.create(&rt, ns, obj).unwrap().value()
+}
+
+/// Objects beyond the generated pods, so that most tables have rows: a deployment, a
+/// service, config, a failed job (an incident), a warning event, a CRD and its object.
+fn fill(c: &kube_sim::Cluster, secret_value: &str) {
+    create(c, "v1", "Namespace", "", json!({"metadata": {"name": "shop"}}));
+    create(
+        c,
+        "apps/v1",
+        "Deployment",
+        "shop",
+        json!({"metadata": {"name": "web", "labels": {"app": "web"}},
+               "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "web"}},
+                        "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "web", "image": "nginx:1.27"}]}}}}),
+    );
+    create(
+        c,
+        "v1",
+        "Service",
+        "shop",
+        json!({"metadata": {"name": "web"}, "spec": {"type": "ClusterIP", "clusterIP": "10.96.0.10", "selector": {"app": "web"}, "ports": [{"port": 80}]}}),
+    );
+    create(
+        c,
+        "v1",
+        "ConfigMap",
+        "shop",
+        json!({"metadata": {"name": "cfg", "annotations": {"note": "ünïcode ✓"}}, "data": {"a.conf": "x=1"}}),
+    );
+    create(
+        c,
+        "v1",
+        "Secret",
+        "shop",
+        json!({"metadata": {"name": "db"}, "type": "Opaque", "stringData": {"password": secret_value}}),
+    );
+    create(
+        c,
+        "batch/v1",
+        "Job",
+        "shop",
+        json!({"metadata": {"name": "once"}, "spec": {"backoffLimit": 1,
+               "template": {"spec": {"containers": [{"name": "j", "image": "busybox"}], "restartPolicy": "Never"}}}}),
+    );
+    scenario::fail_job(&c.store, "shop", "once", "BackoffLimitExceeded").unwrap();
+    scenario::warning_event(&c.store, "shop", "Pod", "web-1", "BackOff", "Back-off restarting failed container").unwrap();
+    create(
+        c,
+        "apiextensions.k8s.io/v1",
+        "CustomResourceDefinition",
+        "",
+        json!({"metadata": {"name": "httproutes.gateway.networking.k8s.io"},
+               "spec": {"group": "gateway.networking.k8s.io", "scope": "Namespaced",
+                        "names": {"plural": "httproutes", "singular": "httproute", "kind": "HTTPRoute"},
+                        "versions": [{"name": "v1", "served": true, "storage": true, "schema": {"openAPIV3Schema": {"type": "object"}}}]}}),
+    );
+}
+
+fn route(c: &kube_sim::Cluster, name: &str) {
+    create(
+        c,
+        "gateway.networking.k8s.io/v1",
+        "HTTPRoute",
+        "default",
+        json!({"metadata": {"name": name}, "spec": {"rules": [{"backendRefs": [{"name": "web", "port": 80}]}]}}),
+    );
+}
+
+/// kqd with the mirror on, pointed at `pg`.
+async fn kqd_mirroring(env: &Env, pg: &Postgres, extra: &[(&str, &str)]) -> kq_e2e::Kqd {
+    let url = pg.url();
+    let mut vars = vec![("KQ_POSTGRES_URL", url.as_str())];
+    vars.extend_from_slice(extra);
+    env.kqd_with(&vars).await
+}
+
+/// This kqd's instance id, from its `mirror` row.
+async fn instance(env: &Env) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(out) = env.csv("select instance from mirror").await
+            && let Some(i) = out.lines().nth(1)
+        {
+            return i.to_string();
+        }
+        assert!(Instant::now() < deadline, "no mirror row");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until the mirror streams with nothing owed and PostgreSQL equals DuckDB.
+async fn wait_exact(env: &Env, pg: &Postgres, timeout: Duration) -> Duration {
+    let started = Instant::now();
+    let instance = instance(env).await;
+    loop {
+        let state = env
+            .csv("select state, outbox, last_error from mirror")
+            .await
+            .unwrap_or_default();
+        let differences = if state.lines().nth(1).is_some_and(|l| l.starts_with("streaming,0,")) {
+            mirror_differences(env, pg, "kq", &instance, &[]).await
+        } else {
+            vec![format!("mirror: {state}")]
+        };
+        if differences.is_empty() {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < timeout,
+            "the mirror is not exact after {timeout:?}:\n{}",
+            differences.join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Polls PostgreSQL until `sql` gives `want`.
+async fn wait_pg(pg: &Postgres, sql: &str, want: &str, timeout: Duration) -> Duration {
+    let started = Instant::now();
+    loop {
+        let got = pg.psql(sql).map(|s| s.trim_end().to_string());
+        if got.as_deref() == Ok(want) {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < timeout,
+            "after {timeout:?}, {sql} gave {got:?}, wanted {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn after_the_initial_sync_postgres_equals_duckdb_row_by_row_and_holds_no_secret_value() {
+    let pg = Postgres::start();
+    let env = Env::start(2, 40).await;
+    let secret = format!("hunter2-{}", std::process::id());
+    fill(&env.fleet.clusters[0], &secret);
+    route(&env.fleet.clusters[0], "shop");
+    let _kqd = kqd_mirroring(&env, &pg, &[]).await;
+    env.wait_pods_synced(Duration::from_secs(60)).await;
+    env.wait_csv(
+        "select count(*) > 0 from incidents",
+        "(count_star() > 0)\ntrue\n",
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap();
+    env.wait_csv(
+        "select count(*) from objects where kind = 'HTTPRoute'",
+        "count_star()\n1\n",
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap();
+    let took = wait_exact(&env, &pg, Duration::from_secs(30)).await;
+    eprintln!("exact {took:?} after the inventory was");
+    // The comparison covered rows in the tables people query.
+    for (table, at_least) in [
+        ("pods", 80),
+        ("containers", 80),
+        ("objects", 100),
+        ("deployments", 1),
+        ("secrets", 1),
+        ("incidents", 1),
+        ("changes", 100),
+        ("contexts", 2),
+        ("resources", 10),
+    ] {
+        let n: i64 = pg.sql(&format!("select count(*) from kq.{table}")).parse().unwrap();
+        assert!(n >= at_least, "{table}: {n} rows in PostgreSQL");
+    }
+    // Every row says which cluster it is from; the table comments come from the catalog.
+    assert_eq!(
+        pg.sql("select count(*) from kq.pods where cluster_id is null or instance = ''"),
+        "0"
+    );
+    assert_eq!(
+        pg.sql("select col_description('kq.pods'::regclass, attnum) from pg_attribute where attrelid = 'kq.pods'::regclass and attname = 'node'"),
+        kq_schema::table("pods")
+            .unwrap()
+            .columns
+            .iter()
+            .find(|c| c.name == "node")
+            .unwrap()
+            .description
+    );
+    // The secret's key is there, its value nowhere.
+    assert_eq!(
+        pg.sql("select keys::text from kq.secrets where name = 'db'"),
+        r#"["password"]"#
+    );
+    let dump = pg.dump();
+    assert!(dump.len() > 100_000, "the dump has the inventory");
+    assert!(
+        !dump.windows(secret.len()).any(|w| w == secret.as_bytes()),
+        "a secret value reached PostgreSQL"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn creates_updates_deletes_and_a_removed_context_reach_postgres_within_two_seconds() {
+    let pg = Postgres::start();
+    let env = Env::start(2, 20).await;
+    fill(&env.fleet.clusters[0], "x");
+    let kqd = kqd_mirroring(&env, &pg, &[]).await;
+    env.wait_pods_synced(Duration::from_secs(60)).await;
+    wait_exact(&env, &pg, Duration::from_secs(30)).await;
+    let c = env.fleet.clusters[0].clone();
+    let two = Duration::from_secs(2);
+
+    scenario::create_pod(&c.store, "default", "fresh", "nginx:1").unwrap();
+    let t = wait_pg(&pg, "select count(*) from kq.pods where name = 'fresh'", "1", two).await;
+    eprintln!("a new pod in PostgreSQL after {t:?}");
+    wait_pg(&pg, "select image from kq.containers where pod = 'fresh'", "nginx:1", two).await;
+
+    scenario::crash_container(&c.store, "default", "fresh", "main", 1, "Error", None).unwrap();
+    let t = wait_pg(
+        &pg,
+        "select restarts || ',' || (select state from kq.containers where pod = 'fresh') from kq.pods where name = 'fresh'",
+        "1,waiting",
+        two,
+    )
+    .await;
+    eprintln!("a modified pod in PostgreSQL after {t:?}");
+
+    route(&c, "first");
+    wait_pg(&pg, "select count(*) from kq.objects where kind = 'HTTPRoute'", "1", two).await;
+
+    scenario::delete(&c.store, "v1", "Pod", "default", "fresh").unwrap();
+    let t = wait_pg(
+        &pg,
+        "select (select count(*) from kq.pods where name = 'fresh') + (select count(*) from kq.containers where pod = 'fresh') + (select count(*) from kq.objects where name = 'fresh' and kind = 'Pod')",
+        "0",
+        two,
+    )
+    .await;
+    eprintln!("a deleted pod gone from PostgreSQL after {t:?}");
+    wait_pg(
+        &pg,
+        "select string_agg(operation, ',' order by seq) from kq.changes where name = 'fresh' and kind = 'pods'",
+        "add,modify,delete",
+        two,
+    )
+    .await;
+
+    // The CRD goes: its objects go (a resource no longer served).
+    scenario::delete(
+        &c.store,
+        "apiextensions.k8s.io/v1",
+        "CustomResourceDefinition",
+        "",
+        "httproutes.gateway.networking.k8s.io",
+    )
+    .unwrap();
+    wait_pg(&pg, "select count(*) from kq.objects where kind = 'HTTPRoute'", "0", two).await;
+
+    // sim-2 leaves the kubeconfig: its rows go, sim-1's stay.
+    let sim1_pods = pg.sql("select count(*) from kq.pods where context = 'sim-1'");
+    let mut kubeconfig = env.fleet.kubeconfig();
+    for list in ["contexts", "clusters", "users"] {
+        kubeconfig[list]
+            .as_array_mut()
+            .unwrap()
+            .retain(|e| e["name"] != "sim-2");
+    }
+    kube_sim::fleet::write_private(&env.kubeconfig, &serde_json::to_string(&kubeconfig).unwrap())
+        .unwrap();
+    let t = wait_pg(
+        &pg,
+        "select (select count(*) from kq.pods where context = 'sim-2') || ',' || (select count(*) from kq.contexts where name = 'sim-2') || ',' || (select count(*) from kq.objects where context = 'sim-2')",
+        "0,0,0",
+        Duration::from_secs(5),
+    )
+    .await;
+    eprintln!("a removed context gone from PostgreSQL after {t:?} (the reload waits for the file to settle)");
+    assert_eq!(pg.sql("select count(*) from kq.pods where context = 'sim-1'"), sim1_pods);
+    wait_exact(&env, &pg, Duration::from_secs(10)).await;
+    assert!(kqd.terminate().success());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_nul_in_json_arrives_replaced_and_counted() {
+    let pg = Postgres::start();
+    let env = Env::start(1, 5).await;
+    let c = env.fleet.clusters[0].clone();
+    create(
+        &c,
+        "v1",
+        "ConfigMap",
+        "default",
+        json!({"metadata": {"name": "nul", "annotations": {"bad": "a\u{0}b"}}, "data": {"k": "v\u{0}w"}}),
+    );
+    let _kqd = kqd_mirroring(&env, &pg, &[]).await;
+    env.wait_pods_synced(Duration::from_secs(60)).await;
+    wait_pg(
+        &pg,
+        "select annotations->>'bad' from kq.configmaps where name = 'nul'",
+        "a\u{fffd}b",
+        Duration::from_secs(30),
+    )
+    .await;
+    wait_pg(
+        &pg,
+        "select object->'data'->>'k' from kq.objects where name = 'nul' and kind = 'ConfigMap'",
+        "v\u{fffd}w",
+        Duration::from_secs(5),
+    )
+    .await;
+    // Counted in the mirror row (rewritten every two seconds).
+    env.wait_csv(
+        "select nul_replaced >= 2 as counted from mirror",
+        "counted\ntrue\n",
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    // The rest of the inventory went through.
+    assert_eq!(
+        pg.sql("select count(*) from kq.pods"),
+        env.csv("select count(*) from pods").await.unwrap().lines().nth(1).unwrap()
+    );
+}
