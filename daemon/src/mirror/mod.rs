@@ -114,8 +114,12 @@ pub fn instance_id(data_dir: &std::path::Path) -> std::io::Result<String> {
     Ok(id)
 }
 
+/// The longest wait between connection attempts: one attempt every few seconds costs a
+/// database nothing, and a mirror back within seconds of its database matters.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
 /// Runs the mirror until `cancel` fires: connects, compares, streams, and after any
-/// failure reconnects with backoff (1 s doubling to 30 s, with jitter).
+/// failure reconnects with backoff (1 s doubling to [`MAX_BACKOFF`], with jitter).
 pub async fn run(
     cfg: MirrorConfig,
     store: Arc<Store>,
@@ -136,6 +140,7 @@ pub async fn run(
         duck: None,
         store,
         changes_seq: 0,
+        changes_floor: 0,
         rates: Vec::new(),
         reported: Instant::now() - REPORT_EVERY,
     };
@@ -162,7 +167,7 @@ pub async fn run(
             let _ = m.report(true).await;
         }
         // A session that streamed for a while starts the backoff over.
-        if started.elapsed() > Duration::from_secs(60) {
+        if started.elapsed() > Duration::from_secs(30) {
             backoff = Duration::from_secs(1);
         }
         let jitter = backoff.mul_f64(fastrand::f64() / 5.0);
@@ -170,7 +175,7 @@ pub async fn run(
             _ = cancel.cancelled() => break,
             _ = tokio::time::sleep(backoff + jitter) => {}
         }
-        backoff = (backoff * 2).min(Duration::from_secs(30));
+        backoff = (backoff * 2).min(MAX_BACKOFF);
     }
     tracing::info!("postgres mirror stopped");
 }
@@ -183,6 +188,8 @@ struct Mirror {
     status: MirrorStatus,
     /// The highest change number PostgreSQL has.
     changes_seq: i64,
+    /// PostgreSQL has no change numbered below this.
+    changes_floor: i64,
     /// (when, rows) of recent commits, for rows/s.
     rates: Vec<(Instant, u64)>,
     reported: Instant,
@@ -227,6 +234,16 @@ impl Mirror {
         self.status.state = MirrorState::Verifying;
         self.report(true).await?;
         self.changes_seq = pg.changes_seq().await?;
+        self.changes_floor = 0;
+        let changes = tables::get("changes").expect("changes are mirrored");
+        let (_, _, max) = self.duck()?.changes_after(changes, i64::MAX, 1).await?;
+        if max.unwrap_or(0) < self.changes_seq {
+            // A fresh DuckDB file numbers its changes from 1 again: PostgreSQL's are from
+            // the file before, and go.
+            tracing::warn!(postgres = self.changes_seq, duckdb = max.unwrap_or(0), "the inventory's changes start over; replacing the mirrored ones");
+            pg.reset_changes().await?;
+            self.changes_seq = 0;
+        }
         // What the outbox owes first (it is what changed most recently), then everything
         // compared.
         self.drain(&mut pg, cancel).await?;
@@ -277,24 +294,29 @@ impl Mirror {
     }
 
     /// New changes (numbered after what PostgreSQL has), one transaction; returns how many.
+    /// The same transaction drops the changes DuckDB's retention removed: those numbered
+    /// below the lowest it keeps (or all PostgreSQL has, when it keeps none).
     async fn send_changes(&mut self, pg: &mut Pg) -> Result<usize, MirrorError> {
         let m = tables::get("changes").expect("changes are mirrored");
-        let (batches, _, _) = self
+        let (batches, min, _) = self
             .duck()?
             .changes_after(m, self.changes_seq, CHANGES_BATCH)
             .await?;
         let n: usize = batches.iter().map(|b| b.num_rows()).sum();
-        if n == 0 {
+        let floor = min.unwrap_or(self.changes_seq + 1);
+        let prune = (floor > self.changes_floor).then_some(floor);
+        if n == 0 && prune.is_none() {
             return Ok(0);
         }
         let last = last_seq(&batches).unwrap_or(self.changes_seq);
         let writes = [TableWrite {
             table: m,
-            mode: Mode::Append { floor: None },
+            mode: Mode::Append { floor: prune },
             batches,
         }];
         self.commit(pg, &writes, Some(last)).await?;
         self.changes_seq = last;
+        self.changes_floor = floor;
         Ok(n)
     }
 
@@ -483,8 +505,7 @@ impl Mirror {
         }
     }
 
-    /// Compares every part with PostgreSQL and sends what differs; checks that
-    /// PostgreSQL's changes are DuckDB's.
+    /// Compares every part with PostgreSQL and sends what differs.
     async fn verify(&mut self, pg: &mut Pg, cancel: &CancellationToken) -> Result<(), MirrorError> {
         let started = Instant::now();
         let mut differ = 0;
@@ -496,23 +517,6 @@ impl Mirror {
                 continue;
             }
             differ += self.send_part(pg, m, None).await?;
-        }
-        let changes = tables::get("changes").expect("changes are mirrored");
-        let (_, min, max) = self.duck()?.changes_after(changes, i64::MAX, 1).await?;
-        if max.unwrap_or(0) < self.changes_seq {
-            // A fresh DuckDB file numbers its changes from 1 again: PostgreSQL's are from
-            // the file before, and go.
-            tracing::warn!(postgres = self.changes_seq, duckdb = max.unwrap_or(0), "the inventory's changes start over; replacing the mirrored ones");
-            pg.reset_changes().await?;
-            self.changes_seq = 0;
-        } else if let Some(floor) = min {
-            // Retention in DuckDB: the changes it no longer keeps go here too.
-            let writes = [TableWrite {
-                table: changes,
-                mode: Mode::Append { floor: Some(floor) },
-                batches: Vec::new(),
-            }];
-            self.commit(pg, &writes, None).await?;
         }
         self.status.verified_at = Some(now_us());
         self.status.mismatched = differ as i64;

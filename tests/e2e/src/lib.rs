@@ -308,3 +308,29 @@ pub fn sim_container_count(c: &kube_sim::Cluster) -> usize {
         })
         .sum()
 }
+
+/// The simulator's pods as (namespace, name, first container), sorted.
+pub fn sim_pods(c: &kube_sim::Cluster) -> Vec<(String, String, String)> {
+    let rt = c
+        .store
+        .resolve_kind("v1", "Pod")
+        .expect("pods are built in");
+    let mut v: Vec<(String, String, String)> = c
+        .store
+        .list(&rt, &Default::default(), None, None)
+        .expect("list")
+        .items
+        .iter()
+        .map(|p| {
+            let v = p.value();
+            let s = |x: &serde_json::Value| x.as_str().unwrap_or_default().to_string();
+            (
+                s(&v["metadata"]["namespace"]),
+                s(&v["metadata"]["name"]),
+                s(&v["spec"]["containers"][0]["name"]),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}

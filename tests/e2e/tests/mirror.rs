@@ -334,3 +334,76 @@ async fn a_nul_in_json_arrives_replaced_and_counted() {
         env.csv("select count(*) from pods").await.unwrap().lines().nth(1).unwrap()
     );
 }
+
+/// Restarts the containers of some pods, deletes one and adds one: churn for outages.
+fn churn(c: &kube_sim::Cluster, round: usize) {
+    for (ns, name, container) in kq_e2e::sim_pods(c).into_iter().take(5) {
+        scenario::crash_container(&c.store, &ns, &name, &container, 1, "Error", None).unwrap();
+    }
+    let _ = scenario::create_pod(&c.store, "default", &format!("churn-{round}"), "nginx:1");
+    if round > 0 {
+        let _ = scenario::delete(&c.store, "v1", "Pod", "default", &format!("churn-{}", round - 1));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_down_for_30_seconds_under_churn_is_exact_within_10_seconds_of_its_return() {
+    let pg = Postgres::start();
+    let env = Env::start(2, 30).await;
+    let _kqd = kqd_mirroring(&env, &pg, &[]).await;
+    env.wait_pods_synced(Duration::from_secs(60)).await;
+    wait_exact(&env, &pg, Duration::from_secs(30)).await;
+
+    pg.stop();
+    let down = Instant::now();
+    let mut slowest = Duration::ZERO;
+    let mut round = 0;
+    while down.elapsed() < Duration::from_secs(30) {
+        for c in &env.fleet.clusters {
+            churn(c, round);
+        }
+        round += 1;
+        // DuckDB answers as usual meanwhile.
+        let asked = Instant::now();
+        env.csv("select count(*) from pods").await.unwrap();
+        slowest = slowest.max(asked.elapsed());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let state = env.csv("select state, connected, outbox > 0 as owes from mirror").await.unwrap();
+    assert_eq!(state, "state,connected,owes\nerror,false,true\n", "the outage is reported");
+    let error = env.csv("select last_error from mirror").await.unwrap();
+    assert!(error.contains("postgres"), "{error}");
+    eprintln!("slowest DuckDB query during the outage: {slowest:?}");
+    assert!(slowest < Duration::from_secs(2), "a query stalled: {slowest:?}");
+
+    pg.start_again();
+    let took = wait_exact(&env, &pg, Duration::from_secs(10)).await;
+    eprintln!("exact {took:?} after PostgreSQL came back");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kqd_killed_during_the_catch_up_converges_after_a_restart() {
+    let pg = Postgres::start();
+    let env = Env::start(1, 4000).await;
+    let kqd = kqd_mirroring(&env, &pg, &[]).await;
+    let started = Instant::now();
+    let mirrored = loop {
+        let n: i64 = pg
+            .psql("select count(*) from kq.objects")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
+        if n > 0 {
+            break n;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "nothing was mirrored");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    drop(kqd); // SIGKILL
+    let pods = env.fleet.clusters[0].store.counts()["pods"] as i64;
+    eprintln!("killed with {mirrored} objects rows in PostgreSQL, {pods} pods in the cluster");
+    assert!(mirrored < pods, "killed in the middle of the catch-up");
+    let _kqd = kqd_mirroring(&env, &pg, &[]).await;
+    env.wait_pods_synced(Duration::from_secs(60)).await;
+    wait_exact(&env, &pg, Duration::from_secs(60)).await;
+}
