@@ -143,10 +143,10 @@ pub async fn run(
         changes_floor: 0,
         rates: Vec::new(),
         reported: Instant::now() - REPORT_EVERY,
+        streamed: false,
     };
     let mut backoff = Duration::from_secs(1);
     loop {
-        let started = Instant::now();
         let result = m.session(&mut wake, &cancel).await;
         if cancel.is_cancelled() {
             break;
@@ -166,8 +166,9 @@ pub async fn run(
             m.error(&e);
             let _ = m.report(true).await;
         }
-        // A session that streamed for a while starts the backoff over.
-        if started.elapsed() > Duration::from_secs(30) {
+        // The backoff is for attempts that fail in a row: a session that got as far as
+        // streaming starts it over.
+        if std::mem::take(&mut m.streamed) {
             backoff = Duration::from_secs(1);
         }
         let jitter = backoff.mul_f64(fastrand::f64() / 5.0);
@@ -193,6 +194,8 @@ struct Mirror {
     /// (when, rows) of recent commits, for rows/s.
     rates: Vec<(Instant, u64)>,
     reported: Instant,
+    /// The current session got as far as streaming.
+    streamed: bool,
 }
 
 fn now_us() -> i64 {
@@ -249,6 +252,7 @@ impl Mirror {
         self.drain(&mut pg, cancel).await?;
         self.verify(&mut pg, cancel).await?;
         self.status.state = MirrorState::Streaming;
+        self.streamed = true;
         self.report(true).await?;
         let mut verified = Instant::now();
         loop {
@@ -436,6 +440,18 @@ impl Mirror {
     /// compared by (key, version) with PostgreSQL, and the keys that differ are sent.
     /// Returns how many keys differed.
     async fn send_part(
+        &mut self,
+        pg: &mut Pg,
+        m: &'static Mirrored,
+        context: Option<&str>,
+    ) -> Result<usize, MirrorError> {
+        let started = Instant::now();
+        let r = self.send_part_inner(pg, m, context).await;
+        tracing::debug!(table = m.name(), context = ?context, elapsed_ms = started.elapsed().as_millis() as u64, "sent a part");
+        r
+    }
+
+    async fn send_part_inner(
         &mut self,
         pg: &mut Pg,
         m: &'static Mirrored,

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use kube_sim::{Fleet, FleetOptions, GenSpec};
 
 pub mod pg;
+pub mod pgproxy;
 pub mod registry;
 
 /// A built binary of this workspace (`kqd`, `kq`, `kube-sim`), next to the test executable.

@@ -407,3 +407,35 @@ async fn kqd_killed_during_the_catch_up_converges_after_a_restart() {
     env.wait_pods_synced(Duration::from_secs(60)).await;
     wait_exact(&env, &pg, Duration::from_secs(60)).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connections_dropped_mid_copy_mid_commit_and_after_the_commit_converge_without_duplicates() {
+    use kq_e2e::pgproxy::{Fault, PgProxy};
+    let pg = Postgres::start();
+    let proxy = PgProxy::start(pg.port).await;
+    let env = Env::start(1, 20).await;
+    let url = format!("postgres://postgres@127.0.0.1:{}/postgres", proxy.port);
+    let _kqd = env.kqd_with(&[("KQ_POSTGRES_URL", url.as_str())]).await;
+    env.wait_pods_synced(Duration::from_secs(60)).await;
+    wait_exact(&env, &pg, Duration::from_secs(30)).await;
+    let c = env.fleet.clusters[0].clone();
+    let faults = [Fault::MidCopy, Fault::BeforeCommit, Fault::AfterCommit];
+    for (round, fault) in faults.into_iter().enumerate() {
+        proxy.arm(fault);
+        churn(&c, round);
+        let started = Instant::now();
+        while proxy.armed() {
+            assert!(started.elapsed() < Duration::from_secs(10), "{fault:?} never happened");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let took = wait_exact(&env, &pg, Duration::from_secs(10)).await;
+        eprintln!("exact {took:?} after a connection dropped {fault:?}");
+    }
+    assert_eq!(proxy.fired(), faults);
+    assert_eq!(
+        pg.sql("select (select count(*) - count(distinct seq) from kq.changes) + (select count(*) - count(distinct id) from kq.incidents)"),
+        "0"
+    );
+    let incidents: i64 = pg.sql("select count(*) from kq.incidents").parse().unwrap();
+    assert!(incidents >= 5, "the crashes were mirrored as incidents: {incidents}");
+}
