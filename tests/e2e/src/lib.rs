@@ -124,10 +124,20 @@ impl Env {
         data_dir: &std::path::Path,
         socket: &std::path::Path,
     ) -> (Command, PathBuf) {
+        self.kqd_command_on(&self.kubeconfig, data_dir, socket)
+    }
+
+    /// Like [`Env::kqd_command_at`], on another kubeconfig file.
+    pub fn kqd_command_on(
+        &self,
+        kubeconfig: &std::path::Path,
+        data_dir: &std::path::Path,
+        socket: &std::path::Path,
+    ) -> (Command, PathBuf) {
         let log = self.dir.path().join(format!("kqd-{}.log", uuid_like()));
         let mut cmd = Command::new(bin("kqd"));
         cmd.arg("--kubeconfig")
-            .arg(&self.kubeconfig)
+            .arg(kubeconfig)
             .arg("--data-dir")
             .arg(data_dir)
             .arg("--socket")
@@ -160,9 +170,14 @@ impl Env {
 
     /// Runs `kq` with these arguments against this env's socket.
     pub async fn kq(&self, args: &[&str]) -> Output {
+        self.kq_at(&self.socket, args).await
+    }
+
+    /// Runs `kq` with these arguments against another kqd's socket.
+    pub async fn kq_at(&self, socket: &std::path::Path, args: &[&str]) -> Output {
         let mut cmd = Command::new(bin("kq"));
         cmd.arg("--socket")
-            .arg(&self.socket)
+            .arg(socket)
             .args(args)
             .stdin(Stdio::null());
         tokio::task::spawn_blocking(move || cmd.output().expect("kq runs"))

@@ -214,6 +214,7 @@ fn canonical(line: &str) -> String {
 /// PostgreSQL; `filter` restricts both (the same SQL on each side).
 async fn rows_both(
     env: &crate::Env,
+    socket: &Path,
     pg: &Postgres,
     schema: &str,
     instance: &str,
@@ -230,7 +231,7 @@ async fn rows_both(
         duck_fields.join(", "),
         t.name
     );
-    let o = env.kq(&["-c", &sql, "--format", "jsonl"]).await;
+    let o = env.kq_at(socket, &["-c", &sql, "--format", "jsonl"]).await;
     if !o.status.success() {
         return Err(format!("{}: {}", t.name, String::from_utf8_lossy(&o.stderr)));
     }
@@ -264,12 +265,13 @@ async fn rows_both(
     Ok((here, there))
 }
 
-/// Compares every mirrored table of this kqd (`instance`) in PostgreSQL with DuckDB's, row
+/// Compares every mirrored table of a kqd (on `socket`, as `instance`) in PostgreSQL with DuckDB's, row
 /// by row and column by column; returns the differences (empty when the mirror is exact).
 /// `skip` leaves tables out (those a test changes on one side on purpose). `objects` is
 /// compared in slices by uid, so that no one result is large.
 pub async fn mirror_differences(
     env: &crate::Env,
+    socket: &Path,
     pg: &Postgres,
     schema: &str,
     instance: &str,
@@ -293,7 +295,7 @@ pub async fn mirror_differences(
             vec![String::new()]
         };
         for filter in filters {
-            let (here, there) = match rows_both(env, pg, schema, instance, t, &filter).await {
+            let (here, there) = match rows_both(env, socket, pg, schema, instance, t, &filter).await {
                 Ok(r) => r,
                 Err(e) => {
                     out.push(e);

@@ -1,6 +1,7 @@
 //! The PostgreSQL mirror end to end: the real kqd against a real PostgreSQL (initdb and
 //! pg_ctl on a free loopback port), compared with DuckDB row by row and column by column.
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use kq_e2e::Env;
@@ -87,11 +88,21 @@ async fn kqd_mirroring(env: &Env, pg: &Postgres, extra: &[(&str, &str)]) -> kq_e
     env.kqd_with(&vars).await
 }
 
-/// This kqd's instance id, from its `mirror` row.
-async fn instance(env: &Env) -> String {
+/// The `kq -c sql --format csv` output of the kqd on `socket`.
+async fn csv_at(env: &Env, socket: &Path, sql: &str) -> Result<String, String> {
+    let o = env.kq_at(socket, &["-c", sql, "--format", "csv"]).await;
+    if o.status.success() {
+        Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&o.stderr).into_owned())
+    }
+}
+
+/// The instance id of the kqd on `socket`, from its `mirror` row.
+async fn instance(env: &Env, socket: &Path) -> String {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        if let Ok(out) = env.csv("select instance from mirror").await
+        if let Ok(out) = csv_at(env, socket, "select instance from mirror").await
             && let Some(i) = out.lines().nth(1)
         {
             return i.to_string();
@@ -103,15 +114,19 @@ async fn instance(env: &Env) -> String {
 
 /// Waits until the mirror streams with nothing owed and PostgreSQL equals DuckDB.
 async fn wait_exact(env: &Env, pg: &Postgres, timeout: Duration) -> Duration {
+    wait_exact_at(env, &env.socket, pg, timeout).await
+}
+
+/// [`wait_exact`] for the kqd on `socket`.
+async fn wait_exact_at(env: &Env, socket: &Path, pg: &Postgres, timeout: Duration) -> Duration {
     let started = Instant::now();
-    let instance = instance(env).await;
+    let instance = instance(env, socket).await;
     loop {
-        let state = env
-            .csv("select state, outbox, last_error from mirror")
+        let state = csv_at(env, socket, "select state, outbox, last_error from mirror")
             .await
             .unwrap_or_default();
         let differences = if state.lines().nth(1).is_some_and(|l| l.starts_with("streaming,0,")) {
-            mirror_differences(env, pg, "kq", &instance, &[]).await
+            mirror_differences(env, socket, pg, "kq", &instance, &[]).await
         } else {
             vec![format!("mirror: {state}")]
         };
@@ -438,4 +453,83 @@ async fn connections_dropped_mid_copy_mid_commit_and_after_the_commit_converge_w
     );
     let incidents: i64 = pg.sql("select count(*) from kq.incidents").parse().unwrap();
     assert!(incidents >= 5, "the crashes were mirrored as incidents: {incidents}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_instances_on_one_database_keep_to_their_own_rows_and_the_views_show_each_pod_once() {
+    let pg = Postgres::start();
+    let env = Env::start(1, 25).await;
+    // The same cluster under another context name, as a colleague's kubeconfig has it.
+    let mut theirs = env.fleet.kubeconfig();
+    theirs["contexts"][0]["name"] = json!("colleague");
+    theirs["current-context"] = json!("colleague");
+    let their_config = env.dir.path().join("their-kubeconfig");
+    kube_sim::fleet::write_private(&their_config, &serde_json::to_string(&theirs).unwrap()).unwrap();
+    let (their_data, their_socket) = (env.dir.path().join("theirs"), env.dir.path().join("theirs.sock"));
+
+    let url = pg.url();
+    let _mine = kqd_mirroring(&env, &pg, &[]).await;
+    let (mut cmd, log) = env.kqd_command_on(&their_config, &their_data, &their_socket);
+    cmd.env("KQ_POSTGRES_URL", &url);
+    let child = cmd.spawn().unwrap();
+    let theirs_kqd = kq_e2e::Kqd { child, log };
+    wait_exact(&env, &pg, Duration::from_secs(60)).await;
+    wait_exact_at(&env, &their_socket, &pg, Duration::from_secs(60)).await;
+    let (me, them) = (instance(&env, &env.socket).await, instance(&env, &their_socket).await);
+    assert_ne!(me, them);
+    let pods = kq_e2e::sim_pods(&env.fleet.clusters[0]).len();
+    assert_eq!(
+        pg.sql("select string_agg(instance || '/' || context || '=' || n, ' ' order by instance) from (select instance, context, count(*) n from kq.pods group by 1, 2) t"),
+        {
+            let mut v = [format!("{me}/sim-1={pods}"), format!("{them}/colleague={pods}")];
+            v.sort();
+            v.join(" ")
+        }
+    );
+    assert_eq!(pg.sql("select count(*) from kq.pods_current"), pods.to_string());
+    assert_eq!(
+        pg.sql("select count(distinct cluster_id) from kq.pods"),
+        "1",
+        "both copies name the same cluster"
+    );
+
+    // Theirs stops; a pod goes: mine removes its own row and leaves theirs alone.
+    assert!(theirs_kqd.terminate().success());
+    let theirs_before = pg.sql(&format!("select count(*) from kq.pods where instance = '{them}'"));
+    let (ns, name, _) = kq_e2e::sim_pods(&env.fleet.clusters[0]).remove(0);
+    scenario::delete(&env.fleet.clusters[0].store, "v1", "Pod", &ns, &name).unwrap();
+    wait_pg(
+        &pg,
+        &format!("select count(*) from kq.pods where instance = '{me}' and name = '{name}'"),
+        "0",
+        Duration::from_secs(5),
+    )
+    .await;
+    wait_exact(&env, &pg, Duration::from_secs(10)).await;
+    assert_eq!(
+        pg.sql(&format!("select count(*) from kq.pods where instance = '{them}'")),
+        theirs_before
+    );
+
+    // A second kqd claiming my instance id is refused, and says why.
+    let (other_data, other_socket) = (env.dir.path().join("impostor"), env.dir.path().join("impostor.sock"));
+    let (mut cmd, log) = env.kqd_command_at(&other_data, &other_socket);
+    cmd.env("KQ_POSTGRES_URL", &url).env("KQ_MIRROR_INSTANCE", &me);
+    let child = cmd.spawn().unwrap();
+    let _impostor = kq_e2e::Kqd { child, log };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let row = csv_at(&env, &other_socket, "select state, last_error from mirror").await.unwrap_or_default();
+        if row.contains("refused") {
+            assert!(row.contains("another kqd is mirroring as instance"), "{row}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "not refused: {row}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        pg.sql(&format!("select count(*) from kq.pods where instance = '{me}'")),
+        (pods - 1).to_string(),
+        "the refused kqd wrote nothing"
+    );
 }
