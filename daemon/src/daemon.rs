@@ -284,12 +284,33 @@ pub fn check_config(config: &Config) -> i32 {
     let loaded = kubeconfig::load(&paths);
     println!("data: {}", config.database_path().display());
     println!("socket: {}", config.socket.display());
+    let mut mirror_ok = true;
     if let Some(u) = &config.postgres_url {
-        println!(
-            "postgres mirror: {} (schema {})",
+        let cfg = crate::mirror::MirrorConfig {
+            url: u.clone(),
+            schema: config.postgres_schema.clone(),
+            instance: config.mirror_instance.clone().unwrap_or_default(),
+            objects: config.mirror_objects,
+        };
+        let checked = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| vec![format!("cannot start a runtime: {e}")])
+            .and_then(|rt| rt.block_on(crate::mirror::check(&cfg)));
+        let target = format!(
+            "postgres mirror {} (schema {})",
             crate::config::redact_url(u),
             config.postgres_schema
         );
+        match checked {
+            Ok(ok) => println!("{target}: ok, {ok}"),
+            Err(problems) => {
+                mirror_ok = false;
+                for p in problems {
+                    println!("{target}: error: {p}");
+                }
+            }
+        }
     }
     for p in &paths {
         let state = match loaded.errors.iter().find(|(e, _)| e == p) {
@@ -313,5 +334,5 @@ pub fn check_config(config: &Config) -> i32 {
     if loaded.contexts.is_empty() {
         println!("no contexts found");
     }
-    i32::from(!loaded.errors.is_empty())
+    i32::from(!loaded.errors.is_empty() || !mirror_ok)
 }

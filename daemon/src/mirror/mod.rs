@@ -118,6 +118,11 @@ pub fn instance_id(data_dir: &std::path::Path) -> std::io::Result<String> {
 /// database nothing, and a mirror back within seconds of its database matters.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
+/// `kqd --check-config`'s look at the database (see [`Pg::check`]).
+pub async fn check(cfg: &MirrorConfig) -> Result<String, Vec<String>> {
+    Pg::check(cfg).await
+}
+
 /// Runs the mirror until `cancel` fires: connects, compares, streams, and after any
 /// failure reconnects with backoff (1 s doubling to [`MAX_BACKOFF`], with jitter).
 pub async fn run(

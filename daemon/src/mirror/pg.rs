@@ -62,6 +62,14 @@ pub struct Applied {
 impl Pg {
     /// Connects, brings the schema up to date, and takes the instance's lock.
     pub async fn connect(cfg: &MirrorConfig) -> Result<Pg, MirrorError> {
+        let mut pg = Pg::open(cfg).await?;
+        pg.migrate().await?;
+        pg.lock().await?;
+        Ok(pg)
+    }
+
+    /// Connects, and nothing more.
+    async fn open(cfg: &MirrorConfig) -> Result<Pg, MirrorError> {
         let pg_config = super::url::parse(&cfg.url)?;
         let tls = super::url::tls(&cfg.url)?;
         let (client, connection) = match tls {
@@ -77,15 +85,60 @@ impl Pg {
                 (c, tokio::spawn(async move { drop(conn.await) }))
             }
         };
-        let mut pg = Pg {
+        Ok(Pg {
             client,
             connection,
             schema: cfg.schema.clone(),
             instance: cfg.instance.clone(),
-        };
-        pg.migrate().await?;
-        pg.lock().await?;
-        Ok(pg)
+        })
+    }
+
+    /// What `kqd --check-config` says of the database: the server and the role, or every
+    /// privilege the mirror lacks, by name.
+    pub async fn check(cfg: &MirrorConfig) -> Result<String, Vec<String>> {
+        let pg = Pg::open(cfg).await.map_err(|e| vec![e.to_string()])?;
+        let schema = literal(&cfg.schema);
+        let sql = format!(
+            "SELECT current_setting('server_version_num')::int, current_setting('server_version'),
+                    current_user, current_database(),
+                    (SELECT count(*) FROM pg_namespace WHERE nspname = {schema}) > 0,
+                    has_database_privilege(current_database(), 'CREATE'),
+                    has_database_privilege(current_database(), 'TEMPORARY'),
+                    CASE WHEN (SELECT count(*) FROM pg_namespace WHERE nspname = {schema}) > 0
+                         THEN has_schema_privilege({schema}, 'CREATE') AND has_schema_privilege({schema}, 'USAGE') END"
+        );
+        let rows = simple_rows(&pg.client, &sql).await.map_err(|e| vec![e.to_string()])?;
+        let r = rows.into_iter().next().unwrap_or_default();
+        let at = |i: usize| r.get(i).cloned().flatten().unwrap_or_default();
+        let yes = |i: usize| at(i) == "t";
+        let (version_num, version, user, db) = (at(0), at(1), at(2), at(3));
+        let mut missing = Vec::new();
+        if version_num.parse::<i64>().unwrap_or(0) < 140_000 {
+            missing.push(format!("PostgreSQL {version} is older than 14, the oldest the mirror supports"));
+        }
+        if yes(4) {
+            if !yes(7) {
+                missing.push(format!(
+                    "role {user} lacks CREATE and USAGE on schema {} (the mirror creates its tables there)",
+                    cfg.schema
+                ));
+            }
+        } else if !yes(5) {
+            missing.push(format!(
+                "role {user} lacks CREATE on database {db} (the mirror creates schema {} there)",
+                cfg.schema
+            ));
+        }
+        if !yes(6) {
+            missing.push(format!(
+                "role {user} lacks TEMPORARY on database {db} (the mirror stages rows in temporary tables)"
+            ));
+        }
+        if missing.is_empty() {
+            Ok(format!("PostgreSQL {version}, database {db} as role {user}: every privilege the mirror needs"))
+        } else {
+            Err(missing)
+        }
     }
 
     fn s(&self) -> String {

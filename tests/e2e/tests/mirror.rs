@@ -533,3 +533,33 @@ async fn two_instances_on_one_database_keep_to_their_own_rows_and_the_views_show
         "the refused kqd wrote nothing"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn check_config_names_the_privilege_a_role_lacks_and_never_prints_the_password() {
+    let pg = Postgres::start();
+    let env = Env::start(1, 1).await;
+    pg.sql("CREATE ROLE limited LOGIN");
+    let check = |url: String| {
+        let (mut cmd, _) = env.kqd_command();
+        cmd.arg("--check-config")
+            .env("KQ_POSTGRES_URL", url)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        cmd.output().unwrap()
+    };
+    let limited = check(format!(
+        "postgres://limited:s3cret-pw@127.0.0.1:{}/postgres",
+        pg.port
+    ));
+    let out = String::from_utf8_lossy(&limited.stdout).into_owned();
+    assert_eq!(limited.status.code(), Some(1), "{out}");
+    assert!(
+        out.contains("role limited lacks CREATE on database postgres (the mirror creates schema kq there)"),
+        "{out}"
+    );
+    assert!(!out.contains("s3cret-pw"), "the password was printed: {out}");
+    let fine = check(pg.url());
+    let out = String::from_utf8_lossy(&fine.stdout).into_owned();
+    assert_eq!(fine.status.code(), Some(0), "{out}");
+    assert!(out.contains("every privilege the mirror needs"), "{out}");
+}
