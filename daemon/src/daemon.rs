@@ -66,7 +66,8 @@ pub async fn run(
     let watchers = shutdown.child_token();
     let clients = Arc::new(crate::images::Clients::default());
     let images = start_images(&config, &tx, &clients, &watchers).await;
-    let mirror = start_mirror(&config, &store, &tx, outbox, &watchers);
+    let mut mirror = crate::mirror::Control::new(store.clone(), tx.clone(), outbox, watchers.clone());
+    mirror.apply(&config).await;
     let mut fleet = Fleet::new(
         tx.clone(),
         store.clone(),
@@ -78,6 +79,7 @@ pub async fn run(
     fleet.apply(&config).await;
     let reloader = tokio::spawn(follow_changes(
         fleet,
+        mirror,
         config.clone(),
         source,
         watchers.clone(),
@@ -114,9 +116,6 @@ pub async fn run(
     watchers.cancel();
     let _ = reloader.await;
     if let Some(t) = images {
-        let _ = t.await;
-    }
-    if let Some(t) = mirror {
         let _ = t.await;
     }
     drop(tx);
@@ -165,45 +164,11 @@ async fn start_images(
     }
 }
 
-/// Starts the PostgreSQL mirror when `postgres_url` is set. A mirror that cannot start (no
-/// instance id can be kept) leaves kqd running without it, and says why.
-fn start_mirror(
-    config: &Config,
-    store: &Arc<Store>,
-    tx: &tokio::sync::mpsc::Sender<Op>,
-    outbox: tokio::sync::watch::Receiver<i64>,
-    cancel: &CancellationToken,
-) -> Option<tokio::task::JoinHandle<()>> {
-    let url = config.postgres_url.clone()?;
-    let instance = match &config.mirror_instance {
-        Some(i) => i.clone(),
-        None => match crate::mirror::instance_id(&config.data_dir) {
-            Ok(i) => i,
-            Err(e) => {
-                tracing::error!(data_dir = %config.data_dir.display(), error = %e, "cannot keep the mirror's instance id; the postgres mirror is off");
-                return None;
-            }
-        },
-    };
-    let cfg = crate::mirror::MirrorConfig {
-        url,
-        schema: config.postgres_schema.clone(),
-        instance,
-        objects: config.mirror_objects,
-    };
-    Some(tokio::spawn(crate::mirror::run(
-        cfg,
-        store.clone(),
-        tx.clone(),
-        outbox,
-        cancel.clone(),
-    )))
-}
-
-/// Keeps the fleet in step with the kubeconfig files (watched) and the config (SIGHUP)
-/// until `stop` fires, then stops every context.
+/// Keeps the fleet and the mirror in step with the kubeconfig files (watched) and the
+/// config (SIGHUP) until `stop` fires, then stops every context and the mirror.
 async fn follow_changes(
     mut fleet: Fleet,
+    mut mirror: crate::mirror::Control,
     mut config: Config,
     source: ConfigSource,
     stop: CancellationToken,
@@ -266,8 +231,9 @@ async fn follow_changes(
                         continue;
                     }
                 }
-                // The config may name other kubeconfig files.
+                // The config may name other kubeconfig files, or another database.
                 applied = contents(&config);
+                mirror.apply(&config).await;
             }
         }
         fleet.apply(&config).await;
@@ -275,6 +241,7 @@ async fn follow_changes(
         files = start_watch(&config);
     }
     fleet.stop().await;
+    mirror.stop().await;
 }
 
 /// `kqd --check-config`: prints the config's kubeconfig files, the contexts they define

@@ -7,6 +7,7 @@
 //! with PostgreSQL by (key, version) and sends what differs, which is also how the first
 //! load happens.
 
+mod control;
 mod copy;
 mod duck;
 mod pg;
@@ -26,6 +27,8 @@ use duck::Duck;
 use pg::{Mode, Pg, TableWrite};
 use tables::{Mirrored, Shape};
 
+pub use control::Control;
+
 /// (context, key): an object's uid, or an incident's id, in its context.
 pub type Key = (String, String);
 
@@ -41,7 +44,7 @@ const VERIFY_EVERY: Duration = Duration::from_secs(600);
 const REPORT_EVERY: Duration = Duration::from_secs(2);
 
 /// What the mirror needs.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MirrorConfig {
     /// The URL, libpq style (`postgres://user@host/db?sslmode=require`).
     pub url: String,

@@ -124,6 +124,8 @@ pub enum Op {
     Registries(Vec<crate::images::RegistryStatus>),
     /// Where to send what pods and nodes say about images (image sizing is on).
     ImageSightings(tokio::sync::mpsc::UnboundedSender<crate::images::Sighting>),
+    /// The mirror was turned on or off (SIGHUP): record an outbox, or drop it.
+    MirrorOn(bool),
     /// PostgreSQL committed these outbox entries' rows.
     MirrorAck(Vec<outbox::Read>),
     /// The mirror's state, for the `mirror` row.

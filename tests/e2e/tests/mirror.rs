@@ -114,11 +114,17 @@ async fn instance(env: &Env, socket: &Path) -> String {
 
 /// Waits until the mirror streams with nothing owed and PostgreSQL equals DuckDB.
 async fn wait_exact(env: &Env, pg: &Postgres, timeout: Duration) -> Duration {
-    wait_exact_at(env, &env.socket, pg, timeout).await
+    wait_exact_at(env, &env.socket, pg, "kq", timeout).await
 }
 
-/// [`wait_exact`] for the kqd on `socket`.
-async fn wait_exact_at(env: &Env, socket: &Path, pg: &Postgres, timeout: Duration) -> Duration {
+/// [`wait_exact`] for the kqd on `socket`, mirroring into `schema`.
+async fn wait_exact_at(
+    env: &Env,
+    socket: &Path,
+    pg: &Postgres,
+    schema: &str,
+    timeout: Duration,
+) -> Duration {
     let started = Instant::now();
     let instance = instance(env, socket).await;
     loop {
@@ -126,7 +132,7 @@ async fn wait_exact_at(env: &Env, socket: &Path, pg: &Postgres, timeout: Duratio
             .await
             .unwrap_or_default();
         let differences = if state.lines().nth(1).is_some_and(|l| l.starts_with("streaming,0,")) {
-            mirror_differences(env, socket, pg, "kq", &instance, &[]).await
+            mirror_differences(env, socket, pg, schema, &instance, &[]).await
         } else {
             vec![format!("mirror: {state}")]
         };
@@ -474,7 +480,7 @@ async fn two_instances_on_one_database_keep_to_their_own_rows_and_the_views_show
     let child = cmd.spawn().unwrap();
     let theirs_kqd = kq_e2e::Kqd { child, log };
     wait_exact(&env, &pg, Duration::from_secs(60)).await;
-    wait_exact_at(&env, &their_socket, &pg, Duration::from_secs(60)).await;
+    wait_exact_at(&env, &their_socket, &pg, "kq", Duration::from_secs(60)).await;
     let (me, them) = (instance(&env, &env.socket).await, instance(&env, &their_socket).await);
     assert_ne!(me, them);
     let pods = kq_e2e::sim_pods(&env.fleet.clusters[0]).len();
@@ -562,4 +568,88 @@ async fn check_config_names_the_privilege_a_role_lacks_and_never_prints_the_pass
     let out = String::from_utf8_lossy(&fine.stdout).into_owned();
     assert_eq!(fine.status.code(), Some(0), "{out}");
     assert!(out.contains("every privilege the mirror needs"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unwatched_kind_and_pruned_changes_leave_postgres_too() {
+    let pg = Postgres::start();
+    let env = Env::start(1, 10).await;
+    fill(&env.fleet.clusters[0], "x");
+    let kqd = kqd_mirroring(&env, &pg, &[]).await;
+    env.wait_pods_synced(Duration::from_secs(60)).await;
+    wait_exact(&env, &pg, Duration::from_secs(30)).await;
+    assert_ne!(pg.sql("select count(*) from kq.services"), "0");
+    let old_changes = pg.sql("select max(seq) from kq.changes");
+    assert!(kqd.terminate().success());
+
+    // Services are no longer watched, and changes are kept about a second.
+    let config = env.dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        "exclude_kinds = [\"services\"]\nchanges_retention_days = 0.00001\n",
+    )
+    .unwrap();
+    let (mut cmd, log) = env.kqd_command();
+    cmd.arg("--config").arg(&config).env("KQ_POSTGRES_URL", pg.url());
+    let _kqd = env.start_kqd(cmd, log).await;
+    env.wait_csv("select count(*) from services", "count_star()\n0\n", Duration::from_secs(30))
+        .await
+        .unwrap();
+    wait_pg(&pg, "select count(*) from kq.services", "0", Duration::from_secs(5)).await;
+    wait_pg(
+        &pg,
+        &format!("select count(*) from kq.changes where seq <= {old_changes}"),
+        "0",
+        Duration::from_secs(10),
+    )
+    .await;
+    wait_exact(&env, &pg, Duration::from_secs(10)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_sets_changes_and_removes_the_postgres_url() {
+    let pg = Postgres::start();
+    let env = Env::start(1, 10).await;
+    let config = env.dir.path().join("config.toml");
+    std::fs::write(&config, "").unwrap();
+    let (mut cmd, log) = env.kqd_command();
+    cmd.arg("--config").arg(&config);
+    let kqd = env.start_kqd(cmd, log).await;
+    env.wait_pods_synced(Duration::from_secs(60)).await;
+    assert_eq!(env.csv("select count(*) from mirror").await.unwrap(), "count_star()\n0\n");
+
+    // Set: everything arrives.
+    std::fs::write(&config, format!("postgres_url = \"{}\"\n", pg.url())).unwrap();
+    kqd.hangup();
+    wait_exact(&env, &pg, Duration::from_secs(30)).await;
+
+    // Changed (another schema): everything arrives there too, and the first one stops.
+    std::fs::write(
+        &config,
+        format!("postgres_url = \"{}\"\npostgres_schema = \"team\"\n", pg.url()),
+    )
+    .unwrap();
+    kqd.hangup();
+    wait_exact_at(&env, &env.socket, &pg, "team", Duration::from_secs(30)).await;
+    let c = env.fleet.clusters[0].clone();
+    scenario::create_pod(&c.store, "default", "after-change", "nginx:1").unwrap();
+    wait_pg(&pg, "select count(*) from team.pods where name = 'after-change'", "1", Duration::from_secs(5)).await;
+    assert_eq!(pg.sql("select count(*) from kq.pods where name = 'after-change'"), "0");
+
+    // Removed: the mirror row goes, and nothing more is sent.
+    std::fs::write(&config, "").unwrap();
+    kqd.hangup();
+    env.wait_csv("select count(*) from mirror", "count_star()\n0\n", Duration::from_secs(10))
+        .await
+        .unwrap();
+    scenario::create_pod(&c.store, "default", "after-removal", "nginx:1").unwrap();
+    env.wait_csv(
+        "select count(*) from pods where name = 'after-removal'",
+        "count_star()\n1\n",
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+    assert_eq!(pg.sql("select count(*) from team.pods where name = 'after-removal'"), "0");
+    assert!(kqd.terminate().success());
 }

@@ -536,6 +536,7 @@ impl Writer {
                 super::images::write_registries(&self.conn, &all)?;
                 self.outbox.part("registries", None);
             }
+            Op::MirrorOn(on) => self.mirror_on(on)?,
             Op::MirrorAck(read) => self.acknowledge(&read)?,
             Op::MirrorStatus(status) => self.write_mirror_status(&status)?,
             Op::ImageSightings(tx) => self.sightings = Some(tx),

@@ -4,6 +4,9 @@
 use super::*;
 use crate::store::outbox::{Owed, Read};
 
+/// Empties the outbox and the `mirror` row, when the mirror is off.
+const DROP_OUTBOX: &str = "DELETE FROM main.kq_mirror_outbox; DELETE FROM main.mirror;";
+
 /// What the current transaction owes the mirror, gathered as it runs.
 #[derive(Default)]
 pub(super) struct Outbox {
@@ -23,7 +26,7 @@ impl Outbox {
     /// left (turning the mirror on later compares every table anyway).
     pub(super) fn load(conn: &Connection, on: bool) -> Result<Outbox, StoreError> {
         if !on {
-            conn.execute_batch("DELETE FROM main.kq_mirror_outbox; DELETE FROM main.mirror;")?;
+            conn.execute_batch(DROP_OUTBOX)?;
         }
         let seq: i64 = conn.query_row(
             "SELECT coalesce(max(seq), 0) FROM main.kq_mirror_outbox",
@@ -116,6 +119,16 @@ impl Writer {
              DELETE FROM kq_stage.owed;",
         )?;
         self.outbox.recorded = true;
+        Ok(())
+    }
+
+    /// Turns the outbox on or off. Off, what it holds and the `mirror` row go: a mirror
+    /// turned on later compares every table anyway.
+    pub(super) fn mirror_on(&mut self, on: bool) -> Result<(), StoreError> {
+        if !on {
+            self.conn.execute_batch(DROP_OUTBOX)?;
+        }
+        self.outbox.on = on;
         Ok(())
     }
 

@@ -1,0 +1,104 @@
+//! Starting, stopping and restarting the mirror as the config says: at start, and again on
+//! every SIGHUP that sets, changes or removes `postgres_url` (or the schema, the instance,
+//! `mirror_objects`).
+
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::MirrorConfig;
+use crate::config::Config;
+use crate::store::{Op, Store};
+
+/// The running mirror, if any, and what it needs to start another.
+pub struct Control {
+    store: Arc<Store>,
+    ops: mpsc::Sender<Op>,
+    outbox: watch::Receiver<i64>,
+    parent: CancellationToken,
+    running: Option<Running>,
+}
+
+struct Running {
+    cfg: MirrorConfig,
+    cancel: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Control {
+    pub fn new(
+        store: Arc<Store>,
+        ops: mpsc::Sender<Op>,
+        outbox: watch::Receiver<i64>,
+        parent: CancellationToken,
+    ) -> Control {
+        Control {
+            store,
+            ops,
+            outbox,
+            parent,
+            running: None,
+        }
+    }
+
+    /// What the config asks for. An instance id that cannot be kept leaves the mirror off,
+    /// and says why.
+    fn wanted(config: &Config) -> Option<MirrorConfig> {
+        let url = config.postgres_url.clone()?;
+        let instance = match &config.mirror_instance {
+            Some(i) => i.clone(),
+            None => match super::instance_id(&config.data_dir) {
+                Ok(i) => i,
+                Err(e) => {
+                    tracing::error!(data_dir = %config.data_dir.display(), error = %e, "cannot keep the mirror's instance id; the postgres mirror is off");
+                    return None;
+                }
+            },
+        };
+        Some(MirrorConfig {
+            url,
+            schema: config.postgres_schema.clone(),
+            instance,
+            objects: config.mirror_objects,
+        })
+    }
+
+    /// Brings the mirror in line with `config`: nothing when its settings are the same;
+    /// otherwise the running one stops, the writer is told whether to keep an outbox, and
+    /// the new one (if any) starts, comparing every table first.
+    pub async fn apply(&mut self, config: &Config) {
+        let wanted = Self::wanted(config);
+        if self.running.as_ref().map(|r| &r.cfg) == wanted.as_ref() {
+            return;
+        }
+        self.stop().await;
+        // The writer records (or stops recording) before the new mirror reads anything.
+        let _ = self.ops.send(Op::MirrorOn(wanted.is_some())).await;
+        let (done, committed) = tokio::sync::oneshot::channel();
+        let _ = self.ops.send(Op::Barrier(done)).await;
+        let _ = committed.await;
+        let Some(cfg) = wanted else {
+            return;
+        };
+        tracing::info!(target = %crate::config::redact_url(&cfg.url), schema = %cfg.schema, instance = %cfg.instance, "starting the postgres mirror");
+        let cancel = self.parent.child_token();
+        let task = tokio::spawn(super::run(
+            cfg.clone(),
+            self.store.clone(),
+            self.ops.clone(),
+            self.outbox.clone(),
+            cancel.clone(),
+        ));
+        self.running = Some(Running { cfg, cancel, task });
+    }
+
+    /// Stops the running mirror and waits for it.
+    pub async fn stop(&mut self) {
+        if let Some(r) = self.running.take() {
+            tracing::info!(target = %crate::config::redact_url(&r.cfg.url), "stopping the postgres mirror");
+            r.cancel.cancel();
+            let _ = r.task.await;
+        }
+    }
+}
