@@ -262,3 +262,76 @@ fn select_list(m: &Mirrored, prefix: &str) -> String {
         .collect::<Vec<_>>()
         .join(", ")
 }
+
+/// What [`Duck::stream`] sends: a batch of rows, or why reading stopped.
+pub type Streamed = Result<RecordBatch, MirrorError>;
+
+impl Duck {
+    /// Streams the rows of `m` in `context`, in storage order (rows of one object, stored
+    /// together, come together), keeping those whose unit key is in `keep` (every row
+    /// when `None`). DuckDB does not materialise the result, and the channel holds two
+    /// batches, so memory stays flat however large the part.
+    pub fn stream(
+        &self,
+        m: &'static Mirrored,
+        context: String,
+        keep: Option<Arc<std::collections::HashSet<String>>>,
+    ) -> tokio::sync::mpsc::Receiver<Streamed> {
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = conn.lock().unwrap_or_else(|e| e.into_inner());
+            let run = || -> Result<(), duckdb::Error> {
+                let Shape::Keyed { unit, .. } = m.shape else {
+                    unreachable!("keyed tables are streamed")
+                };
+                let at = m
+                    .table
+                    .columns
+                    .iter()
+                    .position(|c| c.name == unit)
+                    .expect("the unit is a column");
+                let sql = format!(
+                    "SELECT {} FROM main.{} WHERE context = ?",
+                    select_list(m, ""),
+                    m.name()
+                );
+                let mut stmt = conn.prepare(&sql)?;
+                for batch in stmt.stream_arrow([&context])? {
+                    let batch = batch?;
+                    let batch = match &keep {
+                        None => batch,
+                        Some(keep) => {
+                            let keys = batch
+                                .column(at)
+                                .as_any()
+                                .downcast_ref::<arrow::array::StringArray>();
+                            let Some(keys) = keys else { continue };
+                            let mask: arrow::array::BooleanArray = keys
+                                .iter()
+                                .map(|k| Some(k.is_some_and(|k| keep.contains(k))))
+                                .collect();
+                            match arrow::compute::filter_record_batch(&batch, &mask) {
+                                Ok(b) => b,
+                                Err(e) => {
+                                    let _ = tx.blocking_send(Err(MirrorError::Internal(e.to_string())));
+                                    return Ok(());
+                                }
+                            }
+                        }
+                    };
+                    if batch.num_rows() > 0 && tx.blocking_send(Ok(batch)).is_err() {
+                        return Ok(());
+                    }
+                }
+                Ok(())
+            };
+            let _ = conn.execute_batch("BEGIN TRANSACTION");
+            if let Err(e) = run() {
+                let _ = tx.blocking_send(Err(MirrorError::duck(e)));
+            }
+            let _ = conn.execute_batch("COMMIT");
+        });
+        rx
+    }
+}

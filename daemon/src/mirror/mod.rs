@@ -32,10 +32,13 @@ pub use control::Control;
 /// (context, key): an object's uid, or an incident's id, in its context.
 pub type Key = (String, String);
 
-/// Owed entries read per transaction.
-const OUTBOX_BATCH: usize = 1000;
-/// Keys of a compared part sent per transaction.
-const PART_BATCH: usize = 2000;
+/// Owed entries read at a time.
+const OUTBOX_BATCH: usize = 20_000;
+/// Owed objects of one table and context read by key (a join) in one transaction; more
+/// are read by streaming the table's part once, which costs one scan however many.
+const BY_KEY: usize = 1000;
+/// Rows per transaction when a part is streamed.
+const STREAM_CHUNK: usize = 5000;
 /// Changes sent per transaction.
 const CHANGES_BATCH: usize = 5000;
 /// How often every part is compared again while streaming.
@@ -256,21 +259,35 @@ impl Mirror {
             self.changes_seq = 0;
         }
         // What the outbox owes first (it is what changed most recently), then everything
-        // compared.
-        self.drain(&mut pg, cancel).await?;
-        self.verify(&mut pg, cancel).await?;
-        self.status.state = MirrorState::Streaming;
-        self.streamed = true;
-        self.report(true).await?;
-        let mut verified = Instant::now();
+        // compared; then what the outbox owes, as it comes. A read of DuckDB that fails
+        // (its memory limit, while the writer is busy) is retried on the same connection.
+        let mut verified: Option<Instant> = None;
         loop {
             if cancel.is_cancelled() {
                 return Ok(());
             }
-            self.drain(&mut pg, cancel).await?;
-            if verified.elapsed() > VERIFY_EVERY {
-                self.verify(&mut pg, cancel).await?;
-                verified = Instant::now();
+            let verify = verified.is_none_or(|t| t.elapsed() > VERIFY_EVERY);
+            match self.step(&mut pg, cancel, verify).await {
+                Ok(()) => {
+                    if verify && !cancel.is_cancelled() {
+                        verified = Some(Instant::now());
+                        if self.status.state != MirrorState::Streaming {
+                            self.status.state = MirrorState::Streaming;
+                            self.streamed = true;
+                            self.report(true).await?;
+                        }
+                    }
+                }
+                Err(e @ MirrorError::Duck(_)) => {
+                    tracing::warn!(error = %e, "the mirror could not read the inventory; retrying in a second");
+                    self.error(&e);
+                    tokio::select! {
+                        _ = cancel.cancelled() => return Ok(()),
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                    continue;
+                }
+                Err(e) => return Err(e),
             }
             self.report(false).await?;
             tokio::select! {
@@ -285,6 +302,20 @@ impl Mirror {
                 });
             }
         }
+    }
+
+    /// Sends what is owed, then (when `verify`) compares everything.
+    async fn step(
+        &mut self,
+        pg: &mut Pg,
+        cancel: &CancellationToken,
+        verify: bool,
+    ) -> Result<(), MirrorError> {
+        self.drain(pg, cancel).await?;
+        if verify {
+            self.verify(pg, cancel).await?;
+        }
+        Ok(())
     }
 
     /// Sends what the outbox owes and the new changes until neither has anything left.
@@ -406,9 +437,12 @@ impl Mirror {
             .map_err(|_| MirrorError::WriterGone)
     }
 
-    /// The rows of owed objects and incidents, in one transaction.
+    /// The rows of owed objects and incidents. Few of one table and context go in one
+    /// transaction with the rows of their children and `objects` rows (a join by key);
+    /// many are streamed from their table's part.
     async fn send_rows(&mut self, pg: &mut Pg, rows: &[Read]) -> Result<(), MirrorError> {
-        let mut by_table: BTreeMap<&'static str, (&'static Mirrored, Vec<Key>)> = BTreeMap::new();
+        let mut by_part: BTreeMap<(&'static str, String), (&'static Mirrored, Vec<String>)> =
+            BTreeMap::new();
         for r in rows {
             let Owed::Row {
                 table,
@@ -422,15 +456,25 @@ impl Mirror {
                 continue;
             };
             for t in m.targets(self.cfg.objects) {
-                by_table
-                    .entry(t.name())
+                by_part
+                    .entry((t.name(), context.to_string()))
                     .or_insert_with(|| (t, Vec::new()))
                     .1
-                    .push((context.to_string(), key.clone()));
+                    .push(key.clone());
+            }
+        }
+        let mut few: BTreeMap<&'static str, (&'static Mirrored, Vec<Key>)> = BTreeMap::new();
+        for ((_, context), (m, keys)) in by_part {
+            if keys.len() > BY_KEY {
+                let keep: HashSet<String> = keys.into_iter().collect();
+                self.stream_part(pg, m, &context, Some(keep)).await?;
+            } else {
+                let e = few.entry(m.name()).or_insert_with(|| (m, Vec::new()));
+                e.1.extend(keys.into_iter().map(|k| (context.clone(), k)));
             }
         }
         let mut writes = Vec::new();
-        for (_, (m, keys)) in by_table {
+        for (_, (m, keys)) in few {
             let batches = self.duck()?.rows(m, keys.clone()).await?;
             writes.push(TableWrite {
                 table: m,
@@ -442,6 +486,92 @@ impl Mirror {
             return Ok(());
         }
         self.commit(pg, &writes, None).await
+    }
+
+    /// Sends a table's part in `context` (only the keys in `keep`, when given) as DuckDB
+    /// streams it, in transactions of about [`STREAM_CHUNK`] rows cut between objects, so
+    /// each transaction replaces whole objects. Keys of `keep` DuckDB no longer has are
+    /// deleted at the end.
+    async fn stream_part(
+        &mut self,
+        pg: &mut Pg,
+        m: &'static Mirrored,
+        context: &str,
+        keep: Option<HashSet<String>>,
+    ) -> Result<(), MirrorError> {
+        use arrow::array::{Array, StringArray};
+        let Shape::Keyed { unit, .. } = m.shape else {
+            unreachable!("keyed tables are streamed")
+        };
+        let at = m
+            .table
+            .columns
+            .iter()
+            .position(|c| c.name == unit)
+            .expect("the unit is a column");
+        let keep = keep.map(Arc::new);
+        let mut rx = self.duck()?.stream(m, context.to_string(), keep.clone());
+        let mut seen: HashSet<String> = HashSet::new();
+        let mut chunk: Vec<arrow::record_batch::RecordBatch> = Vec::new();
+        let mut chunk_rows = 0;
+        let mut chunk_keys: Vec<Key> = Vec::new();
+        let mut last: Option<String> = None;
+        while let Some(batch) = rx.recv().await {
+            let batch = batch?;
+            let units = batch
+                .column(at)
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .ok_or_else(|| MirrorError::Internal(format!("{}.{unit} is not text", m.name())))?
+                .clone();
+            let mut start = 0;
+            for i in 0..batch.num_rows() {
+                let u = units.is_valid(i).then(|| units.value(i));
+                if u == last.as_deref() {
+                    continue;
+                }
+                // Between two objects: the chunk may end here.
+                if chunk_rows + (i - start) >= STREAM_CHUNK {
+                    chunk.push(batch.slice(start, i - start));
+                    start = i;
+                    let writes = [TableWrite {
+                        table: m,
+                        mode: Mode::Keys(std::mem::take(&mut chunk_keys)),
+                        batches: std::mem::take(&mut chunk),
+                    }];
+                    self.commit(pg, &writes, None).await?;
+                    chunk_rows = 0;
+                    self.report(false).await?;
+                }
+                last = u.map(str::to_string);
+                // An object's stale rows are deleted once, by the chunk its rows start in;
+                // one seen again later (stored apart) is only upserted.
+                if let Some(u) = u
+                    && seen.insert(u.to_string())
+                {
+                    chunk_keys.push((context.to_string(), u.to_string()));
+                }
+            }
+            chunk_rows += batch.num_rows() - start;
+            chunk.push(batch.slice(start, batch.num_rows() - start));
+        }
+        // What is left, and the keys asked for that DuckDB no longer has.
+        if let Some(keep) = &keep {
+            chunk_keys.extend(
+                keep.iter()
+                    .filter(|k| !seen.contains(*k))
+                    .map(|k| (context.to_string(), k.clone())),
+            );
+        }
+        if !chunk_keys.is_empty() || chunk_rows > 0 {
+            let writes = [TableWrite {
+                table: m,
+                mode: Mode::Keys(chunk_keys),
+                batches: chunk,
+            }];
+            self.commit(pg, &writes, None).await?;
+        }
+        Ok(())
     }
 
     /// Brings one part up to date: a whole table is sent whole; a keyed table's part is
@@ -494,13 +624,20 @@ impl Mirror {
                 for ctx in contexts {
                     let here = self.duck()?.versions(m, ctx.clone()).await?;
                     let there = pg.versions(m, &ctx).await?;
-                    let mut keys: Vec<Key> = here
+                    let keys: HashSet<String> = here
                         .iter()
                         .filter(|(k, v)| !versioned || there.get(*k) != Some(*v))
-                        .map(|(k, _)| k.clone())
-                        .chain(there.keys().filter(|k| !here.contains_key(*k)).cloned())
+                        .map(|(k, _)| k.1.clone())
+                        .chain(
+                            there
+                                .keys()
+                                .filter(|k| !here.contains_key(*k))
+                                .map(|k| k.1.clone()),
+                        )
                         .collect();
-                    keys.sort();
+                    if keys.is_empty() {
+                        continue;
+                    }
                     if versioned {
                         differ += keys.len();
                     }
@@ -510,18 +647,8 @@ impl Mirror {
                     } else {
                         m.targets(false)
                     };
-                    for chunk in keys.chunks(PART_BATCH) {
-                        let mut writes = Vec::new();
-                        for t in &targets {
-                            let batches = self.duck()?.rows(t, chunk.to_vec()).await?;
-                            writes.push(TableWrite {
-                                table: t,
-                                mode: Mode::Keys(chunk.to_vec()),
-                                batches,
-                            });
-                        }
-                        self.commit(pg, &writes, None).await?;
-                        self.report(false).await?;
+                    for t in targets {
+                        self.stream_part(pg, t, &ctx, Some(keys.clone())).await?;
                     }
                 }
                 Ok(differ)

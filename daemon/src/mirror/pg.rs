@@ -151,7 +151,8 @@ impl Pg {
         let s = self.s();
         let tx = self.client.transaction().await.map_err(MirrorError::pg)?;
         tx.batch_execute(&format!(
-            "SELECT pg_advisory_xact_lock(hashtext('kq-mirror-schema'));
+            "SET LOCAL client_min_messages = warning;
+             SELECT pg_advisory_xact_lock(hashtext('kq-mirror-schema'));
              CREATE SCHEMA IF NOT EXISTS {s};
              CREATE TABLE IF NOT EXISTS {s}.mirror_meta (key text PRIMARY KEY, value text NOT NULL);"
         ))
@@ -171,20 +172,33 @@ impl Pg {
                 )));
             }
         }
-        let mut ddl = format!(
+        let mut ddl = String::new();
+        for m in tables::all() {
+            ddl.push_str(&tables::ddl(m, &self.schema));
+        }
+        // The same DDL as last time changes nothing: skip it, so that a reconnect takes no
+        // table locks.
+        let digest = format!("{:016x}", super::duck::fnv(&[&ddl]));
+        let stored = simple_rows(
+            &tx,
+            &format!("SELECT value FROM {s}.mirror_meta WHERE key = 'ddl_digest'"),
+        )
+        .await?;
+        if stored.first().and_then(|r| r[0].as_deref()) == Some(digest.as_str()) {
+            return tx.commit().await.map_err(MirrorError::pg);
+        }
+        let mut head = format!(
             "CREATE TABLE IF NOT EXISTS {s}.mirror_instances (
                instance text PRIMARY KEY,
                changes_seq bigint NOT NULL DEFAULT 0,
                host text, kqd_version text,
                applied_at timestamptz);
              COMMENT ON TABLE {s}.mirror_instances IS 'One row per kqd instance mirroring into this schema: how far its changes are, and when it last wrote.';
-             INSERT INTO {s}.mirror_meta VALUES ('schema_version', '{MIRROR_SCHEMA_VERSION}')
+             INSERT INTO {s}.mirror_meta VALUES ('schema_version', '{MIRROR_SCHEMA_VERSION}'), ('ddl_digest', '{digest}')
                ON CONFLICT (key) DO UPDATE SET value = excluded.value;\n"
         );
-        for m in tables::all() {
-            ddl.push_str(&tables::ddl(m, &self.schema));
-        }
-        tx.batch_execute(&ddl).await.map_err(MirrorError::pg)?;
+        head.push_str(&ddl);
+        tx.batch_execute(&head).await.map_err(MirrorError::pg)?;
         tx.commit().await.map_err(MirrorError::pg)
     }
 

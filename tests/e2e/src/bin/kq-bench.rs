@@ -32,6 +32,10 @@ struct Args {
     /// How long each sustained-load run lasts.
     #[arg(long, default_value_t = 30)]
     load_secs: u64,
+    /// Mirror into a PostgreSQL started for the run (initdb/pg_ctl on loopback): report the
+    /// catch-up time, and under load the watch-to-PostgreSQL latency too.
+    #[arg(long)]
+    postgres: bool,
 }
 
 fn percentile(v: &mut [Duration], p: f64) -> Duration {
@@ -83,10 +87,15 @@ async fn main() -> anyhow::Result<()> {
     }
     let parse_rate = parsed as f64 / started.elapsed().as_secs_f64();
 
+    let pg = args.postgres.then(kq_e2e::pg::Postgres::start);
+    let url = pg.as_ref().map(|p| p.url());
     // Initial sync: from kqd's start until every context has listed every resource and
     // the rows are queryable (the state change is committed after the rows it follows).
     let started = Instant::now();
-    let kqd = env.kqd().await;
+    let kqd = match &url {
+        Some(u) => env.kqd_with(&[("KQ_POSTGRES_URL", u)]).await,
+        None => env.kqd().await,
+    };
     env.wait_pods_synced(Duration::from_secs(600)).await;
     let ready = format!("n\n{}\n", env.fleet.clusters.len());
     env.wait_csv(
@@ -100,6 +109,31 @@ async fn main() -> anyhow::Result<()> {
     let sync_rate = bodies.len() as f64 / sync.as_secs_f64();
     let rss = peak_rss_mib(kqd.child.id());
     let rss_now = status_mib(kqd.child.id(), "VmRSS");
+    // The mirror's catch-up: from kqd's start until PostgreSQL has every object and the
+    // outbox is empty.
+    let mut pg_client = None;
+    let mut catch_up = None;
+    if let Some(u) = &url {
+        let (client, conn) = tokio_postgres::connect(u, tokio_postgres::NoTls).await?;
+        tokio::spawn(conn);
+        let duck_objects = env.csv("select count(*) from objects").await.map_err(|e| anyhow::anyhow!(e))?;
+        let duck_objects: i64 = duck_objects.lines().nth(1).unwrap_or("0").parse()?;
+        loop {
+            let n: i64 = client
+                .query_one("select count(*) from kq.objects", &[])
+                .await
+                .map(|r| r.get(0))
+                .unwrap_or(0);
+            let state = env.csv("select state, outbox from mirror").await.unwrap_or_default();
+            if n >= duck_objects && state.ends_with("streaming,0\n") {
+                break;
+            }
+            anyhow::ensure!(started.elapsed() < Duration::from_secs(900), "the mirror never caught up");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        catch_up = Some((started.elapsed(), duck_objects, peak_rss_mib(kqd.child.id())));
+        pg_client = Some(client);
+    }
 
     let mut client = kq_shell::Client::connect(&env.socket).await?;
     let mut socket_lat = Vec::new();
@@ -225,10 +259,25 @@ async fn main() -> anyhow::Result<()> {
         ms(percentile(&mut watch_lat, 0.99)),
         "≤ 250 ms"
     );
+    if let Some((took, objects, peak)) = catch_up {
+        println!(
+            "{:<44} {:>14} {:>22}",
+            format!("mirror catch-up of {objects} objects"),
+            format!("{:.2} s", took.as_secs_f64()),
+            "≤ 60 s from kqd start"
+        );
+        println!(
+            "{:<44} {:>14} {:>22}",
+            "kqd peak RSS once the mirror caught up",
+            format!("{peak:.0} MiB"),
+            ""
+        );
+    }
     for rate in &args.load {
         let r = load::run(
             &env,
             &mut client,
+            pg_client.as_ref(),
             *rate,
             Duration::from_secs(args.load_secs),
         )
@@ -236,6 +285,7 @@ async fn main() -> anyhow::Result<()> {
         r.print();
     }
     drop(kqd);
+    drop(pg);
     Ok(())
 }
 
@@ -258,6 +308,10 @@ mod load {
         applied: u64,
         secs: f64,
         latencies: Vec<Duration>,
+        /// With the mirror: from the change to PostgreSQL having it, and from DuckDB
+        /// having it to PostgreSQL having it.
+        pg_latencies: Vec<Duration>,
+        pg_after_duck: Vec<Duration>,
         /// p50 of the first and of the last third of the probes.
         first: Duration,
         last: Duration,
@@ -301,6 +355,26 @@ mod load {
                 format!("{} → {}", ms(self.first), ms(self.last)),
                 if self.bounded() { "bounded" } else { "GROWING" }
             );
+            if !self.pg_latencies.is_empty() {
+                println!(
+                    "{:<44} {:>14} {:>22}",
+                    "watch-to-PostgreSQL latency, p50",
+                    ms(percentile(&mut self.pg_latencies, 0.5)),
+                    ""
+                );
+                println!(
+                    "{:<44} {:>14} {:>22}",
+                    "watch-to-PostgreSQL latency, p99",
+                    ms(percentile(&mut self.pg_latencies, 0.99)),
+                    ""
+                );
+                println!(
+                    "{:<44} {:>14} {:>22}",
+                    "DuckDB-to-PostgreSQL lag, p99",
+                    ms(percentile(&mut self.pg_after_duck, 0.99)),
+                    "≤ 1 s"
+                );
+            }
             if self.lost > 0 {
                 println!("{} probes were never seen within 10 s", self.lost);
             }
@@ -312,6 +386,7 @@ mod load {
     pub async fn run(
         env: &Env,
         client: &mut kq_shell::Client,
+        pg: Option<&tokio_postgres::Client>,
         rate: u64,
         secs: Duration,
     ) -> anyhow::Result<Report> {
@@ -361,6 +436,7 @@ mod load {
             .resolve_kind("v1", "Pod")
             .expect("pods are built in");
         let mut latencies = Vec::new();
+        let (mut pg_latencies, mut pg_after_duck) = (Vec::new(), Vec::new());
         let mut sent_at = Vec::new();
         let mut lost = 0;
         let mut n = 0u64;
@@ -380,8 +456,18 @@ mod load {
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
             match wait_probe(client, &c0.name, &n.to_string(), Duration::from_secs(10)).await {
                 Ok(()) => {
-                    latencies.push(slot.elapsed());
+                    let in_duck = slot.elapsed();
+                    latencies.push(in_duck);
                     sent_at.push(slot - started);
+                    if let Some(pg) = pg {
+                        match wait_pg_probe(pg, &c0.name, &n.to_string(), Duration::from_secs(10)).await {
+                            Ok(()) => {
+                                pg_latencies.push(slot.elapsed());
+                                pg_after_duck.push(slot.elapsed() - in_duck);
+                            }
+                            Err(_) => lost += 1,
+                        }
+                    }
                 }
                 Err(_) => lost += 1,
             }
@@ -401,8 +487,31 @@ mod load {
             first: percentile(&mut first, 0.5),
             last: percentile(&mut last, 0.5),
             latencies,
+            pg_latencies,
+            pg_after_duck,
             lost,
         })
+    }
+
+    /// Waits until PostgreSQL's copy of the probe pod's label reads `want`.
+    async fn wait_pg_probe(
+        pg: &tokio_postgres::Client,
+        context: &str,
+        want: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        let stmt = pg
+            .prepare("select labels->>'kq-bench-probe' from kq.pods where context = $1 and name = $2")
+            .await?;
+        loop {
+            let rows = pg.query(&stmt, &[&context, &PROBE]).await?;
+            if rows.first().and_then(|r| r.get::<_, Option<String>>(0)).as_deref() == Some(want) {
+                return Ok(());
+            }
+            anyhow::ensure!(Instant::now() < deadline, "probe {want:?} not in PostgreSQL");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
     }
 
     /// Waits until the probe pod's label reads `want` (empty: the pod exists).
