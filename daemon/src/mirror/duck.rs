@@ -280,7 +280,16 @@ impl Duck {
         let (tx, rx) = tokio::sync::mpsc::channel(2);
         let conn = self.conn.clone();
         tokio::task::spawn_blocking(move || {
-            let conn = conn.lock().unwrap_or_else(|e| e.into_inner());
+            // A connection of its own: the mirror reads other things (the outbox, cluster
+            // ids) on the shared one while this stream is open.
+            let own = conn.lock().unwrap_or_else(|e| e.into_inner()).try_clone();
+            let conn = match own {
+                Ok(c) => c,
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(MirrorError::duck(e)));
+                    return;
+                }
+            };
             let run = || -> Result<(), duckdb::Error> {
                 let Shape::Keyed { unit, .. } = m.shape else {
                     unreachable!("keyed tables are streamed")

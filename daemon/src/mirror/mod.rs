@@ -370,8 +370,17 @@ impl Mirror {
         writes: &[TableWrite],
         changes_seq: Option<i64>,
     ) -> Result<(), MirrorError> {
+        let t = Instant::now();
         let ids = self.duck()?.cluster_ids().await?;
+        let duck_ms = t.elapsed().as_millis() as u64;
         let applied = pg.apply(writes, &ids, changes_seq).await?;
+        tracing::debug!(
+            tables = ?writes.iter().map(|w| w.table.name()).collect::<Vec<_>>(),
+            rows = applied.rows,
+            duck_ms,
+            pg_ms = t.elapsed().as_millis() as u64 - duck_ms,
+            "committed to postgres"
+        );
         self.status.rows_mirrored += applied.rows as i64;
         self.status.nul_replaced += applied.nul_replaced as i64;
         if applied.nul_replaced > 0 {

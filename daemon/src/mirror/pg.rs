@@ -314,6 +314,7 @@ impl Pg {
             .await
             .map_err(MirrorError::pg)?;
             // The rows.
+            let copy_started = std::time::Instant::now();
             {
                 let types: Vec<_> = staged.iter().map(|(_, ty)| copy_type(ty)).collect();
                 let sink = tx
@@ -349,12 +350,20 @@ impl Pg {
                 applied.rows += writer.finish().await.map_err(MirrorError::pg)?;
             }
             let keys: Vec<String> = m.key.iter().map(|k| ident(k)).collect();
-            let matches = |a: &str, b: &str| {
-                keys.iter()
-                    .map(|k| format!("{a}.{k} = {b}.{k}"))
-                    .collect::<Vec<_>>()
-                    .join(" AND ")
-            };
+            // Rows of the instance whose key the stage lacks. NOT IN over the stage is a
+            // hashed subplan whatever the planner guesses of the stage's size; NOT EXISTS
+            // became a nested loop (1.2 s instead of 7 ms for 5,000 rows).
+            let key_present = keys
+                .iter()
+                .map(|k| format!("{k} IS NOT NULL"))
+                .collect::<Vec<_>>()
+                .join(" AND ");
+            let t_keys: Vec<String> = keys.iter().map(|k| format!("t.{k}")).collect();
+            let unstaged = format!(
+                "({}) NOT IN (SELECT {} FROM {stage} WHERE {key_present})",
+                t_keys.join(", "),
+                keys.join(", ")
+            );
             let mut sql = String::new();
             match &w.mode {
                 Mode::Keys(owed) => {
@@ -369,17 +378,14 @@ impl Pg {
                         sql.push_str(&format!(
                             "DELETE FROM {t} t USING (VALUES {}) AS u(context, key)
                              WHERE t.instance = {i} AND t.context = u.context AND t.{} = u.key
-                               AND NOT EXISTS (SELECT 1 FROM {stage} s WHERE {});\n",
+                               AND {unstaged};\n",
                             values.join(", "),
                             ident(unit),
-                            matches("s", "t")
                         ));
                     }
                 }
                 Mode::Whole => sql.push_str(&format!(
-                    "DELETE FROM {t} t WHERE t.instance = {i}
-                       AND NOT EXISTS (SELECT 1 FROM {stage} s WHERE {});\n",
-                    matches("s", "t")
+                    "DELETE FROM {t} t WHERE t.instance = {i} AND {unstaged};\n"
                 )),
                 Mode::Append { floor } => {
                     if let Some(f) = floor {
@@ -413,18 +419,20 @@ impl Pg {
                     new.join(", ")
                 )
             };
-            let key_present = keys
-                .iter()
-                .map(|k| format!("{k} IS NOT NULL"))
-                .collect::<Vec<_>>()
-                .join(" AND ");
             sql.push_str(&format!(
                 "INSERT INTO {t} AS t (instance, {col_list}, mirrored_at)
                  SELECT DISTINCT ON ({key_list}) {i}, {col_list}, now() FROM {stage}
                  WHERE {key_present} ORDER BY {key_list}
                  ON CONFLICT (instance, {key_list}) {on_conflict};\n"
             ));
+            let sql_started = std::time::Instant::now();
             tx.batch_execute(&sql).await.map_err(MirrorError::pg)?;
+            tracing::debug!(
+                table = m.name(),
+                copy_ms = (sql_started - copy_started).as_millis() as u64,
+                sql_ms = sql_started.elapsed().as_millis() as u64,
+                "applied a table"
+            );
         }
         let seq = changes_seq.map_or("0".to_string(), |s| s.to_string());
         let host = literal(&hostname());
