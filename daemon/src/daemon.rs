@@ -66,7 +66,8 @@ pub async fn run(
     let watchers = shutdown.child_token();
     let clients = Arc::new(crate::images::Clients::default());
     let images = start_images(&config, &tx, &clients, &watchers).await;
-    let mut mirror = crate::mirror::Control::new(store.clone(), tx.clone(), outbox, watchers.clone());
+    let mut mirror =
+        crate::mirror::Control::new(store.clone(), tx.clone(), outbox, watchers.clone());
     mirror.apply(&config).await;
     let mut fleet = Fleet::new(
         tx.clone(),

@@ -32,7 +32,11 @@ pub enum Cell<'a> {
 }
 
 impl ToSql for Cell<'_> {
-    fn to_sql(&self, ty: &Type, out: &mut BytesMut) -> Result<IsNull, Box<dyn Error + Sync + Send>> {
+    fn to_sql(
+        &self,
+        ty: &Type,
+        out: &mut BytesMut,
+    ) -> Result<IsNull, Box<dyn Error + Sync + Send>> {
         match self {
             Cell::Null => return Ok(IsNull::Yes),
             Cell::Text(s) => out.put_slice(s.as_bytes()),
@@ -218,7 +222,10 @@ mod tests {
             r#"{"a":"x\ufffdy","b":"\\u0000"}"#
         );
         assert_eq!(n, 1);
-        assert_eq!(json_without_nul(r#"{"a":"\u00001"}"#, &mut n), r#"{"a":"\ufffd1"}"#);
+        assert_eq!(
+            json_without_nul(r#"{"a":"\u00001"}"#, &mut n),
+            r#"{"a":"\ufffd1"}"#
+        );
         assert_eq!(n, 2);
         assert!(matches!(
             json_without_nul(r#"{"clean":true}"#, &mut n),

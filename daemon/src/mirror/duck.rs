@@ -69,10 +69,8 @@ pub fn add_version(v: &mut Versions, row: &[Option<&str>]) {
 
 impl Duck {
     pub fn new(conn: Connection) -> Result<Duck, MirrorError> {
-        conn.execute_batch(
-            "CREATE TEMP TABLE kq_mirror_keys (context VARCHAR, key VARCHAR);",
-        )
-        .map_err(MirrorError::duck)?;
+        conn.execute_batch("CREATE TEMP TABLE kq_mirror_keys (context VARCHAR, key VARCHAR);")
+            .map_err(MirrorError::duck)?;
         Ok(Duck {
             conn: Arc::new(Mutex::new(conn)),
         })
@@ -197,13 +195,12 @@ impl Duck {
                 "SELECT {} FROM main.changes WHERE seq > ? ORDER BY seq LIMIT ?",
                 select_list(m, "")
             );
-            let batches: Vec<RecordBatch> = c
-                .prepare(&sql)?
-                .query_arrow([seq, limit as i64])?
-                .collect();
-            let (min, max) = c.query_row("SELECT min(seq), max(seq) FROM main.changes", [], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })?;
+            let batches: Vec<RecordBatch> =
+                c.prepare(&sql)?.query_arrow([seq, limit as i64])?.collect();
+            let (min, max) =
+                c.query_row("SELECT min(seq), max(seq) FROM main.changes", [], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })?;
             Ok((batches, min, max))
         })
         .await
@@ -323,7 +320,8 @@ impl Duck {
                             match arrow::compute::filter_record_batch(&batch, &mask) {
                                 Ok(b) => b,
                                 Err(e) => {
-                                    let _ = tx.blocking_send(Err(MirrorError::Internal(e.to_string())));
+                                    let _ =
+                                        tx.blocking_send(Err(MirrorError::Internal(e.to_string())));
                                     return Ok(());
                                 }
                             }

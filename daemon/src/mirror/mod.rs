@@ -254,7 +254,11 @@ impl Mirror {
         if max.unwrap_or(0) < self.changes_seq {
             // A fresh DuckDB file numbers its changes from 1 again: PostgreSQL's are from
             // the file before, and go.
-            tracing::warn!(postgres = self.changes_seq, duckdb = max.unwrap_or(0), "the inventory's changes start over; replacing the mirrored ones");
+            tracing::warn!(
+                postgres = self.changes_seq,
+                duckdb = max.unwrap_or(0),
+                "the inventory's changes start over; replacing the mirrored ones"
+            );
             pg.reset_changes().await?;
             self.changes_seq = 0;
         }
@@ -384,7 +388,10 @@ impl Mirror {
         self.status.rows_mirrored += applied.rows as i64;
         self.status.nul_replaced += applied.nul_replaced as i64;
         if applied.nul_replaced > 0 {
-            tracing::warn!(replaced = applied.nul_replaced, "replaced NUL characters PostgreSQL cannot store");
+            tracing::warn!(
+                replaced = applied.nul_replaced,
+                "replaced NUL characters PostgreSQL cannot store"
+            );
         }
         self.status.last_commit_at = Some(now_us());
         self.rates.push((Instant::now(), applied.rows));

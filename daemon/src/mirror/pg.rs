@@ -107,14 +107,18 @@ impl Pg {
                     CASE WHEN (SELECT count(*) FROM pg_namespace WHERE nspname = {schema}) > 0
                          THEN has_schema_privilege({schema}, 'CREATE') AND has_schema_privilege({schema}, 'USAGE') END"
         );
-        let rows = simple_rows(&pg.client, &sql).await.map_err(|e| vec![e.to_string()])?;
+        let rows = simple_rows(&pg.client, &sql)
+            .await
+            .map_err(|e| vec![e.to_string()])?;
         let r = rows.into_iter().next().unwrap_or_default();
         let at = |i: usize| r.get(i).cloned().flatten().unwrap_or_default();
         let yes = |i: usize| at(i) == "t";
         let (version_num, version, user, db) = (at(0), at(1), at(2), at(3));
         let mut missing = Vec::new();
         if version_num.parse::<i64>().unwrap_or(0) < 140_000 {
-            missing.push(format!("PostgreSQL {version} is older than 14, the oldest the mirror supports"));
+            missing.push(format!(
+                "PostgreSQL {version} is older than 14, the oldest the mirror supports"
+            ));
         }
         if yes(4) {
             if !yes(7) {
@@ -135,7 +139,9 @@ impl Pg {
             ));
         }
         if missing.is_empty() {
-            Ok(format!("PostgreSQL {version}, database {db} as role {user}: every privilege the mirror needs"))
+            Ok(format!(
+                "PostgreSQL {version}, database {db} as role {user}: every privilege the mirror needs"
+            ))
         } else {
             Err(missing)
         }
@@ -325,8 +331,7 @@ impl Pg {
                     .map_err(MirrorError::pg)?;
                 let writer = BinaryCopyInWriter::new(sink, &types);
                 pin_mut!(writer);
-                let catalog_types: Vec<&str> =
-                    m.table.columns.iter().map(|c| c.sql_type).collect();
+                let catalog_types: Vec<&str> = m.table.columns.iter().map(|c| c.sql_type).collect();
                 let ctx_at = m.table.columns.iter().position(|c| c.name == "context");
                 for b in &w.batches {
                     let rows = Rows::new(b, &catalog_types)
@@ -344,7 +349,11 @@ impl Pg {
                         }
                         let refs: Vec<&(dyn postgres_types::ToSql + Sync)> =
                             cells.iter().map(|c| c as _).collect();
-                        writer.as_mut().write(&refs).await.map_err(MirrorError::pg)?;
+                        writer
+                            .as_mut()
+                            .write(&refs)
+                            .await
+                            .map_err(MirrorError::pg)?;
                     }
                 }
                 applied.rows += writer.finish().await.map_err(MirrorError::pg)?;
@@ -467,11 +476,9 @@ pub async fn simple_rows(
     Ok(messages
         .into_iter()
         .filter_map(|m| match m {
-            SimpleQueryMessage::Row(r) => Some(
-                (0..r.len())
-                    .map(|i| r.get(i).map(str::to_string))
-                    .collect(),
-            ),
+            SimpleQueryMessage::Row(r) => {
+                Some((0..r.len()).map(|i| r.get(i).map(str::to_string)).collect())
+            }
             _ => None,
         })
         .collect())

@@ -13,10 +13,7 @@ pub enum Shape {
     /// Rows owed one key at a time: an object's rows (`unit` is `uid`, or `pod_uid` for a
     /// pod's containers) or an incident's (`id`). `versioned`: the rows carry the object's
     /// `resource_version`, so comparing (key, version) pairs finds what differs.
-    Keyed {
-        unit: &'static str,
-        versioned: bool,
-    },
+    Keyed { unit: &'static str, versioned: bool },
     /// A small table (contexts, resources, images…) sent whole when it changed.
     Whole,
     /// `changes`: append-only, followed by `seq`.
@@ -195,7 +192,11 @@ pub fn ddl(m: &Mirrored, schema: &str) -> String {
         } else {
             ""
         };
-        cols.push(format!("{} {}{not_null}", ident(c.name), pg_type(c.sql_type)));
+        cols.push(format!(
+            "{} {}{not_null}",
+            ident(c.name),
+            pg_type(c.sql_type)
+        ));
     }
     cols.push("mirrored_at timestamptz NOT NULL DEFAULT now()".into());
     let key: Vec<String> = std::iter::once("instance".to_string())
@@ -241,11 +242,10 @@ pub fn ddl(m: &Mirrored, schema: &str) -> String {
     {
         // The same cluster seen by several instances (or contexts) is one cluster: each
         // object once, as the most recently mirrored copy has it.
-        let same: Vec<String> = std::iter::once(
-            "coalesce(cluster_id, instance || '/' || context)".to_string(),
-        )
-        .chain(m.key.iter().filter(|k| **k != "context").map(|k| ident(k)))
-        .collect();
+        let same: Vec<String> =
+            std::iter::once("coalesce(cluster_id, instance || '/' || context)".to_string())
+                .chain(m.key.iter().filter(|k| **k != "context").map(|k| ident(k)))
+                .collect();
         let same = same.join(", ");
         sql.push_str(&format!(
             "CREATE OR REPLACE VIEW {s}.{} AS SELECT DISTINCT ON ({same}) * FROM {t} ORDER BY {same}, mirrored_at DESC;\n",

@@ -106,7 +106,12 @@ fn pgpass(config: &tokio_postgres::Config) -> Option<String> {
         Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
         Some(tokio_postgres::config::Host::Unix(_)) | None => "localhost".to_string(),
     };
-    let port = config.get_ports().first().copied().unwrap_or(5432).to_string();
+    let port = config
+        .get_ports()
+        .first()
+        .copied()
+        .unwrap_or(5432)
+        .to_string();
     let db = config
         .get_dbname()
         .or(config.get_user())
@@ -154,7 +159,10 @@ mod tests {
         assert_eq!(p.sslmode, SslMode::VerifyFull);
         assert_eq!(p.sslrootcert, Some(PathBuf::from("/ca.pem")));
         assert!(split("postgres://h/db?sslmode=sometimes").is_err());
-        assert_eq!(pgpass_fields(r"h:5432:*:u:pa\:ss"), ["h", "5432", "*", "u", "pa:ss"]);
+        assert_eq!(
+            pgpass_fields(r"h:5432:*:u:pa\:ss"),
+            ["h", "5432", "*", "u", "pa:ss"]
+        );
     }
 }
 
@@ -179,13 +187,11 @@ pub fn tls(url: &str) -> Result<Option<tokio_postgres_rustls::MakeRustlsConnect>
     if let Some(path) = &parsed.sslrootcert {
         let certs = rustls::pki_types::CertificateDer::pem_file_iter(path)
             .and_then(|i| i.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| {
-                MirrorError::Config(format!("sslrootcert {}: {e}", path.display()))
-            })?;
+            .map_err(|e| MirrorError::Config(format!("sslrootcert {}: {e}", path.display())))?;
         for c in certs {
-            roots.add(c).map_err(|e| {
-                MirrorError::Config(format!("sslrootcert {}: {e}", path.display()))
-            })?;
+            roots
+                .add(c)
+                .map_err(|e| MirrorError::Config(format!("sslrootcert {}: {e}", path.display())))?;
         }
     }
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())

@@ -75,7 +75,12 @@ impl Postgres {
         let bin = pg_bin();
         let data = dir.path().join("data");
         let out = pg_command(&bin, "initdb")
-            .args(["--auth=trust", "--username=postgres", "--encoding=UTF8", "--no-sync"])
+            .args([
+                "--auth=trust",
+                "--username=postgres",
+                "--encoding=UTF8",
+                "--no-sync",
+            ])
             .arg("-D")
             .arg(&data)
             .stdout(Stdio::null())
@@ -148,8 +153,25 @@ impl Postgres {
     /// its output, or its error.
     pub fn psql(&self, sql: &str) -> Result<String, String> {
         let out = Command::new(self.bin.join("psql"))
-            .args(["-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-X", "-A", "-t"])
-            .args(["-v", "ON_ERROR_STOP=1", "-p", &self.port.to_string(), "-c", sql])
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+                "-X",
+                "-A",
+                "-t",
+            ])
+            .args([
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-p",
+                &self.port.to_string(),
+                "-c",
+                sql,
+            ])
             .stdin(Stdio::null())
             .output()
             .expect("psql runs");
@@ -175,7 +197,11 @@ impl Postgres {
             .args(["-p", &self.port.to_string()])
             .output()
             .expect("pg_dump runs");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         out.stdout
     }
 }
@@ -205,8 +231,7 @@ fn json_expr(name: &str, sql_type: &str, postgres: bool) -> String {
 
 /// A JSON document with its keys in one order, for comparing.
 fn canonical(line: &str) -> String {
-    let v: serde_json::Value =
-        serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+    let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
     v.to_string()
 }
 
@@ -233,7 +258,11 @@ async fn rows_both(
     );
     let o = env.kq_at(socket, &["-c", &sql, "--format", "jsonl"]).await;
     if !o.status.success() {
-        return Err(format!("{}: {}", t.name, String::from_utf8_lossy(&o.stderr)));
+        return Err(format!(
+            "{}: {}",
+            t.name,
+            String::from_utf8_lossy(&o.stderr)
+        ));
     }
     let mut here: Vec<String> = String::from_utf8_lossy(&o.stdout)
         .lines()
@@ -295,7 +324,8 @@ pub async fn mirror_differences(
             vec![String::new()]
         };
         for filter in filters {
-            let (here, there) = match rows_both(env, socket, pg, schema, instance, t, &filter).await {
+            let (here, there) = match rows_both(env, socket, pg, schema, instance, t, &filter).await
+            {
                 Ok(r) => r,
                 Err(e) => {
                     out.push(e);

@@ -17,7 +17,13 @@ fn create(c: &kube_sim::Cluster, api_version: &str, kind: &str, ns: &str, obj: V
 /// Objects beyond the generated pods, so that most tables have rows: a deployment, a
 /// service, config, a failed job (an incident), a warning event, a CRD and its object.
 fn fill(c: &kube_sim::Cluster, secret_value: &str) {
-    create(c, "v1", "Namespace", "", json!({"metadata": {"name": "shop"}}));
+    create(
+        c,
+        "v1",
+        "Namespace",
+        "",
+        json!({"metadata": {"name": "shop"}}),
+    );
     create(
         c,
         "apps/v1",
@@ -57,7 +63,15 @@ fn fill(c: &kube_sim::Cluster, secret_value: &str) {
                "template": {"spec": {"containers": [{"name": "j", "image": "busybox"}], "restartPolicy": "Never"}}}}),
     );
     scenario::fail_job(&c.store, "shop", "once", "BackoffLimitExceeded").unwrap();
-    scenario::warning_event(&c.store, "shop", "Pod", "web-1", "BackOff", "Back-off restarting failed container").unwrap();
+    scenario::warning_event(
+        &c.store,
+        "shop",
+        "Pod",
+        "web-1",
+        "BackOff",
+        "Back-off restarting failed container",
+    )
+    .unwrap();
     create(
         c,
         "apiextensions.k8s.io/v1",
@@ -131,7 +145,11 @@ async fn wait_exact_at(
         let state = csv_at(env, socket, "select state, outbox, last_error from mirror")
             .await
             .unwrap_or_default();
-        let differences = if state.lines().nth(1).is_some_and(|l| l.starts_with("streaming,0,")) {
+        let differences = if state
+            .lines()
+            .nth(1)
+            .is_some_and(|l| l.starts_with("streaming,0,"))
+        {
             mirror_differences(env, socket, pg, schema, &instance, &[]).await
         } else {
             vec![format!("mirror: {state}")]
@@ -201,7 +219,10 @@ async fn after_the_initial_sync_postgres_equals_duckdb_row_by_row_and_holds_no_s
         ("contexts", 2),
         ("resources", 10),
     ] {
-        let n: i64 = pg.sql(&format!("select count(*) from kq.{table}")).parse().unwrap();
+        let n: i64 = pg
+            .sql(&format!("select count(*) from kq.{table}"))
+            .parse()
+            .unwrap();
         assert!(n >= at_least, "{table}: {n} rows in PostgreSQL");
     }
     // Every row says which cluster it is from; the table comments come from the catalog.
@@ -244,9 +265,21 @@ async fn creates_updates_deletes_and_a_removed_context_reach_postgres_within_two
     let two = Duration::from_secs(2);
 
     scenario::create_pod(&c.store, "default", "fresh", "nginx:1").unwrap();
-    let t = wait_pg(&pg, "select count(*) from kq.pods where name = 'fresh'", "1", two).await;
+    let t = wait_pg(
+        &pg,
+        "select count(*) from kq.pods where name = 'fresh'",
+        "1",
+        two,
+    )
+    .await;
     eprintln!("a new pod in PostgreSQL after {t:?}");
-    wait_pg(&pg, "select image from kq.containers where pod = 'fresh'", "nginx:1", two).await;
+    wait_pg(
+        &pg,
+        "select image from kq.containers where pod = 'fresh'",
+        "nginx:1",
+        two,
+    )
+    .await;
 
     scenario::crash_container(&c.store, "default", "fresh", "main", 1, "Error", None).unwrap();
     let t = wait_pg(
@@ -259,7 +292,13 @@ async fn creates_updates_deletes_and_a_removed_context_reach_postgres_within_two
     eprintln!("a modified pod in PostgreSQL after {t:?}");
 
     route(&c, "first");
-    wait_pg(&pg, "select count(*) from kq.objects where kind = 'HTTPRoute'", "1", two).await;
+    wait_pg(
+        &pg,
+        "select count(*) from kq.objects where kind = 'HTTPRoute'",
+        "1",
+        two,
+    )
+    .await;
 
     scenario::delete(&c.store, "v1", "Pod", "default", "fresh").unwrap();
     let t = wait_pg(
@@ -287,7 +326,13 @@ async fn creates_updates_deletes_and_a_removed_context_reach_postgres_within_two
         "httproutes.gateway.networking.k8s.io",
     )
     .unwrap();
-    wait_pg(&pg, "select count(*) from kq.objects where kind = 'HTTPRoute'", "0", two).await;
+    wait_pg(
+        &pg,
+        "select count(*) from kq.objects where kind = 'HTTPRoute'",
+        "0",
+        two,
+    )
+    .await;
 
     // sim-2 leaves the kubeconfig: its rows go, sim-1's stay.
     let sim1_pods = pg.sql("select count(*) from kq.pods where context = 'sim-1'");
@@ -298,8 +343,11 @@ async fn creates_updates_deletes_and_a_removed_context_reach_postgres_within_two
             .unwrap()
             .retain(|e| e["name"] != "sim-2");
     }
-    kube_sim::fleet::write_private(&env.kubeconfig, &serde_json::to_string(&kubeconfig).unwrap())
-        .unwrap();
+    kube_sim::fleet::write_private(
+        &env.kubeconfig,
+        &serde_json::to_string(&kubeconfig).unwrap(),
+    )
+    .unwrap();
     let t = wait_pg(
         &pg,
         "select (select count(*) from kq.pods where context = 'sim-2') || ',' || (select count(*) from kq.contexts where name = 'sim-2') || ',' || (select count(*) from kq.objects where context = 'sim-2')",
@@ -307,8 +355,13 @@ async fn creates_updates_deletes_and_a_removed_context_reach_postgres_within_two
         Duration::from_secs(5),
     )
     .await;
-    eprintln!("a removed context gone from PostgreSQL after {t:?} (the reload waits for the file to settle)");
-    assert_eq!(pg.sql("select count(*) from kq.pods where context = 'sim-1'"), sim1_pods);
+    eprintln!(
+        "a removed context gone from PostgreSQL after {t:?} (the reload waits for the file to settle)"
+    );
+    assert_eq!(
+        pg.sql("select count(*) from kq.pods where context = 'sim-1'"),
+        sim1_pods
+    );
     wait_exact(&env, &pg, Duration::from_secs(10)).await;
     assert!(kqd.terminate().success());
 }
@@ -352,7 +405,12 @@ async fn a_nul_in_json_arrives_replaced_and_counted() {
     // The rest of the inventory went through.
     assert_eq!(
         pg.sql("select count(*) from kq.pods"),
-        env.csv("select count(*) from pods").await.unwrap().lines().nth(1).unwrap()
+        env.csv("select count(*) from pods")
+            .await
+            .unwrap()
+            .lines()
+            .nth(1)
+            .unwrap()
     );
 }
 
@@ -363,7 +421,13 @@ fn churn(c: &kube_sim::Cluster, round: usize) {
     }
     let _ = scenario::create_pod(&c.store, "default", &format!("churn-{round}"), "nginx:1");
     if round > 0 {
-        let _ = scenario::delete(&c.store, "v1", "Pod", "default", &format!("churn-{}", round - 1));
+        let _ = scenario::delete(
+            &c.store,
+            "v1",
+            "Pod",
+            "default",
+            &format!("churn-{}", round - 1),
+        );
     }
 }
 
@@ -390,12 +454,21 @@ async fn postgres_down_for_30_seconds_under_churn_is_exact_within_10_seconds_of_
         slowest = slowest.max(asked.elapsed());
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let state = env.csv("select state, connected, outbox > 0 as owes from mirror").await.unwrap();
-    assert_eq!(state, "state,connected,owes\nerror,false,true\n", "the outage is reported");
+    let state = env
+        .csv("select state, connected, outbox > 0 as owes from mirror")
+        .await
+        .unwrap();
+    assert_eq!(
+        state, "state,connected,owes\nerror,false,true\n",
+        "the outage is reported"
+    );
     let error = env.csv("select last_error from mirror").await.unwrap();
     assert!(error.contains("postgres"), "{error}");
     eprintln!("slowest DuckDB query during the outage: {slowest:?}");
-    assert!(slowest < Duration::from_secs(2), "a query stalled: {slowest:?}");
+    assert!(
+        slowest < Duration::from_secs(2),
+        "a query stalled: {slowest:?}"
+    );
 
     pg.start_again();
     let took = wait_exact(&env, &pg, Duration::from_secs(10)).await;
@@ -417,7 +490,10 @@ async fn kqd_killed_during_the_catch_up_converges_after_a_restart() {
         if n > 0 {
             break n;
         }
-        assert!(started.elapsed() < Duration::from_secs(60), "nothing was mirrored");
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "nothing was mirrored"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     drop(kqd); // SIGKILL
@@ -430,7 +506,8 @@ async fn kqd_killed_during_the_catch_up_converges_after_a_restart() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn connections_dropped_mid_copy_mid_commit_and_after_the_commit_converge_without_duplicates() {
+async fn connections_dropped_mid_copy_mid_commit_and_after_the_commit_converge_without_duplicates()
+{
     use kq_e2e::pgproxy::{Fault, PgProxy};
     let pg = Postgres::start();
     let proxy = PgProxy::start(pg.port).await;
@@ -446,7 +523,10 @@ async fn connections_dropped_mid_copy_mid_commit_and_after_the_commit_converge_w
         churn(&c, round);
         let started = Instant::now();
         while proxy.armed() {
-            assert!(started.elapsed() < Duration::from_secs(10), "{fault:?} never happened");
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "{fault:?} never happened"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let took = wait_exact(&env, &pg, Duration::from_secs(10)).await;
@@ -458,7 +538,10 @@ async fn connections_dropped_mid_copy_mid_commit_and_after_the_commit_converge_w
         "0"
     );
     let incidents: i64 = pg.sql("select count(*) from kq.incidents").parse().unwrap();
-    assert!(incidents >= 5, "the crashes were mirrored as incidents: {incidents}");
+    assert!(
+        incidents >= 5,
+        "the crashes were mirrored as incidents: {incidents}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -470,8 +553,12 @@ async fn two_instances_on_one_database_keep_to_their_own_rows_and_the_views_show
     theirs["contexts"][0]["name"] = json!("colleague");
     theirs["current-context"] = json!("colleague");
     let their_config = env.dir.path().join("their-kubeconfig");
-    kube_sim::fleet::write_private(&their_config, &serde_json::to_string(&theirs).unwrap()).unwrap();
-    let (their_data, their_socket) = (env.dir.path().join("theirs"), env.dir.path().join("theirs.sock"));
+    kube_sim::fleet::write_private(&their_config, &serde_json::to_string(&theirs).unwrap())
+        .unwrap();
+    let (their_data, their_socket) = (
+        env.dir.path().join("theirs"),
+        env.dir.path().join("theirs.sock"),
+    );
 
     let url = pg.url();
     let _mine = kqd_mirroring(&env, &pg, &[]).await;
@@ -481,7 +568,10 @@ async fn two_instances_on_one_database_keep_to_their_own_rows_and_the_views_show
     let theirs_kqd = kq_e2e::Kqd { child, log };
     wait_exact(&env, &pg, Duration::from_secs(60)).await;
     wait_exact_at(&env, &their_socket, &pg, "kq", Duration::from_secs(60)).await;
-    let (me, them) = (instance(&env, &env.socket).await, instance(&env, &their_socket).await);
+    let (me, them) = (
+        instance(&env, &env.socket).await,
+        instance(&env, &their_socket).await,
+    );
     assert_ne!(me, them);
     let pods = kq_e2e::sim_pods(&env.fleet.clusters[0]).len();
     assert_eq!(
@@ -492,7 +582,10 @@ async fn two_instances_on_one_database_keep_to_their_own_rows_and_the_views_show
             v.join(" ")
         }
     );
-    assert_eq!(pg.sql("select count(*) from kq.pods_current"), pods.to_string());
+    assert_eq!(
+        pg.sql("select count(*) from kq.pods_current"),
+        pods.to_string()
+    );
     assert_eq!(
         pg.sql("select count(distinct cluster_id) from kq.pods"),
         "1",
@@ -501,7 +594,9 @@ async fn two_instances_on_one_database_keep_to_their_own_rows_and_the_views_show
 
     // Theirs stops; a pod goes: mine removes its own row and leaves theirs alone.
     assert!(theirs_kqd.terminate().success());
-    let theirs_before = pg.sql(&format!("select count(*) from kq.pods where instance = '{them}'"));
+    let theirs_before = pg.sql(&format!(
+        "select count(*) from kq.pods where instance = '{them}'"
+    ));
     let (ns, name, _) = kq_e2e::sim_pods(&env.fleet.clusters[0]).remove(0);
     scenario::delete(&env.fleet.clusters[0].store, "v1", "Pod", &ns, &name).unwrap();
     wait_pg(
@@ -513,28 +608,41 @@ async fn two_instances_on_one_database_keep_to_their_own_rows_and_the_views_show
     .await;
     wait_exact(&env, &pg, Duration::from_secs(10)).await;
     assert_eq!(
-        pg.sql(&format!("select count(*) from kq.pods where instance = '{them}'")),
+        pg.sql(&format!(
+            "select count(*) from kq.pods where instance = '{them}'"
+        )),
         theirs_before
     );
 
     // A second kqd claiming my instance id is refused, and says why.
-    let (other_data, other_socket) = (env.dir.path().join("impostor"), env.dir.path().join("impostor.sock"));
+    let (other_data, other_socket) = (
+        env.dir.path().join("impostor"),
+        env.dir.path().join("impostor.sock"),
+    );
     let (mut cmd, log) = env.kqd_command_at(&other_data, &other_socket);
-    cmd.env("KQ_POSTGRES_URL", &url).env("KQ_MIRROR_INSTANCE", &me);
+    cmd.env("KQ_POSTGRES_URL", &url)
+        .env("KQ_MIRROR_INSTANCE", &me);
     let child = cmd.spawn().unwrap();
     let _impostor = kq_e2e::Kqd { child, log };
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let row = csv_at(&env, &other_socket, "select state, last_error from mirror").await.unwrap_or_default();
+        let row = csv_at(&env, &other_socket, "select state, last_error from mirror")
+            .await
+            .unwrap_or_default();
         if row.contains("refused") {
-            assert!(row.contains("another kqd is mirroring as instance"), "{row}");
+            assert!(
+                row.contains("another kqd is mirroring as instance"),
+                "{row}"
+            );
             break;
         }
         assert!(Instant::now() < deadline, "not refused: {row}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(
-        pg.sql(&format!("select count(*) from kq.pods where instance = '{me}'")),
+        pg.sql(&format!(
+            "select count(*) from kq.pods where instance = '{me}'"
+        )),
         (pods - 1).to_string(),
         "the refused kqd wrote nothing"
     );
@@ -560,10 +668,15 @@ async fn check_config_names_the_privilege_a_role_lacks_and_never_prints_the_pass
     let out = String::from_utf8_lossy(&limited.stdout).into_owned();
     assert_eq!(limited.status.code(), Some(1), "{out}");
     assert!(
-        out.contains("role limited lacks CREATE on database postgres (the mirror creates schema kq there)"),
+        out.contains(
+            "role limited lacks CREATE on database postgres (the mirror creates schema kq there)"
+        ),
         "{out}"
     );
-    assert!(!out.contains("s3cret-pw"), "the password was printed: {out}");
+    assert!(
+        !out.contains("s3cret-pw"),
+        "the password was printed: {out}"
+    );
     let fine = check(pg.url());
     let out = String::from_utf8_lossy(&fine.stdout).into_owned();
     assert_eq!(fine.status.code(), Some(0), "{out}");
@@ -590,12 +703,24 @@ async fn an_unwatched_kind_and_pruned_changes_leave_postgres_too() {
     )
     .unwrap();
     let (mut cmd, log) = env.kqd_command();
-    cmd.arg("--config").arg(&config).env("KQ_POSTGRES_URL", pg.url());
+    cmd.arg("--config")
+        .arg(&config)
+        .env("KQ_POSTGRES_URL", pg.url());
     let _kqd = env.start_kqd(cmd, log).await;
-    env.wait_csv("select count(*) from services", "count_star()\n0\n", Duration::from_secs(30))
-        .await
-        .unwrap();
-    wait_pg(&pg, "select count(*) from kq.services", "0", Duration::from_secs(5)).await;
+    env.wait_csv(
+        "select count(*) from services",
+        "count_star()\n0\n",
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap();
+    wait_pg(
+        &pg,
+        "select count(*) from kq.services",
+        "0",
+        Duration::from_secs(5),
+    )
+    .await;
     wait_pg(
         &pg,
         &format!("select count(*) from kq.changes where seq <= {old_changes}"),
@@ -616,7 +741,10 @@ async fn sighup_sets_changes_and_removes_the_postgres_url() {
     cmd.arg("--config").arg(&config);
     let kqd = env.start_kqd(cmd, log).await;
     env.wait_pods_synced(Duration::from_secs(60)).await;
-    assert_eq!(env.csv("select count(*) from mirror").await.unwrap(), "count_star()\n0\n");
+    assert_eq!(
+        env.csv("select count(*) from mirror").await.unwrap(),
+        "count_star()\n0\n"
+    );
 
     // Set: everything arrives.
     std::fs::write(&config, format!("postgres_url = \"{}\"\n", pg.url())).unwrap();
@@ -626,22 +754,38 @@ async fn sighup_sets_changes_and_removes_the_postgres_url() {
     // Changed (another schema): everything arrives there too, and the first one stops.
     std::fs::write(
         &config,
-        format!("postgres_url = \"{}\"\npostgres_schema = \"team\"\n", pg.url()),
+        format!(
+            "postgres_url = \"{}\"\npostgres_schema = \"team\"\n",
+            pg.url()
+        ),
     )
     .unwrap();
     kqd.hangup();
     wait_exact_at(&env, &env.socket, &pg, "team", Duration::from_secs(30)).await;
     let c = env.fleet.clusters[0].clone();
     scenario::create_pod(&c.store, "default", "after-change", "nginx:1").unwrap();
-    wait_pg(&pg, "select count(*) from team.pods where name = 'after-change'", "1", Duration::from_secs(5)).await;
-    assert_eq!(pg.sql("select count(*) from kq.pods where name = 'after-change'"), "0");
+    wait_pg(
+        &pg,
+        "select count(*) from team.pods where name = 'after-change'",
+        "1",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(
+        pg.sql("select count(*) from kq.pods where name = 'after-change'"),
+        "0"
+    );
 
     // Removed: the mirror row goes, and nothing more is sent.
     std::fs::write(&config, "").unwrap();
     kqd.hangup();
-    env.wait_csv("select count(*) from mirror", "count_star()\n0\n", Duration::from_secs(10))
-        .await
-        .unwrap();
+    env.wait_csv(
+        "select count(*) from mirror",
+        "count_star()\n0\n",
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
     scenario::create_pod(&c.store, "default", "after-removal", "nginx:1").unwrap();
     env.wait_csv(
         "select count(*) from pods where name = 'after-removal'",
@@ -650,6 +794,9 @@ async fn sighup_sets_changes_and_removes_the_postgres_url() {
     )
     .await
     .unwrap();
-    assert_eq!(pg.sql("select count(*) from team.pods where name = 'after-removal'"), "0");
+    assert_eq!(
+        pg.sql("select count(*) from team.pods where name = 'after-removal'"),
+        "0"
+    );
     assert!(kqd.terminate().success());
 }

@@ -210,15 +210,25 @@ mod tests {
         });
         f.writer.write_batch(vec![running("a")]);
         let first = owed(&f.other);
-        let pod = first.iter().find(|o| o.0 == "pods").expect("the pod is owed");
+        let pod = first
+            .iter()
+            .find(|o| o.0 == "pods")
+            .expect("the pod is owed");
         assert_eq!((pod.1.as_str(), pod.2.as_str()), ("test", "uid-a"));
         assert!(
-            first.iter().any(|o| o.0 == "resources" && o.1 == "*" && o.2 == "*"),
+            first
+                .iter()
+                .any(|o| o.0 == "resources" && o.1 == "*" && o.2 == "*"),
             "the resources table, which the writer empties at start, is owed whole: {first:?}"
         );
         // Changed ten more times: still one entry, with a newer number.
         for rv in 2..12 {
-            let Op::Upsert { kind, context, mut rows } = running("a") else {
+            let Op::Upsert {
+                kind,
+                context,
+                mut rows,
+            } = running("a")
+            else {
                 unreachable!()
             };
             let p = objects::positions(kind);
@@ -246,12 +256,18 @@ mod tests {
         };
         f.writer.acknowledge(&[read(pod.3)]).unwrap();
         assert_eq!(
-            count(&f.other, "SELECT count(*) FROM kq_mirror_outbox WHERE tbl = 'pods'"),
+            count(
+                &f.other,
+                "SELECT count(*) FROM kq_mirror_outbox WHERE tbl = 'pods'"
+            ),
             1
         );
         f.writer.acknowledge(&[read(pods[0].3)]).unwrap();
         assert_eq!(
-            count(&f.other, "SELECT count(*) FROM kq_mirror_outbox WHERE tbl = 'pods'"),
+            count(
+                &f.other,
+                "SELECT count(*) FROM kq_mirror_outbox WHERE tbl = 'pods'"
+            ),
             0
         );
     }
@@ -276,6 +292,9 @@ mod tests {
         );
         let mut off = fixture(StoreOptions::default());
         off.writer.write_batch(vec![running("a")]);
-        assert_eq!(count(&off.other, "SELECT count(*) FROM kq_mirror_outbox"), 0);
+        assert_eq!(
+            count(&off.other, "SELECT count(*) FROM kq_mirror_outbox"),
+            0
+        );
     }
 }

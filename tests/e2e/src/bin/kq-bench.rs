@@ -116,7 +116,10 @@ async fn main() -> anyhow::Result<()> {
     if let Some(u) = &url {
         let (client, conn) = tokio_postgres::connect(u, tokio_postgres::NoTls).await?;
         tokio::spawn(conn);
-        let duck_objects = env.csv("select count(*) from objects").await.map_err(|e| anyhow::anyhow!(e))?;
+        let duck_objects = env
+            .csv("select count(*) from objects")
+            .await
+            .map_err(|e| anyhow::anyhow!(e))?;
         let duck_objects: i64 = duck_objects.lines().nth(1).unwrap_or("0").parse()?;
         loop {
             let n: i64 = client
@@ -124,14 +127,24 @@ async fn main() -> anyhow::Result<()> {
                 .await
                 .map(|r| r.get(0))
                 .unwrap_or(0);
-            let state = env.csv("select state, outbox from mirror").await.unwrap_or_default();
+            let state = env
+                .csv("select state, outbox from mirror")
+                .await
+                .unwrap_or_default();
             if n >= duck_objects && state.ends_with("streaming,0\n") {
                 break;
             }
-            anyhow::ensure!(started.elapsed() < Duration::from_secs(900), "the mirror never caught up");
+            anyhow::ensure!(
+                started.elapsed() < Duration::from_secs(900),
+                "the mirror never caught up"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        catch_up = Some((started.elapsed(), duck_objects, peak_rss_mib(kqd.child.id())));
+        catch_up = Some((
+            started.elapsed(),
+            duck_objects,
+            peak_rss_mib(kqd.child.id()),
+        ));
         pg_client = Some(client);
     }
 
@@ -460,7 +473,9 @@ mod load {
                     latencies.push(in_duck);
                     sent_at.push(slot - started);
                     if let Some(pg) = pg {
-                        match wait_pg_probe(pg, &c0.name, &n.to_string(), Duration::from_secs(10)).await {
+                        match wait_pg_probe(pg, &c0.name, &n.to_string(), Duration::from_secs(10))
+                            .await
+                        {
                             Ok(()) => {
                                 pg_latencies.push(slot.elapsed());
                                 pg_after_duck.push(slot.elapsed() - in_duck);
@@ -502,14 +517,24 @@ mod load {
     ) -> anyhow::Result<()> {
         let deadline = Instant::now() + timeout;
         let stmt = pg
-            .prepare("select labels->>'kq-bench-probe' from kq.pods where context = $1 and name = $2")
+            .prepare(
+                "select labels->>'kq-bench-probe' from kq.pods where context = $1 and name = $2",
+            )
             .await?;
         loop {
             let rows = pg.query(&stmt, &[&context, &PROBE]).await?;
-            if rows.first().and_then(|r| r.get::<_, Option<String>>(0)).as_deref() == Some(want) {
+            if rows
+                .first()
+                .and_then(|r| r.get::<_, Option<String>>(0))
+                .as_deref()
+                == Some(want)
+            {
                 return Ok(());
             }
-            anyhow::ensure!(Instant::now() < deadline, "probe {want:?} not in PostgreSQL");
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "probe {want:?} not in PostgreSQL"
+            );
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
     }
