@@ -288,15 +288,7 @@ impl Duck {
                 }
             };
             let run = || -> Result<(), duckdb::Error> {
-                let Shape::Keyed { unit, .. } = m.shape else {
-                    unreachable!("keyed tables are streamed")
-                };
-                let at = m
-                    .table
-                    .columns
-                    .iter()
-                    .position(|c| c.name == unit)
-                    .expect("the unit is a column");
+                let (_, at) = m.unit().expect("keyed tables are streamed");
                 let sql = format!(
                     "SELECT {} FROM main.{} WHERE context = ?",
                     select_list(m, ""),

@@ -516,15 +516,7 @@ impl Mirror {
         keep: Option<HashSet<String>>,
     ) -> Result<(), MirrorError> {
         use arrow::array::{Array, StringArray};
-        let Shape::Keyed { unit, .. } = m.shape else {
-            unreachable!("keyed tables are streamed")
-        };
-        let at = m
-            .table
-            .columns
-            .iter()
-            .position(|c| c.name == unit)
-            .expect("the unit is a column");
+        let (unit, at) = m.unit().expect("keyed tables are streamed");
         let keep = keep.map(Arc::new);
         let mut rx = self.duck()?.stream(m, context.to_string(), keep.clone());
         let mut seen: HashSet<String> = HashSet::new();

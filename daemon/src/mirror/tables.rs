@@ -41,6 +41,16 @@ impl Mirrored {
         self.column("context").is_some()
     }
 
+    /// A keyed table's unit column (`uid`, `pod_uid`, `id`) and its position in the
+    /// catalog's column order.
+    pub fn unit(&self) -> Option<(&'static str, usize)> {
+        let Shape::Keyed { unit, .. } = self.shape else {
+            return None;
+        };
+        let at = self.table.columns.iter().position(|c| c.name == unit)?;
+        Some((unit, at))
+    }
+
     pub fn column(&self, name: &str) -> Option<&'static kq_schema::Column> {
         self.table.columns.iter().find(|c| c.name == name)
     }

@@ -288,20 +288,21 @@ pub async fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bo
 
 /// The simulator's truth for one cluster: sorted pod uids.
 pub fn sim_pod_uids(c: &kube_sim::Cluster) -> Vec<String> {
+    let mut v: Vec<String> = sim_pod_objects(c).iter().map(|p| p.uid.clone()).collect();
+    v.sort();
+    v
+}
+
+/// Every pod the simulator stores.
+fn sim_pod_objects(c: &kube_sim::Cluster) -> Vec<std::sync::Arc<kube_sim::store::Stored>> {
     let rt = c
         .store
         .resolve_kind("v1", "Pod")
         .expect("pods are built in");
-    let mut v: Vec<String> = c
-        .store
+    c.store
         .list(&rt, &Default::default(), None, None)
         .expect("list")
         .items
-        .iter()
-        .map(|p| p.uid.clone())
-        .collect();
-    v.sort();
-    v
 }
 
 /// The simulator's truth: number of containers (init, app, ephemeral) over all pods.
@@ -327,15 +328,7 @@ pub fn sim_container_count(c: &kube_sim::Cluster) -> usize {
 
 /// The simulator's pods as (namespace, name, first container), sorted.
 pub fn sim_pods(c: &kube_sim::Cluster) -> Vec<(String, String, String)> {
-    let rt = c
-        .store
-        .resolve_kind("v1", "Pod")
-        .expect("pods are built in");
-    let mut v: Vec<(String, String, String)> = c
-        .store
-        .list(&rt, &Default::default(), None, None)
-        .expect("list")
-        .items
+    let mut v: Vec<(String, String, String)> = sim_pod_objects(c)
         .iter()
         .map(|p| {
             let v = p.value();
