@@ -352,7 +352,7 @@ async fn creates_updates_deletes_and_a_removed_context_reach_postgres_within_two
         &pg,
         "select (select count(*) from kq.pods where context = 'sim-2') || ',' || (select count(*) from kq.contexts where name = 'sim-2') || ',' || (select count(*) from kq.objects where context = 'sim-2')",
         "0,0,0",
-        Duration::from_secs(5),
+        two,
     )
     .await;
     eprintln!(
