@@ -89,7 +89,17 @@ impl MirrorError {
             .is_some_and(|c| c.code().starts_with("22") || c.code().starts_with("23"));
         let message = match e.as_db_error() {
             Some(db) => format!("{} ({})", db.message(), db.code().code()),
-            None => e.to_string(),
+            // tokio-postgres says "error performing TLS handshake" and keeps the why (an
+            // unknown issuer, a name mismatch) in its sources.
+            None => {
+                let mut m = e.to_string();
+                let mut source = std::error::Error::source(&e);
+                while let Some(s) = source {
+                    m.push_str(&format!(": {s}"));
+                    source = s.source();
+                }
+                m
+            }
         };
         MirrorError::Pg { message, data }
     }

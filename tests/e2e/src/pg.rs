@@ -10,6 +10,8 @@ pub struct Postgres {
     dir: tempfile::TempDir,
     pub port: u16,
     bin: PathBuf,
+    /// With TLS: the CA that signed the server's certificate (for 127.0.0.1 and localhost).
+    pub ca: Option<PathBuf>,
 }
 
 /// Where `initdb`, `pg_ctl` and `psql` are: `PG_BIN`, else Debian's newest, else `PATH`.
@@ -60,6 +62,16 @@ pub fn free_port() -> u16 {
 impl Postgres {
     /// A fresh cluster, started, with trust authentication on loopback.
     pub fn start() -> Postgres {
+        Postgres::start_with(false)
+    }
+
+    /// Like [`Postgres::start`], serving TLS too, with a certificate from a CA of its own
+    /// (made with `openssl`).
+    pub fn start_tls() -> Postgres {
+        Postgres::start_with(true)
+    }
+
+    fn start_with(tls: bool) -> Postgres {
         let dir = tempfile::Builder::new()
             .prefix("kq-pg-")
             .tempdir()
@@ -91,10 +103,12 @@ impl Postgres {
             "initdb failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        let ca = tls.then(|| make_certificates(dir.path()));
         let pg = Postgres {
             port: free_port(),
             dir,
             bin,
+            ca,
         };
         pg.start_again();
         pg
@@ -106,11 +120,17 @@ impl Postgres {
 
     /// Starts the server (again, on the same port) and waits until it accepts connections.
     pub fn start_again(&self) {
-        let opts = format!(
+        let mut opts = format!(
             "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=50",
             self.port,
             self.dir.path().display()
         );
+        if self.ca.is_some() {
+            let d = self.dir.path().display();
+            opts.push_str(&format!(
+                " -c ssl=on -c ssl_cert_file={d}/server.crt -c ssl_key_file={d}/server.key"
+            ));
+        }
         let out = pg_command(&self.bin, "pg_ctl")
             .arg("-D")
             .arg(self.data())
@@ -204,6 +224,87 @@ impl Postgres {
         );
         out.stdout
     }
+}
+
+/// A CA and a server certificate it signed for 127.0.0.1 and localhost, in `dir`, the key
+/// readable by the server only; returns the CA's path.
+fn make_certificates(dir: &Path) -> PathBuf {
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl runs");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=kq-test-ca",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=localhost",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+    ]);
+    std::fs::write(
+        dir.join("san.ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+    )
+    .unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "san.ext",
+        "-out",
+        "server.crt",
+    ]);
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(
+        dir.join("server.key"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    if is_root() {
+        let status = Command::new("chown")
+            .args(["postgres:", "server.key", "server.crt"])
+            .current_dir(dir)
+            .status()
+            .expect("chown runs");
+        assert!(status.success());
+    }
+    dir.join("ca.crt")
 }
 
 impl Drop for Postgres {

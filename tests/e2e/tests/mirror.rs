@@ -800,3 +800,46 @@ async fn sighup_sets_changes_and_removes_the_postgres_url() {
     );
     assert!(kqd.terminate().success());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tls_verify_full_connects_encrypted_and_a_foreign_ca_is_refused() {
+    let pg = Postgres::start_tls();
+    let ca = pg.ca.clone().unwrap();
+    let env = Env::start(1, 5).await;
+    let url = format!(
+        "postgres://postgres@127.0.0.1:{}/postgres?sslmode=verify-full&sslrootcert={}&application_name=kq-tls-test",
+        pg.port,
+        ca.display()
+    );
+    let kqd = env.kqd_with(&[("KQ_POSTGRES_URL", url.as_str())]).await;
+    env.wait_pods_synced(Duration::from_secs(60)).await;
+    wait_exact(&env, &pg, Duration::from_secs(30)).await;
+    assert_eq!(
+        pg.sql("select bool_and(s.ssl) from pg_stat_ssl s join pg_stat_activity a using (pid) where a.application_name = 'kq-tls-test'"),
+        "t",
+        "the mirror's connection is encrypted"
+    );
+    assert!(kqd.terminate().success());
+
+    // A CA that did not sign the server's certificate: refused, and said so.
+    let other = Postgres::start_tls();
+    let url = format!(
+        "postgres://postgres@127.0.0.1:{}/postgres?sslmode=verify-full&sslrootcert={}",
+        pg.port,
+        other.ca.clone().unwrap().display()
+    );
+    let _kqd = env.kqd_with(&[("KQ_POSTGRES_URL", url.as_str())]).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let row = env
+            .csv("select state, last_error from mirror")
+            .await
+            .unwrap_or_default();
+        if row.contains("error,") {
+            assert!(row.to_lowercase().contains("certificate"), "{row}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "not refused: {row}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
