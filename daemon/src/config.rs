@@ -58,6 +58,9 @@ pub struct Config {
     pub mirror_instance: Option<String>,
     /// Mirror `objects` (every object's JSON, most of the bytes).
     pub mirror_objects: bool,
+    /// A PostgreSQL role (made by the database's owner) that gets read access to the
+    /// mirror's schema, its tables and views, and those it adds later: for dashboards.
+    pub mirror_read_role: Option<String>,
     /// Image sizing: cache, workers, TTLs, registry rate limits.
     pub images: ImageOptions,
 }
@@ -236,6 +239,7 @@ struct FileConfig {
     postgres_schema: Option<String>,
     mirror_instance: Option<String>,
     mirror_objects: Option<bool>,
+    mirror_read_role: Option<String>,
     images: Option<images::ImagesFile>,
 }
 
@@ -267,6 +271,7 @@ impl Default for Config {
             postgres_schema: "kq".to_string(),
             mirror_instance: None,
             mirror_objects: true,
+            mirror_read_role: None,
             images: ImageOptions::default(),
         }
     }
@@ -324,6 +329,9 @@ impl Config {
         }
         if let Some(o) = f.mirror_objects {
             self.mirror_objects = o;
+        }
+        if let Some(r) = f.mirror_read_role {
+            self.mirror_read_role = Some(identifier("mirror_read_role", r)?);
         }
         if let Some(i) = f.images {
             i.apply(&mut self.images)?;
@@ -435,6 +443,12 @@ impl Config {
         if let Some(v) = var("KQ_MIRROR_INSTANCE") {
             self.mirror_instance = Some(identifier(
                 "KQ_MIRROR_INSTANCE",
+                v.to_string_lossy().into_owned(),
+            )?);
+        }
+        if let Some(v) = var("KQ_MIRROR_READ_ROLE") {
+            self.mirror_read_role = Some(identifier(
+                "KQ_MIRROR_READ_ROLE",
                 v.to_string_lossy().into_owned(),
             )?);
         }

@@ -259,6 +259,7 @@ pub fn check_config(config: &Config) -> i32 {
             schema: config.postgres_schema.clone(),
             instance: config.mirror_instance.clone().unwrap_or_default(),
             objects: config.mirror_objects,
+            read_role: config.mirror_read_role.clone(),
         };
         let checked = tokio::runtime::Builder::new_current_thread()
             .enable_all()

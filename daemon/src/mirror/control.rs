@@ -61,6 +61,7 @@ impl Control {
             schema: config.postgres_schema.clone(),
             instance,
             objects: config.mirror_objects,
+            read_role: config.mirror_read_role.clone(),
         })
     }
 

@@ -57,6 +57,8 @@ pub struct MirrorConfig {
     pub instance: String,
     /// Mirror `objects` (the whole JSON of every object, most of the bytes).
     pub objects: bool,
+    /// A role to grant read access to the schema, now and for what it adds later.
+    pub read_role: Option<String>,
 }
 
 /// What went wrong, naming the side.

@@ -44,6 +44,7 @@ pub struct Pg {
     connection: tokio::task::JoinHandle<()>,
     schema: String,
     instance: String,
+    read_role: Option<String>,
 }
 
 impl Drop for Pg {
@@ -90,6 +91,7 @@ impl Pg {
             connection,
             schema: cfg.schema.clone(),
             instance: cfg.instance.clone(),
+            read_role: cfg.read_role.clone(),
         })
     }
 
@@ -181,6 +183,15 @@ impl Pg {
         let mut ddl = String::new();
         for m in tables::all() {
             ddl.push_str(&tables::ddl(m, &self.schema));
+        }
+        if let Some(role) = &self.read_role {
+            // Idempotent, and covering what a later kqd adds to the schema.
+            let r = ident(role);
+            ddl.push_str(&format!(
+                "GRANT USAGE ON SCHEMA {s} TO {r};
+                 GRANT SELECT ON ALL TABLES IN SCHEMA {s} TO {r};
+                 ALTER DEFAULT PRIVILEGES IN SCHEMA {s} GRANT SELECT ON TABLES TO {r};\n"
+            ));
         }
         // The same DDL as last time changes nothing: skip it, so that a reconnect takes no
         // table locks.

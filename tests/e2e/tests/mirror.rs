@@ -843,3 +843,18 @@ async fn tls_verify_full_connects_encrypted_and_a_foreign_ca_is_refused() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_read_role_can_query_the_mirror_and_not_change_it() {
+    let pg = Postgres::start();
+    pg.sql("CREATE ROLE grafana LOGIN");
+    let env = Env::start(1, 5).await;
+    let _kqd = kqd_mirroring(&env, &pg, &[("KQ_MIRROR_READ_ROLE", "grafana")]).await;
+    env.wait_pods_synced(Duration::from_secs(60)).await;
+    wait_exact(&env, &pg, Duration::from_secs(30)).await;
+    let as_grafana = |sql: &str| pg.psql(&format!("SET ROLE grafana; {sql}"));
+    let pods = as_grafana("select count(*) from kq.pods_current").unwrap();
+    assert_eq!(pods.lines().last().unwrap(), "5");
+    let refused = as_grafana("delete from kq.pods").unwrap_err();
+    assert!(refused.contains("permission denied"), "{refused}");
+}
