@@ -263,16 +263,20 @@ fn select_list(m: &Mirrored, prefix: &str) -> String {
 /// What [`Duck::stream`] sends: a batch of rows, or why reading stopped.
 pub type Streamed = Result<RecordBatch, MirrorError>;
 
+/// Unit keys by context: what a stream keeps.
+pub type Wanted = std::collections::HashMap<String, std::collections::HashSet<String>>;
+
 impl Duck {
-    /// Streams the rows of `m` in `context`, in storage order (rows of one object, stored
-    /// together, come together), keeping those whose unit key is in `keep` (every row
-    /// when `None`). DuckDB does not materialise the result, and the channel holds two
-    /// batches, so memory stays flat however large the part.
+    /// Streams the rows of `m` (in `context` only, when given), in storage order (rows of
+    /// one object, stored together, come together), keeping those whose (context, unit
+    /// key) is in `keep` (every row when `None`). One scan of the table serves every
+    /// context. DuckDB does not materialise the result, and the channel holds two batches,
+    /// so memory stays flat however large the table.
     pub fn stream(
         &self,
         m: &'static Mirrored,
-        context: String,
-        keep: Option<Arc<std::collections::HashSet<String>>>,
+        context: Option<String>,
+        keep: Option<Arc<Wanted>>,
     ) -> tokio::sync::mpsc::Receiver<Streamed> {
         let (tx, rx) = tokio::sync::mpsc::channel(2);
         let conn = self.conn.clone();
@@ -289,25 +293,50 @@ impl Duck {
             };
             let run = || -> Result<(), duckdb::Error> {
                 let (_, at) = m.unit().expect("keyed tables are streamed");
+                let ctx_at = m
+                    .table
+                    .columns
+                    .iter()
+                    .position(|c| c.name == "context")
+                    .expect("keyed tables have contexts");
+                let filter = if context.is_some() {
+                    " WHERE context = ?"
+                } else {
+                    ""
+                };
                 let sql = format!(
-                    "SELECT {} FROM main.{} WHERE context = ?",
+                    "SELECT {} FROM main.{}{filter}",
                     select_list(m, ""),
                     m.name()
                 );
                 let mut stmt = conn.prepare(&sql)?;
-                for batch in stmt.stream_arrow([&context])? {
+                let params: Vec<&String> = context.iter().collect();
+                for batch in stmt.stream_arrow(duckdb::params_from_iter(params))? {
                     let batch = batch?;
                     let batch = match &keep {
                         None => batch,
                         Some(keep) => {
-                            let keys = batch
-                                .column(at)
-                                .as_any()
-                                .downcast_ref::<arrow::array::StringArray>();
-                            let Some(keys) = keys else { continue };
+                            let text = |i: usize| {
+                                batch
+                                    .column(i)
+                                    .as_any()
+                                    .downcast_ref::<arrow::array::StringArray>()
+                                    .cloned()
+                            };
+                            let (Some(keys), Some(ctxs)) = (text(at), text(ctx_at)) else {
+                                continue;
+                            };
                             let mask: arrow::array::BooleanArray = keys
                                 .iter()
-                                .map(|k| Some(k.is_some_and(|k| keep.contains(k))))
+                                .zip(ctxs.iter())
+                                .map(|(k, c)| {
+                                    Some(match (k, c) {
+                                        (Some(k), Some(c)) => {
+                                            keep.get(c).is_some_and(|s| s.contains(k))
+                                        }
+                                        _ => false,
+                                    })
+                                })
                                 .collect();
                             match arrow::compute::filter_record_batch(&batch, &mask) {
                                 Ok(b) => b,

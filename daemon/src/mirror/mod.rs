@@ -33,9 +33,9 @@ pub use control::Control;
 pub type Key = (String, String);
 
 /// Owed entries read at a time.
-const OUTBOX_BATCH: usize = 20_000;
-/// Owed objects of one table and context read by key (a join) in one transaction; more
-/// are read by streaming the table's part once, which costs one scan however many.
+const OUTBOX_BATCH: usize = 50_000;
+/// Owed objects of one table read by key (a join) in one transaction; more are read by
+/// streaming the table once, which costs one scan however many.
 const BY_KEY: usize = 1000;
 /// Rows per transaction when a part is streamed.
 const STREAM_CHUNK: usize = 5000;
@@ -465,12 +465,11 @@ impl Mirror {
             .map_err(|_| MirrorError::WriterGone)
     }
 
-    /// The rows of owed objects and incidents. Few of one table and context go in one
-    /// transaction with the rows of their children and `objects` rows (a join by key);
-    /// many are streamed from their table's part.
+    /// The rows of owed objects and incidents. Few of one table go in one transaction
+    /// with the rows of their children and `objects` rows (a join by key); many are
+    /// streamed from one scan of their table.
     async fn send_rows(&mut self, pg: &mut Pg, rows: &[Read]) -> Result<(), MirrorError> {
-        let mut by_part: BTreeMap<(&'static str, String), (&'static Mirrored, Vec<String>)> =
-            BTreeMap::new();
+        let mut by_table: BTreeMap<&'static str, (&'static Mirrored, Vec<Key>)> = BTreeMap::new();
         for r in rows {
             let Owed::Row {
                 table,
@@ -484,25 +483,23 @@ impl Mirror {
                 continue;
             };
             for t in m.targets(self.cfg.objects) {
-                by_part
-                    .entry((t.name(), context.to_string()))
+                by_table
+                    .entry(t.name())
                     .or_insert_with(|| (t, Vec::new()))
                     .1
-                    .push(key.clone());
-            }
-        }
-        let mut few: BTreeMap<&'static str, (&'static Mirrored, Vec<Key>)> = BTreeMap::new();
-        for ((_, context), (m, keys)) in by_part {
-            if keys.len() > BY_KEY {
-                let keep: HashSet<String> = keys.into_iter().collect();
-                self.stream_part(pg, m, &context, Some(keep)).await?;
-            } else {
-                let e = few.entry(m.name()).or_insert_with(|| (m, Vec::new()));
-                e.1.extend(keys.into_iter().map(|k| (context.clone(), k)));
+                    .push((context.to_string(), key.clone()));
             }
         }
         let mut writes = Vec::new();
-        for (_, (m, keys)) in few {
+        for (_, (m, keys)) in by_table {
+            if keys.len() > BY_KEY {
+                let mut wanted = duck::Wanted::new();
+                for (c, k) in keys {
+                    wanted.entry(c).or_default().insert(k);
+                }
+                self.stream_part(pg, m, None, wanted).await?;
+                continue;
+            }
             let batches = self.duck()?.rows(m, keys.clone()).await?;
             writes.push(TableWrite {
                 table: m,
@@ -516,38 +513,51 @@ impl Mirror {
         self.commit(pg, &writes, None).await
     }
 
-    /// Sends a table's part in `context` (only the keys in `keep`, when given) as DuckDB
-    /// streams it, in transactions of about [`STREAM_CHUNK`] rows cut between objects, so
-    /// each transaction replaces whole objects. Keys of `keep` DuckDB no longer has are
-    /// deleted at the end.
+    /// Sends the rows of `wanted` (keys by context) of a table as DuckDB streams them (one
+    /// scan, of `context` only when given), in transactions of about [`STREAM_CHUNK`] rows
+    /// cut between objects, so each transaction replaces whole objects. Wanted keys DuckDB
+    /// no longer has are deleted at the end.
     async fn stream_part(
         &mut self,
         pg: &mut Pg,
         m: &'static Mirrored,
-        context: &str,
-        keep: Option<HashSet<String>>,
+        context: Option<&str>,
+        wanted: duck::Wanted,
     ) -> Result<(), MirrorError> {
         use arrow::array::{Array, StringArray};
         let (unit, at) = m.unit().expect("keyed tables are streamed");
-        let keep = keep.map(Arc::new);
-        let mut rx = self.duck()?.stream(m, context.to_string(), keep.clone());
-        let mut seen: HashSet<String> = HashSet::new();
+        let ctx_at = m
+            .table
+            .columns
+            .iter()
+            .position(|c| c.name == "context")
+            .expect("keyed tables have contexts");
+        let wanted = Arc::new(wanted);
+        let mut rx = self
+            .duck()?
+            .stream(m, context.map(str::to_string), Some(wanted.clone()));
+        let mut seen: HashSet<Key> = HashSet::new();
         let mut chunk: Vec<arrow::record_batch::RecordBatch> = Vec::new();
         let mut chunk_rows = 0;
         let mut chunk_keys: Vec<Key> = Vec::new();
-        let mut last: Option<String> = None;
-        while let Some(batch) = rx.recv().await {
-            let batch = batch?;
-            let units = batch
-                .column(at)
+        let mut last: Option<(String, String)> = None;
+        let text = |b: &arrow::record_batch::RecordBatch, i: usize| {
+            b.column(i)
                 .as_any()
                 .downcast_ref::<StringArray>()
-                .ok_or_else(|| MirrorError::Internal(format!("{}.{unit} is not text", m.name())))?
-                .clone();
+                .cloned()
+                .ok_or_else(|| MirrorError::Internal(format!("{}.{unit} is not text", m.name())))
+        };
+        while let Some(batch) = rx.recv().await {
+            let batch = batch?;
+            let (units, ctxs) = (text(&batch, at)?, text(&batch, ctx_at)?);
             let mut start = 0;
             for i in 0..batch.num_rows() {
-                let u = units.is_valid(i).then(|| units.value(i));
-                if u == last.as_deref() {
+                if !units.is_valid(i) || !ctxs.is_valid(i) {
+                    continue;
+                }
+                let (c, u) = (ctxs.value(i), units.value(i));
+                if last.as_ref().is_some_and(|(lc, lu)| lc == c && lu == u) {
                     continue;
                 }
                 // Between two objects: the chunk may end here.
@@ -563,25 +573,25 @@ impl Mirror {
                     chunk_rows = 0;
                     self.report(false).await?;
                 }
-                last = u.map(str::to_string);
+                let key = (c.to_string(), u.to_string());
+                last = Some(key.clone());
                 // An object's stale rows are deleted once, by the chunk its rows start in;
                 // one seen again later (stored apart) is only upserted.
-                if let Some(u) = u
-                    && seen.insert(u.to_string())
-                {
-                    chunk_keys.push((context.to_string(), u.to_string()));
+                if seen.insert(key.clone()) {
+                    chunk_keys.push(key);
                 }
             }
             chunk_rows += batch.num_rows() - start;
             chunk.push(batch.slice(start, batch.num_rows() - start));
         }
-        // What is left, and the keys asked for that DuckDB no longer has.
-        if let Some(keep) = &keep {
-            chunk_keys.extend(
-                keep.iter()
-                    .filter(|k| !seen.contains(*k))
-                    .map(|k| (context.to_string(), k.clone())),
-            );
+        // What is left, and the wanted keys DuckDB no longer has.
+        for (c, keys) in wanted.iter() {
+            for k in keys {
+                let key = (c.clone(), k.clone());
+                if !seen.contains(&key) {
+                    chunk_keys.push(key);
+                }
+            }
         }
         if !chunk_keys.is_empty() || chunk_rows > 0 {
             let writes = [TableWrite {
@@ -641,9 +651,10 @@ impl Mirror {
                     }
                 };
                 let mut differ = 0;
-                for ctx in contexts {
+                let mut wanted = duck::Wanted::new();
+                for ctx in &contexts {
                     let here = self.duck()?.versions(m, ctx.clone()).await?;
-                    let there = pg.versions(m, &ctx).await?;
+                    let there = pg.versions(m, ctx).await?;
                     let keys: HashSet<String> = here
                         .iter()
                         .filter(|(k, v)| !versioned || there.get(*k) != Some(*v))
@@ -661,15 +672,24 @@ impl Mirror {
                     if versioned {
                         differ += keys.len();
                     }
-                    // Children follow their parents; `objects` rows have their own part.
-                    let targets: Vec<&'static Mirrored> = if m.name() == "objects" {
-                        vec![m]
-                    } else {
-                        m.targets(false)
-                    };
-                    for t in targets {
-                        self.stream_part(pg, t, &ctx, Some(keys.clone())).await?;
-                    }
+                    wanted.insert(ctx.clone(), keys);
+                }
+                if wanted.is_empty() {
+                    return Ok(differ);
+                }
+                // Children follow their parents; `objects` rows have their own part. One
+                // scan of each table covers every context that differs.
+                let targets: Vec<&'static Mirrored> = if m.name() == "objects" {
+                    vec![m]
+                } else {
+                    m.targets(false)
+                };
+                let only = (wanted.len() == 1)
+                    .then(|| wanted.keys().next().cloned())
+                    .flatten();
+                for t in targets {
+                    self.stream_part(pg, t, only.as_deref(), wanted.clone())
+                        .await?;
                 }
                 Ok(differ)
             }
