@@ -293,12 +293,7 @@ impl Duck {
             };
             let run = || -> Result<(), duckdb::Error> {
                 let (_, at) = m.unit().expect("keyed tables are streamed");
-                let ctx_at = m
-                    .table
-                    .columns
-                    .iter()
-                    .position(|c| c.name == "context")
-                    .expect("keyed tables have contexts");
+                let ctx_at = m.position("context").expect("keyed tables have contexts");
                 let filter = if context.is_some() {
                     " WHERE context = ?"
                 } else {

@@ -526,12 +526,7 @@ impl Mirror {
     ) -> Result<(), MirrorError> {
         use arrow::array::{Array, StringArray};
         let (unit, at) = m.unit().expect("keyed tables are streamed");
-        let ctx_at = m
-            .table
-            .columns
-            .iter()
-            .position(|c| c.name == "context")
-            .expect("keyed tables have contexts");
+        let ctx_at = m.position("context").expect("keyed tables have contexts");
         let wanted = Arc::new(wanted);
         let mut rx = self
             .duck()?

@@ -343,7 +343,7 @@ impl Pg {
                 let writer = BinaryCopyInWriter::new(sink, &types);
                 pin_mut!(writer);
                 let catalog_types: Vec<&str> = m.table.columns.iter().map(|c| c.sql_type).collect();
-                let ctx_at = m.table.columns.iter().position(|c| c.name == "context");
+                let ctx_at = m.position("context");
                 for b in &w.batches {
                     let rows = Rows::new(b, &catalog_types)
                         .map_err(|e| MirrorError::Internal(format!("{}: {e}", m.name())))?;

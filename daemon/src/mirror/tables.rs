@@ -47,8 +47,12 @@ impl Mirrored {
         let Shape::Keyed { unit, .. } = self.shape else {
             return None;
         };
-        let at = self.table.columns.iter().position(|c| c.name == unit)?;
-        Some((unit, at))
+        Some((unit, self.position(unit)?))
+    }
+
+    /// Where a column is in the catalog's column order (the order DuckDB's batches have).
+    pub fn position(&self, name: &str) -> Option<usize> {
+        self.table.columns.iter().position(|c| c.name == name)
     }
 
     pub fn column(&self, name: &str) -> Option<&'static kq_schema::Column> {
