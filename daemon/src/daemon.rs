@@ -253,14 +253,9 @@ pub fn check_config(config: &Config) -> i32 {
     println!("data: {}", config.database_path().display());
     println!("socket: {}", config.socket.display());
     let mut mirror_ok = true;
-    if let Some(u) = &config.postgres_url {
-        let cfg = crate::mirror::MirrorConfig {
-            url: u.clone(),
-            schema: config.postgres_schema.clone(),
-            instance: config.mirror_instance.clone().unwrap_or_default(),
-            objects: config.mirror_objects,
-            read_role: config.mirror_read_role.clone(),
-        };
+    let instance = config.mirror_instance.clone().unwrap_or_default();
+    if let Some(cfg) = crate::mirror::MirrorConfig::from_config(config, instance) {
+        let u = &cfg.url;
         let checked = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

@@ -45,7 +45,7 @@ impl Control {
     /// What the config asks for. An instance id that cannot be kept leaves the mirror off,
     /// and says why.
     fn wanted(config: &Config) -> Option<MirrorConfig> {
-        let url = config.postgres_url.clone()?;
+        config.postgres_url.as_ref()?;
         let instance = match &config.mirror_instance {
             Some(i) => i.clone(),
             None => match super::instance_id(&config.data_dir) {
@@ -56,13 +56,7 @@ impl Control {
                 }
             },
         };
-        Some(MirrorConfig {
-            url,
-            schema: config.postgres_schema.clone(),
-            instance,
-            objects: config.mirror_objects,
-            read_role: config.mirror_read_role.clone(),
-        })
+        MirrorConfig::from_config(config, instance)
     }
 
     /// Brings the mirror in line with `config`: nothing when its settings are the same;

@@ -28,6 +28,16 @@ impl Outbox {
         if !on {
             conn.execute_batch(DROP_OUTBOX)?;
         }
+        // Entries naming a table this kqd does not know (left by another version) could
+        // never be sent or acknowledged; comparing every table at connect covers them.
+        let known: Vec<String> = kq_schema::CATALOG
+            .iter()
+            .map(|t| format!("'{}'", t.name))
+            .collect();
+        conn.execute_batch(&format!(
+            "DELETE FROM main.kq_mirror_outbox WHERE tbl NOT IN ({})",
+            known.join(", ")
+        ))?;
         let seq: i64 = conn.query_row(
             "SELECT coalesce(max(seq), 0) FROM main.kq_mirror_outbox",
             [],
@@ -270,6 +280,25 @@ mod tests {
             ),
             0
         );
+    }
+
+    #[test]
+    fn entries_of_a_table_this_kqd_does_not_know_are_dropped_when_the_writer_opens() {
+        let f = fixture(StoreOptions {
+            mirror: true,
+            ..StoreOptions::default()
+        });
+        f.other
+            .execute_batch(
+                "INSERT INTO kq_mirror_outbox VALUES ('gone_table', 'test', 'u1', 7, now()),
+                                                     ('pods', 'test', 'u2', 8, now())",
+            )
+            .unwrap();
+        let outbox = Outbox::load(&f.other, true).unwrap();
+        assert_eq!(outbox.seq, 8);
+        let left: Vec<String> = owed(&f.other).into_iter().map(|o| o.0).collect();
+        assert!(left.contains(&"pods".to_string()), "{left:?}");
+        assert!(!left.contains(&"gone_table".to_string()), "{left:?}");
     }
 
     fn p_rv(p: &objects::Positions) -> usize {
