@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use duckdb::arrow::datatypes::SchemaRef;
 use duckdb::arrow::record_batch::RecordBatch;
+use duckdb::types::Value;
 use duckdb::{Connection, InterruptHandle};
 use tokio::sync::{mpsc, oneshot};
 
@@ -241,6 +242,28 @@ impl Engine {
 
     /// Starts `sql` on a blocking thread and returns once its schema is known (or it failed).
     pub async fn start(self: &Arc<Self>, sql: String) -> Result<Running, QueryError> {
+        self.start_with(sql, Vec::new()).await
+    }
+
+    /// What a prepared statement needs bound: its parameters' names, in order (`1`, `2`, …
+    /// for `?` placeholders). Preparing parses and binds without executing.
+    pub fn parameters(&self, sql: &str) -> Result<Vec<String>, QueryError> {
+        let conn = self.connection()?;
+        let names = conn.prepare(sql).map_err(sql_error).and_then(|stmt| {
+            (1..=stmt.parameter_count())
+                .map(|i| stmt.parameter_name(i).map_err(sql_error))
+                .collect()
+        });
+        self.give_back(conn);
+        names
+    }
+
+    /// Starts `sql` with its parameters bound in order, as [`Engine::start`] does.
+    pub async fn start_with(
+        self: &Arc<Self>,
+        sql: String,
+        params: Vec<Value>,
+    ) -> Result<Running, QueryError> {
         let class = classify(&sql)?;
         let conn = self.connection()?;
         match class {
@@ -264,7 +287,7 @@ impl Engine {
         let engine = self.clone();
         let thread_cancel = cancel.clone();
         tokio::task::spawn_blocking(move || {
-            let clean = run_blocking(&conn, &sql, schema_tx, batch_tx);
+            let clean = run_blocking(&conn, &sql, &params, schema_tx, batch_tx);
             thread_cancel.finish();
             // Only a connection that ended cleanly, with its transaction rolled back, is
             // reused; any other is dropped.
@@ -291,6 +314,7 @@ impl Engine {
 fn run_blocking(
     conn: &Connection,
     sql: &str,
+    params: &[Value],
     schema_tx: oneshot::Sender<Result<SchemaRef, QueryError>>,
     batch_tx: mpsc::Sender<Result<RecordBatch, QueryError>>,
 ) -> bool {
@@ -306,7 +330,7 @@ fn run_blocking(
         }
     };
     tracing::debug!(sql, "query started");
-    let stream = match stmt.stream_arrow([]) {
+    let stream = match stmt.stream_arrow(duckdb::params_from_iter(params)) {
         Ok(s) => s,
         Err(e) => {
             let e = sql_error(e);

@@ -1,6 +1,8 @@
 //! The query socket: a Unix socket in a 0700 directory, mode 0600, accepting only peers
 //! with the daemon's own uid. Also takes a socket handed over by systemd.
 
+mod authority;
+
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 
@@ -105,10 +107,15 @@ pub struct PeerInfo {
     pub gone: CancellationToken,
 }
 
-/// A client connection that cancels its [`PeerInfo::gone`] token when it is dropped.
+/// A client connection that cancels its [`PeerInfo::gone`] token when it is dropped, and
+/// whose bytes pass through [`authority::AuthorityFix`] on their way to h2.
 pub struct PeerStream {
     inner: UnixStream,
     gone: CancellationToken,
+    fix: authority::AuthorityFix,
+    /// Rewritten bytes h2 has not read yet, from `ready_at` on.
+    ready: Vec<u8>,
+    ready_at: usize,
 }
 
 impl Drop for PeerStream {
@@ -128,11 +135,34 @@ impl Connected for PeerStream {
 
 impl AsyncRead for PeerStream {
     fn poll_read(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        let this = self.get_mut();
+        loop {
+            if this.ready_at < this.ready.len() {
+                let n = buf.remaining().min(this.ready.len() - this.ready_at);
+                buf.put_slice(&this.ready[this.ready_at..this.ready_at + n]);
+                this.ready_at += n;
+                if this.ready_at == this.ready.len() {
+                    this.ready.clear();
+                    this.ready_at = 0;
+                }
+                return Poll::Ready(Ok(()));
+            }
+            if this.fix.is_passthrough() {
+                return Pin::new(&mut this.inner).poll_read(cx, buf);
+            }
+            let mut raw = [0u8; 16 * 1024];
+            let mut raw = ReadBuf::new(&mut raw);
+            std::task::ready!(Pin::new(&mut this.inner).poll_read(cx, &mut raw))?;
+            if raw.filled().is_empty() {
+                // The end of the stream.
+                return Poll::Ready(Ok(()));
+            }
+            this.fix.feed(raw.filled(), &mut this.ready)?;
+        }
     }
 }
 
@@ -172,5 +202,13 @@ pub fn incoming(listener: UnixListener) -> impl Stream<Item = std::io::Result<Pe
         };
         futures::future::ready(ok)
     })
-    .map(|conn| conn.map(|inner| PeerStream { inner, gone: CancellationToken::new() }))
+    .map(|conn| {
+        conn.map(|inner| PeerStream {
+            inner,
+            gone: CancellationToken::new(),
+            fix: authority::AuthorityFix::default(),
+            ready: Vec::new(),
+            ready_at: 0,
+        })
+    })
 }

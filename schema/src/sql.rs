@@ -20,6 +20,20 @@ pub fn ends_statement(input: &str) -> bool {
     s.closed && s.last_is_semicolon
 }
 
+/// SQL LIKE with `%` and `_` (case-sensitive), as `.tables` and Flight SQL filter patterns
+/// are written.
+pub fn like(name: &str, pattern: &str) -> bool {
+    fn go(n: &[u8], p: &[u8]) -> bool {
+        match p.first() {
+            None => n.is_empty(),
+            Some(b'%') => (0..=n.len()).any(|i| go(&n[i..], &p[1..])),
+            Some(b'_') => !n.is_empty() && go(&n[1..], &p[1..]),
+            Some(c) => n.first() == Some(c) && go(&n[1..], &p[1..]),
+        }
+    }
+    go(name.as_bytes(), pattern.as_bytes())
+}
+
 /// What one pass over the text found.
 struct Scan {
     statements: Vec<String>,
@@ -136,6 +150,13 @@ mod tests {
     fn comments_are_removed_and_keep_tokens_apart() {
         assert_eq!(split_statements("/* lead */select/**/1"), vec!["select 1"]);
         assert_eq!(split_statements("-- only a comment"), Vec::<String>::new());
+    }
+
+    #[test]
+    fn like_patterns() {
+        assert!(like("pods", "p%"));
+        assert!(like("pods", "_ods"));
+        assert!(!like("nodes", "p%"));
     }
 
     #[test]

@@ -258,7 +258,7 @@ async fn dot_command(
         }
         ".tables" | "\\dt" => {
             for t in kq_schema::CATALOG.iter() {
-                if arg.is_none_or(|p| like(t.name, p)) {
+                if arg.is_none_or(|p| kq_schema::sql::like(t.name, p)) {
                     println!("{:<12} {}", t.name, t.description);
                 }
             }
@@ -303,19 +303,6 @@ async fn dot_command(
     Some(true)
 }
 
-/// SQL LIKE with `%` and `_`, as `.tables` patterns are written.
-fn like(name: &str, pattern: &str) -> bool {
-    fn go(n: &[u8], p: &[u8]) -> bool {
-        match p.first() {
-            None => n.is_empty(),
-            Some(b'%') => (0..=n.len()).any(|i| go(&n[i..], &p[1..])),
-            Some(b'_') => !n.is_empty() && go(&n[1..], &p[1..]),
-            Some(c) => n.first() == Some(c) && go(&n[1..], &p[1..]),
-        }
-    }
-    go(name.as_bytes(), pattern.as_bytes())
-}
-
 fn print_schema(table: Option<&str>) {
     let tables: Vec<_> = kq_schema::CATALOG
         .iter()
@@ -357,12 +344,5 @@ mod tests {
         assert!(is_complete("select 1\nfrom pods ; -- done"));
         assert!(is_complete(".tables"));
         assert!(!is_complete("select 'unterminated;"));
-    }
-
-    #[test]
-    fn like_patterns() {
-        assert!(like("pods", "p%"));
-        assert!(like("pods", "_ods"));
-        assert!(!like("nodes", "p%"));
     }
 }

@@ -35,9 +35,8 @@ def statement_query(sql: str) -> bytes:
 
 def main() -> int:
     socket, sql = sys.argv[1], sys.argv[2]
-    # gRPC C++ sends the socket path as the HTTP/2 :authority for unix: targets, which
-    # strict HTTP/2 servers (hyper, so tonic, so kqd) reject; name a plain authority instead.
-    client = flight.connect(f"grpc+unix://{socket}", generic_options=[("grpc.default_authority", "localhost")])
+    # No options: gRPC C++ sends the socket path as the HTTP/2 :authority, and kqd takes it.
+    client = flight.connect(f"grpc+unix://{socket}")
     info = client.get_flight_info(flight.FlightDescriptor.for_command(statement_query(sql)))
     tables = [client.do_get(ep.ticket).read_all() for ep in info.endpoints]
     for t in tables:

@@ -240,6 +240,63 @@ async fn a_flight_sql_client_that_is_not_kq_can_query() {
     assert_eq!(got, "\"context\",\"pods\"\n\"sim-1\",15\n\"sim-2\",15\n");
 }
 
+/// Python's ADBC Flight SQL driver, as it comes: no option beyond the URI.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_adbc_driver_lists_describes_binds_fetches_and_is_refused_writes() {
+    let env = Env::start(2, 15).await;
+    let _kqd = env.kqd().await;
+    env.wait_pods_synced(Duration::from_secs(30)).await;
+    let dir = std::env::var("CARGO_MANIFEST_DIR").unwrap_or(env!("CARGO_MANIFEST_DIR").into());
+    let out = std::process::Command::new("python3")
+        .arg(format!("{dir}/adbc_client.py"))
+        .arg(&env.socket)
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "the ADBC client failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("the client prints JSON");
+    assert_eq!(got["vendor_name"], "kqd");
+    assert_eq!(got["table_types"], serde_json::json!(["TABLE", "VIEW"]));
+    // get_objects lists every catalog table, down to its columns in order.
+    let want: serde_json::Map<String, serde_json::Value> = kq_schema::CATALOG
+        .iter()
+        .map(|t| {
+            let cols: Vec<_> = t.columns.iter().map(|c| c.name).collect();
+            (format!("kq.main.{}", t.name), serde_json::json!(cols))
+        })
+        .collect();
+    assert_eq!(got["objects"], serde_json::Value::Object(want));
+    // Each of the pods table's columns carries its catalog description as its remarks.
+    let pods = kq_schema::CATALOG
+        .iter()
+        .find(|t| t.name == "pods")
+        .unwrap();
+    for c in pods.columns.iter() {
+        assert_eq!(
+            got["pods_remarks"][c.name], c.description,
+            "column {}",
+            c.name
+        );
+    }
+    // A bound parameter selects what the same SQL with a literal does.
+    let literal = env
+        .csv("select count(*) from pods where context = 'sim-1'")
+        .await
+        .unwrap();
+    assert_eq!(
+        literal.lines().nth(1),
+        Some(got["param_count"].to_string().as_str())
+    );
+    assert_eq!(got["fetched_rows"], 100_000);
+    assert_eq!(got["fetched_sum"], 4_999_950_000u64);
+    let refused = got["write_error"].as_str().expect("the write fails");
+    assert!(refused.contains("read-only"), "{refused}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_flushes_closes_and_removes_the_socket() {
     let env = Env::start(1, 10).await;

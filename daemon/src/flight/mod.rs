@@ -1,29 +1,35 @@
 //! The Arrow Flight SQL service: statement and prepared-statement queries (GetFlightInfo,
-//! then DoGet on the ticket), GetSqlInfo, GetCatalogs, GetDbSchemas and GetTables. Updates
-//! are refused: the inventory is read-only to clients.
+//! then DoGet on the ticket; parameters bound with DoPut), and the metadata calls clients
+//! make before they query (`metadata`). Updates are refused: the inventory is read-only to
+//! clients.
+
+mod metadata;
+mod prepared;
 
 use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use arrow::ipc::writer::IpcWriteOptions;
+use arrow_flight::decode::FlightRecordBatchStream;
 use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::error::FlightError;
 use arrow_flight::flight_service_server::FlightService;
-use arrow_flight::sql::metadata::{SqlInfoData, SqlInfoDataBuilder};
 use arrow_flight::sql::server::{FlightSqlService, PeekableFlightDataStream};
 use arrow_flight::sql::{
     ActionClosePreparedStatementRequest, ActionCreatePreparedStatementRequest,
     ActionCreatePreparedStatementResult, Any, CommandGetCatalogs, CommandGetDbSchemas,
-    CommandGetSqlInfo, CommandGetTables, CommandPreparedStatementQuery, CommandStatementQuery,
-    CommandStatementUpdate, ProstMessageExt, SqlInfo, TicketStatementQuery,
+    CommandGetPrimaryKeys, CommandGetSqlInfo, CommandGetTableTypes, CommandGetTables,
+    CommandGetXdbcTypeInfo, CommandPreparedStatementQuery, CommandPreparedStatementUpdate,
+    CommandStatementQuery, CommandStatementUpdate, DoPutPreparedStatementResult, ProstMessageExt,
+    SqlInfo, TicketStatementQuery,
 };
 use arrow_flight::{
     Action, FlightDescriptor, FlightEndpoint, FlightInfo, HandshakeRequest, HandshakeResponse,
-    IpcMessage, SchemaAsIpc, Ticket,
+    Ticket,
 };
 use duckdb::arrow::datatypes::Schema;
+use duckdb::types::Value;
 use futures::{Stream, TryStreamExt as _};
 use prost::Message as _;
 use tonic::{Request, Response, Status, Streaming};
@@ -31,21 +37,8 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::query::{Engine, QueryError, Running};
 use crate::socket::PeerInfo;
 
-/// The database (catalog) name clients see.
-pub const CATALOG: &str = "kq";
-
-static SQL_INFO: LazyLock<SqlInfoData> = LazyLock::new(|| {
-    let mut b = SqlInfoDataBuilder::new();
-    b.append(SqlInfo::FlightSqlServerName, "kqd");
-    b.append(SqlInfo::FlightSqlServerVersion, env!("CARGO_PKG_VERSION"));
-    b.append(SqlInfo::FlightSqlServerArrowVersion, "1.3");
-    b.append(SqlInfo::FlightSqlServerReadOnly, true);
-    b.append(SqlInfo::FlightSqlServerSql, true);
-    b.append(SqlInfo::FlightSqlServerSubstrait, false);
-    b.append(SqlInfo::FlightSqlServerTransaction, 0i32);
-    b.append(SqlInfo::FlightSqlServerCancel, false);
-    b.build().expect("static SqlInfo builds")
-});
+use metadata::{CATALOG, SCHEMA, SQL_INFO, XDBC_TYPES};
+use prepared::Prepared;
 
 /// Queries parked between GetFlightInfo and DoGet are dropped (and interrupted) after this.
 const PARK_TIMEOUT: Duration = Duration::from_secs(60);
@@ -72,6 +65,7 @@ impl KqFlightSql {
     async fn plan(
         &self,
         sql: String,
+        params: Vec<Value>,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         // A query runs to its first batch before GetFlightInfo answers. If the client hangs up
@@ -84,7 +78,7 @@ impl KqFlightSql {
         let gone = gone.unwrap_or_default();
         let descriptor = request.into_inner();
         let running = tokio::select! {
-            r = self.engine.start(sql) => r.map_err(to_status)?,
+            r = self.engine.start_with(sql, params) => r.map_err(to_status)?,
             _ = gone.cancelled() => {
                 tracing::debug!("client hung up during GetFlightInfo");
                 return Err(Status::cancelled("the client went away"));
@@ -194,7 +188,7 @@ impl FlightSqlService for KqFlightSql {
         query: CommandStatementQuery,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.plan(query.query, request).await
+        self.plan(query.query, Vec::new(), request).await
     }
 
     async fn get_flight_info_prepared_statement(
@@ -202,9 +196,8 @@ impl FlightSqlService for KqFlightSql {
         cmd: CommandPreparedStatementQuery,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let sql = String::from_utf8(cmd.prepared_statement_handle.to_vec())
-            .map_err(|_| Status::invalid_argument("the prepared statement handle is not kq's"))?;
-        self.plan(sql, request).await
+        let prepared = Prepared::from_handle(&cmd.prepared_statement_handle)?;
+        self.plan(prepared.sql, prepared.params, request).await
     }
 
     async fn do_get_statement(
@@ -289,21 +282,48 @@ impl FlightSqlService for KqFlightSql {
         query: ActionCreatePreparedStatementRequest,
         _request: Request<Action>,
     ) -> Result<ActionCreatePreparedStatementResult, Status> {
-        // Prepared statements are stateless: the handle is the SQL itself. Starting it here
-        // reports bad SQL at prepare time and gives clients the result schema.
-        let running = self
-            .engine
-            .start(query.query.clone())
-            .await
-            .map_err(to_status)?;
-        running.cancel.cancel();
-        let IpcMessage(schema) = SchemaAsIpc::new(&running.schema, &IpcWriteOptions::default())
-            .try_into()
-            .map_err(|e: duckdb::arrow::error::ArrowError| Status::internal(e.to_string()))?;
+        // Preparing reports bad SQL, and a write, at prepare time. A statement without
+        // parameters is also started, to give clients the result schema; one with
+        // parameters only has that once they are bound, at GetFlightInfo.
+        let names = self.engine.parameters(&query.query).map_err(to_status)?;
+        crate::query::check_read_only(&query.query).map_err(to_status)?;
+        let dataset_schema = if names.is_empty() {
+            let running = self
+                .engine
+                .start(query.query.clone())
+                .await
+                .map_err(to_status)?;
+            running.cancel.cancel();
+            prepared::schema_bytes(&running.schema)?
+        } else {
+            Default::default()
+        };
         Ok(ActionCreatePreparedStatementResult {
-            prepared_statement_handle: query.query.into_bytes().into(),
-            dataset_schema: schema,
-            parameter_schema: Default::default(),
+            prepared_statement_handle: Prepared::new(query.query).handle().into(),
+            dataset_schema,
+            parameter_schema: prepared::schema_bytes(&prepared::parameter_schema(&names))?,
+        })
+    }
+
+    /// Binds parameter values: the handle given back carries them, and the client uses it
+    /// for GetFlightInfo.
+    async fn do_put_prepared_statement_query(
+        &self,
+        query: CommandPreparedStatementQuery,
+        request: Request<PeekableFlightDataStream>,
+    ) -> Result<DoPutPreparedStatementResult, Status> {
+        let mut prepared = Prepared::from_handle(&query.prepared_statement_handle)?;
+        let batches: Vec<_> = FlightRecordBatchStream::new_from_flight_data(
+            request
+                .into_inner()
+                .map_err(|s| FlightError::Tonic(Box::new(s))),
+        )
+        .try_collect()
+        .await
+        .map_err(|e| Status::invalid_argument(format!("reading the parameters: {e}")))?;
+        prepared.bind(&batches)?;
+        Ok(DoPutPreparedStatementResult {
+            prepared_statement_handle: Some(prepared.handle().into()),
         })
     }
 
@@ -320,9 +340,15 @@ impl FlightSqlService for KqFlightSql {
         _ticket: CommandStatementUpdate,
         _request: Request<PeekableFlightDataStream>,
     ) -> Result<i64, Status> {
-        Err(Status::permission_denied(
-            "read-only: the inventory is written only by kqd",
-        ))
+        Err(read_only())
+    }
+
+    async fn do_put_prepared_statement_update(
+        &self,
+        _query: CommandPreparedStatementUpdate,
+        _request: Request<PeekableFlightDataStream>,
+    ) -> Result<i64, Status> {
+        Err(read_only())
     }
 
     async fn get_flight_info_sql_info(
@@ -379,7 +405,7 @@ impl FlightSqlService for KqFlightSql {
         _request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
         let mut b = query.into_builder();
-        b.append(CATALOG, "main");
+        b.append(CATALOG, SCHEMA);
         let schema = b.schema();
         Ok(Response::new(one_batch(schema, b.build())))
     }
@@ -398,28 +424,90 @@ impl FlightSqlService for KqFlightSql {
         query: CommandGetTables,
         _request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        let pattern = query.table_name_filter_pattern.clone();
         let mut b = query.into_builder();
-        for t in kq_schema::CATALOG.iter() {
+        for t in metadata::candidate_tables(pattern.as_deref()) {
             let running = self
                 .engine
                 .start(format!("SELECT * FROM main.{} LIMIT 0", t.name))
                 .await
                 .map_err(to_status)?;
             running.cancel.cancel();
-            b.append(
-                CATALOG,
-                "main",
-                t.name,
-                if t.view.is_some() { "VIEW" } else { "TABLE" },
-                &running.schema,
-            )
-            .map_err(Status::from)?;
+            let schema = metadata::described(t, &running.schema);
+            b.append(CATALOG, SCHEMA, t.name, metadata::table_type(t), &schema)
+                .map_err(Status::from)?;
         }
         let schema = b.schema();
         Ok(Response::new(one_batch(schema, b.build())))
     }
 
+    async fn get_flight_info_table_types(
+        &self,
+        query: CommandGetTableTypes,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let schema = query.into_builder().schema();
+        metadata_info(query.as_any(), &schema, request.into_inner())
+    }
+
+    async fn do_get_table_types(
+        &self,
+        query: CommandGetTableTypes,
+        _request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        let mut b = query.into_builder();
+        metadata::TABLE_TYPES.iter().for_each(|t| b.append(t));
+        let schema = b.schema();
+        Ok(Response::new(one_batch(schema, b.build())))
+    }
+
+    async fn get_flight_info_primary_keys(
+        &self,
+        query: CommandGetPrimaryKeys,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        metadata_info(
+            query.as_any(),
+            &metadata::primary_keys_schema(),
+            request.into_inner(),
+        )
+    }
+
+    /// kq's tables declare no primary keys, so the answer is always empty.
+    async fn do_get_primary_keys(
+        &self,
+        _query: CommandGetPrimaryKeys,
+        _request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        let schema = Arc::new(metadata::primary_keys_schema());
+        let empty = duckdb::arrow::record_batch::RecordBatch::new_empty(schema.clone());
+        Ok(Response::new(one_batch(schema, Ok(empty))))
+    }
+
+    async fn get_flight_info_xdbc_type_info(
+        &self,
+        query: CommandGetXdbcTypeInfo,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let schema = query.into_builder(&XDBC_TYPES).schema();
+        metadata_info(query.as_any(), &schema, request.into_inner())
+    }
+
+    async fn do_get_xdbc_type_info(
+        &self,
+        query: CommandGetXdbcTypeInfo,
+        _request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        let b = query.into_builder(&XDBC_TYPES);
+        let schema = b.schema();
+        Ok(Response::new(one_batch(schema, b.build())))
+    }
+
     async fn register_sql_info(&self, _id: i32, _result: &SqlInfo) {}
+}
+
+fn read_only() -> Status {
+    Status::permission_denied("read-only: the inventory is written only by kqd")
 }
 
 fn metadata_info(
