@@ -9,7 +9,7 @@ use arrow_flight::decode::FlightRecordBatchStream;
 use arrow_flight::error::FlightError;
 use arrow_flight::flight_service_client::FlightServiceClient;
 use arrow_flight::sql::{CommandStatementQuery, ProstMessageExt as _};
-use futures::TryStreamExt as _;
+use futures::{StreamExt as _, TryStreamExt as _};
 use hyper_util::rt::TokioIo;
 use prost::Message as _;
 use tonic::transport::{Channel, Endpoint, Uri};
@@ -103,6 +103,10 @@ impl QueryResult {
     }
 }
 
+/// A result's batches as they arrive.
+pub type BatchStream =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<RecordBatch, ClientError>> + Send>>;
+
 /// A connection to kqd.
 pub struct Client {
     inner: FlightServiceClient<Channel>,
@@ -139,6 +143,17 @@ impl Client {
 
     /// Runs one statement and collects its result.
     pub async fn query(&mut self, sql: &str) -> Result<QueryResult, ClientError> {
+        let (schema, batches) = self.query_stream(sql).await?;
+        let batches = batches.try_collect().await?;
+        Ok(QueryResult { schema, batches })
+    }
+
+    /// Runs one statement; its batches arrive as the caller reads them, and dropping the
+    /// stream before its end stops the query.
+    pub async fn query_stream(
+        &mut self,
+        sql: &str,
+    ) -> Result<(SchemaRef, BatchStream), ClientError> {
         let cmd = CommandStatementQuery {
             query: sql.to_string(),
             transaction_id: None,
@@ -155,13 +170,13 @@ impl Client {
                 .try_decode_schema()
                 .map_err(|e| ClientError::Server(format!("bad schema from kqd: {e}")))?,
         );
-        let mut batches = Vec::new();
+        // kqd answers with one endpoint; any others would follow in order.
+        let mut streams = Vec::new();
         for ep in info.endpoint {
             let Some(ticket) = ep.ticket else { continue };
-            let got: Vec<RecordBatch> = self.do_get(ticket).await?.try_collect().await?;
-            batches.extend(got);
+            streams.push(self.do_get(ticket).await?);
         }
-        Ok(QueryResult { schema, batches })
+        Ok((schema, Box::pin(futures::stream::iter(streams).flatten())))
     }
 
     /// The record batches of one ticket, as they arrive.

@@ -44,18 +44,22 @@ pub async fn run(
     follow: bool,
     format: Format,
 ) -> i32 {
-    match client.query(&open_sql(filter)).await {
-        Ok(r) => {
-            if let Err(e) = format::write(&mut std::io::stdout().lock(), &r, format) {
-                eprintln!("kq: cannot write the result: {e}");
-                return 1;
-            }
-        }
-        Err(e) => {
+    let display = format::Display::new(format);
+    let target = format::Target::for_stdout();
+    let mut out = std::io::stdout().lock();
+    match crate::run_statement(client, &open_sql(filter), &display, target, &mut out).await {
+        Ok(_) => {}
+        Err(format::WriteError::Client(e)) => {
             eprintln!("kq: {e}");
             return e.exit_code();
         }
+        Err(e) if e.is_broken_pipe() => return 0,
+        Err(e) => {
+            eprintln!("kq: {e}");
+            return 1;
+        }
     }
+    drop(out);
     if !follow {
         return 0;
     }
@@ -86,7 +90,7 @@ pub async fn follow_until_interrupted(
         let batch = batch?;
         let mut out = std::io::stdout().lock();
         let written = match format {
-            Format::Table => write_lines(&mut out, &batch),
+            Format::Table | Format::Line | Format::Markdown => write_lines(&mut out, &batch),
             // A stream has no end to close a JSON array at: one object per line.
             Format::Json | Format::Jsonl => {
                 let mut w = arrow::json::LineDelimitedWriter::new(&mut out);

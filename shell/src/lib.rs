@@ -3,9 +3,11 @@
 //! or stdin. It never opens DuckDB itself.
 
 mod client;
+mod complete;
 mod format;
 mod incidents;
 mod repl;
+mod table;
 
 use std::io::{IsTerminal as _, Read as _};
 use std::path::PathBuf;
@@ -16,6 +18,7 @@ use clap::Parser;
 pub use arrow;
 pub use client::{Client, ClientError, QueryResult};
 pub use format::Format;
+use format::{Display, Target, WriteError};
 
 /// kq: SQL over every cluster in your kubeconfig, answered by the kqd daemon.
 ///
@@ -124,7 +127,7 @@ pub fn run(args: Args) -> i32 {
             }
         };
         if let Some(Cmd::Status { format }) = &args.cmd {
-            return run_script(&mut client, STATUS_SQL, *format).await;
+            return run_script(&mut client, STATUS_SQL, *format, Target::for_stdout()).await;
         }
         if let Some(Cmd::Incidents {
             follow,
@@ -142,30 +145,52 @@ pub fn run(args: Args) -> i32 {
             return incidents::run(&mut client, &filter, *follow, *format).await;
         }
         match script {
-            Some(s) => run_script(&mut client, &s, args.format).await,
-            None => repl::run(&mut client, args.format).await,
+            // Output for scripts and pipes is never capped or cut.
+            Some(s) => run_script(&mut client, &s, args.format, Target::Plain).await,
+            None => repl::run(client, &socket, args.format).await,
         }
     })
 }
 
-/// Runs each statement of a script in turn, stopping at the first error.
-async fn run_script(client: &mut Client, script: &str, format: Format) -> i32 {
+/// Runs each statement of a script in turn, stopping at the first error. Ctrl-C cancels
+/// the running statement (kqd stops it when the connection closes) and exits 130.
+async fn run_script(client: &mut Client, script: &str, format: Format, target: Target) -> i32 {
+    let display = Display::new(format);
     for stmt in split_statements(script) {
         let mut out = std::io::stdout().lock();
-        match client.query(&stmt).await {
-            Ok(result) => {
-                if let Err(e) = format::write(&mut out, &result, format) {
-                    eprintln!("kq: cannot write the result: {e}");
-                    return 1;
-                }
+        let ran = tokio::select! {
+            r = run_statement(client, &stmt, &display, target, &mut out) => r,
+            _ = tokio::signal::ctrl_c() => {
+                eprintln!("kq: cancelled");
+                return 130;
+            }
+        };
+        match ran {
+            Ok(_) => {}
+            Err(e) if e.is_broken_pipe() => return 0,
+            Err(WriteError::Client(e)) => {
+                eprintln!("kq: {e}");
+                return e.exit_code();
             }
             Err(e) => {
                 eprintln!("kq: {e}");
-                return e.exit_code();
+                return 1;
             }
         }
     }
     0
+}
+
+/// Runs one statement and writes its result as it arrives. Returns the number of rows.
+pub(crate) async fn run_statement(
+    client: &mut Client,
+    sql: &str,
+    display: &Display,
+    target: Target,
+    out: &mut dyn std::io::Write,
+) -> Result<usize, WriteError> {
+    let (schema, batches) = client.query_stream(sql).await?;
+    format::write_stream(out, schema, batches, display, target).await
 }
 
 /// Splits a script on `;` outside quotes and comments, dropping empty statements.
