@@ -10,6 +10,7 @@ use kube_sim::{Fleet, FleetOptions, GenSpec};
 pub mod pg;
 pub mod pgproxy;
 pub mod registry;
+pub mod terminal;
 
 /// A built binary of this workspace (`kqd`, `kq`, `kube-sim`), next to the test executable.
 pub fn bin(name: &str) -> PathBuf {

@@ -1,0 +1,283 @@
+//! The real `kq` in a real terminal (tmux, 80 columns), driven as a person types: tables
+//! fitted to the width, the row cap, `\x`, completion by position, the pager, errors with
+//! DuckDB's caret, and Ctrl-C cancelling a long statement back to the prompt; and `kq -c`
+//! exiting 130 on SIGINT.
+
+use std::time::Duration;
+
+use kq_e2e::terminal::Terminal;
+use kq_e2e::{Env, bin, eventually};
+use unicode_width::UnicodeWidthStr as _;
+
+/// kq against the env's kqd, in an 80-column terminal of `height` rows, with its history
+/// and state kept in the env's directory.
+async fn shell(env: &Env, height: u16, extra: &[(&str, &str)]) -> Terminal {
+    let state = env.dir.path().join("shell-state");
+    let state = state.to_str().unwrap().to_string();
+    let mut vars = vec![
+        ("XDG_STATE_HOME", state.as_str()),
+        ("TERM", "xterm-256color"),
+    ];
+    vars.extend_from_slice(extra);
+    let socket = env.socket.to_str().unwrap().to_string();
+    let mut t = Terminal::start(&bin("kq"), &["--socket", &socket], &vars, 80, height);
+    t.wait_prompt().await;
+    t
+}
+
+/// Whether kqd's log shows the long cross join running.
+fn started(log: &str) -> bool {
+    log.lines()
+        .any(|l| l.contains("query started") && l.contains("range(300000) b"))
+}
+
+/// The lines of a box table in `output`.
+fn table_lines(output: &str) -> Vec<&str> {
+    output
+        .lines()
+        .filter(|l| l.starts_with(['┌', '│', '├', '└']))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wide_table_fits_80_columns_and_long_results_are_capped() {
+    let env = Env::start(2, 60).await;
+    let _kqd = env.kqd().await;
+    env.wait_pods_synced(Duration::from_secs(30)).await;
+    let mut t = shell(&env, 60, &[]).await;
+
+    // Every pods column would need hundreds of columns: the table keeps to 80, narrows
+    // cells with `…`, and says how many columns it shows.
+    let out = t
+        .run("select * from pods order by context, name limit 3;")
+        .await;
+    let lines = table_lines(&out);
+    assert!(!lines.is_empty(), "no table:\n{out}");
+    for l in &lines {
+        assert!(l.width() <= 80, "{} columns wide: {l}", l.width());
+    }
+    assert!(out.contains('…'), "{out}");
+    assert!(out.contains("3 rows  24 columns ("), "{out}");
+    assert!(out.contains("│ context │"), "{out}");
+
+    // 120 pods: the first 20 and the last 20 rows, and the count.
+    let out = t.run("select name from pods order by name;").await;
+    assert!(out.contains("120 rows (40 shown)"), "{out}");
+    let body: Vec<&str> = table_lines(&out)
+        .into_iter()
+        .filter(|l| l.starts_with('│'))
+        .skip(2)
+        .collect();
+    assert_eq!(body.len(), 41, "40 rows and the elision line:\n{out}");
+    assert!(body[20].contains('·'), "{out}");
+    let all = env
+        .csv("select name from pods order by name")
+        .await
+        .unwrap();
+    let names: Vec<&str> = all.lines().skip(1).collect();
+    assert!(
+        body[0].contains(names[0]) && body[40].contains(names[119]),
+        "{out}"
+    );
+
+    // .maxrows changes the cap; numbers are right-aligned.
+    t.run(".maxrows 4").await;
+    let out = t
+        .run("select name, restarts from pods order by name;")
+        .await;
+    assert!(out.contains("120 rows (4 shown)"), "{out}");
+    let row = table_lines(&out)[4];
+    assert!(row.ends_with(" 0 │"), "{row}");
+    assert!(row.contains("        0 │"), "right-aligned: {row}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn expanded_display_shows_one_column_per_line() {
+    let env = Env::start(1, 10).await;
+    let _kqd = env.kqd().await;
+    env.wait_pods_synced(Duration::from_secs(30)).await;
+    let mut t = shell(&env, 60, &[]).await;
+    let out = t.run("\\x").await;
+    assert_eq!(out, "Expanded display is on.");
+    let out = t
+        .run("select name, phase, node from pods order by name limit 2;")
+        .await;
+    let want_first = env
+        .csv("select name from pods order by name limit 1")
+        .await
+        .unwrap();
+    let first = want_first.lines().nth(1).unwrap();
+    assert!(out.contains("-[ RECORD 1 ]"), "{out}");
+    assert!(out.contains("-[ RECORD 2 ]"), "{out}");
+    assert!(out.contains(&format!("name  | {first}")), "{out}");
+    assert!(out.contains("phase | Running"), "{out}");
+    // `.mode line` is DuckDB's spelling of the same idea.
+    t.run("\\x off").await;
+    t.run(".mode line").await;
+    let out = t.run("select 1 as one, 'two' as second;").await;
+    assert_eq!(out, "   one = 1\nsecond = two");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn completion_knows_tables_after_from_and_context_names_in_quotes() {
+    let env = Env::start(2, 10).await;
+    let _kqd = env.kqd().await;
+    env.wait_pods_synced(Duration::from_secs(30)).await;
+    let mut t = shell(&env, 40, &[]).await;
+    // After FROM only tables: `nod` completes to `nodes` (not to the `node` column).
+    t.type_text("select count(*) from nod");
+    t.press("Tab");
+    t.wait_for("nodes completed", Duration::from_secs(5), |s| {
+        s.lines().last() == Some("kq> select count(*) from nodes")
+    })
+    .await;
+    t.type_text(" where context = 'sim-");
+    t.press("Tab");
+    t.press("Tab");
+    // Two contexts match: the list of both is shown.
+    let s = t
+        .wait_for("the context list", Duration::from_secs(5), |s| {
+            s.contains("'sim-1'") && s.contains("'sim-2'")
+        })
+        .await;
+    assert!(
+        s.contains("'sim-1'  'sim-2'") || s.contains("'sim-1'\n'sim-2'"),
+        "{s}"
+    );
+    t.type_text("2';");
+    t.press("Enter");
+    let s = t.wait_prompt().await;
+    let nodes = env
+        .csv("select count(*) from nodes where context = 'sim-2'")
+        .await
+        .unwrap();
+    let n = nodes.lines().nth(1).unwrap();
+    assert!(s.contains(&format!("│ {n:>12} │")), "{s}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ctrl_c_cancels_a_long_query_and_returns_to_the_prompt() {
+    let env = Env::start(1, 5).await;
+    let kqd = env.kqd().await;
+    env.wait_pods_synced(Duration::from_secs(30)).await;
+    let mut t = shell(&env, 40, &[]).await;
+    // A cross join DuckDB needs many minutes for.
+    t.line("select sum(a.range * b.range) from range(300000) a, range(300000) b;");
+    assert!(
+        eventually(Duration::from_secs(10), || started(&kqd.log())).await,
+        "kqd never started the query:\n{}",
+        kqd.log()
+    );
+    t.press("C-c");
+    let s = t.wait_prompt().await;
+    assert!(s.contains("cancelled"), "{s}");
+    assert!(t.alive());
+    // kqd stopped the query when the connection closed.
+    assert!(
+        eventually(Duration::from_secs(10), || kqd
+            .log()
+            .contains("query cancelled: the client went away"))
+        .await,
+        "{}",
+        kqd.log()
+    );
+    // The shell goes on, on a new connection.
+    let out = t.run("select 42 as answer;").await;
+    assert!(out.contains("│     42 │"), "{out}");
+    // Ctrl-C at the prompt clears the line; Ctrl-D leaves.
+    t.type_text("select 'half typed");
+    t.press("C-c");
+    t.wait_for("a cleared line", Duration::from_secs(5), |s| {
+        s.lines().last() == Some("kq>")
+    })
+    .await;
+    t.press("C-d");
+    assert!(eventually(Duration::from_secs(5), || !t.alive()).await);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_error_points_at_the_offending_token() {
+    let env = Env::start(1, 5).await;
+    let _kqd = env.kqd().await;
+    env.wait_pods_synced(Duration::from_secs(30)).await;
+    let mut t = shell(&env, 40, &[]).await;
+    let out = t.run("select nme from pods;").await;
+    let lines: Vec<&str> = out.lines().collect();
+    let at = lines
+        .iter()
+        .position(|l| l.starts_with("LINE 1: select nme from pods"))
+        .unwrap_or_else(|| panic!("no LINE in:\n{out}"));
+    let caret = lines[at + 1];
+    let col = caret.find('^').expect("a caret");
+    assert_eq!(&lines[at][col..col + 3], "nme", "{out}");
+    assert!(out.starts_with("Error: Binder Error"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn output_taller_than_the_terminal_goes_through_the_pager() {
+    let env = Env::start(1, 30).await;
+    let _kqd = env.kqd().await;
+    env.wait_pods_synced(Duration::from_secs(30)).await;
+    // A pager that keeps what it is given.
+    let paged = env.dir.path().join("paged.txt");
+    let pager = env.dir.path().join("pager.sh");
+    std::fs::write(&pager, format!("#!/bin/sh\ncat > {}\n", paged.display())).unwrap();
+    std::fs::set_permissions(&pager, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let pager = pager.to_str().unwrap().to_string();
+    let mut t = shell(&env, 20, &[("PAGER", &pager)]).await;
+    // 10 rows fit in 20 lines: no pager.
+    t.run("select name from pods limit 5;").await;
+    assert!(!paged.exists());
+    // 30 rows do not.
+    t.run("select name from pods order by name;").await;
+    let text = std::fs::read_to_string(&paged).expect("the pager was given the result");
+    assert!(text.contains("30 rows"), "{text}");
+    // Written to a file with .once, a result is whole and goes nowhere else.
+    let file = env.dir.path().join("once.csv");
+    t.run(&format!(".once {}", file.display())).await;
+    t.run(".mode csv").await;
+    let out = t.run("select name from pods order by name;").await;
+    assert_eq!(out, "");
+    let want = env
+        .csv("select name from pods order by name")
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), want);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kq_c_exits_130_on_sigint_and_kqd_stops_the_query() {
+    let env = Env::start(1, 5).await;
+    let kqd = env.kqd().await;
+    env.wait_pods_synced(Duration::from_secs(30)).await;
+    let mut child = std::process::Command::new(bin("kq"))
+        .args(["--socket", env.socket.to_str().unwrap(), "-c"])
+        .arg("select sum(a.range * b.range) from range(300000) a, range(300000) b")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Once kqd runs the statement, kq is waiting on it (with its SIGINT handler set).
+    assert!(
+        eventually(Duration::from_secs(10), || started(&kqd.log())).await,
+        "kqd never started the query:\n{}",
+        kqd.log()
+    );
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::INT).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(130),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || kqd
+            .log()
+            .contains("query cancelled: the client went away"))
+        .await,
+        "{}",
+        kqd.log()
+    );
+}
