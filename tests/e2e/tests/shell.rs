@@ -250,7 +250,7 @@ async fn kq_c_exits_130_on_sigint_and_kqd_stops_the_query() {
     let env = Env::start(1, 5).await;
     let kqd = env.kqd().await;
     env.wait_pods_synced(Duration::from_secs(30)).await;
-    let mut child = std::process::Command::new(bin("kq"))
+    let child = std::process::Command::new(bin("kq"))
         .args(["--socket", env.socket.to_str().unwrap(), "-c"])
         .arg("select sum(a.range * b.range) from range(300000) a, range(300000) b")
         .stdout(std::process::Stdio::null())
