@@ -7,6 +7,7 @@ pub mod fleet;
 pub mod flight;
 pub mod images;
 pub mod incidents;
+pub mod install;
 pub mod kubeconfig;
 pub mod mirror;
 pub mod notify;

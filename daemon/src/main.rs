@@ -23,6 +23,8 @@ pub static malloc_conf: &[u8] = b"background_thread:true,dirty_decay_ms:1000,muz
 #[derive(Parser, Debug)]
 #[command(name = "kqd", version)]
 struct Args {
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
     /// Kubeconfig file (repeat for several); default: $KUBECONFIG, else ~/.kube/config.
     #[arg(long)]
     kubeconfig: Vec<PathBuf>,
@@ -44,8 +46,72 @@ struct Args {
     check_config: bool,
 }
 
+/// Commands beside running the daemon.
+#[derive(clap::Subcommand, Debug)]
+enum Cmd {
+    /// Install the systemd user units for this kqd binary, reload systemd and enable
+    /// kqd.socket (kqd then starts on the first connection).
+    Install {
+        #[command(flatten)]
+        opts: InstallArgs,
+    },
+    /// Stop and disable kqd, and remove its systemd user units.
+    Uninstall {
+        #[command(flatten)]
+        opts: InstallArgs,
+    },
+    /// Print a shell completion script: bash, zsh, fish, elvish or powershell.
+    Completions { shell: clap_complete::Shell },
+    /// Print kqd's man page (roff), e.g. `kqd man > ~/.local/share/man/man1/kqd.1`.
+    Man,
+}
+
+#[derive(clap::Args, Debug)]
+struct InstallArgs {
+    /// Print what would be written and run; change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// The systemd user unit directory; default: $XDG_CONFIG_HOME/systemd/user.
+    #[arg(long)]
+    unit_dir: Option<PathBuf>,
+    /// Write the units, but do not run systemctl.
+    #[arg(long)]
+    no_enable: bool,
+}
+
+impl InstallArgs {
+    fn options(&self) -> kq_daemon::install::InstallOptions {
+        kq_daemon::install::InstallOptions {
+            unit_dir: self
+                .unit_dir
+                .clone()
+                .unwrap_or_else(kq_daemon::install::InstallOptions::default_unit_dir),
+            dry_run: self.dry_run,
+            no_enable: self.no_enable,
+        }
+    }
+}
+
+/// Runs a command that is not the daemon; returns the exit status.
+fn command(cmd: &Cmd) -> anyhow::Result<()> {
+    use clap::CommandFactory as _;
+    let mut out = std::io::stdout().lock();
+    match cmd {
+        Cmd::Install { opts } => kq_daemon::install::install(&opts.options(), &mut out)?,
+        Cmd::Uninstall { opts } => kq_daemon::install::uninstall(&opts.options(), &mut out)?,
+        Cmd::Completions { shell } => {
+            clap_complete::generate(*shell, &mut Args::command(), "kqd", &mut out)
+        }
+        Cmd::Man => clap_mangen::Man::new(Args::command()).render(&mut out)?,
+    }
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(cmd) = &args.cmd {
+        return command(cmd);
+    }
     let source = ConfigSource {
         file: args.config,
         kubeconfigs: args.kubeconfig,

@@ -80,10 +80,32 @@ pub enum Cmd {
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },
+    /// Print a shell completion script: bash, zsh, fish, elvish or powershell, e.g.
+    /// `kq completions bash > ~/.local/share/bash-completion/completions/kq`.
+    Completions { shell: clap_complete::Shell },
+    /// Print kq's man page (roff), e.g. `kq man > ~/.local/share/man/man1/kq.1`.
+    Man,
 }
 
 /// Runs kq; returns the process exit status.
 pub fn run(args: Args) -> i32 {
+    use clap::CommandFactory as _;
+    match &args.cmd {
+        Some(Cmd::Completions { shell }) => {
+            clap_complete::generate(*shell, &mut Args::command(), "kq", &mut std::io::stdout());
+            return 0;
+        }
+        Some(Cmd::Man) => {
+            return match clap_mangen::Man::new(Args::command()).render(&mut std::io::stdout()) {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("kq: cannot write the man page: {e}");
+                    1
+                }
+            };
+        }
+        _ => {}
+    }
     let socket = args
         .socket
         .clone()

@@ -48,6 +48,55 @@ fn the_units_pass_systemd_analyze_verify() {
     assert!(stderr.trim().is_empty(), "verify warned: {stderr}");
 }
 
+/// `kqd install` writes the units for the binary that runs it; systemd accepts them.
+#[test]
+fn kqd_install_writes_units_for_itself_that_systemd_verifies() {
+    let kqd = kq_e2e::bin("kqd").canonicalize().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let units = dir.path().join("systemd/user");
+    let dry = Command::new(&kqd)
+        .args(["install", "--dry-run", "--unit-dir"])
+        .arg(&units)
+        .output()
+        .unwrap();
+    assert!(dry.status.success(), "{}", String::from_utf8_lossy(&dry.stderr));
+    let printed = String::from_utf8_lossy(&dry.stdout);
+    assert!(
+        printed.contains(&format!("\nExecStart={}\n", kqd.display())),
+        "{printed}"
+    );
+    assert!(printed.contains("would run systemctl --user enable --now kqd.socket"));
+    assert!(!units.exists(), "a dry run writes nothing");
+
+    let wrote = Command::new(&kqd)
+        .args(["install", "--no-enable", "--unit-dir"])
+        .arg(&units)
+        .output()
+        .unwrap();
+    assert!(wrote.status.success(), "{}", String::from_utf8_lossy(&wrote.stderr));
+    let service = std::fs::read_to_string(units.join("kqd.service")).unwrap();
+    assert!(service.contains(&format!("ExecStart={}", kqd.display())));
+    let runtime = tempfile::tempdir().unwrap();
+    let out = Command::new("systemd-analyze")
+        .args(["--user", "verify"])
+        .arg(units.join("kqd.socket"))
+        .arg(units.join("kqd.service"))
+        .env("XDG_RUNTIME_DIR", runtime.path())
+        .output()
+        .expect("systemd-analyze runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "verify failed: {stderr}");
+    assert!(stderr.trim().is_empty(), "verify warned: {stderr}");
+
+    let removed = Command::new(&kqd)
+        .args(["uninstall", "--no-enable", "--unit-dir"])
+        .arg(&units)
+        .output()
+        .unwrap();
+    assert!(removed.status.success());
+    assert!(!units.join("kqd.service").exists() && !units.join("kqd.socket").exists());
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn kqd_notifies_ready_once_listening_and_sends_watchdog_keepalives() {
     let env = Env::start(1, 5).await;
