@@ -201,9 +201,15 @@ mod tests {
         install(&opts, &mut out).unwrap();
         let out = String::from_utf8(out).unwrap();
         assert!(!unit_dir.exists());
-        assert!(out.contains("would run systemctl --user enable --now kqd.socket"), "{out}");
+        assert!(
+            out.contains("would run systemctl --user enable --now kqd.socket"),
+            "{out}"
+        );
         let exe = std::env::current_exe().unwrap().canonicalize().unwrap();
-        assert!(out.contains(&format!("ExecStart={}", exe.display())), "{out}");
+        assert!(
+            out.contains(&format!("ExecStart={}", exe.display())),
+            "{out}"
+        );
     }
 
     #[test]

@@ -1,11 +1,51 @@
-//! The follow request: a Flight `DoGet` ticket that streams incidents as kqd records them.
-//! kq sends it for `kq incidents --follow` and `.follow`; any Flight client can too.
+//! The follow requests: Flight `DoGet` tickets that stream as kqd writes. Any Flight
+//! client can send them.
 //!
-//! The ticket is a protobuf `Any` with [`FOLLOW_INCIDENTS`] as its type URL and, as its
-//! value, UTF-8 lines `context=…`, `namespace=…`, `min_severity=…` (each optional).
+//! - Incidents as kqd records them (`kq incidents --follow`, `.follow`): a protobuf `Any`
+//!   with [`FOLLOW_INCIDENTS`] as its type URL and, as its value, UTF-8 lines `context=…`,
+//!   `namespace=…`, `min_severity=…` (each optional).
+//! - Commits (`.watch`, `kq watch`): [`FOLLOW_COMMITS`], with lines `table=…` naming the
+//!   tables of interest (none: all). Each commit that wrote one of them streams one row,
+//!   `tables`, the comma-separated names of the tables it wrote.
 
 /// The `Any` type URL of a follow request.
 pub const FOLLOW_INCIDENTS: &str = "type.googleapis.com/kq.FollowIncidents";
+
+/// The `Any` type URL of a commit follow request.
+pub const FOLLOW_COMMITS: &str = "type.googleapis.com/kq.FollowCommits";
+
+/// Which commits to stream: those that wrote one of `tables` (empty: every commit).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FollowCommits {
+    pub tables: Vec<String>,
+}
+
+impl FollowCommits {
+    pub fn encode(&self) -> Vec<u8> {
+        self.tables
+            .iter()
+            .map(|t| format!("table={t}\n"))
+            .collect::<String>()
+            .into_bytes()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<FollowCommits, String> {
+        let text = std::str::from_utf8(bytes).map_err(|_| "the follow request is not UTF-8")?;
+        let mut f = FollowCommits::default();
+        for line in text.lines().filter(|l| !l.is_empty()) {
+            match line.split_once('=') {
+                Some(("table", t)) => f.tables.push(t.to_string()),
+                _ => return Err(format!("bad commit follow request line {line:?}")),
+            }
+        }
+        Ok(f)
+    }
+
+    /// Whether a commit that wrote `written` interests this follower.
+    pub fn matches(&self, written: &[&str]) -> bool {
+        self.tables.is_empty() || written.iter().any(|w| self.tables.iter().any(|t| t == w))
+    }
+}
 
 /// Which incidents to stream.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -86,5 +126,17 @@ mod tests {
         assert!(!f.matches("prod", None, "medium"));
         assert!(!f.matches("dev", None, "critical"));
         assert!(FollowIncidents::decode(b"min_severity=urgent").is_err());
+    }
+
+    #[test]
+    fn a_commit_request_round_trips_and_matches_its_tables() {
+        let f = FollowCommits {
+            tables: vec!["pods".into(), "containers".into()],
+        };
+        assert_eq!(FollowCommits::decode(&f.encode()).unwrap(), f);
+        assert!(f.matches(&["changes", "pods"]));
+        assert!(!f.matches(&["nodes"]));
+        assert!(FollowCommits::default().matches(&["nodes"]));
+        assert!(FollowCommits::decode(b"context=x").is_err());
     }
 }

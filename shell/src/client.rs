@@ -201,6 +201,21 @@ impl Client {
         }))
     }
 
+    /// Streams, for each commit that wrote one of the filter's tables, the tables it wrote.
+    pub async fn follow_commits(
+        &mut self,
+        filter: &kq_schema::follow::FollowCommits,
+    ) -> Result<BatchStream, ClientError> {
+        let any = arrow_flight::sql::Any {
+            type_url: kq_schema::follow::FOLLOW_COMMITS.to_string(),
+            value: filter.encode().into(),
+        };
+        Ok(Box::pin(
+            self.do_get(arrow_flight::Ticket::new(any.encode_to_vec()))
+                .await?,
+        ))
+    }
+
     /// Streams incidents as kqd records or updates them, until the caller stops reading.
     pub async fn follow_incidents(
         &mut self,

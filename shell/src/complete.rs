@@ -47,7 +47,7 @@ pub const DOT_COMMANDS: &[(&str, &str)] = &[
     ),
     (
         ".watch",
-        "SECONDS: run the last query again every SECONDS until Ctrl-C; also \\watch",
+        "[SECONDS]: run the last query again at each change kqd commits to its tables (or every SECONDS) until Ctrl-C; also \\watch",
     ),
     (
         ".timer",
@@ -265,7 +265,11 @@ fn is_keyword(word: &str) -> bool {
 }
 
 /// The tables a statement names after FROM or JOIN (wherever the cursor is).
-fn named_tables(sql: &str, toks: &[Token]) -> Vec<&'static kq_schema::Table> {
+pub(crate) fn named_tables(sql: &str) -> Vec<&'static kq_schema::Table> {
+    named_tables_in(sql, &tokens(sql))
+}
+
+fn named_tables_in(sql: &str, toks: &[Token]) -> Vec<&'static kq_schema::Table> {
     let mut out = Vec::new();
     let mut after_from = false;
     for t in toks {
@@ -392,7 +396,7 @@ pub fn complete(line: &str, pos: usize, values: &Values) -> (usize, Vec<Pair>) {
     if word.is_empty() {
         return (pos, out);
     }
-    let tables = named_tables(line, &tokens(line));
+    let tables = named_tables(line);
     let columns: Vec<&str> = if tables.is_empty() {
         kq_schema::CATALOG
             .iter()

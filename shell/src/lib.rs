@@ -8,6 +8,7 @@ mod format;
 mod incidents;
 mod repl;
 mod table;
+mod watch;
 
 use std::io::{IsTerminal as _, Read as _};
 use std::path::PathBuf;
@@ -77,6 +78,18 @@ pub enum Cmd {
         #[arg(long, value_parser = ["critical", "high", "medium", "low"])]
         min_severity: Option<String>,
         /// Output format (csv and json stream one record per line).
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Run a query, then again each time kqd commits a change to a table it reads (or every
+    /// --interval seconds), until Ctrl-C. At a terminal each run replaces the last.
+    Watch {
+        /// The query.
+        sql: String,
+        /// Run it every this many seconds instead of on each change.
+        #[arg(long)]
+        interval: Option<f64>,
+        /// Output format.
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },
@@ -165,6 +178,35 @@ pub fn run(args: Args) -> i32 {
                 min_severity: min_severity.clone(),
             };
             return incidents::run(&mut client, &filter, *follow, *format).await;
+        }
+        if let Some(Cmd::Watch {
+            sql,
+            interval,
+            format,
+        }) = &args.cmd
+        {
+            let every = match interval {
+                Some(s) if *s > 0.0 => watch::Every::Seconds(*s),
+                Some(_) => {
+                    eprintln!("kq: --interval must be more than 0");
+                    return 1;
+                }
+                None => watch::Every::Commit,
+            };
+            let terminal = Target::for_stdout() != Target::Plain;
+            let display = Display::new(*format);
+            return match watch::watch(&mut client, sql, every, &display, terminal).await {
+                Ok(()) => 0,
+                Err(e) if e.is_broken_pipe() => 0,
+                Err(WriteError::Client(e)) => {
+                    eprintln!("kq: {e}");
+                    e.exit_code()
+                }
+                Err(e) => {
+                    eprintln!("kq: {e}");
+                    1
+                }
+            };
         }
         match script {
             // Output for scripts and pipes is never capped or cut.

@@ -6,7 +6,7 @@
 use std::borrow::Cow;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use rustyline::completion::{Completer, Pair};
 use rustyline::error::ReadlineError;
@@ -443,50 +443,27 @@ impl Shell {
         Next::Continue
     }
 
-    /// Runs the last query again every `interval` seconds until Ctrl-C.
+    /// Runs the last query again each time kqd commits to a table it reads, or every
+    /// `interval` seconds, until Ctrl-C.
     async fn watch(&mut self, interval: Option<&str>) {
         let Some(sql) = self.last_sql.clone() else {
             eprintln!("nothing to watch yet: run a query first");
             return;
         };
-        let secs = match interval.map(|s| s.trim_start_matches("i=").parse::<f64>()) {
-            Some(Ok(s)) if s > 0.0 => s,
-            None => 2.0,
+        let every = match interval.map(|s| s.trim_start_matches("i=").parse::<f64>()) {
+            None => crate::watch::Every::Commit,
+            Some(Ok(s)) if s > 0.0 => crate::watch::Every::Seconds(s),
             _ => {
-                eprintln!("usage: .watch SECONDS (default 2)");
+                eprintln!("usage: .watch [SECONDS] (none: on every change kqd commits)");
                 return;
             }
         };
-        loop {
-            let (width, _) = terminal_size().unwrap_or((80, 24));
-            let mut buf = Vec::new();
-            let now = jiff::Zoned::now().strftime("%H:%M:%S");
-            writeln!(buf, "Every {secs}s: {sql}    {now}\n").ok();
-            let run = crate::run_statement(
-                &mut self.client,
-                &sql,
-                &self.display,
-                Target::Terminal { width },
-                &mut buf,
-            );
-            let r = tokio::select! {
-                r = run => r,
-                _ = tokio::signal::ctrl_c() => break,
-            };
-            let failed = r.is_err();
-            // Clear the screen first, as watch(1) does.
-            print!("\x1b[H\x1b[2J");
-            let _ = std::io::stdout().write_all(&buf);
-            let _ = std::io::stdout().flush();
-            report(r);
-            if failed {
-                return;
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_secs_f64(secs)) => {}
-                _ = tokio::signal::ctrl_c() => break,
-            }
-        }
+        report(
+            crate::watch::watch(&mut self.client, &sql, every, &self.display, true)
+                .await
+                .map(|_| 0),
+        );
+        // Ctrl-C may have left a statement half read: the next one gets a new connection.
         match Client::connect(&self.socket).await {
             Ok(c) => self.client = c,
             Err(e) => eprintln!("kq: {e}"),

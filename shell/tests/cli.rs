@@ -1,4 +1,5 @@
-//! The kq binary without a daemon: a clear message and a distinct exit status.
+//! The kq binary without a daemon: a clear message and a distinct exit status; shell
+//! completions and the man page.
 
 use std::process::Command;
 
@@ -29,4 +30,44 @@ fn an_unreadable_script_file_is_an_error() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read /nonexistent/q.sql"));
+}
+
+/// bash loads the completion script and binds it to kq.
+#[test]
+fn bash_completion_loads_and_binds_kq() {
+    let script = Command::new(env!("CARGO_BIN_EXE_kq"))
+        .args(["completions", "bash"])
+        .output()
+        .unwrap();
+    assert!(script.status.success());
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("kq.bash");
+    std::fs::write(&file, &script.stdout).unwrap();
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(format!("source {} && complete -p kq", file.display()))
+        .output()
+        .unwrap();
+    let bound = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && bound.contains("_kq") && bound.trim_end().ends_with(" kq"),
+        "{bound}"
+    );
+}
+
+/// The man page is roff that man renders, with kq's subcommands in it.
+#[test]
+fn the_man_page_renders() {
+    let out = Command::new(env!("CARGO_BIN_EXE_kq"))
+        .arg("man")
+        .output()
+        .unwrap();
+    let roff = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        roff.starts_with(".ie") || roff.contains(".TH kq 1"),
+        "{roff}"
+    );
+    for sub in ["status", "incidents", "completions"] {
+        assert!(roff.contains(sub), "the man page names {sub}");
+    }
 }

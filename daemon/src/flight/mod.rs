@@ -111,6 +111,81 @@ impl KqFlightSql {
     }
 }
 
+impl KqFlightSql {
+    fn follow_incidents(&self, request: &[u8]) -> Result<Response<DoGetStream>, Status> {
+        let filter = kq_schema::follow::FollowIncidents::decode(request)
+            .map_err(Status::invalid_argument)?;
+        let store = self.engine.store().clone();
+        let schema = store.incidents_schema.clone();
+        let rx = store.follow_incidents();
+        let stream =
+            futures::stream::unfold((rx, store, filter), |(mut rx, store, filter)| async move {
+                loop {
+                    match rx.recv().await {
+                        Ok(row) => {
+                            if !filter.matches(
+                                &row.context,
+                                row.namespace.as_deref(),
+                                &row.severity,
+                            ) {
+                                continue;
+                            }
+                            let batch = store
+                                .incident_batch(&[row])
+                                .map_err(|e| FlightError::ExternalError(Box::new(e)));
+                            return Some((batch, (rx, store, filter)));
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                            tracing::warn!(
+                                skipped = n,
+                                "an incident follower fell behind; skipped some"
+                            );
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                    }
+                }
+            });
+        Ok(Response::new(encode(schema, stream)))
+    }
+
+    fn follow_commits(&self, request: &[u8]) -> Result<Response<DoGetStream>, Status> {
+        use duckdb::arrow::array::StringArray;
+        use duckdb::arrow::datatypes::{DataType, Field};
+        use tokio::sync::broadcast::error::RecvError;
+        let filter =
+            kq_schema::follow::FollowCommits::decode(request).map_err(Status::invalid_argument)?;
+        let schema = Arc::new(Schema::new(vec![Field::new(
+            "tables",
+            DataType::Utf8,
+            false,
+        )]));
+        let rx = self.engine.store().follow_commits();
+        let out = schema.clone();
+        let stream = futures::stream::unfold((rx, filter), move |(mut rx, filter)| {
+            let schema = out.clone();
+            async move {
+                loop {
+                    let tables = match rx.recv().await {
+                        Ok(t) if filter.matches(&t) => t.join(","),
+                        Ok(_) => continue,
+                        // A follower that fell behind missed commits: it hears of one now,
+                        // which is all it needs to look again.
+                        Err(RecvError::Lagged(_)) => "*".to_string(),
+                        Err(RecvError::Closed) => return None,
+                    };
+                    let batch = duckdb::arrow::record_batch::RecordBatch::try_new(
+                        schema,
+                        vec![Arc::new(StringArray::from(vec![tables]))],
+                    )
+                    .map_err(FlightError::Arrow);
+                    return Some((batch, (rx, filter)));
+                }
+            }
+        });
+        Ok(Response::new(encode(schema, stream)))
+    }
+}
+
 fn uuid_bytes() -> Vec<u8> {
     use std::sync::atomic::{AtomicU64, Ordering};
     static NEXT: AtomicU64 = AtomicU64::new(1);
@@ -229,52 +304,18 @@ impl FlightSqlService for KqFlightSql {
         Ok(Response::new(encode(schema, stream)))
     }
 
-    /// `DoGet` with a follow request streams incidents as they are recorded or updated,
-    /// one batch each, until the client goes away.
+    /// `DoGet` with a follow request streams, until the client goes away, incidents as
+    /// they are recorded or updated, or the tables of each commit (one batch each).
     async fn do_get_fallback(
         &self,
         _request: Request<Ticket>,
         message: Any,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
-        if message.type_url != kq_schema::follow::FOLLOW_INCIDENTS {
-            return Err(Status::unimplemented(format!(
-                "kqd does not serve {}",
-                message.type_url
-            )));
+        match message.type_url.as_str() {
+            kq_schema::follow::FOLLOW_INCIDENTS => self.follow_incidents(&message.value),
+            kq_schema::follow::FOLLOW_COMMITS => self.follow_commits(&message.value),
+            other => Err(Status::unimplemented(format!("kqd does not serve {other}"))),
         }
-        let filter = kq_schema::follow::FollowIncidents::decode(&message.value)
-            .map_err(Status::invalid_argument)?;
-        let store = self.engine.store().clone();
-        let schema = store.incidents_schema.clone();
-        let rx = store.follow_incidents();
-        let stream =
-            futures::stream::unfold((rx, store, filter), |(mut rx, store, filter)| async move {
-                loop {
-                    match rx.recv().await {
-                        Ok(row) => {
-                            if !filter.matches(
-                                &row.context,
-                                row.namespace.as_deref(),
-                                &row.severity,
-                            ) {
-                                continue;
-                            }
-                            let batch = store
-                                .incident_batch(&[row])
-                                .map_err(|e| FlightError::ExternalError(Box::new(e)));
-                            return Some((batch, (rx, store, filter)));
-                        }
-                        Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                            tracing::warn!(
-                                skipped = n,
-                                "an incident follower fell behind; skipped some"
-                            );
-                        }
-                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
-                    }
-                }
-            });
-        Ok(Response::new(encode(schema, stream)))
     }
 
     async fn do_action_create_prepared_statement(

@@ -187,12 +187,17 @@ pub struct Opened {
     pub outbox: tokio::sync::watch::Receiver<i64>,
 }
 
+/// The tables one commit wrote, by name, sorted.
+pub type Committed = Arc<Vec<&'static str>>;
+
 /// The open database: hands out read connections; the writer owns the writing one.
 pub struct Store {
     root: Mutex<Connection>,
     pub path: PathBuf,
     /// Incidents as they are recorded or updated, for followers.
     incidents: tokio::sync::broadcast::Sender<Arc<IncidentRow>>,
+    /// The tables each commit wrote, for followers (`.watch`).
+    commits: tokio::sync::broadcast::Sender<Committed>,
     /// The Arrow schema of `incidents`, for streaming them.
     pub incidents_schema: duckdb::arrow::datatypes::SchemaRef,
     /// What is wrong with the store, for readers (see `health`).
@@ -297,6 +302,7 @@ impl Store {
         };
         let writer_conn = conn.try_clone()?;
         let (incidents, _) = tokio::sync::broadcast::channel(1024);
+        let (commits, _) = tokio::sync::broadcast::channel(64);
         let incidents_schema = conn
             .prepare("SELECT * FROM main.incidents LIMIT 0")?
             .query_arrow([])?
@@ -305,6 +311,7 @@ impl Store {
             root: Mutex::new(conn),
             path: path.to_path_buf(),
             incidents: incidents.clone(),
+            commits: commits.clone(),
             incidents_schema,
             health: health.clone(),
         });
@@ -321,6 +328,7 @@ impl Store {
             health.clone(),
         )?;
         writer.wake_on_commit(outbox_tx);
+        writer.tell_commits(commits);
         let handle = std::thread::Builder::new()
             .name("kq-store-writer".into())
             .spawn(move || writer.run(rx))
@@ -335,6 +343,11 @@ impl Store {
             resync,
             outbox,
         })
+    }
+
+    /// The tables of each commit from now on.
+    pub fn follow_commits(&self) -> tokio::sync::broadcast::Receiver<Committed> {
+        self.commits.subscribe()
     }
 
     /// Incidents as they are recorded or updated from now on.

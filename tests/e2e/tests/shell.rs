@@ -281,3 +281,99 @@ async fn kq_c_exits_130_on_sigint_and_kqd_stops_the_query() {
         kqd.log()
     );
 }
+
+/// The value cells of a one-column box table: the body rows, trimmed.
+fn cells(screen: &str) -> Vec<String> {
+    screen
+        .lines()
+        .filter(|l| l.starts_with('│'))
+        .map(|l| l.trim_matches(|c| c == '│' || c == ' ').to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn watch_runs_the_query_again_when_kqd_commits_a_change_to_its_table() {
+    let env = Env::start(1, 5).await;
+    let _kqd = env.kqd().await;
+    env.wait_pods_synced(Duration::from_secs(30)).await;
+    let mut t = shell(&env, 30, &[]).await;
+    t.run("select count(*) as watched from pods where name like 'watched-%';")
+        .await;
+    t.line(".watch");
+    t.wait_for("the first run", Duration::from_secs(10), |s| {
+        s.contains("On every change:") && cells(s).last().is_some_and(|c| c == "0")
+    })
+    .await;
+    let store = &env.fleet.clusters[0].store;
+    kube_sim::scenario::create_pod(store, "default", "watched-1", "nginx:1.27").unwrap();
+    t.wait_for("the run after the change", Duration::from_secs(10), |s| {
+        cells(s).last().is_some_and(|c| c == "1")
+    })
+    .await;
+    kube_sim::scenario::create_pod(store, "default", "watched-2", "nginx:1.27").unwrap();
+    t.wait_for(
+        "the run after the second change",
+        Duration::from_secs(10),
+        |s| cells(s).last().is_some_and(|c| c == "2"),
+    )
+    .await;
+    t.press("C-c");
+    t.wait_prompt().await;
+    let out = t.run("select 7 as after_watch;").await;
+    assert!(cells(&out).iter().any(|c| c == "7"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kq_watch_in_a_pipe_prints_each_new_result() {
+    use std::io::BufRead as _;
+    let env = Env::start(1, 5).await;
+    let _kqd = env.kqd().await;
+    env.wait_pods_synced(Duration::from_secs(30)).await;
+    let mut child = std::process::Command::new(bin("kq"))
+        .args([
+            "--socket",
+            env.socket.to_str().unwrap(),
+            "watch",
+            "--format",
+            "csv",
+        ])
+        .arg("select count(*) as n from pods where name like 'piped-%'")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            if tx.send(line.unwrap()).is_err() {
+                break;
+            }
+        }
+    });
+    // Each run prints a header and the count; a commit to pods that does not change the
+    // count (a status update) prints the same again, which is fine.
+    let until = |want: &str| {
+        let mut seen = Vec::new();
+        loop {
+            let line = rx
+                .recv_timeout(Duration::from_secs(10))
+                .unwrap_or_else(|_| panic!("no {want:?} after {seen:?}"));
+            if line == want {
+                return seen;
+            }
+            seen.push(line);
+        }
+    };
+    assert_eq!(until("0"), ["n"]);
+    let store = &env.fleet.clusters[0].store;
+    kube_sim::scenario::create_pod(store, "default", "piped-1", "nginx:1.27").unwrap();
+    let between = until("1");
+    assert!(
+        between.iter().all(|l| l == "n" || l == "0")
+            && between.last().map(String::as_str) == Some("n"),
+        "{between:?}"
+    );
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::INT).unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+}

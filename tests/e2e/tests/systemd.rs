@@ -59,7 +59,11 @@ fn kqd_install_writes_units_for_itself_that_systemd_verifies() {
         .arg(&units)
         .output()
         .unwrap();
-    assert!(dry.status.success(), "{}", String::from_utf8_lossy(&dry.stderr));
+    assert!(
+        dry.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dry.stderr)
+    );
     let printed = String::from_utf8_lossy(&dry.stdout);
     assert!(
         printed.contains(&format!("\nExecStart={}\n", kqd.display())),
@@ -73,7 +77,11 @@ fn kqd_install_writes_units_for_itself_that_systemd_verifies() {
         .arg(&units)
         .output()
         .unwrap();
-    assert!(wrote.status.success(), "{}", String::from_utf8_lossy(&wrote.stderr));
+    assert!(
+        wrote.status.success(),
+        "{}",
+        String::from_utf8_lossy(&wrote.stderr)
+    );
     let service = std::fs::read_to_string(units.join("kqd.service")).unwrap();
     assert!(service.contains(&format!("ExecStart={}", kqd.display())));
     let runtime = tempfile::tempdir().unwrap();

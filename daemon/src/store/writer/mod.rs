@@ -13,7 +13,7 @@ mod retention;
 mod status;
 mod tracking;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -225,6 +225,11 @@ impl Writer {
     /// Where to say, after each commit that recorded something, the outbox's last number.
     pub fn wake_on_commit(&mut self, tx: tokio::sync::watch::Sender<i64>) {
         self.outbox.committed = Some(tx);
+    }
+
+    /// Tells `tx` the tables each commit wrote.
+    pub fn tell_commits(&mut self, tx: tokio::sync::broadcast::Sender<crate::store::Committed>) {
+        self.outbox.commits = Some(tx);
     }
 
     /// Runs until every sender is gone, then checkpoints the database.

@@ -19,6 +19,10 @@ pub(super) struct Outbox {
     /// mirror wakes.
     pub(super) committed: Option<tokio::sync::watch::Sender<i64>>,
     recorded: bool,
+    /// Every table the transaction wrote, mirror or not, for commit followers (`.watch`).
+    touched: BTreeSet<&'static str>,
+    /// Told the tables of each commit that wrote any.
+    pub(super) commits: Option<tokio::sync::broadcast::Sender<crate::store::Committed>>,
 }
 
 impl Outbox {
@@ -52,6 +56,15 @@ impl Outbox {
 
     /// An object's (or an incident's) rows changed.
     pub(super) fn row(&mut self, table: &'static str, context: &Arc<str>, key: &str) {
+        self.touched.insert(table);
+        if table != "incidents" {
+            // An object's change also writes its `objects` row (for kinds kq has no table
+            // of its own) and a `changes` row; a pod's, its containers.
+            self.touched.extend(["objects", "changes"]);
+            if table == "pods" {
+                self.touched.insert("containers");
+            }
+        }
         if self.on {
             self.owed.insert(Owed::Row {
                 table,
@@ -63,6 +76,7 @@ impl Outbox {
 
     /// Rows of a table changed in bulk, in one context or (`None`) anywhere.
     pub(super) fn part(&mut self, table: &'static str, context: Option<&str>) {
+        self.touched.insert(table);
         if self.on {
             self.owed.insert(Owed::Part {
                 table,
@@ -74,11 +88,20 @@ impl Outbox {
     /// Forgets what a rolled-back transaction gathered.
     pub(super) fn clear(&mut self) {
         self.owed.clear();
+        self.touched.clear();
         self.recorded = false;
     }
 
-    /// After a commit: wakes the mirror when the transaction recorded something.
+    /// After a commit: tells commit followers which tables it wrote, and wakes the mirror
+    /// when the transaction recorded something.
     pub(super) fn committed(&mut self) {
+        let touched = std::mem::take(&mut self.touched);
+        if !touched.is_empty()
+            && let Some(tx) = &self.commits
+        {
+            // No follower is fine: the send fails and nothing waits.
+            let _ = tx.send(Arc::new(touched.into_iter().collect()));
+        }
         if std::mem::take(&mut self.recorded)
             && let Some(tx) = &self.committed
         {
@@ -93,6 +116,9 @@ impl Writer {
     /// gets the new number and keeps its first `dirty_at`, so the lag counts from the
     /// change PostgreSQL has waited for longest.
     pub(super) fn write_outbox(&mut self) -> Result<(), StoreError> {
+        if !self.tracker.written().is_empty() {
+            self.outbox.touched.insert("incidents");
+        }
         if !self.outbox.on {
             return Ok(());
         }
