@@ -111,6 +111,7 @@ pub fn run(args: Args) -> i32 {
         Some(Cmd::Man) => {
             return match clap_mangen::Man::new(Args::command()).render(&mut std::io::stdout()) {
                 Ok(()) => 0,
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => 0,
                 Err(e) => {
                     eprintln!("kq: cannot write the man page: {e}");
                     1

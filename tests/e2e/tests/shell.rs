@@ -377,3 +377,63 @@ async fn kq_watch_in_a_pipe_prints_each_new_result() {
     rustix::process::kill_process(pid, rustix::process::Signal::INT).unwrap();
     assert_eq!(child.wait().unwrap().code(), Some(0));
 }
+
+/// A result far larger than memory should hold passes through `kq -c --format jsonl`
+/// batch by batch: kq's peak RSS stays a fraction of what it writes.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_large_result_streams_through_kq_in_flat_memory() {
+    use std::io::Read as _;
+    let env = Env::start(1, 5).await;
+    let _kqd = env.kqd().await;
+    env.wait_pods_synced(Duration::from_secs(30)).await;
+    let mut child = std::process::Command::new(bin("kq"))
+        .args([
+            "--socket",
+            env.socket.to_str().unwrap(),
+            "--format",
+            "jsonl",
+            "-c",
+        ])
+        .arg("select range as i, repeat('x', 1000) as pad from range(250000)")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let mut stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let (mut total, mut buf) = (0usize, vec![0u8; 1 << 16]);
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            total += n;
+        }
+        total
+    });
+    // VmHWM is the process's peak resident set; the last reading before it exits is it.
+    let mut peak_kib = 0u64;
+    while let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
+        let Some(hwm) = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        else {
+            break;
+        };
+        peak_kib = hwm;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let written = reader.join().unwrap();
+    assert!(child.wait().unwrap().success());
+    assert!(written > 250_000 * 1000, "wrote {written} bytes");
+    let peak_mib = peak_kib / 1024;
+    eprintln!(
+        "kq wrote {} MiB with a peak RSS of {peak_mib} MiB",
+        written >> 20
+    );
+    assert!(
+        peak_mib < 80,
+        "kq's peak RSS was {peak_mib} MiB for {} MiB written",
+        written >> 20
+    );
+}
