@@ -161,11 +161,11 @@ pub fn boxed(rows: &Rows, width: Option<usize>) -> String {
             natural[i] = natural[i].max(display(rows.cell(c)).width());
         }
     }
-    // A column is not narrowed below its header and type (up to 14), so every column shown
-    // can still be told by its name.
+    // A column is not narrowed below 16 or its header and type, so every column shown can
+    // still be told by its name and read; columns that do not fit then are left out.
     let least: Vec<usize> = (0..ncols)
         .map(|i| {
-            let label = names[i].width().max(types[i].width()).clamp(4, 14);
+            let label = names[i].width().max(types[i].width()).clamp(16, 24);
             natural[i].min(label)
         })
         .collect();
