@@ -25,6 +25,18 @@ async fn shell(env: &Env, height: u16, extra: &[(&str, &str)]) -> Terminal {
     t
 }
 
+/// `kq` on the env's socket with `args`, its stdout and stderr piped.
+fn spawn_kq(env: &Env, args: &[&str]) -> std::process::Child {
+    std::process::Command::new(bin("kq"))
+        .arg("--socket")
+        .arg(&env.socket)
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 /// Whether kqd's log shows the long cross join running.
 fn started(log: &str) -> bool {
     log.lines()
@@ -250,13 +262,13 @@ async fn kq_c_exits_130_on_sigint_and_kqd_stops_the_query() {
     let env = Env::start(1, 5).await;
     let kqd = env.kqd().await;
     env.wait_pods_synced(Duration::from_secs(30)).await;
-    let child = std::process::Command::new(bin("kq"))
-        .args(["--socket", env.socket.to_str().unwrap(), "-c"])
-        .arg("select sum(a.range * b.range) from range(300000) a, range(300000) b")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn_kq(
+        &env,
+        &[
+            "-c",
+            "select sum(a.range * b.range) from range(300000) a, range(300000) b",
+        ],
+    );
     // Once kqd runs the statement, kq is waiting on it (with its SIGINT handler set).
     assert!(
         eventually(Duration::from_secs(10), || started(&kqd.log())).await,
@@ -329,18 +341,15 @@ async fn kq_watch_in_a_pipe_prints_each_new_result() {
     let env = Env::start(1, 5).await;
     let _kqd = env.kqd().await;
     env.wait_pods_synced(Duration::from_secs(30)).await;
-    let mut child = std::process::Command::new(bin("kq"))
-        .args([
-            "--socket",
-            env.socket.to_str().unwrap(),
+    let mut child = spawn_kq(
+        &env,
+        &[
             "watch",
             "--format",
             "csv",
-        ])
-        .arg("select count(*) as n from pods where name like 'piped-%'")
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+            "select count(*) as n from pods where name like 'piped-%'",
+        ],
+    );
     let (tx, rx) = std::sync::mpsc::channel();
     let stdout = child.stdout.take().unwrap();
     std::thread::spawn(move || {
@@ -386,18 +395,15 @@ async fn a_large_result_streams_through_kq_in_flat_memory() {
     let env = Env::start(1, 5).await;
     let _kqd = env.kqd().await;
     env.wait_pods_synced(Duration::from_secs(30)).await;
-    let mut child = std::process::Command::new(bin("kq"))
-        .args([
-            "--socket",
-            env.socket.to_str().unwrap(),
+    let mut child = spawn_kq(
+        &env,
+        &[
             "--format",
             "jsonl",
             "-c",
-        ])
-        .arg("select range as i, repeat('x', 1000) as pad from range(250000)")
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+            "select range as i, repeat('x', 1000) as pad from range(250000)",
+        ],
+    );
     let pid = child.id();
     let mut stdout = child.stdout.take().unwrap();
     let reader = std::thread::spawn(move || {
