@@ -443,3 +443,31 @@ async fn a_large_result_streams_through_kq_in_flat_memory() {
         written >> 20
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn read_runs_a_files_statements_and_output_sends_results_to_a_file() {
+    let env = Env::start(1, 5).await;
+    let _kqd = env.kqd().await;
+    env.wait_pods_synced(Duration::from_secs(30)).await;
+    let mut t = shell(&env, 40, &[]).await;
+    let script = env.dir.path().join("script.sql");
+    std::fs::write(
+        &script,
+        "-- a report\nselect 1 as first;\n.mode line\nselect 2\n  as second;\n",
+    )
+    .unwrap();
+    let out = t.run(&format!(".read {}", script.display())).await;
+    assert!(cells(&out).iter().any(|c| c == "1"), "{out}");
+    assert!(out.contains("second = 2"), "{out}");
+    // .output sends every result to the file until `.output` alone.
+    let file = env.dir.path().join("out.txt");
+    t.run(&format!(".output {}", file.display())).await;
+    assert_eq!(t.run("select 'one' as x;").await, "");
+    assert_eq!(t.run("select 'two' as x;").await, "");
+    t.run(".output").await;
+    assert_eq!(t.run("select 'three' as x;").await, "x = three");
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap(),
+        "x = one\nx = two\n"
+    );
+}
