@@ -280,6 +280,32 @@ mod tests {
         assert_eq!(jsonl.lines().count(), 1000);
     }
 
+    #[tokio::test]
+    async fn expanded_auto_is_used_only_when_the_table_would_not_fit() {
+        let b = RecordBatch::try_from_iter([(
+            "a_rather_long_column_name",
+            Arc::new(Int64Array::from(vec![1])) as Arc<dyn Array>,
+        )])
+        .unwrap();
+        let mut display = Display::new(Format::Table);
+        display.expanded = Expanded::Auto;
+        for (width, expanded) in [(80, false), (20, true)] {
+            let mut out = Vec::new();
+            let s = futures::stream::iter([Ok(b.clone())]);
+            write_stream(
+                &mut out,
+                b.schema(),
+                s,
+                &display,
+                Target::Terminal { width },
+            )
+            .await
+            .unwrap();
+            let out = String::from_utf8(out).unwrap();
+            assert_eq!(out.contains("-[ RECORD 1 ]"), expanded, "{width}: {out}");
+        }
+    }
+
     #[test]
     fn modes_parse_by_their_names_and_aliases() {
         assert_eq!("duckbox".parse::<Format>(), Ok(Format::Table));
