@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::images::ImageOptions;
+use crate::incidents::hook::HookOptions;
 use crate::rows::Kind;
 
 mod images;
@@ -63,6 +64,8 @@ pub struct Config {
     pub mirror_read_role: Option<String>,
     /// Image sizing: cache, workers, TTLs, registry rate limits.
     pub images: ImageOptions,
+    /// The command run for each new incident (`on_incident`).
+    pub hook: HookOptions,
 }
 
 /// A `postgres://` URL with its password replaced, for printing.
@@ -103,6 +106,28 @@ fn identifier(name: &'static str, v: String) -> Result<String, ConfigError> {
         Err(ConfigError::Value {
             name,
             reason: format!("{v:?} must be 1 to 63 letters, digits, '_', '-' or '.'"),
+        })
+    }
+}
+
+/// A hook command: empty (no hook) or a program and its arguments.
+fn hook_command(name: &'static str, c: Vec<String>) -> Result<Vec<String>, ConfigError> {
+    if c.first().is_some_and(|p| p.trim().is_empty()) {
+        return Err(ConfigError::Value {
+            name,
+            reason: "the first element must name the program to run".into(),
+        });
+    }
+    Ok(c)
+}
+
+fn severity(name: &'static str, s: String) -> Result<String, ConfigError> {
+    if kq_schema::incidents::SEVERITIES.contains(&s.as_str()) {
+        Ok(s)
+    } else {
+        Err(ConfigError::Value {
+            name,
+            reason: format!("{s:?} is not one of critical, high, medium, low"),
         })
     }
 }
@@ -241,6 +266,9 @@ struct FileConfig {
     mirror_objects: Option<bool>,
     mirror_read_role: Option<String>,
     images: Option<images::ImagesFile>,
+    on_incident: Option<Vec<String>>,
+    on_incident_min_severity: Option<String>,
+    on_incident_per_minute: Option<u32>,
 }
 
 /// Seconds (fractions allowed) as a duration; negative or non-finite values are refused.
@@ -273,6 +301,7 @@ impl Default for Config {
             mirror_objects: true,
             mirror_read_role: None,
             images: ImageOptions::default(),
+            hook: HookOptions::default(),
         }
     }
 }
@@ -332,6 +361,15 @@ impl Config {
         }
         if let Some(r) = f.mirror_read_role {
             self.mirror_read_role = Some(identifier("mirror_read_role", r)?);
+        }
+        if let Some(c) = f.on_incident {
+            self.hook.command = hook_command("on_incident", c)?;
+        }
+        if let Some(s) = f.on_incident_min_severity {
+            self.hook.min_severity = severity("on_incident_min_severity", s)?;
+        }
+        if let Some(n) = f.on_incident_per_minute {
+            self.hook.per_minute = n;
         }
         if let Some(i) = f.images {
             i.apply(&mut self.images)?;
@@ -451,6 +489,30 @@ impl Config {
                 "KQ_MIRROR_READ_ROLE",
                 v.to_string_lossy().into_owned(),
             )?);
+        }
+        if let Some(v) = var("KQ_ON_INCIDENT") {
+            // A JSON array, as the config file's list: ["notify-send", "kq: {type}"].
+            let c: Vec<String> =
+                serde_json::from_str(&v.to_string_lossy()).map_err(|e| ConfigError::Env {
+                    name: "KQ_ON_INCIDENT",
+                    reason: format!("not a JSON array of strings: {e}"),
+                })?;
+            self.hook.command = hook_command("KQ_ON_INCIDENT", c)?;
+        }
+        if let Some(v) = var("KQ_ON_INCIDENT_MIN_SEVERITY") {
+            self.hook.min_severity = severity(
+                "KQ_ON_INCIDENT_MIN_SEVERITY",
+                v.to_string_lossy().into_owned(),
+            )?;
+        }
+        if let Some(v) = var("KQ_ON_INCIDENT_PER_MINUTE") {
+            self.hook.per_minute =
+                v.to_string_lossy()
+                    .parse()
+                    .map_err(|e: std::num::ParseIntError| ConfigError::Env {
+                        name: "KQ_ON_INCIDENT_PER_MINUTE",
+                        reason: e.to_string(),
+                    })?;
         }
         if let Some(v) = var("KQ_KEEP_REMOVED_CONTEXTS") {
             self.keep_removed_contexts = matches!(

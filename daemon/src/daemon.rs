@@ -64,6 +64,13 @@ pub async fn run(
     tracing::info!(socket = %config.socket.display(), "serving Flight SQL");
 
     let watchers = shutdown.child_token();
+    if !config.hook.command.is_empty() {
+        tracing::info!(command = %config.hook.command[0], min_severity = %config.hook.min_severity, "running a hook for new incidents");
+        tokio::spawn(crate::incidents::hook::run(
+            config.hook.clone(),
+            store.follow_incidents(),
+        ));
+    }
     let clients = Arc::new(crate::images::Clients::default());
     let images = start_images(&config, &tx, &clients, &watchers).await;
     let mut mirror =

@@ -9,6 +9,7 @@
 
 pub mod classify;
 pub mod detect;
+pub mod hook;
 
 use std::time::Duration;
 

@@ -640,3 +640,113 @@ async fn ended_incidents_are_pruned_only_once_their_object_is_gone() {
         format!("object_name,ended\n{},true\n", kept.name)
     );
 }
+
+/// `on_incident` runs once per new incident, with the incident on stdin, in its variables
+/// and in its arguments; not for a repeat; and a hook that hangs holds up neither the next
+/// incident's row nor its hook.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_incident_hook_runs_once_per_new_incident_and_a_hanging_one_delays_nothing() {
+    let env = Env::start(1, 20).await;
+    let c = env.fleet.clusters[0].clone();
+    let pods = running_pods(&c);
+    let (a, b) = (pods[0].clone(), pods[1].clone());
+    let stdin_log = env.dir.path().join("hook-stdin.jsonl");
+    let args_log = env.dir.path().join("hook-args.txt");
+    let script = env.dir.path().join("hook.sh");
+    // The hook for pod a's incident hangs (past the test, short of the hook's deadline).
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\ncat >> {stdin}\necho \"$1|$KQ_INCIDENT_OBJECT_NAME|$KQ_INCIDENT_SEVERITY\" >> {args}\n[ \"$KQ_INCIDENT_OBJECT_NAME\" = \"{a}\" ] && sleep 20\nexit 0\n",
+            stdin = stdin_log.display(),
+            args = args_log.display(),
+            a = a.name,
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let command = serde_json::json!([script.to_str().unwrap(), "{type} {namespace}/{object_name}"])
+        .to_string();
+    let vars = [
+        ("KQ_ON_INCIDENT", command.as_str()),
+        ("KQ_ON_INCIDENT_MIN_SEVERITY", "low"),
+        ("KQ_HEALTHY_AFTER_SECS", "1"),
+    ];
+    let _kqd = env.kqd_with(&vars).await;
+    synced(&env).await;
+    let lines = |p: &std::path::Path| -> Vec<String> {
+        std::fs::read_to_string(p)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    };
+    let crash = |p: &SimPod| {
+        scenario::crash_container(&c.store, &p.ns, &p.name, &p.container, 1, "Error", None)
+            .unwrap();
+    };
+    crash(&a);
+    assert!(
+        kq_e2e::eventually(Duration::from_secs(10), || lines(&args_log).len() == 1).await,
+        "the hook did not run for the first incident"
+    );
+    // A repeat raises occurrences and runs nothing.
+    crash(&a);
+    env.wait_csv(
+        &format!(
+            "select max(occurrences) as occ from incidents where object_name = '{}'",
+            a.name
+        ),
+        "occ\n2\n",
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    // With a's hook still hanging, b's incident is recorded and its hook runs.
+    let started = Instant::now();
+    crash(&b);
+    env.wait_csv(
+        &format!(
+            "select count(*) as n from incidents where object_name = '{}'",
+            b.name
+        ),
+        "n\n1\n",
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    assert!(
+        kq_e2e::eventually(Duration::from_secs(10), || lines(&args_log).len() == 2).await,
+        "the hook did not run for the second incident: {:?}",
+        lines(&args_log)
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "b waited on a's hook"
+    );
+    // The arguments and variables carry the incident's own fields.
+    let args = lines(&args_log);
+    for (line, p) in args.iter().zip([&a, &b]) {
+        let csv = env
+            .csv(&format!(
+                "select type, severity from incidents where object_name = '{}'",
+                p.name
+            ))
+            .await
+            .unwrap();
+        let (typ, severity) = csv.lines().nth(1).unwrap().split_once(',').unwrap();
+        assert_eq!(
+            line,
+            &format!("{typ} {}/{}|{}|{severity}", p.ns, p.name, p.name)
+        );
+    }
+    let json: Vec<Value> = lines(&stdin_log)
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(json.len(), 2, "{json:?}");
+    assert_eq!(json[0]["object_name"], a.name.as_str());
+    assert_eq!(json[1]["object_name"], b.name.as_str());
+    assert_eq!(json[0]["exit_code"], 1);
+    assert_eq!(json[0]["context"], "sim-1");
+}
