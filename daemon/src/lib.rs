@@ -2,6 +2,7 @@
 //! Arrow Flight SQL on a Unix socket. See ARCHITECTURE.md for how the parts fit.
 
 pub mod config;
+pub mod diff;
 pub mod discover;
 pub mod fleet;
 pub mod flight;

@@ -927,6 +927,16 @@ pub static CATALOG: LazyLock<Vec<Table>> = LazyLock::new(|| {
                     "BIGINT",
                     "Order in which kqd applied the changes: unique and increasing, so a copy (the PostgreSQL mirror) can tell which it has.",
                 ),
+                c(
+                    "diff",
+                    "JSON",
+                    "For a modify: what changed, as [{path, old, new}] (e.g. spec.template.spec.containers[0].image); heartbeats, resourceVersion, managedFields and pod status left out, long values cut, Secret and ConfigMap values never shown. NULL for adds, deletes, and kinds that only churn (events, leases, endpoints).",
+                ),
+                c(
+                    "spec_changed",
+                    "BOOLEAN",
+                    "For a modify: metadata.generation moved, or a field outside status and metadata changed.",
+                ),
             ],
         },
         Table {

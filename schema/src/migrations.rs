@@ -16,7 +16,7 @@ pub struct Migration {
 }
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: u32 = 14;
+pub const SCHEMA_VERSION: u32 = 15;
 
 /// Every migration, oldest first.
 pub static MIGRATIONS: &[Migration] = &[
@@ -104,6 +104,12 @@ pub static MIGRATIONS: &[Migration] = &[
         sql: v14,
         outdates_rows: false,
     },
+    Migration {
+        version: 15,
+        description: "field-level history: changes.diff and changes.spec_changed",
+        sql: v15,
+        outdates_rows: false,
+    },
 ];
 
 /// Creates the named catalog tables. A migration names its tables so that later catalog
@@ -119,6 +125,13 @@ fn create_tables(names: &[&str]) -> String {
         })
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+fn v15() -> String {
+    // Changes recorded before keep NULL: kq never knew what they changed.
+    "ALTER TABLE changes ADD COLUMN IF NOT EXISTS diff JSON;
+     ALTER TABLE changes ADD COLUMN IF NOT EXISTS spec_changed BOOLEAN;"
+        .to_string()
 }
 
 fn v14() -> String {

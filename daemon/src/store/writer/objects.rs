@@ -86,7 +86,7 @@ fn record_deletes(kind: Kind, from: &str, after: i64) -> String {
     format!(
         "INSERT INTO main.changes
          SELECT now(), m.context, {what}, {ns}, m.name, m.uid, 'delete', m.resource_version,
-                {after} + row_number() OVER ()
+                {after} + row_number() OVER (), NULL, NULL
          FROM main.{table} m {from}"
     )
 }
@@ -120,7 +120,53 @@ pub(super) fn change_row(
         Value::Text(op.to_string()),
         text(text_at(&rows.row, rv)),
         Value::BigInt(seq),
+        // The diff and spec_changed of a modify are filled in once the old state is read.
+        Value::Null,
+        Value::Null,
     ]
+}
+
+/// Where a `changes` row holds its diff (and, next to it, spec_changed), by name in the
+/// catalog.
+fn diff_at() -> usize {
+    static AT: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *AT.get_or_init(|| {
+        let changes = kq_schema::table("changes").expect("the catalog has changes");
+        let at = |n: &str| changes.columns.iter().position(|c| c.name == n);
+        let diff = at("diff").expect("changes has diff");
+        assert_eq!(
+            at("spec_changed"),
+            Some(diff + 1),
+            "spec_changed follows diff"
+        );
+        diff
+    })
+}
+
+/// What the diff rules call an object's kind: its table, or for an `objects` row the
+/// resource it belongs to.
+fn diff_kind(kind: Kind, rows: &ObjectRows) -> &str {
+    if kind == Kind::Objects {
+        positions(kind)
+            .resource
+            .and_then(|i| text_at(&rows.row, i))
+            .unwrap_or_default()
+    } else {
+        kind.table()
+    }
+}
+
+/// An object's JSON as its rows carry it: the last column of its `objects` row.
+fn object_json(kind: Kind, rows: &ObjectRows) -> Option<&str> {
+    let row = if kind == Kind::Objects {
+        &rows.row
+    } else {
+        rows.object.as_ref()?
+    };
+    match row.last() {
+        Some(Value::Text(t)) => Some(t.as_str()),
+        _ => None,
+    }
 }
 
 impl Writer {
@@ -169,6 +215,8 @@ impl Writer {
             }
             let mut fresh: Vec<&ObjectRows> = Vec::new();
             let mut changes: Vec<Row> = Vec::new();
+            // Modified objects, by the index of their `changes` row, for their diffs.
+            let mut modified: Vec<(usize, &str, &str, &ObjectRows)> = Vec::new();
             // (context, uid, gone): rows to delete, and whether the object itself is gone.
             let mut stale: Vec<(&str, &str, bool)> = Vec::new();
             let rv = positions(kind).resource_version;
@@ -181,6 +229,7 @@ impl Writer {
                             Seen::New => "add",
                             Seen::Changed => {
                                 stale.push((ctx, uid, false));
+                                modified.push((changes.len(), ctx, uid, r));
                                 "modify"
                             }
                         };
@@ -199,7 +248,18 @@ impl Writer {
             }
             let started = Instant::now();
             if !stale.is_empty() {
-                self.delete_stale(kind, &stale)?;
+                let old = self.delete_stale(kind, &stale, !modified.is_empty())?;
+                let at = diff_at();
+                for (i, ctx, uid, r) in modified {
+                    let key = (ctx.to_string(), uid.to_string());
+                    let (Some(before), Some(after)) = (old.get(&key), object_json(kind, r)) else {
+                        continue;
+                    };
+                    if let Some(d) = crate::diff::diff(diff_kind(kind, r), before, after) {
+                        changes[i][at] = Value::Text(d.json);
+                        changes[i][at + 1] = Value::Boolean(d.spec_changed);
+                    }
+                }
             }
             self.append(table, fresh.iter().map(|r| r.row.as_slice()))?;
             if let Some((child, _)) = kind.child() {
@@ -233,17 +293,33 @@ impl Writer {
 
     /// Deletes the stored rows of changed and deleted objects (with their containers and
     /// `objects` rows), recording the deletes in `changes`.
+    /// With `read_old`, first reads the stored JSON of the objects that are not gone (the
+    /// state a modify replaces), by (context, uid).
     pub(super) fn delete_stale(
         &mut self,
         kind: Kind,
         stale: &[(&str, &str, bool)],
-    ) -> Result<(), StoreError> {
+        read_old: bool,
+    ) -> Result<HashMap<(String, String), String>, StoreError> {
         {
             let mut keys = self.conn.appender_to_db("keys", "kq_stage")?;
             for (ctx, uid, gone) in stale {
                 keys.append_row(duckdb::params![ctx, uid, gone])?;
             }
             keys.flush()?;
+        }
+        let mut old = HashMap::new();
+        if read_old {
+            let mut stmt = self.conn.prepare(
+                "SELECT k.context, k.uid, o.object::VARCHAR FROM kq_stage.keys k
+                 JOIN main.objects o ON o.context = k.context AND o.uid = k.uid
+                 WHERE NOT k.gone",
+            )?;
+            let rows = stmt.query_map([], |r| Ok(((r.get(0)?, r.get(1)?), r.get(2)?)))?;
+            for row in rows {
+                let (key, json): ((String, String), String) = row?;
+                old.insert(key, json);
+            }
         }
         let table = kind.table();
         self.record_deletes(
@@ -264,7 +340,7 @@ impl Writer {
         }
         sql.push_str("DELETE FROM kq_stage.keys;");
         self.conn.execute_batch(&sql)?;
-        Ok(())
+        Ok(old)
     }
 
     /// Records as deleted, in `changes`, the rows of `kind`'s table that `from` selects (see

@@ -1,0 +1,281 @@
+//! What changed in a modified object: the JSON paths whose values differ between the stored
+//! state and the new one, each with its old and new value, and whether the spec changed.
+//!
+//! The rules, in one place:
+//!
+//! | what | rule |
+//! |---|---|
+//! | `metadata.resourceVersion`, `metadata.managedFields`, `metadata.generation` | never a diff (generation moving only sets `spec_changed`) |
+//! | `metadata.annotations."kubectl.kubernetes.io/last-applied-configuration"` | never: it repeats the object |
+//! | `…lastHeartbeatTime`, `…lastProbeTime`, `…renewTime` (node and lease heartbeats) | never |
+//! | `status` of pods | never: pod status churns; the typed columns and incidents show it |
+//! | events, leases, endpoints, endpointslices | no diff at all: they only churn |
+//! | secrets | the object kq stores has no `data`, so values can never appear |
+//! | configmaps' `data` and `binaryData` | the key, with its values left out (kq does not capture configmap values) |
+//! | any value longer than [`VALUE_CAP`] characters (as JSON) | cut, with its length noted |
+//!
+//! `spec_changed` is true when `metadata.generation` moved or a path outside `status` and
+//! `metadata` differs.
+
+use serde_json::{Map, Value};
+
+/// Longest value kept whole, in characters of its JSON.
+pub const VALUE_CAP: usize = 200;
+
+/// Kinds (tables, or resources of `objects`) whose changes record no diff.
+const CHURN_ONLY: &[&str] = &["events", "leases", "endpoints", "endpointslices"];
+/// Kinds whose `status` is left out.
+const STATUS_CHURNS: &[&str] = &["pods"];
+/// Kinds whose `data` values are left out (only the keys that changed).
+const VALUES_HIDDEN: &[&str] = &["configmaps"];
+/// Last path segments that tick on every heartbeat.
+const HEARTBEATS: &[&str] = &["lastHeartbeatTime", "lastProbeTime", "renewTime"];
+
+/// A modify's diff.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Diff {
+    /// `[{"path": …, "old": …, "new": …}]`, in path order.
+    pub json: String,
+    pub spec_changed: bool,
+}
+
+/// The diff between two states of an object of `kind` (a table name, or a resource's
+/// plural for `objects` rows). None when the kind records no diffs or either side is not
+/// JSON.
+pub fn diff(kind: &str, old: &str, new: &str) -> Option<Diff> {
+    if CHURN_ONLY.contains(&kind) {
+        return None;
+    }
+    let old: Value = serde_json::from_str(old).ok()?;
+    let new: Value = serde_json::from_str(new).ok()?;
+    let rules = Rules {
+        skip_status: STATUS_CHURNS.contains(&kind),
+        hide_values: VALUES_HIDDEN.contains(&kind),
+    };
+    let mut out = Vec::new();
+    walk(&rules, &mut Vec::new(), Some(&old), Some(&new), &mut out);
+    let generation = |v: &Value| v.pointer("/metadata/generation").cloned();
+    let spec_changed = generation(&old) != generation(&new)
+        || out
+            .iter()
+            .any(|c| !c.top.starts_with("status") && c.top != "metadata");
+    let entries: Vec<Value> = out
+        .into_iter()
+        .map(|c| {
+            let mut m = Map::new();
+            m.insert("path".into(), Value::String(c.path));
+            m.insert("old".into(), capped(c.old));
+            m.insert("new".into(), capped(c.new));
+            Value::Object(m)
+        })
+        .collect();
+    Some(Diff {
+        json: Value::Array(entries).to_string(),
+        spec_changed,
+    })
+}
+
+struct Rules {
+    skip_status: bool,
+    hide_values: bool,
+}
+
+/// One differing path.
+struct Change {
+    path: String,
+    /// Its first segment, for `spec_changed`.
+    top: String,
+    old: Option<Value>,
+    new: Option<Value>,
+}
+
+/// A path segment: a key or an index.
+enum Seg<'a> {
+    Key(&'a str),
+    Index(usize),
+}
+
+fn render(path: &[Seg<'_>]) -> String {
+    let mut s = String::new();
+    for seg in path {
+        match seg {
+            Seg::Key(k) => {
+                let plain = !k.is_empty()
+                    && k.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+                if plain {
+                    if !s.is_empty() {
+                        s.push('.');
+                    }
+                    s.push_str(k);
+                } else {
+                    // Keys with dots or slashes (annotations, labels) are quoted.
+                    s.push_str(&format!("[{}]", Value::String(k.to_string())));
+                }
+            }
+            Seg::Index(i) => s.push_str(&format!("[{i}]")),
+        }
+    }
+    s
+}
+
+/// Whether the path (so far) is one the rules leave out.
+fn ignored(rules: &Rules, path: &[Seg<'_>]) -> bool {
+    let key = |i: usize| match path.get(i) {
+        Some(Seg::Key(k)) => Some(*k),
+        _ => None,
+    };
+    match (key(0), key(1), key(2)) {
+        (Some("metadata"), Some("resourceVersion" | "managedFields" | "generation"), _) => {
+            return true;
+        }
+        (
+            Some("metadata"),
+            Some("annotations"),
+            Some("kubectl.kubernetes.io/last-applied-configuration"),
+        ) => return true,
+        (Some("status"), _, _) if rules.skip_status => return true,
+        _ => {}
+    }
+    matches!(path.last(), Some(Seg::Key(k)) if HEARTBEATS.contains(k))
+}
+
+fn walk<'a>(
+    rules: &Rules,
+    path: &mut Vec<Seg<'a>>,
+    old: Option<&'a Value>,
+    new: Option<&'a Value>,
+    out: &mut Vec<Change>,
+) {
+    if ignored(rules, path) || old == new {
+        return;
+    }
+    match (old, new) {
+        (Some(Value::Object(a)), Some(Value::Object(b))) => {
+            let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
+            keys.sort();
+            keys.dedup();
+            for k in keys {
+                path.push(Seg::Key(k));
+                walk(rules, path, a.get(k), b.get(k), out);
+                path.pop();
+            }
+        }
+        (Some(Value::Array(a)), Some(Value::Array(b))) => {
+            for i in 0..a.len().max(b.len()) {
+                path.push(Seg::Index(i));
+                walk(rules, path, a.get(i), b.get(i), out);
+                path.pop();
+            }
+        }
+        _ => {
+            let hidden =
+                rules.hide_values && matches!(path.first(), Some(Seg::Key("data" | "binaryData")));
+            let top = match path.first() {
+                Some(Seg::Key(k)) => k.to_string(),
+                _ => String::new(),
+            };
+            out.push(Change {
+                path: render(path),
+                top,
+                old: if hidden { None } else { old.cloned() },
+                new: if hidden { None } else { new.cloned() },
+            });
+        }
+    }
+}
+
+/// A value as kept in the diff: whole, or cut to [`VALUE_CAP`] characters with its length.
+fn capped(v: Option<Value>) -> Value {
+    let Some(v) = v else { return Value::Null };
+    let text = match &v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    if text.chars().count() <= VALUE_CAP {
+        return v;
+    }
+    let cut: String = text.chars().take(VALUE_CAP).collect();
+    Value::String(format!("{cut}… ({} characters)", text.chars().count()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn entries(d: &Diff) -> Vec<Value> {
+        serde_json::from_str::<Vec<Value>>(&d.json).unwrap()
+    }
+
+    #[test]
+    fn an_image_change_is_one_path_with_old_and_new() {
+        let old = json!({"metadata": {"generation": 3, "resourceVersion": "10"},
+            "spec": {"template": {"spec": {"containers": [{"name": "app", "image": "shop:1.4"}]}}}});
+        let mut new = old.clone();
+        new["spec"]["template"]["spec"]["containers"][0]["image"] = json!("shop:1.5");
+        new["metadata"]["generation"] = json!(4);
+        new["metadata"]["resourceVersion"] = json!("11");
+        let d = diff("deployments", &old.to_string(), &new.to_string()).unwrap();
+        assert_eq!(
+            entries(&d),
+            [
+                json!({"path": "spec.template.spec.containers[0].image", "old": "shop:1.4", "new": "shop:1.5"})
+            ]
+        );
+        assert!(d.spec_changed);
+    }
+
+    #[test]
+    fn heartbeats_and_pod_status_are_noise() {
+        let node = |t: &str| json!({"status": {"conditions": [{"type": "Ready", "status": "True", "lastHeartbeatTime": t}]}});
+        let d = diff("nodes", &node("a").to_string(), &node("b").to_string()).unwrap();
+        assert_eq!(d.json, "[]");
+        assert!(!d.spec_changed);
+        let pod = |p: &str| json!({"status": {"phase": p}});
+        let d = diff(
+            "pods",
+            &pod("Pending").to_string(),
+            &pod("Running").to_string(),
+        )
+        .unwrap();
+        assert_eq!(d.json, "[]");
+        assert!(diff("events", "{}", "{\"count\": 2}").is_none());
+    }
+
+    #[test]
+    fn annotation_keys_are_quoted_and_long_values_cut() {
+        let old = json!({"metadata": {"annotations": {"a.b/c": "x"}}});
+        let new = json!({"metadata": {"annotations": {"a.b/c": "y".repeat(500)}}});
+        let d = diff("services", &old.to_string(), &new.to_string()).unwrap();
+        let e = entries(&d);
+        assert_eq!(e[0]["path"], "metadata.annotations[\"a.b/c\"]");
+        let cut = e[0]["new"].as_str().unwrap();
+        assert!(
+            cut.ends_with("… (500 characters)") && cut.len() < 260,
+            "{cut}"
+        );
+        assert!(!d.spec_changed, "metadata only");
+    }
+
+    #[test]
+    fn configmap_values_stay_out_and_keys_show() {
+        let old = json!({"data": {"PASSWORD_HINT": "old-value"}});
+        let new = json!({"data": {"PASSWORD_HINT": "new-value", "added": "v"}});
+        let d = diff("configmaps", &old.to_string(), &new.to_string()).unwrap();
+        assert!(!d.json.contains("value"), "{}", d.json);
+        let paths: Vec<Value> = entries(&d).iter().map(|e| e["path"].clone()).collect();
+        assert_eq!(paths, [json!("data.PASSWORD_HINT"), json!("data.added")]);
+    }
+
+    #[test]
+    fn a_scale_is_the_replicas_path() {
+        let old = json!({"spec": {"replicas": 2}, "status": {"replicas": 2}});
+        let new = json!({"spec": {"replicas": 5}, "status": {"replicas": 2}});
+        let d = diff("deployments", &old.to_string(), &new.to_string()).unwrap();
+        assert_eq!(
+            entries(&d),
+            [json!({"path": "spec.replicas", "old": 2, "new": 5})]
+        );
+    }
+}

@@ -1,0 +1,139 @@
+//! Field-level history end to end: `kubectl set image` and a replicas patch against the
+//! simulator each give a `changes` row whose diff is exactly that path, old and new; a pod
+//! status change gives an empty diff.
+
+use std::process::Command;
+use std::time::Duration;
+
+use kq_e2e::Env;
+use serde_json::{Value, json};
+
+/// kubectl against the env's simulated cluster.
+fn kubectl(env: &Env, args: &[&str]) {
+    let out = Command::new("kubectl")
+        .env("KUBECONFIG", &env.kubeconfig)
+        .env("HOME", env.dir.path())
+        .args(args)
+        .output()
+        .expect("kubectl runs");
+    assert!(
+        out.status.success(),
+        "kubectl {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The first Deployment of the simulator: namespace, name, first container and its image.
+fn a_deployment(env: &Env) -> (String, String, String, String) {
+    let store = &env.fleet.clusters[0].store;
+    let rt = store.resolve_kind("apps/v1", "Deployment").unwrap();
+    let mut all: Vec<Value> = store
+        .list(&rt, &Default::default(), None, None)
+        .unwrap()
+        .items
+        .iter()
+        .map(|o| o.value())
+        .collect();
+    all.sort_by_key(|d| d["metadata"]["name"].as_str().unwrap().to_string());
+    let d = &all[0];
+    let c = &d["spec"]["template"]["spec"]["containers"][0];
+    let s = |v: &Value| v.as_str().unwrap().to_string();
+    (
+        s(&d["metadata"]["namespace"]),
+        s(&d["metadata"]["name"]),
+        s(&c["name"]),
+        s(&c["image"]),
+    )
+}
+
+/// Waits for the newest modify of `name` whose diff mentions `path`, and returns its diff.
+async fn diff_with(env: &Env, kind: &str, name: &str, path: &str) -> (Vec<Value>, bool) {
+    let sql = format!(
+        "select diff, spec_changed from changes where kind = '{kind}' and name = '{name}' and operation = 'modify' and diff like '%{path}%' order by seq desc limit 1"
+    );
+    let found = kq_e2e::eventually_async(Duration::from_secs(10), || async {
+        env.csv(&sql).await.is_ok_and(|c| c.lines().count() == 2)
+    })
+    .await;
+    assert!(found, "no modify of {kind}/{name} touching {path}");
+    let out = env.kq(&["--format", "json", "-c", &sql]).await;
+    let rows: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let diff: Vec<Value> = serde_json::from_str(rows[0]["diff"].as_str().unwrap()).unwrap();
+    (diff, rows[0]["spec_changed"].as_bool().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_image_change_and_a_scale_are_recorded_as_the_fields_they_changed() {
+    let env = Env::start(1, 10).await;
+    let _kqd = env.kqd().await;
+    env.wait_pods_synced(Duration::from_secs(30)).await;
+    let (ns, name, container, image) = a_deployment(&env);
+
+    kubectl(
+        &env,
+        &[
+            "-n",
+            &ns,
+            "set",
+            "image",
+            &format!("deployment/{name}"),
+            &format!("{container}=shop:1.5"),
+        ],
+    );
+    let (diff, spec_changed) = diff_with(&env, "deployments", &name, "containers[0].image").await;
+    assert_eq!(
+        diff,
+        [
+            json!({"path": "spec.template.spec.containers[0].image", "old": image, "new": "shop:1.5"})
+        ]
+    );
+    assert!(spec_changed);
+
+    kubectl(
+        &env,
+        &[
+            "-n",
+            &ns,
+            "patch",
+            "deployment",
+            &name,
+            "-p",
+            r#"{"spec":{"replicas":7}}"#,
+        ],
+    );
+    let (diff, spec_changed) = diff_with(&env, "deployments", &name, "spec.replicas").await;
+    assert_eq!(diff.len(), 1, "{diff:?}");
+    assert_eq!(diff[0]["path"], "spec.replicas");
+    assert_eq!(diff[0]["new"], 7);
+    assert!(spec_changed);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pod_status_change_records_no_diff() {
+    let env = Env::start(1, 5).await;
+    let _kqd = env.kqd().await;
+    env.wait_pods_synced(Duration::from_secs(30)).await;
+    let store = &env.fleet.clusters[0].store;
+    let rt = store.resolve_kind("v1", "Pod").unwrap();
+    let pod = store
+        .list(&rt, &Default::default(), None, None)
+        .unwrap()
+        .items[0]
+        .value();
+    let (ns, name) = (
+        pod["metadata"]["namespace"].as_str().unwrap(),
+        pod["metadata"]["name"].as_str().unwrap(),
+    );
+    let container = pod["spec"]["containers"][0]["name"].as_str().unwrap();
+    kube_sim::scenario::crash_container(store, ns, name, container, 1, "Error", None).unwrap();
+    let sql = format!(
+        "select diff, spec_changed from changes where kind = 'pods' and name = '{name}' and operation = 'modify'"
+    );
+    env.wait_csv(
+        &sql,
+        "diff,spec_changed\n[],false\n",
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+}
