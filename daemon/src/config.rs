@@ -245,6 +245,7 @@ struct FileConfig {
     socket: Option<PathBuf>,
     log_level: Option<String>,
     batch_max: Option<usize>,
+    record_diffs: Option<bool>,
     batch_interval_ms: Option<u64>,
     memory_limit: Option<String>,
     checkpoint_threshold: Option<String>,
@@ -405,6 +406,9 @@ impl Config {
         if let Some(l) = f.log_level {
             self.log_level = l;
         }
+        if let Some(d) = f.record_diffs {
+            self.store.diffs = d;
+        }
         if let Some(n) = f.batch_max {
             self.store.batch_max = n.max(1);
         }
@@ -513,6 +517,12 @@ impl Config {
                         name: "KQ_ON_INCIDENT_PER_MINUTE",
                         reason: e.to_string(),
                     })?;
+        }
+        if let Some(v) = var("KQ_RECORD_DIFFS") {
+            self.store.diffs = !matches!(
+                v.to_string_lossy().to_ascii_lowercase().as_str(),
+                "0" | "false" | "no" | "off"
+            );
         }
         if let Some(v) = var("KQ_KEEP_REMOVED_CONTEXTS") {
             self.keep_removed_contexts = matches!(

@@ -156,6 +156,8 @@ pub struct StoreOptions {
     pub incidents: crate::incidents::IncidentOptions,
     /// The PostgreSQL mirror is on: every transaction records what it owes it.
     pub mirror: bool,
+    /// Record what each modify changed (`changes.diff`), from the stored state it replaces.
+    pub diffs: bool,
 }
 
 impl Default for StoreOptions {
@@ -167,6 +169,7 @@ impl Default for StoreOptions {
             // budget at 100k pods, and larger queries spill to disk rather than fail.
             memory_limit: "64MB".to_string(),
             checkpoint_threshold: "256MB".to_string(),
+            diffs: true,
             changes_retention: std::time::Duration::from_secs(7 * 86_400),
             events_retention: std::time::Duration::from_secs(14 * 86_400),
             incidents_retention: std::time::Duration::from_secs(90 * 86_400),

@@ -248,7 +248,8 @@ impl Writer {
             }
             let started = Instant::now();
             if !stale.is_empty() {
-                let old = self.delete_stale(kind, &stale, !modified.is_empty())?;
+                let read_old = self.opts.diffs && !modified.is_empty();
+                let old = self.delete_stale(kind, &stale, read_old)?;
                 let at = diff_at();
                 for (i, ctx, uid, r) in modified {
                     let key = (ctx.to_string(), uid.to_string());

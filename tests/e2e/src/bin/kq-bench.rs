@@ -36,6 +36,9 @@ struct Args {
     /// catch-up time, and under load the watch-to-PostgreSQL latency too.
     #[arg(long)]
     postgres: bool,
+    /// Run kqd without field-level history (`record_diffs = false`), to see what diffs cost.
+    #[arg(long)]
+    no_diffs: bool,
 }
 
 fn percentile(v: &mut [Duration], p: f64) -> Duration {
@@ -92,10 +95,14 @@ async fn main() -> anyhow::Result<()> {
     // Initial sync: from kqd's start until every context has listed every resource and
     // the rows are queryable (the state change is committed after the rows it follows).
     let started = Instant::now();
-    let kqd = match &url {
-        Some(u) => env.kqd_with(&[("KQ_POSTGRES_URL", u)]).await,
-        None => env.kqd().await,
-    };
+    let mut vars: Vec<(&str, &str)> = Vec::new();
+    if let Some(u) = &url {
+        vars.push(("KQ_POSTGRES_URL", u));
+    }
+    if args.no_diffs {
+        vars.push(("KQ_RECORD_DIFFS", "false"));
+    }
+    let kqd = env.kqd_with(&vars).await;
     env.wait_pods_synced(Duration::from_secs(600)).await;
     let ready = format!("n\n{}\n", env.fleet.clusters.len());
     env.wait_csv(
