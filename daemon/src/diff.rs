@@ -75,6 +75,58 @@ pub fn diff(kind: &str, old: &str, new: &str) -> Option<Diff> {
     })
 }
 
+/// A digest of what [`diff`] compares in `json` (everything but what its rules leave out),
+/// or None for a kind that records no diffs. Two states with the same shape have an empty
+/// diff, so a status-only change needs no read of the stored state. Never 0.
+pub fn shape(kind: &str, json: &str) -> Option<u64> {
+    use std::hash::{Hash as _, Hasher as _};
+    if CHURN_ONLY.contains(&kind) {
+        return None;
+    }
+    let v: Value = serde_json::from_str(json).ok()?;
+    let rules = Rules {
+        skip_status: STATUS_CHURNS.contains(&kind),
+        hide_values: VALUES_HIDDEN.contains(&kind),
+    };
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    fn feed<'a>(
+        rules: &Rules,
+        path: &mut Vec<Seg<'a>>,
+        v: &'a Value,
+        h: &mut impl std::hash::Hasher,
+    ) {
+        use std::hash::Hash as _;
+        if ignored(rules, path) {
+            return;
+        }
+        match v {
+            Value::Object(m) => {
+                h.write_u8(b'{');
+                for (k, child) in m {
+                    k.hash(h);
+                    path.push(Seg::Key(k));
+                    feed(rules, path, child, h);
+                    path.pop();
+                }
+                h.write_u8(b'}');
+            }
+            Value::Array(a) => {
+                h.write_u8(b'[');
+                for (i, child) in a.iter().enumerate() {
+                    path.push(Seg::Index(i));
+                    feed(rules, path, child, h);
+                    path.pop();
+                }
+                h.write_u8(b']');
+            }
+            leaf => leaf.to_string().hash(h),
+        }
+    }
+    feed(&rules, &mut Vec::new(), &v, &mut h);
+    kind.hash(&mut h);
+    Some(h.finish().max(1))
+}
+
 struct Rules {
     skip_status: bool,
     hide_values: bool,
@@ -266,6 +318,18 @@ mod tests {
         assert!(!d.json.contains("value"), "{}", d.json);
         let paths: Vec<Value> = entries(&d).iter().map(|e| e["path"].clone()).collect();
         assert_eq!(paths, [json!("data.PASSWORD_HINT"), json!("data.added")]);
+    }
+
+    #[test]
+    fn the_shape_moves_with_the_diff_and_not_with_noise() {
+        let pod = |phase: &str, image: &str| {
+            json!({"metadata": {"resourceVersion": phase}, "spec": {"containers": [{"image": image}]}, "status": {"phase": phase}})
+                .to_string()
+        };
+        let a = shape("pods", &pod("Pending", "a")).unwrap();
+        assert_eq!(a, shape("pods", &pod("Running", "a")).unwrap());
+        assert_ne!(a, shape("pods", &pod("Running", "b")).unwrap());
+        assert!(shape("events", "{}").is_none());
     }
 
     #[test]

@@ -25,6 +25,8 @@ const UNKNOWN: u64 = u64::MAX;
 struct Entry {
     version: u64,
     resource: u32,
+    /// A digest of what the object's diff compares (`diff::shape`); 0 until known.
+    shape: u64,
 }
 
 /// How an upserted object relates to what is stored.
@@ -88,6 +90,7 @@ impl Index {
                 Entry {
                     version: v,
                     resource: res,
+                    shape: 0,
                 },
             );
         };
@@ -146,12 +149,17 @@ impl Index {
 
     /// Records an upserted object and says what the database must do with it.
     pub fn upsert(&mut self, ctx: &Arc<str>, uid: &str, rv: Option<&str>, res: u32) -> Seen {
-        let entry = Entry {
+        let mut entry = Entry {
             version: version(rv),
             resource: res,
+            shape: 0,
         };
         let map = self.contexts.entry(ctx.clone()).or_default();
-        match map.insert(digest(uid), entry) {
+        let key = digest(uid);
+        if let Some(old) = map.get(&key) {
+            entry.shape = old.shape;
+        }
+        match map.insert(key, entry) {
             None => {
                 self.bump(ctx, res, 1);
                 Seen::New
@@ -165,6 +173,16 @@ impl Index {
                 Seen::Changed
             }
         }
+    }
+
+    /// Records the shape of an object's new state and returns the one before (0: unknown,
+    /// as after a restart): equal shapes mean its diff is empty, without reading the state
+    /// it replaces.
+    pub fn swap_shape(&mut self, ctx: &str, uid: &str, shape: u64) -> u64 {
+        self.contexts
+            .get_mut(ctx)
+            .and_then(|m| m.get_mut(&digest(uid)))
+            .map_or(0, |e| std::mem::replace(&mut e.shape, shape))
     }
 
     /// Forgets a deleted object; false when it was not stored.

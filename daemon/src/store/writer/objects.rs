@@ -229,12 +229,28 @@ impl Writer {
                             Seen::New => "add",
                             Seen::Changed => {
                                 stale.push((ctx, uid, false));
-                                modified.push((changes.len(), ctx, uid, r));
                                 "modify"
                             }
                         };
                         self.changes_seq += 1;
-                        changes.push(change_row(now, kind, ctx, r, op, self.changes_seq));
+                        let mut change = change_row(now, kind, ctx, r, op, self.changes_seq);
+                        if self.opts.diffs {
+                            // The stored state is read only when what the diff compares moved.
+                            let shape = object_json(kind, r)
+                                .and_then(|j| crate::diff::shape(diff_kind(kind, r), j))
+                                .unwrap_or(0);
+                            let before = self.index.swap_shape(ctx, uid, shape);
+                            if op == "modify" && shape != 0 {
+                                if before == shape {
+                                    let at = diff_at();
+                                    change[at] = Value::Text("[]".into());
+                                    change[at + 1] = Value::Boolean(false);
+                                } else {
+                                    modified.push((changes.len(), ctx, uid, r));
+                                }
+                            }
+                        }
+                        changes.push(change);
                         self.outbox.row(table, ctx, uid);
                         fresh.push(r);
                     }
@@ -248,8 +264,8 @@ impl Writer {
             }
             let started = Instant::now();
             if !stale.is_empty() {
-                let read_old = self.opts.diffs && !modified.is_empty();
-                let old = self.delete_stale(kind, &stale, read_old)?;
+                let wanted: Vec<(&str, &str)> = modified.iter().map(|m| (m.1, m.2)).collect();
+                let old = self.delete_stale(kind, &stale, &wanted)?;
                 let at = diff_at();
                 for (i, ctx, uid, r) in modified {
                     let key = (ctx.to_string(), uid.to_string());
@@ -294,13 +310,13 @@ impl Writer {
 
     /// Deletes the stored rows of changed and deleted objects (with their containers and
     /// `objects` rows), recording the deletes in `changes`.
-    /// With `read_old`, first reads the stored JSON of the objects that are not gone (the
-    /// state a modify replaces), by (context, uid).
+    /// First reads the stored JSON of the `wanted` objects (the states modifies replace, for
+    /// their diffs), by (context, uid).
     pub(super) fn delete_stale(
         &mut self,
         kind: Kind,
         stale: &[(&str, &str, bool)],
-        read_old: bool,
+        wanted: &[(&str, &str)],
     ) -> Result<HashMap<(String, String), String>, StoreError> {
         {
             let mut keys = self.conn.appender_to_db("keys", "kq_stage")?;
@@ -309,19 +325,11 @@ impl Writer {
             }
             keys.flush()?;
         }
-        let mut old = HashMap::new();
-        if read_old {
-            let mut stmt = self.conn.prepare(
-                "SELECT k.context, k.uid, o.object::VARCHAR FROM kq_stage.keys k
-                 JOIN main.objects o ON o.context = k.context AND o.uid = k.uid
-                 WHERE NOT k.gone",
-            )?;
-            let rows = stmt.query_map([], |r| Ok(((r.get(0)?, r.get(1)?), r.get(2)?)))?;
-            for row in rows {
-                let (key, json): ((String, String), String) = row?;
-                old.insert(key, json);
-            }
-        }
+        let old = if wanted.is_empty() {
+            HashMap::new()
+        } else {
+            self.stored_json(wanted.iter().copied())?
+        };
         let table = kind.table();
         self.record_deletes(
             kind,
@@ -342,6 +350,37 @@ impl Writer {
         sql.push_str("DELETE FROM kq_stage.keys;");
         self.conn.execute_batch(&sql)?;
         Ok(old)
+    }
+
+    /// The stored JSON of these objects, by (context, uid). The uids go into the scan as
+    /// constants, so DuckDB reads the (large, compressed) `object` column only of the
+    /// vectors that hold one of them; a join would decompress the whole column.
+    fn stored_json<'a>(
+        &self,
+        keys: impl Iterator<Item = (&'a str, &'a str)>,
+    ) -> Result<HashMap<(String, String), String>, StoreError> {
+        let mut by_context: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for (ctx, uid) in keys {
+            by_context.entry(ctx).or_default().push(uid);
+        }
+        let mut out = HashMap::new();
+        for (ctx, uids) in by_context {
+            for chunk in uids.chunks(1000) {
+                let marks = vec!["?"; chunk.len()].join(", ");
+                let mut stmt = self.conn.prepare(&format!(
+                    "SELECT uid, object::VARCHAR FROM main.objects WHERE context = ? AND uid IN ({marks})"
+                ))?;
+                let params = std::iter::once(ctx).chain(chunk.iter().copied());
+                let rows = stmt.query_map(params_from_iter(params), |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+                })?;
+                for row in rows {
+                    let (uid, json) = row?;
+                    out.insert((ctx.to_string(), uid), json);
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Records as deleted, in `changes`, the rows of `kind`'s table that `from` selects (see
