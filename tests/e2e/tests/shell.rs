@@ -9,6 +9,14 @@ use kq_e2e::terminal::Terminal;
 use kq_e2e::{Env, bin, eventually};
 use unicode_width::UnicodeWidthStr as _;
 
+/// A simulated fleet of `clusters` × `pods` with kqd synced on it.
+async fn synced_fleet(clusters: usize, pods: usize) -> (Env, kq_e2e::Kqd) {
+    let env = Env::start(clusters, pods).await;
+    let kqd = env.kqd().await;
+    env.wait_pods_synced(Duration::from_secs(30)).await;
+    (env, kqd)
+}
+
 /// kq against the env's kqd, in an 80-column terminal of `height` rows, with its history
 /// and state kept in the env's directory.
 async fn shell(env: &Env, height: u16, extra: &[(&str, &str)]) -> Terminal {
@@ -53,9 +61,7 @@ fn table_lines(output: &str) -> Vec<&str> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_wide_table_fits_80_columns_and_long_results_are_capped() {
-    let env = Env::start(2, 60).await;
-    let _kqd = env.kqd().await;
-    env.wait_pods_synced(Duration::from_secs(30)).await;
+    let (env, _kqd) = synced_fleet(2, 60).await;
     let mut t = shell(&env, 60, &[]).await;
 
     // Every pods column would need hundreds of columns: the table keeps to 80, narrows
@@ -105,9 +111,7 @@ async fn a_wide_table_fits_80_columns_and_long_results_are_capped() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn expanded_display_shows_one_column_per_line() {
-    let env = Env::start(1, 10).await;
-    let _kqd = env.kqd().await;
-    env.wait_pods_synced(Duration::from_secs(30)).await;
+    let (env, _kqd) = synced_fleet(1, 10).await;
     let mut t = shell(&env, 60, &[]).await;
     let out = t.run("\\x").await;
     assert_eq!(out, "Expanded display is on.");
@@ -132,9 +136,7 @@ async fn expanded_display_shows_one_column_per_line() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn completion_knows_tables_after_from_and_context_names_in_quotes() {
-    let env = Env::start(2, 10).await;
-    let _kqd = env.kqd().await;
-    env.wait_pods_synced(Duration::from_secs(30)).await;
+    let (env, _kqd) = synced_fleet(2, 10).await;
     let mut t = shell(&env, 40, &[]).await;
     // After FROM only tables: `nod` completes to `nodes` (not to the `node` column).
     t.type_text("select count(*) from nod");
@@ -169,9 +171,7 @@ async fn completion_knows_tables_after_from_and_context_names_in_quotes() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn ctrl_c_cancels_a_long_query_and_returns_to_the_prompt() {
-    let env = Env::start(1, 5).await;
-    let kqd = env.kqd().await;
-    env.wait_pods_synced(Duration::from_secs(30)).await;
+    let (env, kqd) = synced_fleet(1, 5).await;
     let mut t = shell(&env, 40, &[]).await;
     // A cross join DuckDB needs many minutes for.
     t.line("select sum(a.range * b.range) from range(300000) a, range(300000) b;");
@@ -209,9 +209,7 @@ async fn ctrl_c_cancels_a_long_query_and_returns_to_the_prompt() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_error_points_at_the_offending_token() {
-    let env = Env::start(1, 5).await;
-    let _kqd = env.kqd().await;
-    env.wait_pods_synced(Duration::from_secs(30)).await;
+    let (env, _kqd) = synced_fleet(1, 5).await;
     let mut t = shell(&env, 40, &[]).await;
     let out = t.run("select nme from pods;").await;
     let lines: Vec<&str> = out.lines().collect();
@@ -227,9 +225,7 @@ async fn an_error_points_at_the_offending_token() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn output_taller_than_the_terminal_goes_through_the_pager() {
-    let env = Env::start(1, 30).await;
-    let _kqd = env.kqd().await;
-    env.wait_pods_synced(Duration::from_secs(30)).await;
+    let (env, _kqd) = synced_fleet(1, 30).await;
     // A pager that keeps what it is given.
     let paged = env.dir.path().join("paged.txt");
     let pager = env.dir.path().join("pager.sh");
@@ -259,9 +255,7 @@ async fn output_taller_than_the_terminal_goes_through_the_pager() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn kq_c_exits_130_on_sigint_and_kqd_stops_the_query() {
-    let env = Env::start(1, 5).await;
-    let kqd = env.kqd().await;
-    env.wait_pods_synced(Duration::from_secs(30)).await;
+    let (env, kqd) = synced_fleet(1, 5).await;
     let child = spawn_kq(
         &env,
         &[
@@ -305,9 +299,7 @@ fn cells(screen: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn watch_runs_the_query_again_when_kqd_commits_a_change_to_its_table() {
-    let env = Env::start(1, 5).await;
-    let _kqd = env.kqd().await;
-    env.wait_pods_synced(Duration::from_secs(30)).await;
+    let (env, _kqd) = synced_fleet(1, 5).await;
     let mut t = shell(&env, 30, &[]).await;
     t.run("select count(*) as watched from pods where name like 'watched-%';")
         .await;
@@ -338,9 +330,7 @@ async fn watch_runs_the_query_again_when_kqd_commits_a_change_to_its_table() {
 #[tokio::test(flavor = "multi_thread")]
 async fn kq_watch_in_a_pipe_prints_each_new_result() {
     use std::io::BufRead as _;
-    let env = Env::start(1, 5).await;
-    let _kqd = env.kqd().await;
-    env.wait_pods_synced(Duration::from_secs(30)).await;
+    let (env, _kqd) = synced_fleet(1, 5).await;
     let mut child = spawn_kq(
         &env,
         &[
@@ -392,9 +382,7 @@ async fn kq_watch_in_a_pipe_prints_each_new_result() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_large_result_streams_through_kq_in_flat_memory() {
     use std::io::Read as _;
-    let env = Env::start(1, 5).await;
-    let _kqd = env.kqd().await;
-    env.wait_pods_synced(Duration::from_secs(30)).await;
+    let (env, _kqd) = synced_fleet(1, 5).await;
     let mut child = spawn_kq(
         &env,
         &[
@@ -446,9 +434,7 @@ async fn a_large_result_streams_through_kq_in_flat_memory() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn read_runs_a_files_statements_and_output_sends_results_to_a_file() {
-    let env = Env::start(1, 5).await;
-    let _kqd = env.kqd().await;
-    env.wait_pods_synced(Duration::from_secs(30)).await;
+    let (env, _kqd) = synced_fleet(1, 5).await;
     let mut t = shell(&env, 40, &[]).await;
     let script = env.dir.path().join("script.sql");
     std::fs::write(
