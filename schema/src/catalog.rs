@@ -1138,6 +1138,29 @@ pub static CATALOG: LazyLock<Vec<Table>> = LazyLock::new(|| {
             ],
         },
         Table {
+            name: "incident_changes",
+            description: "View: for each incident, the changes in its context in the 30 minutes before it began (first_seen) to what it depends on: its workload's own spec first, then the pod's owner, the object itself, the ConfigMaps and Secrets its pod references, its node and its namespace's NetworkPolicies. `kq why <id>` lists them, closest first; modifies that changed nothing recorded are left out.",
+            view: Some(INCIDENT_CHANGES),
+            columns: vec![
+                c("incident_id", "VARCHAR", "The incident (incidents.id)."),
+                c(
+                    "rank",
+                    "INTEGER",
+                    "How close the changed object is: 1 the workload (Deployment, StatefulSet, DaemonSet, CronJob…), 2 the pod's owner (ReplicaSet, Job), 3 the object itself, 4 a ConfigMap or Secret it references, 5 its node, 6 a NetworkPolicy of its namespace.",
+                ),
+                c("relation", "VARCHAR", "controller | owner | object | config | node | network policy."),
+                c("changed_at", "TIMESTAMPTZ", "When kqd applied the change."),
+                c("seconds_before", "DOUBLE", "How long before the incident began."),
+                c("context", "VARCHAR", "Kubeconfig context."),
+                c("kind", "VARCHAR", "The changed object's table (deployments, configmaps…)."),
+                c("namespace", "VARCHAR", "Its namespace."),
+                c("name", "VARCHAR", "Its name."),
+                c("operation", "VARCHAR", "add | modify | delete."),
+                c("diff", "JSON", "What the modify changed (changes.diff)."),
+                c("spec_changed", "BOOLEAN", "The modify changed the spec (changes.spec_changed)."),
+            ],
+        },
+        Table {
             name: "pod_controllers",
             description: "View: each pod's direct owner and its top controller (Pod→ReplicaSet→Deployment, Pod→Job→CronJob, StatefulSet, DaemonSet, Node for static pods).",
             view: Some(POD_CONTROLLERS),
@@ -1166,6 +1189,71 @@ pub static CATALOG: LazyLock<Vec<Table>> = LazyLock::new(|| {
         },
     ]
 });
+
+/// The `incident_changes` view: for each incident, the changes in its context within
+/// [`INCIDENT_WINDOW`] before it began, to the objects it depends on, ranked by how close
+/// they are. `kq why` runs it with another window by replacing that text.
+const INCIDENT_CHANGES: &str = "WITH i AS (
+  SELECT id, context, namespace, object_kind, object_name, object_uid, node, first_seen,
+         nullif(split_part(controller, '/', 1), '') AS top_kind,
+         nullif(split_part(controller, '/', 2), '') AS top_name
+  FROM incidents
+),
+pod AS (
+  SELECT i.id, p.owner_kind, p.owner_name, o.object
+  FROM i JOIN pods p ON p.context = i.context AND p.uid = i.object_uid
+  LEFT JOIN objects o ON o.context = p.context AND o.uid = p.uid
+),
+refs AS (
+  SELECT id, kind, unnest(names) AS name FROM (
+    SELECT id, 'configmaps' AS kind, list_distinct(flatten([
+      json_extract_string(object, '$.spec.volumes[*].configMap.name'),
+      json_extract_string(object, '$.spec.containers[*].envFrom[*].configMapRef.name'),
+      json_extract_string(object, '$.spec.containers[*].env[*].valueFrom.configMapKeyRef.name')])) AS names
+    FROM pod
+    UNION ALL
+    SELECT id, 'secrets', list_distinct(flatten([
+      json_extract_string(object, '$.spec.volumes[*].secret.secretName'),
+      json_extract_string(object, '$.spec.containers[*].envFrom[*].secretRef.name'),
+      json_extract_string(object, '$.spec.containers[*].env[*].valueFrom.secretKeyRef.name')]))
+    FROM pod)
+),
+related AS (
+  SELECT id, 1 AS rank, 'controller' AS relation, lower(top_kind) || 's' AS kind, namespace, top_name AS name
+  FROM i WHERE top_kind IS NOT NULL AND top_kind <> 'Node'
+  UNION ALL
+  SELECT pod.id, 2, 'owner', lower(pod.owner_kind) || 's', i.namespace, pod.owner_name
+  FROM pod JOIN i USING (id)
+  WHERE pod.owner_kind IS NOT NULL AND pod.owner_name IS DISTINCT FROM i.top_name
+  UNION ALL
+  SELECT id, 3, 'object', lower(object_kind) || 's', namespace, object_name FROM i
+  UNION ALL
+  SELECT refs.id, 4, 'config', refs.kind, i.namespace, refs.name FROM refs JOIN i USING (id)
+  UNION ALL
+  SELECT id, 5, 'node', 'nodes', NULL, node FROM i WHERE node IS NOT NULL
+  UNION ALL
+  SELECT id, 6, 'network policy', 'networkpolicies', namespace, NULL FROM i WHERE namespace IS NOT NULL
+)
+SELECT r.id AS incident_id, r.rank, r.relation, c.changed_at,
+       epoch(i.first_seen::TIMESTAMP) - epoch(c.changed_at::TIMESTAMP) AS seconds_before,
+       c.context, c.kind, c.namespace, c.name, c.operation, c.diff, c.spec_changed
+FROM related r
+JOIN i ON i.id = r.id
+JOIN changes c ON c.context = i.context AND c.kind = r.kind
+  AND c.namespace IS NOT DISTINCT FROM r.namespace AND (r.name IS NULL OR c.name = r.name)
+-- first_seen comes from the kubelet's timestamps, which have whole seconds: a change up
+-- to a second after it may still have come first.
+WHERE c.changed_at::TIMESTAMP < i.first_seen::TIMESTAMP + INTERVAL 1 SECOND
+  AND c.changed_at::TIMESTAMP >= i.first_seen::TIMESTAMP - INTERVAL 30 MINUTE
+  AND (c.operation <> 'modify' OR c.diff IS NULL OR c.diff::VARCHAR <> '[]')";
+
+/// The window `incident_changes` looks back over, as its SQL spells it.
+pub const INCIDENT_WINDOW: &str = "INTERVAL 30 MINUTE";
+
+/// The `incident_changes` query with another look-back window (`INTERVAL 2 HOUR`…).
+pub fn incident_changes_sql(window: &str) -> String {
+    INCIDENT_CHANGES.replace(INCIDENT_WINDOW, window)
+}
 
 /// The `status` view: `contexts` joined with per-resource sync progress.
 const STATUS: &str = "SELECT c.name AS context, c.state,

@@ -10,5 +10,5 @@ pub mod paths;
 pub mod reference;
 pub mod sql;
 
-pub use catalog::{CATALOG, Column, Table, table};
+pub use catalog::{CATALOG, Column, INCIDENT_WINDOW, Table, incident_changes_sql, table};
 pub use migrations::{MIGRATIONS, Migration, SCHEMA_VERSION, create_table_sql};

@@ -16,7 +16,7 @@ pub struct Migration {
 }
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: u32 = 15;
+pub const SCHEMA_VERSION: u32 = 16;
 
 /// Every migration, oldest first.
 pub static MIGRATIONS: &[Migration] = &[
@@ -110,6 +110,12 @@ pub static MIGRATIONS: &[Migration] = &[
         sql: v15,
         outdates_rows: false,
     },
+    Migration {
+        version: 16,
+        description: "incident_changes: the changes behind each incident, as a view",
+        sql: v16,
+        outdates_rows: false,
+    },
 ];
 
 /// Creates the named catalog tables. A migration names its tables so that later catalog
@@ -125,6 +131,10 @@ fn create_tables(names: &[&str]) -> String {
         })
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+fn v16() -> String {
+    create_tables(&["incident_changes"])
 }
 
 fn v15() -> String {

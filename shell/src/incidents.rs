@@ -15,7 +15,7 @@ use crate::format::{self, Format};
 pub fn open_sql(filter: &FollowIncidents) -> String {
     let quote = |s: &str| format!("'{}'", s.replace('\'', "''"));
     let mut sql = String::from(
-        "SELECT last_seen, severity, context, namespace, object_kind, object_name, container, type, reason, exit_code, signal, occurrences, message \
+        "SELECT last_seen, severity, context, namespace, object_kind, object_name, container, type, reason, exit_code, signal, occurrences, message, id \
          FROM incidents WHERE resolved_at IS NULL",
     );
     if let Some(c) = &filter.context {
@@ -145,7 +145,7 @@ fn write_lines(out: &mut impl std::io::Write, b: &RecordBatch) -> std::io::Resul
         };
         writeln!(
             out,
-            "{}  {:<8} {:<5} {}  {}{}  {}{}{}  ×{}  {}",
+            "{}  {:<8} {:<5} {}  {}{}  {}{}{}  ×{}  {}  [{}]",
             cell("last_seen", row),
             cell("severity", row),
             state,
@@ -168,6 +168,7 @@ fn write_lines(out: &mut impl std::io::Write, b: &RecordBatch) -> std::io::Resul
             },
             cell("occurrences", row),
             cell("message", row),
+            cell("id", row),
         )?;
     }
     Ok(())

@@ -9,6 +9,7 @@ mod incidents;
 mod repl;
 mod table;
 mod watch;
+mod why;
 
 use std::io::{IsTerminal as _, Read as _};
 use std::path::PathBuf;
@@ -78,6 +79,19 @@ pub enum Cmd {
         #[arg(long, value_parser = ["critical", "high", "medium", "low"])]
         min_severity: Option<String>,
         /// Output format (csv and json stream one record per line).
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// What changed before an incident: the incident, then the changes to its workload, its
+    /// pod's owner, itself, the ConfigMaps and Secrets it references, its node and its
+    /// namespace's NetworkPolicies in the window before it began, closest first.
+    Why {
+        /// The incident's id (`kq incidents --format csv` shows it, as does `incidents.id`).
+        id: String,
+        /// How far back to look: 30m, 2h, 1d…
+        #[arg(long, default_value = "30m")]
+        window: String,
+        /// Output format.
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },
@@ -179,6 +193,9 @@ pub fn run(args: Args) -> i32 {
                 min_severity: min_severity.clone(),
             };
             return incidents::run(&mut client, &filter, *follow, *format).await;
+        }
+        if let Some(Cmd::Why { id, window, format }) = &args.cmd {
+            return why::run(&mut client, id, window, *format).await;
         }
         if let Some(Cmd::Watch {
             sql,

@@ -137,3 +137,77 @@ async fn a_pod_status_change_records_no_diff() {
     .await
     .unwrap();
 }
+
+/// An image change, then a crash of the workload's pod: `kq why` lists the Deployment's
+/// image change first.
+#[tokio::test(flavor = "multi_thread")]
+async fn kq_why_lists_the_workloads_image_change_first() {
+    let env = Env::start(1, 10).await;
+    let _kqd = env.kqd().await;
+    env.wait_pods_synced(Duration::from_secs(30)).await;
+    let (ns, name, container, _) = a_deployment(&env);
+    // A pod of that Deployment (through its ReplicaSet), and its container.
+    let pods = env
+        .csv(&format!(
+            "select p.name, c.name from pod_controllers pc join pods p on p.uid = pc.pod_uid join containers c on c.pod_uid = p.uid where pc.top_kind = 'Deployment' and pc.top_name = '{name}' and p.namespace = '{ns}' order by 1 limit 1"
+        ))
+        .await
+        .unwrap();
+    let (pod, pod_container) = pods.lines().nth(1).unwrap().split_once(',').unwrap();
+    kubectl(
+        &env,
+        &[
+            "-n",
+            &ns,
+            "set",
+            "image",
+            &format!("deployment/{name}"),
+            &format!("{container}=shop:1.5"),
+        ],
+    );
+    diff_with(&env, "deployments", &name, "containers[0].image").await;
+    let store = &env.fleet.clusters[0].store;
+    kube_sim::scenario::crash_container(store, &ns, pod, pod_container, 1, "Error", None).unwrap();
+    let id_sql = format!("select id from incidents where object_name = '{pod}'");
+    assert!(
+        kq_e2e::eventually_async(Duration::from_secs(10), || async {
+            env.csv(&id_sql).await.is_ok_and(|c| c.lines().count() == 2)
+        })
+        .await
+    );
+    let id = env
+        .csv(&id_sql)
+        .await
+        .unwrap()
+        .lines()
+        .nth(1)
+        .unwrap()
+        .to_string();
+    let out = env.kq(&["why", &id, "--format", "json"]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Two JSON arrays: the incident, then its changes.
+    let text = String::from_utf8(out.stdout).unwrap();
+    let mut parts = serde_json::Deserializer::from_str(&text).into_iter::<Value>();
+    let incident = parts.next().unwrap().unwrap();
+    assert_eq!(incident[0]["object_name"], pod);
+    let changes = parts.next().unwrap().unwrap();
+    let first = &changes[0];
+    assert_eq!(first["relation"], "controller", "{changes}");
+    assert_eq!(first["kind"], "deployments");
+    assert_eq!(first["name"], name.as_str());
+    assert!(
+        first["diff"].as_str().unwrap().contains("shop:1.5"),
+        "{first}"
+    );
+    // A bad window or an unknown incident is a clear error.
+    let out = env.kq(&["why", &id, "--window", "soon"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--window \"soon\""));
+    let out = env.kq(&["why", "no-such-incident"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no incident"));
+}
