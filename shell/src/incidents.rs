@@ -15,7 +15,13 @@ use crate::format::{self, Format};
 pub fn open_sql(filter: &FollowIncidents) -> String {
     let quote = |s: &str| format!("'{}'", s.replace('\'', "''"));
     let mut sql = String::from(
-        "SELECT last_seen, severity, context, namespace, object_kind, object_name, container, type, reason, exit_code, signal, occurrences, message, id \
+        "SELECT last_seen, severity, context, namespace, object_kind, object_name, container, type, reason, exit_code, signal, occurrences, message, id, \
+         (SELECT ic.kind || '/' || ic.name || ' ' \
+                 || coalesce((ic.diff->0->>'path') || ' ' || coalesce(ic.diff->0->>'old', '∅') || ' → ' || coalesce(ic.diff->0->>'new', '∅'), ic.operation) \
+                 || ', ' || CAST(greatest(round(ic.seconds_before / 60), 0) AS BIGINT) || 'm before' \
+          FROM incident_changes ic WHERE ic.incident_id = incidents.id AND ic.rank <= 4 \
+            AND (ic.spec_changed OR ic.operation = 'delete') \
+          ORDER BY ic.rank, ic.changed_at DESC LIMIT 1) AS suspect \
          FROM incidents WHERE resolved_at IS NULL",
     );
     if let Some(c) = &filter.context {

@@ -203,6 +203,21 @@ async fn kq_why_lists_the_workloads_image_change_first() {
         first["diff"].as_str().unwrap().contains("shop:1.5"),
         "{first}"
     );
+    // `kq incidents` names it as the likely suspect.
+    let out = env.kq(&["incidents", "--format", "json"]).await;
+    let open: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let row = open
+        .iter()
+        .find(|r| r["id"] == id.as_str())
+        .expect("the incident is open");
+    let suspect = row["suspect"].as_str().unwrap_or_default();
+    assert!(
+        suspect.starts_with(&format!(
+            "deployments/{name} spec.template.spec.containers[0].image "
+        )) && suspect.contains("→ shop:1.5, ")
+            && suspect.ends_with("m before"),
+        "{suspect}"
+    );
     // A bad window or an unknown incident is a clear error.
     let out = env.kq(&["why", &id, "--window", "soon"]).await;
     assert_eq!(out.status.code(), Some(1));
