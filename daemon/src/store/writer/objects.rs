@@ -234,13 +234,15 @@ impl Writer {
                         };
                         self.changes_seq += 1;
                         let mut change = change_row(now, kind, ctx, r, op, self.changes_seq);
-                        if self.opts.diffs {
-                            // The stored state is read only when what the diff compares moved.
+                        // Adds compute no shape, so the initial sync pays nothing for diffs: an
+                        // object's first modify reads its stored state, later ones only when
+                        // what the diff compares moved.
+                        if self.opts.diffs && op == "modify" {
                             let shape = object_json(kind, r)
                                 .and_then(|j| crate::diff::shape(diff_kind(kind, r), j))
                                 .unwrap_or(0);
                             let before = self.index.swap_shape(ctx, uid, shape);
-                            if op == "modify" && shape != 0 {
+                            if shape != 0 {
                                 if before == shape {
                                     let at = diff_at();
                                     change[at] = Value::Text("[]".into());
