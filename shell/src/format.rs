@@ -125,6 +125,19 @@ pub enum WriteError {
 }
 
 impl WriteError {
+    /// Says on stderr what went wrong and gives the exit status: 0 for a closed pipe (the
+    /// reader's choice), 2 when kqd cannot be reached, else 1.
+    pub fn report(&self) -> i32 {
+        if self.is_broken_pipe() {
+            return 0;
+        }
+        eprintln!("kq: {self}");
+        match self {
+            WriteError::Client(e) => e.exit_code(),
+            _ => 1,
+        }
+    }
+
     /// A closed pipe (`kq … | head`) is the reader's choice, not a failure.
     pub fn is_broken_pipe(&self) -> bool {
         let io = match self {

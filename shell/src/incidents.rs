@@ -55,15 +55,7 @@ pub async fn run(
     let mut out = std::io::stdout().lock();
     match crate::run_statement(client, &open_sql(filter), &display, target, &mut out).await {
         Ok(_) => {}
-        Err(format::WriteError::Client(e)) => {
-            eprintln!("kq: {e}");
-            return e.exit_code();
-        }
-        Err(e) if e.is_broken_pipe() => return 0,
-        Err(e) => {
-            eprintln!("kq: {e}");
-            return 1;
-        }
+        Err(e) => return e.report(),
     }
     drop(out);
     if !follow {

@@ -215,15 +215,7 @@ pub fn run(args: Args) -> i32 {
             let display = Display::new(*format);
             return match watch::watch(&mut client, sql, every, &display, terminal).await {
                 Ok(()) => 0,
-                Err(e) if e.is_broken_pipe() => 0,
-                Err(WriteError::Client(e)) => {
-                    eprintln!("kq: {e}");
-                    e.exit_code()
-                }
-                Err(e) => {
-                    eprintln!("kq: {e}");
-                    1
-                }
+                Err(e) => e.report(),
             };
         }
         match script {
@@ -249,15 +241,7 @@ async fn run_script(client: &mut Client, script: &str, format: Format, target: T
         };
         match ran {
             Ok(_) => {}
-            Err(e) if e.is_broken_pipe() => return 0,
-            Err(WriteError::Client(e)) => {
-                eprintln!("kq: {e}");
-                return e.exit_code();
-            }
-            Err(e) => {
-                eprintln!("kq: {e}");
-                return 1;
-            }
+            Err(e) => return e.report(),
         }
     }
     0

@@ -2,7 +2,7 @@
 //! view, with the look-back window asked for), its workload's own changes first.
 
 use crate::client::Client;
-use crate::format::{Display, Format, Target, WriteError};
+use crate::format::{Display, Format, Target};
 
 /// A window such as `30m`, `2h`, `90s` or `1d`, as DuckDB's interval.
 pub fn window(text: &str) -> Result<String, String> {
@@ -72,15 +72,7 @@ pub async fn run(client: &mut Client, id: &str, window_text: &str, format: Forma
     for sql in [incident, changes_sql(id, &window)] {
         match crate::run_statement(client, &sql, &display, target, &mut out).await {
             Ok(_) => {}
-            Err(e) if e.is_broken_pipe() => return 0,
-            Err(WriteError::Client(e)) => {
-                eprintln!("kq: {e}");
-                return e.exit_code();
-            }
-            Err(e) => {
-                eprintln!("kq: {e}");
-                return 1;
-            }
+            Err(e) => return e.report(),
         }
     }
     0
