@@ -413,8 +413,15 @@ async fn kq_says_when_the_kqd_at_its_socket_belongs_to_another_user() {
         log_text().contains("serving Flight SQL")
     })
     .await;
+    // runuser runs kqd as its child: killing runuser (SIGKILL) would leave kqd running, so
+    // it is asked to stop with SIGTERM, which it passes on to kqd.
+    let stop = |child: &mut std::process::Child| {
+        let pid = rustix::process::Pid::from_raw(child.id() as i32).expect("a child has a pid");
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        let _ = child.wait();
+    };
     if !up {
-        let _ = child.kill();
+        stop(&mut child);
         panic!("kqd as nobody did not start:\n{}", log_text());
     }
 
@@ -428,8 +435,7 @@ async fn kq_says_when_the_kqd_at_its_socket_belongs_to_another_user() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
     let refused_log = log_text();
-    let _ = child.kill();
-    let _ = child.wait();
+    stop(&mut child);
     assert!(
         refused_log.contains("refused a connection from another user"),
         "kqd did not refuse root:\n{refused_log}"
