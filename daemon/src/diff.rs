@@ -48,10 +48,7 @@ pub fn diff(kind: &str, old: &str, new: &str) -> Option<Diff> {
     }
     let old: Value = serde_json::from_str(old).ok()?;
     let new: Value = serde_json::from_str(new).ok()?;
-    let rules = Rules {
-        skip_status: STATUS_CHURNS.contains(&kind),
-        hide_values: VALUES_HIDDEN.contains(&kind),
-    };
+    let rules = Rules::of(kind);
     let mut out = Vec::new();
     walk(&rules, &mut Vec::new(), Some(&old), Some(&new), &mut out);
     let generation = |v: &Value| v.pointer("/metadata/generation").cloned();
@@ -84,10 +81,7 @@ pub fn shape(kind: &str, json: &str) -> Option<u64> {
         return None;
     }
     let v: Value = serde_json::from_str(json).ok()?;
-    let rules = Rules {
-        skip_status: STATUS_CHURNS.contains(&kind),
-        hide_values: VALUES_HIDDEN.contains(&kind),
-    };
+    let rules = Rules::of(kind);
     let mut h = std::collections::hash_map::DefaultHasher::new();
     fn feed<'a>(
         rules: &Rules,
@@ -95,7 +89,6 @@ pub fn shape(kind: &str, json: &str) -> Option<u64> {
         v: &'a Value,
         h: &mut impl std::hash::Hasher,
     ) {
-        use std::hash::Hash as _;
         if ignored(rules, path) {
             return;
         }
@@ -130,6 +123,15 @@ pub fn shape(kind: &str, json: &str) -> Option<u64> {
 struct Rules {
     skip_status: bool,
     hide_values: bool,
+}
+
+impl Rules {
+    fn of(kind: &str) -> Rules {
+        Rules {
+            skip_status: STATUS_CHURNS.contains(&kind),
+            hide_values: VALUES_HIDDEN.contains(&kind),
+        }
+    }
 }
 
 /// One differing path.

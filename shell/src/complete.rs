@@ -270,41 +270,33 @@ pub(crate) fn named_tables(sql: &str) -> Vec<&'static kq_schema::Table> {
 }
 
 fn named_tables_in(sql: &str, toks: &[Token]) -> Vec<&'static kq_schema::Table> {
-    let mut out = Vec::new();
-    let mut after_from = false;
+    /// Where the scan is: outside a table list, right after FROM/JOIN (or a comma in the
+    /// list), or after a table name (and perhaps its alias).
+    #[derive(PartialEq)]
+    enum At {
+        Outside,
+        Table,
+        List,
+    }
+    let mut out: Vec<&'static kq_schema::Table> = Vec::new();
+    let mut at = At::Outside;
     for t in toks {
         let text = &sql[t.start..t.end];
-        match t.kind {
-            Kind::Word if BEFORE_TABLE.iter().any(|k| k.eq_ignore_ascii_case(text)) => {
-                after_from = true;
-            }
-            Kind::Word if after_from => {
-                if let Some(table) = kq_schema::table(&text.to_lowercase()) {
+        at = match t.kind {
+            Kind::Word if BEFORE_TABLE.iter().any(|k| k.eq_ignore_ascii_case(text)) => At::Table,
+            Kind::Word if at == At::Table => {
+                if let Some(table) = kq_schema::table(&text.to_lowercase())
+                    && !out.iter().any(|o| o.name == table.name)
+                {
                     out.push(table);
                 }
-                after_from = false;
+                At::List
             }
-            Kind::Other if after_from && text == "," => {}
-            _ => after_from = false,
-        }
-    }
-    // A comma continues a FROM list: `from pods p, nodes n`.
-    let mut listing = false;
-    for w in toks.windows(2) {
-        let text = &sql[w[0].start..w[0].end];
-        if w[0].kind == Kind::Word && BEFORE_TABLE.iter().any(|k| k.eq_ignore_ascii_case(text)) {
-            listing = true;
-        } else if w[0].kind == Kind::Word && is_keyword(text) {
-            listing = false;
-        }
-        if listing && sql[w[0].start..w[0].end] == *"," && w[1].kind == Kind::Word {
-            let name = sql[w[1].start..w[1].end].to_lowercase();
-            if let Some(table) = kq_schema::table(&name)
-                && !out.iter().any(|t| t.name == table.name)
-            {
-                out.push(table);
-            }
-        }
+            // An alias: `from pods p, nodes n`.
+            Kind::Word if at == At::List && !is_keyword(text) => At::List,
+            Kind::Other if at == At::List && text == "," => At::Table,
+            _ => At::Outside,
+        };
     }
     out
 }

@@ -122,5 +122,9 @@ mod tests {
         assert!(got.contains(&"container_images".to_string()), "{got:?}");
         assert!(got.len() > 1, "the view's own tables too: {got:?}");
         assert!(tables_read("select 1").is_empty());
+        assert_eq!(
+            tables_read("select * from pods p, nodes n join namespaces x on true"),
+            ["namespaces", "nodes", "pods"]
+        );
     }
 }

@@ -265,6 +265,9 @@ impl Writer {
                 }
             }
             let started = Instant::now();
+            if !fresh.is_empty() || !stale.is_empty() {
+                self.outbox.objects_written(table);
+            }
             if !stale.is_empty() {
                 let wanted: Vec<(&str, &str)> = modified.iter().map(|m| (m.1, m.2)).collect();
                 let old = self.delete_stale(kind, &stale, &wanted)?;

@@ -56,21 +56,21 @@ impl Outbox {
 
     /// An object's (or an incident's) rows changed.
     pub(super) fn row(&mut self, table: &'static str, context: &Arc<str>, key: &str) {
-        self.touched.insert(table);
-        if table != "incidents" {
-            // An object's change also writes its `objects` row (for kinds kq has no table
-            // of its own) and a `changes` row; a pod's, its containers.
-            self.touched.extend(["objects", "changes"]);
-            if table == "pods" {
-                self.touched.insert("containers");
-            }
-        }
         if self.on {
             self.owed.insert(Owed::Row {
                 table,
                 context: context.clone(),
                 key: key.to_string(),
             });
+        }
+    }
+
+    /// Objects of `table` changed (once per flush, not per object): their rows there, their
+    /// `objects` and `changes` rows, and a pod's containers, for commit followers.
+    pub(super) fn objects_written(&mut self, table: &'static str) {
+        self.touched.extend([table, "objects", "changes"]);
+        if table == "pods" {
+            self.touched.insert("containers");
         }
     }
 
