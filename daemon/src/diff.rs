@@ -10,8 +10,8 @@
 //! | `…lastHeartbeatTime`, `…lastProbeTime`, `…renewTime` (node and lease heartbeats) | never |
 //! | `status` of pods | never: pod status churns; the typed columns and incidents show it |
 //! | events, leases, endpoints, endpointslices | no diff at all: they only churn |
-//! | secrets | the object kq stores has no `data`, so values can never appear |
-//! | configmaps' `data` and `binaryData` | the key, with its values left out (kq does not capture configmap values) |
+//! | secrets' `data` and `stringData` | the key whose value changed, was added or removed, its values shown as `"(hidden)"`: the stored object has no `data`, so the change is found by comparing per-key digests kept in memory only ([`SecretDigests`]) |
+//! | configmaps' `data` and `binaryData` | the key, with its values shown as `"(hidden)"` (kq does not capture configmap values) |
 //! | any value longer than [`VALUE_CAP`] characters (as JSON) | cut, with its length noted |
 //!
 //! `spec_changed` is true when `metadata.generation` moved or a path outside `status` and
@@ -31,12 +31,88 @@ const VALUES_HIDDEN: &[&str] = &["configmaps"];
 /// Last path segments that tick on every heartbeat.
 const HEARTBEATS: &[&str] = &["lastHeartbeatTime", "lastProbeTime", "renewTime"];
 
-/// A modify's diff.
-#[derive(Debug, Clone, PartialEq)]
+/// What a hidden value is shown as: it exists, and nothing more.
+const HIDDEN: &str = "(hidden)";
+
+/// A modify's diff (the default: nothing changed).
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Diff {
-    /// `[{"path": …, "old": …, "new": …}]`, in path order.
-    pub json: String,
+    /// `{"path": …, "old": …, "new": …}`, in path order.
+    pub entries: Vec<Value>,
     pub spec_changed: bool,
+}
+
+impl Diff {
+    /// `[{"path": …, "old": …, "new": …}]`, as `changes.diff` holds it.
+    pub fn json(&self) -> String {
+        Value::Array(self.entries.clone()).to_string()
+    }
+
+    /// Adds the keys whose hidden values changed (a Secret's), keeping path order; they
+    /// are data, so the spec changed.
+    pub fn with_hidden(mut self, hidden: Vec<Value>) -> Diff {
+        if hidden.is_empty() {
+            return self;
+        }
+        self.entries.extend(hidden);
+        self.entries
+            .sort_by(|a, b| a["path"].as_str().cmp(&b["path"].as_str()));
+        self.spec_changed = true;
+        self
+    }
+}
+
+/// Per key of a Secret, a digest of its value: SipHash under a key drawn at random when
+/// kqd starts, held in the writer's memory and never written anywhere, so that the store
+/// can say which keys changed without keeping (or being able to recover) a value. Sorted
+/// by key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretDigests(Box<[(Box<str>, u64)]>);
+
+impl SecretDigests {
+    /// Digests `(key, value bytes)`.
+    pub fn of<'a>(values: impl Iterator<Item = (&'a str, &'a [u8])>) -> SecretDigests {
+        use std::hash::BuildHasher as _;
+        static KEY: std::sync::LazyLock<std::hash::RandomState> =
+            std::sync::LazyLock::new(std::hash::RandomState::new);
+        let mut v: Vec<(Box<str>, u64)> = values
+            .map(|(k, bytes)| (Box::from(k), KEY.hash_one(bytes)))
+            .collect();
+        v.sort();
+        v.dedup_by(|a, b| a.0 == b.0);
+        SecretDigests(v.into_boxed_slice())
+    }
+
+    /// The diff entries of the keys added, removed or changed from `old` to `self`, values
+    /// shown as `"(hidden)"`.
+    pub fn changes_from(&self, old: &SecretDigests) -> Vec<Value> {
+        let mut keys: Vec<&str> = old.0.iter().chain(self.0.iter()).map(|e| &*e.0).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        let find = |d: &SecretDigests, k: &str| {
+            d.0.binary_search_by(|e| (*e.0).cmp(k))
+                .ok()
+                .map(|i| d.0[i].1)
+        };
+        keys.into_iter()
+            .filter_map(|k| {
+                let (a, b) = (find(old, k), find(self, k));
+                if a == b {
+                    return None;
+                }
+                let shown =
+                    |d: Option<u64>| d.map_or(Value::Null, |_| Value::String(HIDDEN.into()));
+                let mut m = Map::new();
+                m.insert(
+                    "path".into(),
+                    Value::String(render(&[Seg::Key("data"), Seg::Key(k)])),
+                );
+                m.insert("old".into(), shown(a));
+                m.insert("new".into(), shown(b));
+                Some(Value::Object(m))
+            })
+            .collect()
+    }
 }
 
 /// The diff between two states of an object of `kind` (a table name, or a resource's
@@ -67,7 +143,7 @@ pub fn diff(kind: &str, old: &str, new: &str) -> Option<Diff> {
         })
         .collect();
     Some(Diff {
-        json: Value::Array(entries).to_string(),
+        entries,
         spec_changed,
     })
 }
@@ -229,11 +305,15 @@ fn walk<'a>(
                 Some(Seg::Key(k)) => k.to_string(),
                 _ => String::new(),
             };
+            let shown = |v: Option<&Value>| match v {
+                Some(_) if hidden => Some(Value::String(HIDDEN.into())),
+                v => v.cloned(),
+            };
             out.push(Change {
                 path: render(path),
                 top,
-                old: if hidden { None } else { old.cloned() },
-                new: if hidden { None } else { new.cloned() },
+                old: shown(old),
+                new: shown(new),
             });
         }
     }
@@ -259,7 +339,7 @@ mod tests {
     use serde_json::json;
 
     fn entries(d: &Diff) -> Vec<Value> {
-        serde_json::from_str::<Vec<Value>>(&d.json).unwrap()
+        d.entries.clone()
     }
 
     #[test]
@@ -284,7 +364,7 @@ mod tests {
     fn heartbeats_and_pod_status_are_noise() {
         let node = |t: &str| json!({"status": {"conditions": [{"type": "Ready", "status": "True", "lastHeartbeatTime": t}]}});
         let d = diff("nodes", &node("a").to_string(), &node("b").to_string()).unwrap();
-        assert_eq!(d.json, "[]");
+        assert_eq!(d.json(), "[]");
         assert!(!d.spec_changed);
         let pod = |p: &str| json!({"status": {"phase": p}});
         let d = diff(
@@ -293,7 +373,7 @@ mod tests {
             &pod("Running").to_string(),
         )
         .unwrap();
-        assert_eq!(d.json, "[]");
+        assert_eq!(d.json(), "[]");
         assert!(diff("events", "{}", "{\"count\": 2}").is_none());
     }
 
@@ -317,9 +397,48 @@ mod tests {
         let old = json!({"data": {"PASSWORD_HINT": "old-value"}});
         let new = json!({"data": {"PASSWORD_HINT": "new-value", "added": "v"}});
         let d = diff("configmaps", &old.to_string(), &new.to_string()).unwrap();
-        assert!(!d.json.contains("value"), "{}", d.json);
-        let paths: Vec<Value> = entries(&d).iter().map(|e| e["path"].clone()).collect();
-        assert_eq!(paths, [json!("data.PASSWORD_HINT"), json!("data.added")]);
+        assert!(!d.json().contains("value"), "{}", d.json());
+        assert_eq!(
+            entries(&d),
+            [
+                json!({"path": "data.PASSWORD_HINT", "old": "(hidden)", "new": "(hidden)"}),
+                json!({"path": "data.added", "old": null, "new": "(hidden)"})
+            ]
+        );
+    }
+
+    #[test]
+    fn secret_keys_that_changed_show_and_their_values_never() {
+        let old = SecretDigests::of(
+            [
+                ("password", &b"hunter2"[..]),
+                ("user", b"kq"),
+                ("gone", b"x"),
+            ]
+            .into_iter(),
+        );
+        let new = SecretDigests::of(
+            [
+                ("password", &b"hunter3"[..]),
+                ("user", b"kq"),
+                ("tls.crt", b"y"),
+            ]
+            .into_iter(),
+        );
+        let d = diff("secrets", "{}", "{}")
+            .unwrap()
+            .with_hidden(new.changes_from(&old));
+        assert_eq!(
+            entries(&d),
+            [
+                json!({"path": "data.gone", "old": "(hidden)", "new": null}),
+                json!({"path": "data.password", "old": "(hidden)", "new": "(hidden)"}),
+                json!({"path": "data[\"tls.crt\"]", "old": null, "new": "(hidden)"}),
+            ]
+        );
+        assert!(d.spec_changed);
+        assert!(new.changes_from(&new).is_empty());
+        assert!(!d.json().contains("hunter"));
     }
 
     #[test]

@@ -164,5 +164,6 @@ fn object_rows(ctx: &Arc<str>, gvk: &Gvk, ar: &ApiResource, mut o: DynamicObject
         object: None,
         observed: None,
         images: None,
+        secret: None,
     }
 }

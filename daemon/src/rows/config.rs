@@ -1,5 +1,6 @@
 //! Rows of Services, ConfigMaps, Secrets and Events. Secret and ConfigMap values are never
-//! copied into a row: only key names (and, for ConfigMaps, sizes).
+//! copied into a row: only key names (and, for ConfigMaps, sizes); a Secret's values only
+//! as in-memory digests, for its diffs.
 
 use std::sync::Arc;
 
@@ -54,7 +55,20 @@ pub fn secret(ctx: &Arc<str>, s: &Secret) -> ObjectRows {
         .chain(s.string_data.iter().flatten().map(|(k, _)| k));
     let mut row = head(ctx, &s.metadata);
     row.extend([opt_text(&s.type_), keys_json(keys)]);
-    single(&s.metadata, row)
+    let mut rows = single(&s.metadata, row);
+    let values = s
+        .data
+        .iter()
+        .flatten()
+        .map(|(k, v)| (k.as_str(), v.0.as_slice()))
+        .chain(
+            s.string_data
+                .iter()
+                .flatten()
+                .map(|(k, v)| (k.as_str(), v.as_bytes())),
+        );
+    rows.secret = Some(Box::new(crate::diff::SecretDigests::of(values)));
+    rows
 }
 
 pub fn event(ctx: &Arc<str>, e: &Event) -> ObjectRows {

@@ -51,6 +51,8 @@ pub struct ObjectRows {
     pub observed: Option<Box<crate::incidents::Observed>>,
     /// The images a pod uses or a node holds, for image sizing.
     pub images: Option<Box<crate::images::Sighting>>,
+    /// A Secret's per-key value digests, so that its diff can name the keys that changed.
+    pub secret: Option<Box<crate::diff::SecretDigests>>,
 }
 
 /// The `objects` row of an object: its metadata, already parsed, and its JSON, already
@@ -141,6 +143,7 @@ pub(crate) fn single(meta: &ObjectMeta, row: Row) -> ObjectRows {
         object: None,
         observed: None,
         images: None,
+        secret: None,
     }
 }
 
@@ -180,6 +183,7 @@ pub fn namespace(ctx: &Arc<str>, ns: &Namespace) -> ObjectRows {
         object: None,
         observed: None,
         images: None,
+        secret: None,
     }
 }
 
@@ -237,6 +241,7 @@ pub fn node(ctx: &Arc<str>, n: &Node) -> ObjectRows {
         object: None,
         observed: Some(Box::new(crate::incidents::detect::node(n))),
         images: Some(Box::new(node_images(ctx, n))),
+        secret: None,
     }
 }
 
@@ -353,6 +358,7 @@ pub fn pod(ctx: &Arc<str>, p: &Pod) -> ObjectRows {
                 .unwrap_or_default(),
             refs: image_refs,
         })),
+        secret: None,
     }
 }
 

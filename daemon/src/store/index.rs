@@ -5,7 +5,8 @@
 //! inventory: a new object is appended without searching for an old row, a relisted object
 //! whose resourceVersion did not change is skipped without touching the database, and the
 //! object counts per resource are kept up to date without scanning. It holds about 25 bytes
-//! per object and no object data.
+//! per object and no object data; for Secrets, also their per-key value digests
+//! ([`SecretDigests`]), which exist only here.
 
 use std::collections::{HashMap, HashSet};
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -14,6 +15,7 @@ use std::sync::Arc;
 use duckdb::Connection;
 
 use super::StoreError;
+use crate::diff::SecretDigests;
 use crate::rows::Kind;
 
 /// A resource version that matches nothing: rows loaded after a schema migration are
@@ -52,6 +54,9 @@ pub struct Index {
     counts: HashMap<(Arc<str>, u32), i64>,
     /// Counts changed since the last [`Index::take_changed`].
     changed: HashSet<(Arc<str>, u32)>,
+    /// Per context and uid digest, a stored Secret's value digests, as last seen by this
+    /// process (a restart forgets them; the first list sees every Secret again).
+    secrets: HashMap<Arc<str>, HashMap<u64, SecretDigests>>,
 }
 
 /// A stable 64-bit digest (SipHash with fixed keys). Two uids of one context colliding is
@@ -185,8 +190,43 @@ impl Index {
             .map_or(0, |e| std::mem::replace(&mut e.shape, shape))
     }
 
+    /// Records a Secret's value digests and returns the ones before (None: not seen by this
+    /// process).
+    pub fn swap_secret(
+        &mut self,
+        ctx: &Arc<str>,
+        uid: &str,
+        digests: SecretDigests,
+    ) -> Option<SecretDigests> {
+        self.secrets
+            .entry(ctx.clone())
+            .or_default()
+            .insert(digest(uid), digests)
+    }
+
+    /// Takes over the Secret digests of the index this one replaces (rebuilt from the
+    /// database after a rollback), for the objects still stored.
+    pub fn adopt_secrets(&mut self, old: Index) {
+        self.secrets = old.secrets;
+        let contexts: Vec<Arc<str>> = self.secrets.keys().cloned().collect();
+        for ctx in contexts {
+            self.prune_secrets(&ctx);
+        }
+    }
+
+    /// Drops the Secret digests of objects no longer stored in `ctx`.
+    fn prune_secrets(&mut self, ctx: &str) {
+        let (Some(s), map) = (self.secrets.get_mut(ctx), self.contexts.get(ctx)) else {
+            return;
+        };
+        s.retain(|uid, _| map.is_some_and(|m| m.contains_key(uid)));
+    }
+
     /// Forgets a deleted object; false when it was not stored.
     pub fn remove(&mut self, ctx: &Arc<str>, uid: &str) -> bool {
+        if let Some(s) = self.secrets.get_mut(ctx) {
+            s.remove(&digest(uid));
+        }
         let Some(old) = self
             .contexts
             .get_mut(ctx)
@@ -210,6 +250,7 @@ impl Index {
         let gone = before - map.len();
         if gone > 0 {
             self.bump(ctx, res, -(gone as i64));
+            self.prune_secrets(ctx);
         }
         gone
     }
@@ -219,6 +260,7 @@ impl Index {
         if let Some(map) = self.contexts.get_mut(ctx) {
             map.retain(|_, e| e.resource != res);
         }
+        self.prune_secrets(ctx);
         self.counts.remove(&(ctx.clone(), res));
         self.changed.remove(&(ctx.clone(), res));
     }
@@ -226,6 +268,7 @@ impl Index {
     /// Forgets a context.
     pub fn remove_context(&mut self, ctx: &str) {
         self.contexts.remove(ctx);
+        self.secrets.remove(ctx);
         self.counts.retain(|(c, _), _| &**c != ctx);
         self.changed.retain(|(c, _)| &**c != ctx);
     }
@@ -307,5 +350,25 @@ mod tests {
         let changed = ix.take_changed();
         assert_eq!(changed.len(), 1);
         assert_eq!((changed[0].2.as_str(), changed[0].3), ("pods", 2));
+    }
+
+    #[test]
+    fn secret_digests_go_with_their_objects() {
+        let d = |v: &[u8]| SecretDigests::of([("k", v)].into_iter());
+        let mut ix = Index::default();
+        let ctx: Arc<str> = "a".into();
+        let secrets = ix.resource_id("", "secrets");
+        for u in ["s1", "s2"] {
+            ix.upsert(&ctx, u, Some("1"), secrets);
+            assert_eq!(ix.swap_secret(&ctx, u, d(b"1")), None);
+        }
+        assert_eq!(ix.swap_secret(&ctx, "s1", d(b"2")), Some(d(b"1")));
+        assert_eq!(ix.sweep(&ctx, secrets, &["s1".into()]), 1);
+        assert_eq!(ix.swap_secret(&ctx, "s2", d(b"3")), None, "swept");
+        ix.remove(&ctx, "s2");
+        let mut rebuilt = Index::default();
+        rebuilt.upsert(&ctx, "s1", Some("1"), secrets);
+        rebuilt.adopt_secrets(ix);
+        assert_eq!(rebuilt.swap_secret(&ctx, "s1", d(b"4")), Some(d(b"2")));
     }
 }

@@ -226,3 +226,75 @@ async fn kq_why_lists_the_workloads_image_change_first() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no incident"));
 }
+
+/// Every file kqd keeps in its data directory, as bytes.
+fn data_files(env: &Env) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    std::fs::read_dir(&env.data_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_file())
+        .map(|p| {
+            let bytes = std::fs::read(&p).unwrap();
+            (p, bytes)
+        })
+        .collect()
+}
+
+/// A Secret's changed value: the diff names the key, and the value is nowhere kqd writes
+/// (the DuckDB file, its WAL, its log), neither as text nor as the API's base64.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_secrets_changed_value_shows_its_key_and_never_the_value() {
+    use base64::Engine as _;
+    let env = Env::start(1, 3).await;
+    let kqd = env.kqd().await;
+    env.wait_pods_synced(Duration::from_secs(30)).await;
+    let (old, new) = ("kq-old-value-7Hq2", "kq-new-value-9Zr4");
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    // `kubectl create secret` speaks protobuf, which the simulator does not; a manifest
+    // goes as JSON.
+    let manifest = env.dir.path().join("secret.json");
+    let secret = json!({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+        "metadata": {"name": "db-creds", "namespace": "default"},
+        "data": {"password": b64(old), "user": b64("shop")}});
+    std::fs::write(&manifest, secret.to_string()).unwrap();
+    let manifest = manifest.to_str().unwrap();
+    kubectl(&env, &["create", "--validate=false", "-f", manifest]);
+    env.wait_csv(
+        "select keys from secrets where name = 'db-creds'",
+        "keys\n\"[\"\"password\"\",\"\"user\"\"]\"\n",
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+    kubectl(
+        &env,
+        &[
+            "-n",
+            "default",
+            "patch",
+            "secret",
+            "db-creds",
+            "-p",
+            &format!(r#"{{"data":{{"password":"{}"}}}}"#, b64(new)),
+        ],
+    );
+    let (diff, spec_changed) = diff_with(&env, "secrets", "db-creds", "data.password").await;
+    assert_eq!(
+        diff,
+        [json!({"path": "data.password", "old": "(hidden)", "new": "(hidden)"})],
+        "only the key whose value changed, and no value"
+    );
+    assert!(spec_changed);
+
+    let log = kqd.log();
+    assert_eq!(kqd.terminate().code(), Some(0));
+    let mut files = data_files(&env);
+    files.push(("kqd log".into(), log.into_bytes()));
+    assert!(files.iter().any(|(p, _)| p.ends_with("kq.duckdb")));
+    for (path, bytes) in &files {
+        for needle in [old, new, &b64(old), &b64(new)] {
+            let found = bytes.windows(needle.len()).any(|w| w == needle.as_bytes());
+            assert!(!found, "{needle:?} is in {}", path.display());
+        }
+    }
+}

@@ -367,7 +367,10 @@ impl Writer {
     /// Rebuilds the index from the database, after a rollback or a bulk delete.
     fn reload_index(&mut self) {
         match Index::load(&self.conn, !self.migrated) {
-            Ok(index) => self.index = index,
+            Ok(mut index) => {
+                index.adopt_secrets(std::mem::take(&mut self.index));
+                self.index = index;
+            }
             Err(e) => tracing::error!(error = %e, "cannot reload the index of stored objects"),
         }
     }

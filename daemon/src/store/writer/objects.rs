@@ -156,6 +156,13 @@ fn diff_kind(kind: Kind, rows: &ObjectRows) -> &str {
     }
 }
 
+/// Puts a diff into its `changes` row.
+fn set_diff(change: &mut Row, d: &crate::diff::Diff) {
+    let at = diff_at();
+    change[at] = Value::Text(d.json());
+    change[at + 1] = Value::Boolean(d.spec_changed);
+}
+
 /// An object's JSON as its rows carry it: the last column of its `objects` row.
 fn object_json(kind: Kind, rows: &ObjectRows) -> Option<&str> {
     let row = if kind == Kind::Objects {
@@ -206,9 +213,25 @@ impl Writer {
             // what rebuilds the tracker's timers.
             let mut observed = Vec::new();
             let mut gone = Vec::new();
+            // A Secret's keys whose values changed, by uid: its digests are swapped here for
+            // every upsert, unchanged ones too, so that the first list after a start knows
+            // every Secret's values.
+            let mut hidden: HashMap<String, Vec<serde_json::Value>> = HashMap::new();
             for ((ctx, uid), rows) in objects.iter_mut() {
                 match rows {
-                    Some(r) => observed.extend(r.observed.take().map(|o| (ctx.clone(), o))),
+                    Some(r) => {
+                        observed.extend(r.observed.take().map(|o| (ctx.clone(), o)));
+                        if let Some(new) = r.secret.take() {
+                            let changed = self
+                                .index
+                                .swap_secret(ctx, uid, (*new).clone())
+                                .map(|old| new.changes_from(&old))
+                                .unwrap_or_default();
+                            if !changed.is_empty() {
+                                hidden.insert(uid.clone(), changed);
+                            }
+                        }
+                    }
                     None if kind.has_incidents() => gone.push((ctx.clone(), uid.clone())),
                     None => {}
                 }
@@ -244,9 +267,9 @@ impl Writer {
                             let before = self.index.swap_shape(ctx, uid, shape);
                             if shape != 0 {
                                 if before == shape {
-                                    let at = diff_at();
-                                    change[at] = Value::Text("[]".into());
-                                    change[at + 1] = Value::Boolean(false);
+                                    let d = crate::diff::Diff::default()
+                                        .with_hidden(hidden.remove(uid).unwrap_or_default());
+                                    set_diff(&mut change, &d);
                                 } else {
                                     modified.push((changes.len(), ctx, uid, r));
                                 }
@@ -271,15 +294,14 @@ impl Writer {
             if !stale.is_empty() {
                 let wanted: Vec<(&str, &str)> = modified.iter().map(|m| (m.1, m.2)).collect();
                 let old = self.delete_stale(kind, &stale, &wanted)?;
-                let at = diff_at();
                 for (i, ctx, uid, r) in modified {
                     let key = (ctx.to_string(), uid.to_string());
                     let (Some(before), Some(after)) = (old.get(&key), object_json(kind, r)) else {
                         continue;
                     };
                     if let Some(d) = crate::diff::diff(diff_kind(kind, r), before, after) {
-                        changes[i][at] = Value::Text(d.json);
-                        changes[i][at + 1] = Value::Boolean(d.spec_changed);
+                        let d = d.with_hidden(hidden.remove(uid).unwrap_or_default());
+                        set_diff(&mut changes[i], &d);
                     }
                 }
             }
