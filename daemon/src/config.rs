@@ -8,9 +8,11 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::images::ImageOptions;
+use crate::incidents::crash_log::CrashLogOptions;
 use crate::incidents::hook::HookOptions;
 use crate::rows::Kind;
 
+mod crash_logs;
 mod images;
 use crate::store::StoreOptions;
 
@@ -66,6 +68,8 @@ pub struct Config {
     pub images: ImageOptions,
     /// The command run for each new incident (`on_incident`).
     pub hook: HookOptions,
+    /// Fetching a crashed container's last log lines (`[crash_logs]`).
+    pub crash_logs: CrashLogOptions,
 }
 
 /// A `postgres://` URL with its password replaced, for printing.
@@ -267,6 +271,7 @@ struct FileConfig {
     mirror_objects: Option<bool>,
     mirror_read_role: Option<String>,
     images: Option<images::ImagesFile>,
+    crash_logs: Option<crash_logs::CrashLogsFile>,
     on_incident: Option<Vec<String>>,
     on_incident_min_severity: Option<String>,
     on_incident_per_minute: Option<u32>,
@@ -303,6 +308,7 @@ impl Default for Config {
             mirror_read_role: None,
             images: ImageOptions::default(),
             hook: HookOptions::default(),
+            crash_logs: CrashLogOptions::default(),
         }
     }
 }
@@ -374,6 +380,9 @@ impl Config {
         }
         if let Some(i) = f.images {
             i.apply(&mut self.images)?;
+        }
+        if let Some(c) = f.crash_logs {
+            c.apply(&mut self.crash_logs)?;
         }
         if let Some(d) = f.changes_retention_days {
             self.store.changes_retention = secs("changes_retention_days", d * 86_400.0)?;
@@ -543,7 +552,8 @@ impl Config {
         if let Some(d) = float("KQ_HEALTHY_AFTER_SECS")? {
             inc.healthy_after = d;
         }
-        images::apply_env(&mut self.images)
+        images::apply_env(&mut self.images)?;
+        crash_logs::apply_env(&mut self.crash_logs)
     }
 
     /// The DuckDB file.

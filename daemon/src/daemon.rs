@@ -71,7 +71,18 @@ pub async fn run(
             store.follow_incidents(),
         ));
     }
-    let clients = Arc::new(crate::images::Clients::default());
+    let clients = Arc::new(crate::clients::Clients::default());
+    if config.crash_logs.enabled {
+        tokio::spawn(crate::incidents::crash_log::run(
+            config.crash_logs.clone(),
+            store.follow_incidents(),
+            clients.clone(),
+            tx.clone(),
+            watchers.clone(),
+        ));
+    } else {
+        tracing::info!("crash logs are off");
+    }
     let images = start_images(&config, &tx, &clients, &watchers).await;
     let mut mirror =
         crate::mirror::Control::new(store.clone(), tx.clone(), outbox, watchers.clone());
@@ -148,7 +159,7 @@ pub async fn run(
 async fn start_images(
     config: &Config,
     tx: &tokio::sync::mpsc::Sender<Op>,
-    clients: &Arc<crate::images::Clients>,
+    clients: &Arc<crate::clients::Clients>,
     cancel: &CancellationToken,
 ) -> Option<tokio::task::JoinHandle<()>> {
     if !config.images.enabled {

@@ -40,7 +40,7 @@ pub struct Fleet {
     running: HashMap<String, Running>,
     /// The first `apply` also settles contexts an earlier run left in the database.
     first: bool,
-    clients: Arc<crate::images::Clients>,
+    clients: Arc<crate::clients::Clients>,
 }
 
 impl Fleet {
@@ -50,7 +50,7 @@ impl Fleet {
         resync: tokio::sync::watch::Receiver<u64>,
         config: &Config,
         parent: CancellationToken,
-        clients: Arc<crate::images::Clients>,
+        clients: Arc<crate::clients::Clients>,
     ) -> Fleet {
         Fleet {
             tx,

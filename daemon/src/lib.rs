@@ -1,6 +1,7 @@
 //! kqd: watches every kubeconfig context into one DuckDB file and serves it read-only over
 //! Arrow Flight SQL on a Unix socket. See ARCHITECTURE.md for how the parts fit.
 
+pub mod clients;
 pub mod config;
 pub mod diff;
 pub mod discover;

@@ -379,7 +379,7 @@ pub struct Plan {
     pub sync_slots: Arc<Semaphore>,
     pub kinds: Arc<KindFilter>,
     /// Each connected context's client, for reading pull secrets when sizing images.
-    pub clients: Arc<crate::images::Clients>,
+    pub clients: Arc<crate::clients::Clients>,
 }
 
 #[cfg(test)]

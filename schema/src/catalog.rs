@@ -1100,6 +1100,11 @@ pub static CATALOG: LazyLock<Vec<Table>> = LazyLock::new(|| {
                     "BIGINT",
                     "The count the object itself reported last (restartCount, event count).",
                 ),
+                c(
+                    "last_log",
+                    "VARCHAR",
+                    "For a container exit: the last lines the exited container logged, fetched once per occurrence (crash_logs settings), with lines that look like credentials masked. NULL until fetched, when fetching is off, forbidden or failed.",
+                ),
             ],
         },
         Table {

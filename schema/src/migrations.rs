@@ -16,7 +16,7 @@ pub struct Migration {
 }
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: u32 = 16;
+pub const SCHEMA_VERSION: u32 = 17;
 
 /// Every migration, oldest first.
 pub static MIGRATIONS: &[Migration] = &[
@@ -116,6 +116,12 @@ pub static MIGRATIONS: &[Migration] = &[
         sql: v16,
         outdates_rows: false,
     },
+    Migration {
+        version: 17,
+        description: "incidents.last_log: the crashed container's last log lines",
+        sql: v17,
+        outdates_rows: false,
+    },
 ];
 
 /// Creates the named catalog tables. A migration names its tables so that later catalog
@@ -131,6 +137,11 @@ fn create_tables(names: &[&str]) -> String {
         })
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+fn v17() -> String {
+    // Incidents recorded before keep NULL: their logs were never fetched.
+    "ALTER TABLE incidents ADD COLUMN IF NOT EXISTS last_log VARCHAR;".to_string()
 }
 
 fn v16() -> String {

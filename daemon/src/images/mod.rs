@@ -18,13 +18,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use crate::clients::Clients;
 pub use auth::{Basic, Credentials};
 pub use cache::Cache;
 pub use coordinator::spawn;
 pub use lookup::{Job, LookupOptions, Outcome, SizedImage, resolve};
 pub use reference::ImageRef;
 pub use registry::{Registry, RegistryError, RegistryOptions, install_tls_provider};
-pub use secrets::Clients;
 pub use status::RegistryStatus;
 
 /// What a pod or a node tells about images.

@@ -1,34 +1,11 @@
 //! Pull secrets: the registry credentials a pod names in `imagePullSecrets`, read from its
 //! cluster when a lookup needs them and dropped right after. kq never stores them.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 
 use super::auth::{Basic, Credentials};
-
-/// The API client of every connected context, registered by its supervisor.
-#[derive(Default)]
-pub struct Clients(Mutex<HashMap<Arc<str>, kube::Client>>);
-
-impl Clients {
-    pub fn set(&self, context: &Arc<str>, client: kube::Client) {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(context.clone(), client);
-    }
-
-    fn get(&self, context: &str) -> Option<kube::Client> {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(context)
-            .cloned()
-    }
-}
+use crate::clients::Clients;
 
 impl Clients {
     /// Credentials for `registry` from the first of a pod's pull secrets that has some.

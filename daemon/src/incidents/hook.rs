@@ -237,6 +237,7 @@ mod tests {
             problem: "p".into(),
             last_marker: None,
             reported_count: 0,
+            last_log: None,
         }
     }
 

@@ -8,6 +8,7 @@
 //! raises `occurrences` instead of adding a row.
 
 pub mod classify;
+pub mod crash_log;
 pub mod detect;
 pub mod hook;
 

@@ -50,6 +50,8 @@ pub struct IncidentRow {
     pub problem: String,
     pub last_marker: Option<String>,
     pub reported_count: i64,
+    /// The exited container's last log lines, once fetched.
+    pub last_log: Option<String>,
 }
 
 fn text(v: &Option<String>) -> Value {
@@ -92,6 +94,7 @@ impl IncidentRow {
             Value::Text(self.problem.clone()),
             text(&self.last_marker),
             Value::BigInt(self.reported_count),
+            text(&self.last_log),
         ]
     }
 }
@@ -145,34 +148,35 @@ impl Tracker {
         let mut rows = stmt.query([])?;
         while let Some(r) = rows.next()? {
             let row = IncidentRow {
-                id: r.get(0)?,
-                context: r.get(1)?,
-                cluster_id: r.get(2)?,
-                namespace: r.get(3)?,
-                object_kind: r.get(4)?,
-                object_name: r.get(5)?,
-                object_uid: r.get(6)?,
-                controller: r.get(7)?,
-                container: r.get(8)?,
-                node: r.get(9)?,
-                typ: r.get(10)?,
-                severity: r.get(11)?,
-                reason: r.get(12)?,
-                exit_code: r.get(13)?,
-                signal: r.get(14)?,
-                message: r.get(15)?,
-                restart_count: r.get(16)?,
-                cpu_request_m: r.get(17)?,
-                cpu_limit_m: r.get(18)?,
-                memory_request_bytes: r.get(19)?,
-                memory_limit_bytes: r.get(20)?,
-                first_seen: micros_of(r.get(21)?).unwrap_or_default(),
-                last_seen: micros_of(r.get(22)?).unwrap_or_default(),
-                occurrences: r.get(23)?,
-                resolved_at: micros_of(r.get(24)?),
-                problem: r.get(25)?,
-                last_marker: r.get(26)?,
-                reported_count: r.get(27)?,
+                id: r.get("id")?,
+                context: r.get("context")?,
+                cluster_id: r.get("cluster_id")?,
+                namespace: r.get("namespace")?,
+                object_kind: r.get("object_kind")?,
+                object_name: r.get("object_name")?,
+                object_uid: r.get("object_uid")?,
+                controller: r.get("controller")?,
+                container: r.get("container")?,
+                node: r.get("node")?,
+                typ: r.get("type")?,
+                severity: r.get("severity")?,
+                reason: r.get("reason")?,
+                exit_code: r.get("exit_code")?,
+                signal: r.get("signal")?,
+                message: r.get("message")?,
+                restart_count: r.get("restart_count")?,
+                cpu_request_m: r.get("cpu_request_m")?,
+                cpu_limit_m: r.get("cpu_limit_m")?,
+                memory_request_bytes: r.get("memory_request_bytes")?,
+                memory_limit_bytes: r.get("memory_limit_bytes")?,
+                first_seen: micros_of(r.get("first_seen")?).unwrap_or_default(),
+                last_seen: micros_of(r.get("last_seen")?).unwrap_or_default(),
+                occurrences: r.get("occurrences")?,
+                resolved_at: micros_of(r.get("resolved_at")?),
+                problem: r.get("problem")?,
+                last_marker: r.get("last_marker")?,
+                reported_count: r.get("reported_count")?,
+                last_log: r.get("last_log")?,
             };
             let key = (Arc::from(row.context.as_str()), row.object_uid.clone());
             t.known
@@ -515,6 +519,7 @@ impl Tracker {
             problem: s.key.clone(),
             last_marker: s.marker.clone(),
             reported_count: s.count,
+            last_log: None,
         };
         tracing::info!(context = %row.context, kind = %row.object_kind, name = %row.object_name, r#type = %row.typ, severity = %row.severity, "incident");
         self.known
@@ -522,6 +527,34 @@ impl Tracker {
             .or_default()
             .insert(s.key.clone(), Known { row: row.clone() });
         self.write(conn, row)
+    }
+
+    /// Keeps the log tail fetched for an incident's occurrence `marker`. Nothing happens when
+    /// the incident is gone or a newer occurrence replaced that one (its own fetch follows).
+    pub fn set_last_log(
+        &mut self,
+        conn: &Connection,
+        ctx: &str,
+        id: &str,
+        marker: &str,
+        log: String,
+    ) -> Result<bool, StoreError> {
+        let Some(known) = self
+            .known
+            .iter_mut()
+            .filter(|((c, _), _)| &**c == ctx)
+            .flat_map(|(_, m)| m.values_mut())
+            .find(|k| k.row.id == id)
+        else {
+            return Ok(false);
+        };
+        if known.row.last_marker.as_deref() != Some(marker) {
+            return Ok(false);
+        }
+        known.row.last_log = Some(log);
+        let row = known.row.clone();
+        self.write(conn, row)?;
+        Ok(true)
     }
 
     /// Writes a row, replacing the one with its id.

@@ -130,6 +130,13 @@ pub enum Op {
     MirrorAck(Vec<outbox::Read>),
     /// The mirror's state, for the `mirror` row.
     MirrorStatus(Box<MirrorStatus>),
+    /// The log tail fetched for an incident's occurrence (`marker`), already masked.
+    CrashLog {
+        context: Arc<str>,
+        incident: String,
+        marker: String,
+        log: String,
+    },
     /// Answered once everything sent before it is committed.
     Barrier(oneshot::Sender<()>),
 }

@@ -26,7 +26,7 @@ pub type Body = BoxBody<Bytes, std::io::Error>;
 /// The Kubernetes version the simulator reports.
 pub const SERVER_MINOR: &str = "33";
 
-fn full(b: impl Into<Bytes>) -> Body {
+pub(crate) fn full(b: impl Into<Bytes>) -> Body {
     Full::new(b.into()).map_err(|never| match never {}).boxed()
 }
 
@@ -297,6 +297,26 @@ async fn resource_request(
                 }
             ),
         ));
+    }
+    if group.is_empty() && plural == "pods" && sub == Some("log") {
+        if req.method() != Method::GET {
+            return Err(ApiError::method_not_allowed());
+        }
+        if cluster.faults.is_forbidden("", "pods/log") {
+            return Err(ApiError::new(
+                403,
+                "Forbidden",
+                format!(
+                    "pods \"{}\" is forbidden: User \"kube-sim\" cannot get resource \"pods/log\" in API group \"\" in the namespace \"{}\"",
+                    name.unwrap_or_default(),
+                    ns.unwrap_or_default()
+                ),
+            ));
+        }
+        let pod = store.get(&rt, ns.unwrap_or_default(), name.ok_or_else(not_found)?)?;
+        return cluster
+            .logs
+            .respond(ns.unwrap_or_default(), &pod.value(), params);
     }
     let status_sub = match sub {
         None => false,

@@ -42,6 +42,8 @@ pub struct Cluster {
     pub store: Store,
     pub faults: Faults,
     pub traffic: TrafficLog,
+    /// What each container logged, for `pods/{name}/log`.
+    pub logs: crate::logs::Logs,
     pub options: ClusterOptions,
     token: Mutex<String>,
     original_token: String,
@@ -66,6 +68,7 @@ impl Cluster {
             store: Store::new(options.compaction_window),
             faults: Faults::default(),
             traffic: TrafficLog::default(),
+            logs: Default::default(),
             options,
             token: Mutex::new(token.clone()),
             original_token: token,

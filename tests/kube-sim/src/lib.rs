@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod faults;
 pub mod fleet;
 pub mod generate;
+pub mod logs;
 pub mod patch;
 pub mod resources;
 pub mod scenario;

@@ -548,6 +548,15 @@ impl Writer {
             Op::MirrorAck(read) => self.acknowledge(&read)?,
             Op::MirrorStatus(status) => self.write_mirror_status(&status)?,
             Op::ImageSightings(tx) => self.sightings = Some(tx),
+            Op::CrashLog {
+                context,
+                incident,
+                marker,
+                log,
+            } => {
+                self.tracker
+                    .set_last_log(&self.conn, &context, &incident, &marker, log)?;
+            }
             // Taken out of the batch before it is applied.
             Op::Barrier(done) => drop(done),
         }
