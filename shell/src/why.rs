@@ -1,5 +1,6 @@
-//! `kq why <incident>`: the incident, then the changes behind it (the `incident_changes`
-//! view, with the look-back window asked for), its workload's own changes first.
+//! `kq why <incident>`: the incident, the last lines its container logged (when kqd fetched
+//! them), then the changes behind it (the `incident_changes` view, with the look-back window
+//! asked for), its workload's own changes first.
 
 use crate::client::Client;
 use crate::format::{Display, Format, Target};
@@ -65,17 +66,54 @@ pub async fn run(client: &mut Client, id: &str, window_text: &str, format: Forma
         }
         Ok(_) => {}
     }
+    // A table shows the log as text under the incident; other formats carry it as a field.
+    let table = format == Format::Table;
     let incident = format!(
-        "SELECT first_seen, severity, context, namespace, object_kind, object_name, controller, type, reason, occurrences \
-         FROM incidents WHERE id = '{quoted}'"
+        "SELECT first_seen, severity, context, namespace, object_kind, object_name, controller, container, type, reason, exit_code, occurrences{} \
+         FROM incidents WHERE id = '{quoted}'",
+        if table { "" } else { ", last_log" }
     );
-    for sql in [incident, changes_sql(id, &window)] {
-        match crate::run_statement(client, &sql, &display, target, &mut out).await {
-            Ok(_) => {}
-            Err(e) => return e.report(),
+    if let Err(e) = crate::run_statement(client, &incident, &display, target, &mut out).await {
+        return e.report();
+    }
+    if table {
+        let sql = format!("SELECT last_log FROM incidents WHERE id = '{quoted}'");
+        match client.query(&sql).await {
+            Ok(r) => {
+                if let Some(log) = first_text(&r) {
+                    let _ = write_log(&mut out, &log);
+                }
+            }
+            Err(e) => {
+                eprintln!("kq: {e}");
+                return e.exit_code();
+            }
         }
     }
+    if let Err(e) =
+        crate::run_statement(client, &changes_sql(id, &window), &display, target, &mut out).await
+    {
+        return e.report();
+    }
     0
+}
+
+/// The log under a heading, indented, as `kubectl logs` would print it.
+fn write_log(out: &mut impl std::io::Write, log: &str) -> std::io::Result<()> {
+    writeln!(out, "Last log lines:")?;
+    for line in log.lines() {
+        writeln!(out, "  {line}")?;
+    }
+    writeln!(out)
+}
+
+/// The first column of the first row as text, unless NULL.
+fn first_text(r: &crate::client::QueryResult) -> Option<String> {
+    use arrow::array::Array as _;
+    let b = r.batches.iter().find(|b| b.num_rows() > 0)?;
+    let col = arrow::compute::cast(b.column(0), &arrow::datatypes::DataType::Utf8).ok()?;
+    let col = col.as_any().downcast_ref::<arrow::array::StringArray>()?;
+    (!col.is_null(0)).then(|| col.value(0).to_string())
 }
 
 fn first_count(r: &crate::client::QueryResult) -> Option<i64> {

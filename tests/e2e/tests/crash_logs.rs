@@ -111,6 +111,32 @@ async fn a_crash_keeps_its_last_lines_masked_and_each_occurrence_is_fetched_once
     assert!(log_of(2).await.ends_with("run 2 panic: cart is nil\n"));
     assert_eq!(log_requests(&c, &pod).len(), before + 2);
 
+    // `kq why` shows the lines under the incident; JSON carries them as a field.
+    let id = env
+        .csv(&format!("select id from incidents where object_name = '{pod}'"))
+        .await
+        .unwrap()
+        .lines()
+        .nth(1)
+        .unwrap()
+        .to_string();
+    let out = env.kq(&["why", &id]).await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        text.contains("Last log lines:\n  run 2 line 11\n")
+            && text.contains("  run 2 panic: cart is nil\n"),
+        "{text}"
+    );
+    let out = env.kq(&["why", &id, "--format", "json"]).await;
+    let text = String::from_utf8(out.stdout).unwrap();
+    let incident: serde_json::Value = serde_json::Deserializer::from_str(&text)
+        .into_iter()
+        .next()
+        .unwrap()
+        .unwrap();
+    assert!(incident[0]["last_log"].as_str().unwrap().ends_with("run 2 panic: cart is nil\n"));
+
     // A restart relists the pod, whose last termination is already recorded: no fetch,
     // and the stored log stays.
     assert!(kqd.terminate().success());
