@@ -90,8 +90,14 @@ pub async fn run(client: &mut Client, id: &str, window_text: &str, format: Forma
             }
         }
     }
-    if let Err(e) =
-        crate::run_statement(client, &changes_sql(id, &window), &display, target, &mut out).await
+    if let Err(e) = crate::run_statement(
+        client,
+        &changes_sql(id, &window),
+        &display,
+        target,
+        &mut out,
+    )
+    .await
     {
         return e.report();
     }

@@ -113,7 +113,9 @@ async fn a_crash_keeps_its_last_lines_masked_and_each_occurrence_is_fetched_once
 
     // `kq why` shows the lines under the incident; JSON carries them as a field.
     let id = env
-        .csv(&format!("select id from incidents where object_name = '{pod}'"))
+        .csv(&format!(
+            "select id from incidents where object_name = '{pod}'"
+        ))
         .await
         .unwrap()
         .lines()
@@ -122,7 +124,11 @@ async fn a_crash_keeps_its_last_lines_masked_and_each_occurrence_is_fetched_once
         .to_string();
     let out = env.kq(&["why", &id]).await;
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(
         text.contains("Last log lines:\n  run 2 line 11\n")
             && text.contains("  run 2 panic: cart is nil\n"),
@@ -135,7 +141,12 @@ async fn a_crash_keeps_its_last_lines_masked_and_each_occurrence_is_fetched_once
         .next()
         .unwrap()
         .unwrap();
-    assert!(incident[0]["last_log"].as_str().unwrap().ends_with("run 2 panic: cart is nil\n"));
+    assert!(
+        incident[0]["last_log"]
+            .as_str()
+            .unwrap()
+            .ends_with("run 2 panic: cart is nil\n")
+    );
 
     // A restart relists the pod, whose last termination is already recorded: no fetch,
     // and the stored log stays.
