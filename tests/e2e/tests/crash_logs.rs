@@ -241,3 +241,41 @@ async fn a_forbidden_log_is_asked_for_once_and_crash_logs_can_be_turned_off() {
     .unwrap();
     assert!(log_requests(&other, &theirs.1).is_empty());
 }
+
+/// With `per_minute = 1`, a context's second and third crash in a minute get no fetch, and
+/// the other context, with its own budget, still gets its log.
+#[tokio::test(flavor = "multi_thread")]
+async fn crash_logs_are_rate_limited_per_context() {
+    let env = Env::start(2, 4).await;
+    let (c, other) = (env.fleet.clusters[0].clone(), env.fleet.clusters[1].clone());
+    let config = env.dir.path().join("kq.toml");
+    std::fs::write(&config, "[crash_logs]\nper_minute = 1\n").unwrap();
+    let (mut cmd, log) = env.kqd_command();
+    cmd.arg("--config").arg(&config);
+    let _kqd = env.start_kqd(cmd, log).await;
+    env.wait_pods_synced(Duration::from_secs(30)).await;
+    let pods = kq_e2e::sim_pods(&c);
+    for (i, (ns, pod, container)) in pods[..3].iter().enumerate() {
+        c.logs.set(ns, pod, container, true, "boom\n");
+        scenario::crash_container(&c.store, ns, pod, container, 1, "Error", None).unwrap();
+        env.wait_csv(
+            "select count(*) as n from incidents where context = 'sim-1'",
+            &format!("n\n{}\n", i + 1),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    }
+    let (ns, pod, container) = kq_e2e::sim_pods(&other)[0].clone();
+    other.logs.set(&ns, &pod, &container, true, "boom\n");
+    scenario::crash_container(&other.store, &ns, &pod, &container, 1, "Error", None).unwrap();
+    env.wait_csv(
+        "select count(last_log) as n from incidents where context = 'sim-2'",
+        "n\n1\n",
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+    let asked: usize = pods[..3].iter().map(|p| log_requests(&c, &p.1).len()).sum();
+    assert_eq!(asked, 1, "one fetch a minute in sim-1");
+}

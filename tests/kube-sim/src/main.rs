@@ -104,6 +104,19 @@ async fn main() -> anyhow::Result<()> {
                     .as_str()
                     .unwrap_or_default()
                     .to_string();
+                // What the container logged before it died, as `kubectl logs --previous`
+                // (and kqd's crash logs) will show it.
+                let log = format!(
+                    "level=info msg=\"serving on :8080\"\n\
+                     level=info msg=\"connecting to db\" url=postgres://app:s3cret@db:5432/app\n\
+                     level=error msg=\"order {n}: cart is nil\"\n\
+                     panic: demo crash\n\
+                     \n\
+                     goroutine 1 [running]:\n\
+                     main.checkout(...)\n\
+                     \t/src/checkout.go:42 +0x1d\n"
+                );
+                c.logs.set(&p.namespace, &p.name, &container, true, &log);
                 let _ = scenario::crash_container(
                     &c.store,
                     &p.namespace,
