@@ -527,6 +527,16 @@ impl Config {
                         reason: e.to_string(),
                     })?;
         }
+        if let Some(v) = var("KQ_INITIAL_SYNC_CONCURRENCY") {
+            let n: usize = v
+                .to_string_lossy()
+                .parse()
+                .map_err(|e: std::num::ParseIntError| ConfigError::Env {
+                    name: "KQ_INITIAL_SYNC_CONCURRENCY",
+                    reason: e.to_string(),
+                })?;
+            self.initial_sync_concurrency = n.max(1);
+        }
         if let Some(v) = var("KQ_RECORD_DIFFS") {
             self.store.diffs = !matches!(
                 v.to_string_lossy().to_ascii_lowercase().as_str(),
