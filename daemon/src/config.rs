@@ -285,6 +285,36 @@ fn secs(name: &'static str, v: f64) -> Result<Duration, ConfigError> {
     })
 }
 
+/// A `KQ_*` variable's value, unless it is unset or empty.
+fn env_text(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+/// A `KQ_*` variable read as a number.
+fn env_number<T: std::str::FromStr>(name: &'static str) -> Result<Option<T>, ConfigError>
+where
+    T::Err: std::fmt::Display,
+{
+    env_text(name)
+        .map(|v| {
+            v.trim().parse::<T>().map_err(|e| ConfigError::Env {
+                name,
+                reason: e.to_string(),
+            })
+        })
+        .transpose()
+}
+
+/// A `KQ_*` on/off variable: `0`, `false`, `no` and `off` are off, anything else on.
+fn env_switch(name: &str) -> Option<bool> {
+    env_text(name).map(|v| {
+        !matches!(
+            v.to_ascii_lowercase().as_str(),
+            "0" | "false" | "no" | "off"
+        )
+    })
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -518,30 +548,14 @@ impl Config {
                 v.to_string_lossy().into_owned(),
             )?;
         }
-        if let Some(v) = var("KQ_ON_INCIDENT_PER_MINUTE") {
-            self.hook.per_minute =
-                v.to_string_lossy()
-                    .parse()
-                    .map_err(|e: std::num::ParseIntError| ConfigError::Env {
-                        name: "KQ_ON_INCIDENT_PER_MINUTE",
-                        reason: e.to_string(),
-                    })?;
+        if let Some(n) = env_number("KQ_ON_INCIDENT_PER_MINUTE")? {
+            self.hook.per_minute = n;
         }
-        if let Some(v) = var("KQ_INITIAL_SYNC_CONCURRENCY") {
-            let n: usize = v
-                .to_string_lossy()
-                .parse()
-                .map_err(|e: std::num::ParseIntError| ConfigError::Env {
-                    name: "KQ_INITIAL_SYNC_CONCURRENCY",
-                    reason: e.to_string(),
-                })?;
+        if let Some(n) = env_number::<usize>("KQ_INITIAL_SYNC_CONCURRENCY")? {
             self.initial_sync_concurrency = n.max(1);
         }
-        if let Some(v) = var("KQ_RECORD_DIFFS") {
-            self.store.diffs = !matches!(
-                v.to_string_lossy().to_ascii_lowercase().as_str(),
-                "0" | "false" | "no" | "off"
-            );
+        if let Some(on) = env_switch("KQ_RECORD_DIFFS") {
+            self.store.diffs = on;
         }
         if let Some(v) = var("KQ_KEEP_REMOVED_CONTEXTS") {
             self.keep_removed_contexts = matches!(

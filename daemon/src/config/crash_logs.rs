@@ -3,7 +3,7 @@
 
 use serde::Deserialize;
 
-use super::{ConfigError, ContextFilter};
+use super::{ConfigError, ContextFilter, env_number, env_switch};
 use crate::incidents::crash_log::CrashLogOptions;
 
 /// `[crash_logs]` in the config file.
@@ -56,30 +56,14 @@ impl CrashLogsFile {
 
 /// `KQ_CRASH_LOGS` (on/off), `KQ_CRASH_LOG_LINES` and `KQ_CRASH_LOG_BYTES`.
 pub(super) fn apply_env(o: &mut CrashLogOptions) -> Result<(), ConfigError> {
-    let var = |n: &str| std::env::var(n).ok().filter(|v| !v.is_empty());
-    let num = |name: &'static str| -> Result<Option<u32>, ConfigError> {
-        var(name)
-            .map(|v| {
-                v.parse::<u32>()
-                    .map_err(|e| ConfigError::Env {
-                        name,
-                        reason: e.to_string(),
-                    })
-                    .and_then(|n| positive(name, n))
-            })
-            .transpose()
-    };
-    if let Some(v) = var("KQ_CRASH_LOGS") {
-        o.enabled = !matches!(
-            v.to_ascii_lowercase().as_str(),
-            "0" | "false" | "no" | "off"
-        );
+    if let Some(on) = env_switch("KQ_CRASH_LOGS") {
+        o.enabled = on;
     }
-    if let Some(n) = num("KQ_CRASH_LOG_LINES")? {
-        o.lines = n;
+    if let Some(n) = env_number("KQ_CRASH_LOG_LINES")? {
+        o.lines = positive("KQ_CRASH_LOG_LINES", n)?;
     }
-    if let Some(n) = num("KQ_CRASH_LOG_BYTES")? {
-        o.bytes = n;
+    if let Some(n) = env_number("KQ_CRASH_LOG_BYTES")? {
+        o.bytes = positive("KQ_CRASH_LOG_BYTES", n)?;
     }
     Ok(())
 }

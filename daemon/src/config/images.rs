@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use super::{ConfigError, secs};
+use super::{ConfigError, env_number, env_switch, env_text, secs};
 use crate::images::ImageOptions;
 
 /// `[images]` in the config file.
@@ -87,43 +87,29 @@ impl ImagesFile {
 /// `KQ_REGISTRY_RATE_LIMIT`, `KQ_INSECURE_REGISTRIES` (comma-separated) and
 /// `KQ_IMAGE_NODE_WAIT_SECS`.
 pub(super) fn apply_env(o: &mut ImageOptions) -> Result<(), ConfigError> {
-    let var = |n: &str| std::env::var(n).ok().filter(|v| !v.is_empty());
-    let num = |name: &'static str| -> Result<Option<f64>, ConfigError> {
-        var(name)
-            .map(|v| {
-                v.parse::<f64>().map_err(|e| ConfigError::Env {
-                    name,
-                    reason: e.to_string(),
-                })
-            })
-            .transpose()
-    };
-    if let Some(v) = var("KQ_IMAGES") {
-        o.enabled = !matches!(
-            v.to_ascii_lowercase().as_str(),
-            "0" | "false" | "no" | "off"
-        );
+    if let Some(on) = env_switch("KQ_IMAGES") {
+        o.enabled = on;
     }
-    if let Some(v) = var("KQ_IMAGE_CACHE") {
+    if let Some(v) = env_text("KQ_IMAGE_CACHE") {
         o.cache_path = v.into();
     }
-    if let Some(v) = num("KQ_IMAGE_WORKERS")? {
+    if let Some(v) = env_number::<f64>("KQ_IMAGE_WORKERS")? {
         o.workers = (v as usize).max(1);
     }
-    if let Some(v) = num("KQ_IMAGE_TAG_TTL_SECS")? {
+    if let Some(v) = env_number("KQ_IMAGE_TAG_TTL_SECS")? {
         o.lookup.tag_ttl = secs("KQ_IMAGE_TAG_TTL_SECS", v)?;
     }
-    if let Some(v) = num("KQ_REGISTRY_RATE_LIMIT")? {
+    if let Some(v) = env_number("KQ_REGISTRY_RATE_LIMIT")? {
         o.registry.rate_per_sec = rate("KQ_REGISTRY_RATE_LIMIT", v)?;
     }
-    if let Some(v) = var("KQ_INSECURE_REGISTRIES") {
+    if let Some(v) = env_text("KQ_INSECURE_REGISTRIES") {
         o.registry.insecure = v
             .split(',')
             .map(|s| s.trim().to_string())
             .filter(|s| !s.is_empty())
             .collect();
     }
-    if let Some(v) = num("KQ_IMAGE_NODE_WAIT_SECS")? {
+    if let Some(v) = env_number("KQ_IMAGE_NODE_WAIT_SECS")? {
         o.node_wait = secs("KQ_IMAGE_NODE_WAIT_SECS", v)?;
     }
     Ok(())

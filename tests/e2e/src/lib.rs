@@ -196,6 +196,17 @@ impl Env {
         }
     }
 
+    /// The first column of the first row `sql` gives, as CSV text; panics when there is
+    /// none or kq fails.
+    pub async fn first_value(&self, sql: &str) -> String {
+        let csv = self.csv(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+        let row = csv
+            .lines()
+            .nth(1)
+            .unwrap_or_else(|| panic!("{sql}: no row"));
+        row.split(',').next().unwrap_or_default().to_string()
+    }
+
     /// Polls `sql` until its CSV output equals `want`, or `timeout` passes; returns the last
     /// output seen.
     pub async fn wait_csv(&self, sql: &str, want: &str, timeout: Duration) -> Result<(), String> {

@@ -113,15 +113,10 @@ async fn a_crash_keeps_its_last_lines_masked_and_each_occurrence_is_fetched_once
 
     // `kq why` shows the lines under the incident; JSON carries them as a field.
     let id = env
-        .csv(&format!(
+        .first_value(&format!(
             "select id from incidents where object_name = '{pod}'"
         ))
-        .await
-        .unwrap()
-        .lines()
-        .nth(1)
-        .unwrap()
-        .to_string();
+        .await;
     let out = env.kq(&["why", &id]).await;
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(

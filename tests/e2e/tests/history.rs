@@ -175,14 +175,7 @@ async fn kq_why_lists_the_workloads_image_change_first() {
         })
         .await
     );
-    let id = env
-        .csv(&id_sql)
-        .await
-        .unwrap()
-        .lines()
-        .nth(1)
-        .unwrap()
-        .to_string();
+    let id = env.first_value(&id_sql).await;
     let out = env.kq(&["why", &id, "--format", "json"]).await;
     assert!(
         out.status.success(),
