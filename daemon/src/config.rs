@@ -551,6 +551,9 @@ impl Config {
         if let Some(n) = env_number("KQ_ON_INCIDENT_PER_MINUTE")? {
             self.hook.per_minute = n;
         }
+        if let Some(n) = env_number::<usize>("KQ_BATCH_MAX")? {
+            self.store.batch_max = n.max(1);
+        }
         if let Some(n) = env_number::<usize>("KQ_INITIAL_SYNC_CONCURRENCY")? {
             self.initial_sync_concurrency = n.max(1);
         }
