@@ -196,6 +196,37 @@ pub fn shape(kind: &str, json: &str) -> Option<u64> {
     Some(h.finish().max(1))
 }
 
+/// The shape of an object of a kind whose `status` churns (pods), from its JSON text as
+/// kq serialises it, without parsing it: a digest of everything before the top-level
+/// `status` (always the last member), with `metadata.resourceVersion`'s value left out.
+/// It is cheap enough for every add on the watcher tasks, so that a pod's first status
+/// change needs no read of its stored state. Any misreading of the text errs towards
+/// "changed", which costs only the read. None for other kinds: their shape is [`shape`]'s.
+pub fn text_shape(kind: &str, json: &str) -> Option<u64> {
+    if !STATUS_CHURNS.contains(&kind) {
+        return None;
+    }
+    // No member of a pod's metadata or spec is an object named `status`, and quotes in
+    // strings are escaped, so this is the top-level member.
+    let body = json.rfind(",\"status\":{").map_or(json, |at| &json[..at]);
+    // XXH3 rather than SipHash: this digests most of every pod's JSON during the initial
+    // sync, and needs no defence against chosen inputs (a collision costs a missed diff of
+    // one object, as in `shape`).
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    const RV: &str = "\"resourceVersion\":\"";
+    match body.find(RV) {
+        Some(at) => {
+            let value = at + RV.len();
+            let end = body[value..].find('"').map_or(body.len(), |e| value + e);
+            h.update(body[..value].as_bytes());
+            h.update(body[end..].as_bytes());
+        }
+        None => h.update(body.as_bytes()),
+    }
+    // Never 0 (unknown).
+    Some(h.digest().max(1))
+}
+
 struct Rules {
     skip_status: bool,
     hide_values: bool,
@@ -451,6 +482,29 @@ mod tests {
         assert_eq!(a, shape("pods", &pod("Running", "a")).unwrap());
         assert_ne!(a, shape("pods", &pod("Running", "b")).unwrap());
         assert!(shape("events", "{}").is_none());
+    }
+
+    #[test]
+    fn a_pods_text_shape_ignores_status_and_resource_version_only() {
+        let pod = |rv: &str, image: &str, phase: &str| {
+            json!({"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"labels": {"app": "shop"}, "name": "p", "resourceVersion": rv},
+                "spec": {"containers": [{"image": image, "name": "app"}]},
+                "status": {"phase": phase, "conditions": [{"status": "True", "type": "Ready"}]}})
+            .to_string()
+        };
+        let a = text_shape("pods", &pod("1", "shop:1.4", "Pending")).unwrap();
+        assert_eq!(
+            a,
+            text_shape("pods", &pod("2", "shop:1.4", "Running")).unwrap()
+        );
+        assert_ne!(
+            a,
+            text_shape("pods", &pod("3", "shop:1.5", "Running")).unwrap()
+        );
+        let relabelled = pod("4", "shop:1.4", "Running").replace("\"shop\"}", "\"cart\"}");
+        assert_ne!(a, text_shape("pods", &relabelled).unwrap());
+        assert!(text_shape("deployments", "{}").is_none());
     }
 
     #[test]

@@ -165,5 +165,6 @@ fn object_rows(ctx: &Arc<str>, gvk: &Gvk, ar: &ApiResource, mut o: DynamicObject
         observed: None,
         images: None,
         secret: None,
+        shape: None,
     }
 }

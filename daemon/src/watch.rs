@@ -315,6 +315,7 @@ impl Watch {
                 let mut rows = to_rows(&ctx, &o);
                 o.meta_mut().managed_fields = None;
                 if let Some(json) = rows::object_json(&gvk, &o) {
+                    rows.shape = crate::diff::text_shape(&gvk.resource, &json);
                     rows.object = Some(rows::object_row(&ctx, &gvk, o.meta(), json));
                 }
                 rows

@@ -53,6 +53,8 @@ pub struct ObjectRows {
     pub images: Option<Box<crate::images::Sighting>>,
     /// A Secret's per-key value digests, so that its diff can name the keys that changed.
     pub secret: Option<Box<crate::diff::SecretDigests>>,
+    /// The object's shape when the watcher could take it cheaply (`diff::text_shape`).
+    pub shape: Option<u64>,
 }
 
 /// The `objects` row of an object: its metadata, already parsed, and its JSON, already
@@ -144,6 +146,7 @@ pub(crate) fn single(meta: &ObjectMeta, row: Row) -> ObjectRows {
         observed: None,
         images: None,
         secret: None,
+        shape: None,
     }
 }
 
@@ -184,6 +187,7 @@ pub fn namespace(ctx: &Arc<str>, ns: &Namespace) -> ObjectRows {
         observed: None,
         images: None,
         secret: None,
+        shape: None,
     }
 }
 
@@ -242,6 +246,7 @@ pub fn node(ctx: &Arc<str>, n: &Node) -> ObjectRows {
         observed: Some(Box::new(crate::incidents::detect::node(n))),
         images: Some(Box::new(node_images(ctx, n))),
         secret: None,
+        shape: None,
     }
 }
 
@@ -359,6 +364,7 @@ pub fn pod(ctx: &Arc<str>, p: &Pod) -> ObjectRows {
             refs: image_refs,
         })),
         secret: None,
+        shape: None,
     }
 }
 

@@ -247,7 +247,13 @@ impl Writer {
                 match rows {
                     Some(r) => {
                         let res = self.resource_id(kind, r);
-                        let op = match self.index.upsert(ctx, uid, text_at(&r.row, rv), res) {
+                        let seen = self.index.upsert(ctx, uid, text_at(&r.row, rv), res);
+                        // A shape the watcher took is kept for every upsert, relisted ones too,
+                        // so that even the first change after a start needs no read.
+                        if let (Some(shape), Seen::New | Seen::Same) = (r.shape, seen) {
+                            self.index.swap_shape(ctx, uid, shape);
+                        }
+                        let op = match seen {
                             Seen::Same => continue,
                             Seen::New => "add",
                             Seen::Changed => {
@@ -257,12 +263,17 @@ impl Writer {
                         };
                         self.changes_seq += 1;
                         let mut change = change_row(now, kind, ctx, r, op, self.changes_seq);
-                        // Adds compute no shape, so the initial sync pays nothing for diffs: an
-                        // object's first modify reads its stored state, later ones only when
-                        // what the diff compares moved.
+                        // Adds compute no shape on the writer, so the initial sync pays
+                        // nothing for diffs here: an object without a watcher's shape (all
+                        // but pods) reads its stored state at its first modify, and later ones
+                        // only when what the diff compares moved.
                         if self.opts.diffs && op == "modify" {
-                            let shape = object_json(kind, r)
-                                .and_then(|j| crate::diff::shape(diff_kind(kind, r), j))
+                            let shape = r
+                                .shape
+                                .or_else(|| {
+                                    object_json(kind, r)
+                                        .and_then(|j| crate::diff::shape(diff_kind(kind, r), j))
+                                })
                                 .unwrap_or(0);
                             let before = self.index.swap_shape(ctx, uid, shape);
                             if shape != 0 {
