@@ -218,8 +218,8 @@ pub fn text_shape(kind: &str, json: &str) -> Option<u64> {
         Some(at) => {
             let value = at + RV.len();
             let end = body[value..].find('"').map_or(body.len(), |e| value + e);
-            h.update(body[..value].as_bytes());
-            h.update(body[end..].as_bytes());
+            h.update(&body.as_bytes()[..value]);
+            h.update(&body.as_bytes()[end..]);
         }
         None => h.update(body.as_bytes()),
     }
