@@ -213,10 +213,10 @@ impl Writer {
             // what rebuilds the tracker's timers.
             let mut observed = Vec::new();
             let mut gone = Vec::new();
-            // A Secret's keys whose values changed, by uid: its digests are swapped here for
-            // every upsert, unchanged ones too, so that the first list after a start knows
-            // every Secret's values.
-            let mut hidden: HashMap<String, Vec<serde_json::Value>> = HashMap::new();
+            // A Secret's keys whose values changed, by (context, uid): its digests are
+            // swapped here for every upsert, unchanged ones too, so that the first list after
+            // a start knows every Secret's values.
+            let mut hidden: HashMap<(String, String), Vec<serde_json::Value>> = HashMap::new();
             for ((ctx, uid), rows) in objects.iter_mut() {
                 match rows {
                     Some(r) => {
@@ -228,7 +228,7 @@ impl Writer {
                                 .map(|old| new.changes_from(&old))
                                 .unwrap_or_default();
                             if !changed.is_empty() {
-                                hidden.insert(uid.clone(), changed);
+                                hidden.insert((ctx.to_string(), uid.clone()), changed);
                             }
                         }
                     }
@@ -278,8 +278,9 @@ impl Writer {
                             let before = self.index.swap_shape(ctx, uid, shape);
                             if shape != 0 {
                                 if before == shape {
+                                    let key = (ctx.to_string(), uid.clone());
                                     let d = crate::diff::Diff::default()
-                                        .with_hidden(hidden.remove(uid).unwrap_or_default());
+                                        .with_hidden(hidden.remove(&key).unwrap_or_default());
                                     set_diff(&mut change, &d);
                                 } else {
                                     modified.push((changes.len(), ctx, uid, r));
@@ -311,7 +312,7 @@ impl Writer {
                         continue;
                     };
                     if let Some(d) = crate::diff::diff(diff_kind(kind, r), before, after) {
-                        let d = d.with_hidden(hidden.remove(uid).unwrap_or_default());
+                        let d = d.with_hidden(hidden.remove(&key).unwrap_or_default());
                         set_diff(&mut changes[i], &d);
                     }
                 }
