@@ -15,7 +15,8 @@ use crate::format::{self, Format};
 pub fn open_sql(filter: &FollowIncidents) -> String {
     let quote = |s: &str| format!("'{}'", s.replace('\'', "''"));
     let mut sql = String::from(
-        "SELECT last_seen, severity, context, namespace, object_kind, object_name, container, type, reason, exit_code, signal, occurrences, message, id, \
+        "SELECT last_seen, severity, context, namespace, object_kind, object_name, container, type, reason, exit_code, signal, occurrences, message, \
+         list_filter(string_split(last_log, chr(10)), lambda l: trim(l) <> '')[-1] AS last_line, id, \
          (SELECT ic.kind || '/' || ic.name || ' ' \
                  || coalesce((ic.diff->0->>'path') || ' ' || coalesce(ic.diff->0->>'old', '∅') || ' → ' || coalesce(ic.diff->0->>'new', '∅'), ic.operation) \
                  || ', ' || CAST(greatest(round(ic.seconds_before / 60), 0) AS BIGINT) || 'm before' \

@@ -143,6 +143,12 @@ async fn a_crash_keeps_its_last_lines_masked_and_each_occurrence_is_fetched_once
             .ends_with("run 2 panic: cart is nil\n")
     );
 
+    // `kq incidents` shows the log's last line.
+    let out = env.kq(&["incidents", "--format", "json"]).await;
+    let open: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let row = open.iter().find(|r| r["id"] == id.as_str()).unwrap();
+    assert_eq!(row["last_line"], "run 2 panic: cart is nil");
+
     // A restart relists the pod, whose last termination is already recorded: no fetch,
     // and the stored log stays.
     assert!(kqd.terminate().success());
