@@ -152,32 +152,45 @@ impl Index {
         self.changed.insert((ctx.clone(), res));
     }
 
-    /// Records an upserted object and says what the database must do with it.
-    pub fn upsert(&mut self, ctx: &Arc<str>, uid: &str, rv: Option<&str>, res: u32) -> Seen {
+    /// Records an upserted object and says what the database must do with it. `shape` (one
+    /// the watcher took) is kept when the object is new or unchanged; a changed object's
+    /// shape is swapped by its diff ([`Index::swap_shape`]).
+    pub fn upsert(
+        &mut self,
+        ctx: &Arc<str>,
+        uid: &str,
+        rv: Option<&str>,
+        res: u32,
+        shape: Option<u64>,
+    ) -> Seen {
         let mut entry = Entry {
             version: version(rv),
             resource: res,
-            shape: 0,
+            shape: shape.unwrap_or(0),
         };
         let map = self.contexts.entry(ctx.clone()).or_default();
         let key = digest(uid);
-        if let Some(old) = map.get(&key) {
-            entry.shape = old.shape;
+        let old = map.get(&key).copied();
+        let seen = match old {
+            None => Seen::New,
+            Some(o) if o.version == entry.version && o.resource == res => Seen::Same,
+            Some(_) => Seen::Changed,
+        };
+        if let Some(o) = old
+            && (shape.is_none() || seen == Seen::Changed)
+        {
+            entry.shape = o.shape;
         }
-        match map.insert(key, entry) {
-            None => {
+        map.insert(key, entry);
+        match (seen, old) {
+            (Seen::New, _) => self.bump(ctx, res, 1),
+            (Seen::Changed, Some(o)) if o.resource != res => {
+                self.bump(ctx, o.resource, -1);
                 self.bump(ctx, res, 1);
-                Seen::New
             }
-            Some(old) if old.version == entry.version && old.resource == res => Seen::Same,
-            Some(old) => {
-                if old.resource != res {
-                    self.bump(ctx, old.resource, -1);
-                    self.bump(ctx, res, 1);
-                }
-                Seen::Changed
-            }
+            _ => {}
         }
+        seen
     }
 
     /// Records the shape of an object's new state and returns the one before (0: unknown,
@@ -318,10 +331,10 @@ mod tests {
         let mut ix = Index::default();
         let ctx: Arc<str> = "a".into();
         let pods = ix.resource_id("", "pods");
-        assert_eq!(ix.upsert(&ctx, "u1", Some("5"), pods), Seen::New);
-        assert_eq!(ix.upsert(&ctx, "u1", Some("5"), pods), Seen::Same);
-        assert_eq!(ix.upsert(&ctx, "u1", Some("6"), pods), Seen::Changed);
-        assert_eq!(ix.upsert(&ctx, "u2", Some("7"), pods), Seen::New);
+        assert_eq!(ix.upsert(&ctx, "u1", Some("5"), pods, None), Seen::New);
+        assert_eq!(ix.upsert(&ctx, "u1", Some("5"), pods, None), Seen::Same);
+        assert_eq!(ix.upsert(&ctx, "u1", Some("6"), pods, None), Seen::Changed);
+        assert_eq!(ix.upsert(&ctx, "u2", Some("7"), pods, None), Seen::New);
         assert_eq!(ix.total("a"), 2);
         assert!(ix.remove(&ctx, "u2"));
         assert!(!ix.remove(&ctx, "u2"), "a second delete finds nothing");
@@ -335,9 +348,9 @@ mod tests {
         let pods = ix.resource_id("", "pods");
         let nodes = ix.resource_id("", "nodes");
         for u in ["p1", "p2", "p3"] {
-            ix.upsert(&ctx, u, Some("1"), pods);
+            ix.upsert(&ctx, u, Some("1"), pods, None);
         }
-        ix.upsert(&ctx, "n1", Some("1"), nodes);
+        ix.upsert(&ctx, "n1", Some("1"), nodes, None);
         ix.take_changed();
         assert_eq!(ix.sweep(&ctx, pods, &["p1".into(), "p3".into()]), 1);
         assert_eq!(ix.sweep(&ctx, pods, &["p1".into(), "p3".into()]), 0);
@@ -359,7 +372,7 @@ mod tests {
         let ctx: Arc<str> = "a".into();
         let secrets = ix.resource_id("", "secrets");
         for u in ["s1", "s2"] {
-            ix.upsert(&ctx, u, Some("1"), secrets);
+            ix.upsert(&ctx, u, Some("1"), secrets, None);
             assert_eq!(ix.swap_secret(&ctx, u, d(b"1")), None);
         }
         assert_eq!(ix.swap_secret(&ctx, "s1", d(b"2")), Some(d(b"1")));
@@ -367,7 +380,7 @@ mod tests {
         assert_eq!(ix.swap_secret(&ctx, "s2", d(b"3")), None, "swept");
         ix.remove(&ctx, "s2");
         let mut rebuilt = Index::default();
-        rebuilt.upsert(&ctx, "s1", Some("1"), secrets);
+        rebuilt.upsert(&ctx, "s1", Some("1"), secrets, None);
         rebuilt.adopt_secrets(ix);
         assert_eq!(rebuilt.swap_secret(&ctx, "s1", d(b"4")), Some(d(b"2")));
     }

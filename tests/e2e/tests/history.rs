@@ -46,6 +46,13 @@ fn a_deployment(env: &Env) -> (String, String, String, String) {
     )
 }
 
+/// `kubectl set image deployment/NAME CONTAINER=IMAGE`.
+fn set_image(env: &Env, ns: &str, name: &str, container: &str, image: &str) {
+    let deployment = format!("deployment/{name}");
+    let assignment = format!("{container}={image}");
+    kubectl(env, &["-n", ns, "set", "image", &deployment, &assignment]);
+}
+
 /// Waits for the newest modify of `name` whose diff mentions `path`, and returns its diff.
 async fn diff_with(env: &Env, kind: &str, name: &str, path: &str) -> (Vec<Value>, bool) {
     let sql = format!(
@@ -69,17 +76,7 @@ async fn an_image_change_and_a_scale_are_recorded_as_the_fields_they_changed() {
     env.wait_pods_synced(Duration::from_secs(30)).await;
     let (ns, name, container, image) = a_deployment(&env);
 
-    kubectl(
-        &env,
-        &[
-            "-n",
-            &ns,
-            "set",
-            "image",
-            &format!("deployment/{name}"),
-            &format!("{container}=shop:1.5"),
-        ],
-    );
+    set_image(&env, &ns, &name, &container, "shop:1.5");
     let (diff, spec_changed) = diff_with(&env, "deployments", &name, "containers[0].image").await;
     assert_eq!(
         diff,
@@ -154,17 +151,7 @@ async fn kq_why_lists_the_workloads_image_change_first() {
         .await
         .unwrap();
     let (pod, pod_container) = pods.lines().nth(1).unwrap().split_once(',').unwrap();
-    kubectl(
-        &env,
-        &[
-            "-n",
-            &ns,
-            "set",
-            "image",
-            &format!("deployment/{name}"),
-            &format!("{container}=shop:1.5"),
-        ],
-    );
+    set_image(&env, &ns, &name, &container, "shop:1.5");
     diff_with(&env, "deployments", &name, "containers[0].image").await;
     let store = &env.fleet.clusters[0].store;
     kube_sim::scenario::crash_container(store, &ns, pod, pod_container, 1, "Error", None).unwrap();

@@ -247,12 +247,11 @@ impl Writer {
                 match rows {
                     Some(r) => {
                         let res = self.resource_id(kind, r);
-                        let seen = self.index.upsert(ctx, uid, text_at(&r.row, rv), res);
                         // A shape the watcher took is kept for every upsert, relisted ones too,
                         // so that even the first change after a start needs no read.
-                        if let (Some(shape), Seen::New | Seen::Same) = (r.shape, seen) {
-                            self.index.swap_shape(ctx, uid, shape);
-                        }
+                        let seen = self
+                            .index
+                            .upsert(ctx, uid, text_at(&r.row, rv), res, r.shape);
                         let op = match seen {
                             Seen::Same => continue,
                             Seen::New => "add",
