@@ -31,6 +31,20 @@ pub enum Cell<'a> {
     Timestamp(i64),
 }
 
+impl Cell<'_> {
+    /// The cell as a key part: equal for equal values of one column.
+    pub fn key(&self) -> String {
+        match self {
+            Cell::Null => "\u{0}".to_string(),
+            Cell::Text(s) | Cell::Json(s) => s.to_string(),
+            Cell::I32(v) => v.to_string(),
+            Cell::I64(v) | Cell::Timestamp(v) => v.to_string(),
+            Cell::F64(v) => v.to_string(),
+            Cell::Bool(v) => v.to_string(),
+        }
+    }
+}
+
 impl ToSql for Cell<'_> {
     fn to_sql(
         &self,

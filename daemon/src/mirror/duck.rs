@@ -69,8 +69,6 @@ pub fn add_version(v: &mut Versions, row: &[Option<&str>]) {
 
 impl Duck {
     pub fn new(conn: Connection) -> Result<Duck, MirrorError> {
-        conn.execute_batch("CREATE TEMP TABLE kq_mirror_keys (context VARCHAR, key VARCHAR);")
-            .map_err(MirrorError::duck)?;
         Ok(Duck {
             conn: Arc::new(Mutex::new(conn)),
         })
@@ -142,34 +140,23 @@ impl Duck {
         .await
     }
 
-    /// The rows of `m` whose unit column holds one of `keys`, in staged column order.
+    /// The rows of `m` whose (context, unit) is one of `keys`, in staged column order:
+    /// [`Duck::stream`], collected.
     pub async fn rows(
         &self,
         m: &'static Mirrored,
         keys: Vec<Key>,
     ) -> Result<Vec<RecordBatch>, MirrorError> {
-        let Shape::Keyed { unit, .. } = m.shape else {
-            unreachable!("rows by key are read from keyed tables")
-        };
-        self.read(move |c| {
-            c.execute_batch("DELETE FROM temp.kq_mirror_keys")?;
-            {
-                let mut app = c.appender_to_catalog_and_db("kq_mirror_keys", "temp", "main")?;
-                for (ctx, key) in &keys {
-                    app.append_row([ctx, key])?;
-                }
-                app.flush()?;
-            }
-            let sql = format!(
-                "SELECT {} FROM main.{} t SEMI JOIN temp.kq_mirror_keys k
-                   ON t.context = k.context AND t.\"{unit}\" = k.key",
-                select_list(m, "t."),
-                m.name()
-            );
-            let batches = c.prepare(&sql)?.query_arrow([])?.collect();
-            Ok(batches)
-        })
-        .await
+        let mut wanted = Wanted::new();
+        for (c, k) in keys {
+            wanted.entry(c).or_default().insert(k);
+        }
+        let mut rx = self.stream(m, None, Some(Arc::new(wanted)));
+        let mut batches = Vec::new();
+        while let Some(b) = rx.recv().await {
+            batches.push(b?);
+        }
+        Ok(batches)
     }
 
     /// A whole table, in staged column order.
@@ -268,9 +255,9 @@ pub type Wanted = std::collections::HashMap<String, std::collections::HashSet<St
 impl Duck {
     /// Streams the rows of `m` (in `context` only, when given), in storage order (rows of
     /// one object, stored together, come together), keeping those whose (context, unit
-    /// key) is in `keep` (every row when `None`). One scan of the table serves every
-    /// context. DuckDB does not materialise the result, and the channel holds two batches,
-    /// so memory stays flat however large the table.
+    /// key) is in `keep` (every row when `None`), as [`scan`] reads them. One read serves
+    /// every context. DuckDB does not materialise the result, and the channel holds two
+    /// batches, so memory stays flat however large the table.
     pub fn stream(
         &self,
         m: &'static Mirrored,
@@ -290,70 +277,255 @@ impl Duck {
                     return;
                 }
             };
-            let run = || -> Result<(), duckdb::Error> {
-                let (_, at) = m.unit().expect("keyed tables are streamed");
-                let ctx_at = m.position("context").expect("keyed tables have contexts");
-                let filter = if context.is_some() {
-                    " WHERE context = ?"
-                } else {
-                    ""
-                };
-                let sql = format!(
-                    "SELECT {} FROM main.{}{filter}",
-                    select_list(m, ""),
-                    m.name()
-                );
-                let mut stmt = conn.prepare(&sql)?;
-                let params: Vec<&String> = context.iter().collect();
-                for batch in stmt.stream_arrow(duckdb::params_from_iter(params))? {
-                    let batch = batch?;
-                    let batch = match &keep {
-                        None => batch,
-                        Some(keep) => {
-                            let text = |i: usize| {
-                                batch
-                                    .column(i)
-                                    .as_any()
-                                    .downcast_ref::<arrow::array::StringArray>()
-                                    .cloned()
-                            };
-                            let (Some(keys), Some(ctxs)) = (text(at), text(ctx_at)) else {
-                                continue;
-                            };
-                            let mask: arrow::array::BooleanArray = keys
-                                .iter()
-                                .zip(ctxs.iter())
-                                .map(|(k, c)| {
-                                    Some(match (k, c) {
-                                        (Some(k), Some(c)) => {
-                                            keep.get(c).is_some_and(|s| s.contains(k))
-                                        }
-                                        _ => false,
-                                    })
-                                })
-                                .collect();
-                            match arrow::compute::filter_record_batch(&batch, &mask) {
-                                Ok(b) => b,
-                                Err(e) => {
-                                    let _ =
-                                        tx.blocking_send(Err(MirrorError::Internal(e.to_string())));
-                                    return Ok(());
-                                }
-                            }
-                        }
-                    };
-                    if batch.num_rows() > 0 && tx.blocking_send(Ok(batch)).is_err() {
-                        return Ok(());
-                    }
-                }
-                Ok(())
-            };
             let _ = conn.execute_batch("BEGIN TRANSACTION");
-            if let Err(e) = run() {
-                let _ = tx.blocking_send(Err(MirrorError::duck(e)));
+            let sent = scan(&conn, m, context.as_deref(), keep.as_deref(), |b| {
+                tx.blocking_send(Ok(b)).is_ok()
+            });
+            if let Err(e) = sent {
+                let _ = tx.blocking_send(Err(e));
             }
             let _ = conn.execute_batch("COMMIT");
         });
         rx
+    }
+}
+
+/// Rows farther apart than this are read by separate range scans: a scan of the rows
+/// between two wanted ones costs less than a query of its own below it.
+const MIN_GAP: i64 = 2048;
+/// A scattered set of rows is read in at most about this many range scans.
+const MAX_RANGES: i64 = 32;
+
+/// Reads the rows of `m` (in `context` only, when given) whose (context, unit key) is in
+/// `keep` (every row when `None`), in storage order, handing each non-empty batch to
+/// `sink` until it returns false. A kept set is read in two passes in one snapshot: the
+/// row ids of its rows, from the two key columns only (DuckDB joins them with the keys),
+/// then only the row-id ranges that hold them, where DuckDB skips every vector outside the
+/// range. A changed object's rows are appended at the end of its table, so what the
+/// outbox owes is mostly a short tail, and reading it costs what changed, not the table.
+fn scan(
+    conn: &Connection,
+    m: &'static Mirrored,
+    context: Option<&str>,
+    keep: Option<&Wanted>,
+    mut sink: impl FnMut(RecordBatch) -> bool,
+) -> Result<(), MirrorError> {
+    let (unit, at) = m.unit().expect("keyed tables are streamed");
+    let ctx_at = m.position("context").expect("keyed tables have contexts");
+    let ranges = match keep {
+        None => vec![None],
+        Some(keep) => ranges(&row_ids(conn, m, unit, context, keep).map_err(MirrorError::duck)?)
+            .into_iter()
+            .map(Some)
+            .collect(),
+    };
+    let mut filter = Vec::new();
+    if context.is_some() {
+        filter.push("context = ?");
+    }
+    let params: Vec<duckdb::types::Value> = context
+        .iter()
+        .map(|c| duckdb::types::Value::Text(c.to_string()))
+        .collect();
+    for range in ranges {
+        let mut filter = filter.clone();
+        let mut params = params.clone();
+        if let Some((lo, hi)) = range {
+            filter.push("rowid BETWEEN ? AND ?");
+            params.extend([lo, hi].map(duckdb::types::Value::BigInt));
+        }
+        let sql = format!(
+            "SELECT {} FROM main.{}{}{}",
+            select_list(m, ""),
+            m.name(),
+            if filter.is_empty() { "" } else { " WHERE " },
+            filter.join(" AND ")
+        );
+        let mut stmt = conn.prepare(&sql).map_err(MirrorError::duck)?;
+        let batches = stmt
+            .stream_arrow(duckdb::params_from_iter(params))
+            .map_err(MirrorError::duck)?;
+        for batch in batches {
+            let batch = batch.map_err(MirrorError::duck)?;
+            let batch = match keep {
+                None => batch,
+                Some(keep) => kept(&batch, keep, at, ctx_at)?,
+            };
+            if batch.num_rows() > 0 && !sink(batch) {
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The rows of `batch` whose (context, unit) is in `keep`.
+fn kept(
+    batch: &RecordBatch,
+    keep: &Wanted,
+    at: usize,
+    ctx_at: usize,
+) -> Result<RecordBatch, MirrorError> {
+    let text = |i: usize| {
+        batch
+            .column(i)
+            .as_any()
+            .downcast_ref::<arrow::array::StringArray>()
+            .ok_or_else(|| MirrorError::Internal(format!("column {i} is not text")))
+    };
+    let (keys, ctxs) = (text(at)?, text(ctx_at)?);
+    let mask: arrow::array::BooleanArray = keys
+        .iter()
+        .zip(ctxs.iter())
+        .map(|(k, c)| {
+            Some(match (k, c) {
+                (Some(k), Some(c)) => keep.get(c).is_some_and(|s| s.contains(k)),
+                _ => false,
+            })
+        })
+        .collect();
+    arrow::compute::filter_record_batch(batch, &mask)
+        .map_err(|e| MirrorError::Internal(e.to_string()))
+}
+
+/// The row ids, ascending, of the rows of `m` whose (context, `unit`) is in `keep`.
+fn row_ids(
+    conn: &Connection,
+    m: &'static Mirrored,
+    unit: &str,
+    context: Option<&str>,
+    keep: &Wanted,
+) -> Result<Vec<i64>, duckdb::Error> {
+    conn.execute_batch(
+        "CREATE TEMP TABLE IF NOT EXISTS kq_mirror_keys (context VARCHAR, key VARCHAR);
+         DELETE FROM temp.kq_mirror_keys;",
+    )?;
+    {
+        let mut app = conn.appender_to_catalog_and_db("kq_mirror_keys", "temp", "main")?;
+        for (ctx, keys) in keep {
+            if context.is_some_and(|c| c != ctx) {
+                continue;
+            }
+            for key in keys {
+                app.append_row([ctx, key])?;
+            }
+        }
+        app.flush()?;
+    }
+    let sql = format!(
+        "SELECT t.rowid FROM main.{} t SEMI JOIN temp.kq_mirror_keys k
+           ON t.context = k.context AND t.\"{unit}\" = k.key ORDER BY 1",
+        m.name()
+    );
+    conn.prepare(&sql)?.query_map([], |r| r.get(0))?.collect()
+}
+
+/// Inclusive row-id ranges covering `ids` (ascending). Neighbours closer than the gap
+/// share a range; the gap grows with the span, so that however scattered the ids, there
+/// are at most about [`MAX_RANGES`] of them.
+fn ranges(ids: &[i64]) -> Vec<(i64, i64)> {
+    let (Some(first), Some(last)) = (ids.first(), ids.last()) else {
+        return Vec::new();
+    };
+    let gap = MIN_GAP.max((last - first) / MAX_RANGES);
+    let mut out: Vec<(i64, i64)> = Vec::new();
+    for &id in ids {
+        match out.last_mut() {
+            Some((_, hi)) if id - *hi <= gap => *hi = id,
+            _ => out.push((id, id)),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mirror::tables;
+
+    #[test]
+    fn near_rows_share_a_range_and_scattered_ones_stay_few() {
+        assert_eq!(ranges(&[]), vec![]);
+        // A tail of recent changes is one range; a row far before it is its own.
+        assert_eq!(
+            ranges(&[10, 280_000, 280_005, 281_000]),
+            vec![(10, 10), (280_000, 281_000)]
+        );
+        // Neighbours within a vector of each other go together.
+        assert_eq!(
+            ranges(&[0, 2048, 4096, 9000]),
+            vec![(0, 4096), (9000, 9000)]
+        );
+        // However scattered, about MAX_RANGES ranges, and every id is in one.
+        let ids: Vec<i64> = (0..5000).map(|i| i * 10_007).collect();
+        let r = ranges(&ids);
+        assert!(r.len() as i64 <= MAX_RANGES + 1, "{}", r.len());
+        assert!(
+            ids.iter()
+                .all(|id| r.iter().any(|(lo, hi)| lo <= id && id <= hi))
+        );
+    }
+
+    /// A migrated store's read connection with `n` objects in one context.
+    fn objects(n: usize) -> (tempfile::TempDir, Connection) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kq.duckdb");
+        let conn = Connection::open(&path).unwrap();
+        crate::store::migrate::apply(&conn, &path).unwrap();
+        {
+            let mut app = conn.appender("objects").unwrap();
+            let m = tables::get("objects").unwrap();
+            for i in 0..n {
+                let mut row = vec![duckdb::types::Value::Null; m.table.columns.len()];
+                let set = |row: &mut Vec<duckdb::types::Value>, c: &str, v: String| {
+                    row[m.position(c).unwrap()] = duckdb::types::Value::Text(v)
+                };
+                set(&mut row, "context", "c".into());
+                set(&mut row, "uid", format!("u{i}"));
+                set(&mut row, "resource_version", format!("{i}"));
+                set(&mut row, "object", format!("{{\"n\":{i}}}"));
+                app.append_row(duckdb::appender_params_from_iter(row))
+                    .unwrap();
+            }
+        }
+        (dir, conn)
+    }
+
+    #[test]
+    fn a_scan_of_kept_keys_returns_exactly_their_rows_in_storage_order() {
+        let (_dir, conn) = objects(20_000);
+        let m = tables::get("objects").unwrap();
+        let mut keep = Wanted::new();
+        let want: Vec<usize> = vec![3, 17, 9_000, 19_998, 19_999];
+        keep.insert(
+            "c".into(),
+            want.iter()
+                .map(|i| format!("u{i}"))
+                .chain(["gone".into()])
+                .collect(),
+        );
+        keep.insert("other".into(), ["u5".to_string()].into());
+        let mut got = Vec::new();
+        scan(&conn, m, None, Some(&keep), |b| {
+            let uids = b
+                .column(m.position("uid").unwrap())
+                .as_any()
+                .downcast_ref::<arrow::array::StringArray>()
+                .unwrap()
+                .clone();
+            got.extend(uids.iter().map(|u| u.unwrap().to_string()));
+            true
+        })
+        .unwrap();
+        let expected: Vec<String> = want.iter().map(|i| format!("u{i}")).collect();
+        assert_eq!(got, expected);
+        // Without a kept set, every row.
+        let mut n = 0;
+        scan(&conn, m, Some("c"), None, |b| {
+            n += b.num_rows();
+            true
+        })
+        .unwrap();
+        assert_eq!(n, 20_000);
     }
 }

@@ -59,8 +59,20 @@ impl Mirrored {
         self.table.columns.iter().find(|c| c.name == name)
     }
 
+    /// The rows carry their object's resourceVersion.
+    pub fn versioned(&self) -> bool {
+        matches!(
+            self.shape,
+            Shape::Keyed {
+                versioned: true,
+                ..
+            }
+        )
+    }
+
     /// The columns staged for PostgreSQL, in order: the added `cluster_id`, then the
     /// catalog's.
+
     pub fn staged_columns(&self) -> Vec<(&'static str, &'static str)> {
         let mut v = Vec::with_capacity(self.table.columns.len() + 1);
         if self.adds_cluster_id {

@@ -8,7 +8,7 @@ mod health;
 mod images;
 mod incidents;
 mod index;
-mod migrate;
+pub(crate) mod migrate;
 pub mod outbox;
 mod phase;
 mod writer;

@@ -39,6 +39,10 @@ struct Args {
     /// Run kqd without field-level history (`record_diffs = false`), to see what diffs cost.
     #[arg(long)]
     no_diffs: bool,
+    /// Copy kqd's log (debug level for kqd's own modules) here at the end, to see where
+    /// the time went.
+    #[arg(long)]
+    keep_log: Option<std::path::PathBuf>,
 }
 
 fn percentile(v: &mut [Duration], p: f64) -> Duration {
@@ -303,6 +307,9 @@ async fn main() -> anyhow::Result<()> {
         )
         .await?;
         r.print();
+    }
+    if let Some(path) = &args.keep_log {
+        std::fs::copy(&kqd.log, path)?;
     }
     drop(kqd);
     drop(pg);
