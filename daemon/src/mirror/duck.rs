@@ -93,14 +93,14 @@ impl Duck {
         .map_err(MirrorError::duck)
     }
 
-    /// The oldest owed entries, at most `limit`.
-    pub async fn outbox(&self, limit: usize) -> Result<Vec<Read>, MirrorError> {
+    /// The oldest owed entries numbered after `after`, at most `limit`.
+    pub async fn outbox(&self, limit: usize, after: i64) -> Result<Vec<Read>, MirrorError> {
         self.read(move |c| {
             let mut stmt = c.prepare(
                 "SELECT tbl, context, key, seq, epoch_us(dirty_at) FROM main.kq_mirror_outbox
-                 ORDER BY seq LIMIT ?",
+                 WHERE seq > ? ORDER BY seq LIMIT ?",
             )?;
-            let rows = stmt.query_map([limit as i64], |r| {
+            let rows = stmt.query_map([after, limit as i64], |r| {
                 Ok((
                     r.get::<_, String>(0)?,
                     r.get::<_, String>(1)?,
@@ -124,6 +124,32 @@ impl Duck {
                 });
             }
             Ok(out)
+        })
+        .await
+    }
+
+    /// The (context, key) of every object or incident the outbox owes whose rows reach
+    /// `m` (its own entries, and its parents' for a child or `objects`).
+    pub async fn owed_keys(
+        &self,
+        m: &'static Mirrored,
+        objects: bool,
+    ) -> Result<std::collections::HashSet<Key>, MirrorError> {
+        let tables: Vec<String> = super::tables::all()
+            .iter()
+            .filter(|t| t.targets(objects).iter().any(|x| x.name() == m.name()))
+            .map(|t| format!("'{}'", t.name()))
+            .collect();
+        self.read(move |c| {
+            let sql = format!(
+                "SELECT context, key FROM main.kq_mirror_outbox
+                  WHERE key <> '{all}' AND tbl IN ({})",
+                tables.join(", "),
+                all = crate::store::outbox::ALL
+            );
+            c.prepare(&sql)?
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect()
         })
         .await
     }

@@ -177,6 +177,7 @@ pub async fn run(
         store,
         changes_seq: 0,
         changes_floor: 0,
+        sent_seq: 0,
         rates: Vec::new(),
         reported: Instant::now() - REPORT_EVERY,
         streamed: false,
@@ -227,6 +228,10 @@ struct Mirror {
     changes_seq: i64,
     /// PostgreSQL has no change numbered below this.
     changes_floor: i64,
+    /// Every entry numbered up to this was sent (and acknowledged to the writer) in this
+    /// session. Its acknowledgement waits in the writer's queue behind the watchers' ops,
+    /// a while during an initial sync; reading past it keeps an entry from going twice.
+    sent_seq: i64,
     /// (when, rows) of recent commits, for rows/s.
     rates: Vec<(Instant, u64)>,
     reported: Instant,
@@ -274,6 +279,9 @@ impl Mirror {
         self.report(true).await?;
         self.changes_seq = pg.changes_seq().await?;
         self.changes_floor = 0;
+        // A new session reads every entry again: one sent by a session that failed before
+        // its commit is still owed.
+        self.sent_seq = 0;
         let changes = tables::get("changes").expect("changes are mirrored");
         let (_, _, max) = self.duck()?.changes_after(changes, i64::MAX, 1).await?;
         if max.unwrap_or(0) < self.changes_seq {
@@ -353,15 +361,16 @@ impl Mirror {
             if cancel.is_cancelled() {
                 return Ok(());
             }
-            let owed = self.duck()?.outbox(OUTBOX_BATCH).await?;
+            let owed = self.duck()?.outbox(OUTBOX_BATCH, self.sent_seq).await?;
             let changes = self.send_changes(pg).await?;
-            if owed.is_empty() {
+            let Some(last) = owed.iter().map(|r| r.seq).max() else {
                 if changes == 0 {
                     return Ok(());
                 }
                 continue;
-            }
+            };
             self.send_owed(pg, owed).await?;
+            self.sent_seq = last;
         }
     }
 
@@ -660,19 +669,20 @@ impl Mirror {
                 };
                 let mut differ = 0;
                 let mut wanted = duck::Wanted::new();
+                // A key the outbox owes is sent when the outbox is drained, as it is then:
+                // sending it here too would send it twice (the first load, while the
+                // initial sync fills the outbox, would cost double).
+                let owed = self.duck()?.owed_keys(m, self.cfg.objects).await?;
                 for ctx in &contexts {
                     let here = self.duck()?.versions(m, ctx.clone()).await?;
                     let there = pg.versions(m, ctx).await?;
                     let keys: HashSet<String> = here
                         .iter()
                         .filter(|(k, v)| !versioned || there.get(*k) != Some(*v))
-                        .map(|(k, _)| k.1.clone())
-                        .chain(
-                            there
-                                .keys()
-                                .filter(|k| !here.contains_key(*k))
-                                .map(|k| k.1.clone()),
-                        )
+                        .map(|(k, _)| k)
+                        .chain(there.keys().filter(|k| !here.contains_key(*k)))
+                        .filter(|k| !owed.contains(*k))
+                        .map(|k| k.1.clone())
                         .collect();
                     if keys.is_empty() {
                         continue;

@@ -144,7 +144,11 @@ impl Env {
             .arg("--socket")
             .arg(socket)
             .arg("--log-level")
-            .arg("info,kq_daemon=debug")
+            // KQ_E2E_LOG_LEVEL sets another filter for a run that needs to see more (the
+            // writer's batches are at trace level).
+            .arg(
+                std::env::var("KQ_E2E_LOG_LEVEL").unwrap_or_else(|_| "info,kq_daemon=debug".into()),
+            )
             .env_remove("KUBECONFIG")
             // The image cache and docker config live under the test's HOME, never the user's.
             .env_remove("XDG_CACHE_HOME")
