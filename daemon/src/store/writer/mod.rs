@@ -407,8 +407,16 @@ impl Writer {
         self.conn.execute_batch("BEGIN TRANSACTION")?;
         let result = f(self).and_then(|v| {
             // What the transaction owes the mirror commits with it, or not at all.
+            let t = Instant::now();
             self.write_outbox()?;
+            let outbox_ms = t.elapsed().as_millis() as u64;
+            let t = Instant::now();
             self.conn.execute_batch("COMMIT")?;
+            tracing::trace!(
+                outbox_ms,
+                commit_ms = t.elapsed().as_millis() as u64,
+                "committed"
+            );
             Ok(v)
         });
         match result {
