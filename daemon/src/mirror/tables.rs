@@ -72,7 +72,6 @@ impl Mirrored {
 
     /// The columns staged for PostgreSQL, in order: the added `cluster_id`, then the
     /// catalog's.
-
     pub fn staged_columns(&self) -> Vec<(&'static str, &'static str)> {
         let mut v = Vec::with_capacity(self.table.columns.len() + 1);
         if self.adds_cluster_id {
