@@ -154,9 +154,34 @@ pub struct Running {
 pub struct Cancel(Arc<Mutex<Option<Arc<InterruptHandle>>>>);
 
 impl Cancel {
+    /// Interrupts the query, and keeps interrupting it every 20 ms until it has ended.
+    /// DuckDB clears a connection's interrupt when a statement begins executing, so one
+    /// that lands between `prepare` and the start of execution (a busy machine widens that
+    /// window) would be lost, and a long query would run on with nobody waiting for it.
     pub fn cancel(&self) {
-        if let Some(h) = self.0.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
-            h.interrupt();
+        if !self.interrupt() {
+            return;
+        }
+        let again = self.clone();
+        std::thread::spawn(move || {
+            loop {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                if !again.interrupt() {
+                    break;
+                }
+            }
+        });
+    }
+
+    /// Interrupts the query if it is still running; the lock keeps `finish` (after which
+    /// the connection may serve another query) from passing in between.
+    fn interrupt(&self) -> bool {
+        match self.0.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            Some(h) => {
+                h.interrupt();
+                true
+            }
+            None => false,
         }
     }
 
