@@ -460,11 +460,11 @@ impl Pg {
                 // A versioned row is what its resourceVersion says: comparing that and the
                 // small columns skips a replayed row without reading back (and
                 // decompressing) the stored JSON, which a changed row would rewrite anyway.
-                let compared: Vec<&String> = not_key
+                let compared: Vec<String> = staged
                     .iter()
-                    .zip(staged.iter().filter(|(c, _)| !m.key.contains(c)))
-                    .filter(|(_, (_, ty))| !(m.versioned() && *ty == "JSON"))
-                    .map(|(c, _)| c)
+                    .filter(|(c, _)| !m.key.contains(c))
+                    .filter(|(_, ty)| !(m.versioned() && *ty == "JSON"))
+                    .map(|(c, _)| ident(c))
                     .collect();
                 let old: Vec<String> = compared.iter().map(|c| format!("t.{c}")).collect();
                 let new: Vec<String> = compared.iter().map(|c| format!("excluded.{c}")).collect();

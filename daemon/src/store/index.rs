@@ -182,13 +182,13 @@ impl Index {
             entry.shape = o.shape;
         }
         map.insert(key, entry);
-        match (seen, old) {
-            (Seen::New, _) => self.bump(ctx, res, 1),
-            (Seen::Changed, Some(o)) if o.resource != res => {
+        match old {
+            None => self.bump(ctx, res, 1),
+            Some(o) if o.resource != res => {
                 self.bump(ctx, o.resource, -1);
                 self.bump(ctx, res, 1);
             }
-            _ => {}
+            Some(_) => {}
         }
         seen
     }

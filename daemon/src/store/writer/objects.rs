@@ -157,6 +157,21 @@ fn diff_kind(kind: Kind, rows: &ObjectRows) -> &str {
 }
 
 /// Puts a diff into its `changes` row.
+/// The Secret keys of (context, uid) whose values changed in this batch, taken out of
+/// `hidden`. Almost every batch has none, and then nothing is allocated for the lookup.
+fn take_hidden(
+    hidden: &mut HashMap<(String, String), Vec<serde_json::Value>>,
+    ctx: &str,
+    uid: &str,
+) -> Vec<serde_json::Value> {
+    if hidden.is_empty() {
+        return Vec::new();
+    }
+    hidden
+        .remove(&(ctx.to_string(), uid.to_string()))
+        .unwrap_or_default()
+}
+
 fn set_diff(change: &mut Row, d: &crate::diff::Diff) {
     let at = diff_at();
     change[at] = Value::Text(d.json());
@@ -277,9 +292,11 @@ impl Writer {
                             let before = self.index.swap_shape(ctx, uid, shape);
                             if shape != 0 {
                                 if before == shape {
-                                    let key = (ctx.to_string(), uid.clone());
-                                    let d = crate::diff::Diff::default()
-                                        .with_hidden(hidden.remove(&key).unwrap_or_default());
+                                    let d = crate::diff::Diff::default().with_hidden(take_hidden(
+                                        &mut hidden,
+                                        ctx,
+                                        uid,
+                                    ));
                                     set_diff(&mut change, &d);
                                 } else {
                                     modified.push((changes.len(), ctx, uid, r));
@@ -311,7 +328,7 @@ impl Writer {
                         continue;
                     };
                     if let Some(d) = crate::diff::diff(diff_kind(kind, r), before, after) {
-                        let d = d.with_hidden(hidden.remove(&key).unwrap_or_default());
+                        let d = d.with_hidden(take_hidden(&mut hidden, ctx, uid));
                         set_diff(&mut changes[i], &d);
                     }
                 }
