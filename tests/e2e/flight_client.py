@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Query kqd with a Flight SQL client that is not kq: pyarrow.flight over grpc+unix.
 
-Usage: flight_client.py SOCKET SQL
-Prints the result as CSV on stdout. pyarrow has a Flight client but no Flight SQL helpers,
+Usage: flight_client.py SOCKET SQL [--plan-only]
+Prints the result as CSV on stdout. With --plan-only it asks for the FlightInfo and leaves
+without fetching, as a client killed between GetFlightInfo and DoGet would. pyarrow has a Flight client but no Flight SQL helpers,
 so the CommandStatementQuery message is encoded here by hand (it is two protobuf fields).
 """
 import sys
@@ -38,6 +39,9 @@ def main() -> int:
     # No options: gRPC C++ sends the socket path as the HTTP/2 :authority, and kqd takes it.
     client = flight.connect(f"grpc+unix://{socket}")
     info = client.get_flight_info(flight.FlightDescriptor.for_command(statement_query(sql)))
+    if "--plan-only" in sys.argv[3:]:
+        client.close()
+        return 0
     tables = [client.do_get(ep.ticket).read_all() for ep in info.endpoints]
     for t in tables:
         pcsv.write_csv(t, sys.stdout.buffer)

@@ -9,7 +9,7 @@ mod prepared;
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use arrow_flight::decode::FlightRecordBatchStream;
 use arrow_flight::encode::FlightDataEncoderBuilder;
@@ -43,7 +43,14 @@ use prepared::Prepared;
 /// Queries parked between GetFlightInfo and DoGet are dropped (and interrupted) after this.
 const PARK_TIMEOUT: Duration = Duration::from_secs(60);
 
-type Parked = Arc<Mutex<HashMap<Vec<u8>, (Instant, Running)>>>;
+/// Queries that have answered GetFlightInfo and wait for their DoGet, by ticket handle.
+type Parked = Arc<Mutex<HashMap<Vec<u8>, ParkedQuery>>>;
+
+/// A parked query and the task that cancels it if nobody redeems its ticket.
+struct ParkedQuery {
+    running: Running,
+    expiry: tokio::task::AbortHandle,
+}
 
 /// kqd's Flight SQL service.
 #[derive(Clone)]
@@ -86,17 +93,31 @@ impl KqFlightSql {
         };
         let schema = running.schema.clone();
         let handle = uuid_bytes();
-        {
-            let mut parked = self.parked.lock().unwrap_or_else(|e| e.into_inner());
-            parked.retain(|_, (at, r)| {
-                let keep = at.elapsed() < PARK_TIMEOUT;
-                if !keep {
-                    r.cancel.cancel();
-                }
-                keep
-            });
-            parked.insert(handle.clone(), (Instant::now(), running));
-        }
+        // DuckDB answers GetFlightInfo as soon as the plan is ready and runs the query on in
+        // the background, so a parked query is cancelled as soon as the connection that
+        // planned it closes (a client killed before its DoGet), or when its ticket expires.
+        // Waiting for the next GetFlightInfo to notice would leave it burning every core.
+        let parked = self.parked.clone();
+        let key = handle.clone();
+        let expiry = tokio::spawn(async move {
+            tokio::select! {
+                _ = gone.cancelled() => {}
+                _ = tokio::time::sleep(PARK_TIMEOUT) => {}
+            }
+            let left = parked
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&key);
+            if let Some(p) = left {
+                tracing::debug!("a planned query was never fetched; cancelling it");
+                p.running.cancel.cancel();
+            }
+        })
+        .abort_handle();
+        self.parked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(handle.clone(), ParkedQuery { running, expiry });
         let ticket = TicketStatementQuery {
             statement_handle: handle.into(),
         };
@@ -280,7 +301,7 @@ impl FlightSqlService for KqFlightSql {
         ticket: TicketStatementQuery,
         _request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
-        let (_, running) = self
+        let ParkedQuery { running, expiry } = self
             .parked
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -288,6 +309,7 @@ impl FlightSqlService for KqFlightSql {
             .ok_or_else(|| {
                 Status::not_found("unknown or expired ticket: call GetFlightInfo again")
             })?;
+        expiry.abort();
         let Running {
             schema,
             batches,

@@ -240,6 +240,42 @@ async fn a_flight_sql_client_that_is_not_kq_can_query() {
     assert_eq!(got, "\"context\",\"pods\"\n\"sim-1\",15\n\"sim-2\",15\n");
 }
 
+/// DuckDB answers GetFlightInfo once the plan is ready and runs the query on in the
+/// background; a client that leaves before its DoGet must not leave it running.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_plans_and_leaves_before_fetching_cancels_its_query() {
+    let env = Env::start(1, 5).await;
+    let kqd = env.kqd().await;
+    env.wait_pods_synced(Duration::from_secs(30)).await;
+    let dir = std::env::var("CARGO_MANIFEST_DIR").unwrap_or(env!("CARGO_MANIFEST_DIR").into());
+    let out = std::process::Command::new("python3")
+        .arg(format!("{dir}/flight_client.py"))
+        .arg(&env.socket)
+        .arg("select sum(a.range * b.range) from range(100000000) a, range(100000) b")
+        .arg("--plan-only")
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "pyarrow client failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || kqd
+            .log()
+            .lines()
+            .any(|l| l.contains("query cancelled: the client went away")
+                && l.contains("range(100000000)")))
+        .await,
+        "kqd kept running the query: {}",
+        kqd.log()
+    );
+    assert_eq!(
+        env.csv("select count(*) from pods").await.unwrap(),
+        "count_star()\n5\n"
+    );
+}
+
 /// Python's ADBC Flight SQL driver, as it comes: no option beyond the URI.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_adbc_driver_lists_describes_binds_fetches_and_is_refused_writes() {
