@@ -14,6 +14,9 @@ use crate::query::Engine;
 use crate::reload;
 use crate::store::{Op, Opened, Store};
 
+/// How long clients still reading a response get once kqd begins to stop.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Why kqd could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -104,16 +107,34 @@ pub async fn run(
         watchers.clone(),
     ));
 
-    let engine = Arc::new(Engine::new(store.clone()));
+    let engine = Engine::new(store.clone(), shutdown.clone());
     let service = FlightServiceServer::new(KqFlightSql::new(engine))
         .max_decoding_message_size(64 << 20)
         .max_encoding_message_size(64 << 20);
     let stop = shutdown.clone();
-    let serve = tonic::transport::Server::builder()
+    let graceful = tonic::transport::Server::builder()
         .add_service(service)
         .serve_with_incoming_shutdown(crate::socket::incoming(listener), async move {
             stop.cancelled().await
         });
+    // Queries and followers end when kqd stops; a client that stops reading mid-response
+    // gets `SHUTDOWN_GRACE`, then its connection is closed.
+    let stop = shutdown.clone();
+    let serve = async move {
+        tokio::select! {
+            r = graceful => r,
+            _ = async {
+                stop.cancelled().await;
+                tokio::time::sleep(SHUTDOWN_GRACE).await;
+            } => {
+                tracing::warn!(
+                    grace_secs = SHUTDOWN_GRACE.as_secs(),
+                    "clients still connected after the grace period; closing their connections"
+                );
+                Ok(())
+            }
+        }
+    };
     tokio::pin!(serve);
     // The socket listens already (bound above, or passed by systemd).
     crate::notify::ready();

@@ -2,6 +2,8 @@
 //! refused unless it only reads (or exports with COPY … TO), inside a read-only transaction
 //! that is always rolled back. Results stream as Arrow record batches.
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use duckdb::arrow::datatypes::SchemaRef;
@@ -9,6 +11,7 @@ use duckdb::arrow::record_batch::RecordBatch;
 use duckdb::types::Value;
 use duckdb::{Connection, InterruptHandle};
 use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 
 use crate::store::Store;
 
@@ -21,6 +24,14 @@ pub enum QueryError {
     Sql(String),
     #[error("internal error: {0}")]
     Internal(String),
+    /// kqd is stopping: the query was refused or cut short, not wrong.
+    #[error("{0}")]
+    Stopping(String),
+}
+
+/// The error of a query refused or cut short because kqd is stopping.
+pub fn stopping() -> QueryError {
+    QueryError::Stopping(kq_schema::follow::SHUTTING_DOWN.to_string())
 }
 
 /// Statements that only read. `COPY` is allowed only as `COPY (query) TO …`.
@@ -151,9 +162,21 @@ pub struct Running {
 /// Stops a running query. It only ever interrupts the query it was made for: once that
 /// query has ended, its connection goes back to the pool and cancelling does nothing.
 #[derive(Clone)]
-pub struct Cancel(Arc<Mutex<Option<Arc<InterruptHandle>>>>);
+pub struct Cancel {
+    handle: Arc<Mutex<Option<Arc<InterruptHandle>>>>,
+    /// Set when kqd's shutdown cancelled the query, so the client is told so instead of
+    /// reading a cut-short result as a whole one.
+    shutdown: Arc<AtomicBool>,
+}
 
 impl Cancel {
+    fn new(handle: Arc<InterruptHandle>) -> Cancel {
+        Cancel {
+            handle: Arc::new(Mutex::new(Some(handle))),
+            shutdown: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
     /// Interrupts the query, and keeps interrupting it every 20 ms until it has ended.
     /// DuckDB clears a connection's interrupt when a statement begins executing, so one
     /// that lands between `prepare` and the start of execution (a busy machine widens that
@@ -173,10 +196,26 @@ impl Cancel {
         });
     }
 
+    /// Cancels the query because kqd is stopping.
+    fn shut_down(&self) {
+        self.shutdown.store(true, Ordering::SeqCst);
+        self.cancel();
+    }
+
+    /// Whether kqd's shutdown cancelled the query.
+    pub fn by_shutdown(&self) -> bool {
+        self.shutdown.load(Ordering::SeqCst)
+    }
+
     /// Interrupts the query if it is still running; the lock keeps `finish` (after which
     /// the connection may serve another query) from passing in between.
     fn interrupt(&self) -> bool {
-        match self.0.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+        match self
+            .handle
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
             Some(h) => {
                 h.interrupt();
                 true
@@ -186,7 +225,7 @@ impl Cancel {
     }
 
     fn finish(&self) {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        *self.handle.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
 }
 
@@ -205,10 +244,15 @@ fn is_interrupt(e: &QueryError) -> bool {
     matches!(e, QueryError::Sql(m) if m.contains("INTERRUPT") || m.contains("nterrupted"))
 }
 
-/// Hands out read connections, reusing idle ones.
+/// Hands out read connections, reusing idle ones, and cancels the queries still running
+/// when kqd stops (a long query, or a client that stopped reading, would otherwise hold the
+/// shutdown until systemd kills kqd).
 pub struct Engine {
     store: Arc<Store>,
     idle: Mutex<Vec<Reader>>,
+    running: Mutex<HashMap<u64, Cancel>>,
+    next: AtomicU64,
+    stopping: CancellationToken,
 }
 
 /// A read connection and the generation of the store's health its session variables show.
@@ -230,11 +274,39 @@ impl Engine {
         &self.store
     }
 
-    pub fn new(store: Arc<Store>) -> Engine {
-        Engine {
+    /// An engine over `store` whose running queries are cancelled when `stopping` fires;
+    /// from then on, new queries are refused. Call from within a Tokio runtime.
+    pub fn new(store: Arc<Store>, stopping: CancellationToken) -> Arc<Engine> {
+        let engine = Arc::new(Engine {
             store,
             idle: Mutex::new(Vec::new()),
-        }
+            running: Mutex::new(HashMap::new()),
+            next: AtomicU64::new(0),
+            stopping: stopping.clone(),
+        });
+        let weak = Arc::downgrade(&engine);
+        tokio::spawn(async move {
+            stopping.cancelled().await;
+            if let Some(engine) = weak.upgrade() {
+                let running: Vec<Cancel> = engine.running().drain().map(|(_, c)| c).collect();
+                if !running.is_empty() {
+                    tracing::info!(queries = running.len(), "cancelling running queries");
+                }
+                for c in running {
+                    c.shut_down();
+                }
+            }
+        });
+        engine
+    }
+
+    /// Fires when kqd begins to stop.
+    pub fn stopping(&self) -> &CancellationToken {
+        &self.stopping
+    }
+
+    fn running(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Cancel>> {
+        self.running.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn connection(&self) -> Result<Reader, QueryError> {
@@ -290,6 +362,9 @@ impl Engine {
         params: Vec<Value>,
     ) -> Result<Running, QueryError> {
         let class = classify(&sql)?;
+        if self.stopping.is_cancelled() {
+            return Err(stopping());
+        }
         let conn = self.connection()?;
         match class {
             Class::Read => {}
@@ -308,12 +383,20 @@ impl Engine {
         }
         let (schema_tx, schema_rx) = oneshot::channel();
         let (batch_tx, batch_rx) = mpsc::channel(4);
-        let cancel = Cancel(Arc::new(Mutex::new(Some(conn.interrupt_handle()))));
+        let cancel = Cancel::new(conn.interrupt_handle());
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        self.running().insert(id, cancel.clone());
+        // Registered before this check, so a shutdown that began meanwhile either finds the
+        // query in `running` or is seen here.
+        if self.stopping.is_cancelled() {
+            cancel.shut_down();
+        }
         let engine = self.clone();
         let thread_cancel = cancel.clone();
         tokio::task::spawn_blocking(move || {
-            let clean = run_blocking(&conn, &sql, &params, schema_tx, batch_tx);
+            let clean = run_blocking(&conn, &sql, &params, &thread_cancel, schema_tx, batch_tx);
             thread_cancel.finish();
+            engine.running().remove(&id);
             // Only a connection that ended cleanly, with its transaction rolled back, is
             // reused; any other is dropped.
             if clean && conn.execute_batch("ROLLBACK").is_ok() {
@@ -340,6 +423,7 @@ fn run_blocking(
     conn: &Connection,
     sql: &str,
     params: &[Value],
+    cancel: &Cancel,
     schema_tx: oneshot::Sender<Result<SchemaRef, QueryError>>,
     batch_tx: mpsc::Sender<Result<RecordBatch, QueryError>>,
 ) -> bool {
@@ -358,9 +442,14 @@ fn run_blocking(
     let stream = match stmt.stream_arrow(duckdb::params_from_iter(params)) {
         Ok(s) => s,
         Err(e) => {
-            let e = sql_error(e);
+            let mut e = sql_error(e);
             if is_interrupt(&e) {
-                tracing::info!(sql, "query cancelled: the client went away");
+                if cancel.by_shutdown() {
+                    tracing::info!(sql, "query cancelled: kqd is shutting down");
+                    e = stopping();
+                } else {
+                    tracing::info!(sql, "query cancelled: the client went away");
+                }
             }
             let _ = schema_tx.send(Err(e));
             return false;
@@ -373,6 +462,12 @@ fn run_blocking(
         let item = batch.map_err(sql_error);
         let interrupted = item.as_ref().err().is_some_and(is_interrupt);
         let failed = item.is_err();
+        // The reader tells its client why the batches stopped (`Cancel::by_shutdown`):
+        // sending it here could block on a client that stopped reading.
+        if interrupted && cancel.by_shutdown() {
+            tracing::info!(sql, "query cancelled: kqd is shutting down");
+            return false;
+        }
         // A closed channel means the client went away; stop here.
         if batch_tx.is_closed() || interrupted {
             tracing::info!(sql, "query cancelled: the client went away");

@@ -8,6 +8,10 @@
 //!   tables of interest (none: all). Each commit that wrote one of them streams one row,
 //!   `tables`, the comma-separated names of the tables it wrote.
 
+/// The message of the `UNAVAILABLE` status that ends a query or a follow stream because
+/// kqd is stopping (a shutdown, not a failure of the query).
+pub const SHUTTING_DOWN: &str = "kqd is shutting down";
+
 /// The `Any` type URL of a follow request.
 pub const FOLLOW_INCIDENTS: &str = "type.googleapis.com/kq.FollowIncidents";
 

@@ -21,6 +21,8 @@ pub enum ClientError {
         "kqd is not running at {socket} — start it with `kqd` (or `systemctl --user start kqd`): {reason}"
     )]
     NotRunning { socket: PathBuf, reason: String },
+    #[error("kqd stopped ({0}); run it again once kqd is back")]
+    Stopped(String),
     #[error(
         "kqd at {socket} refused the connection: it belongs to another user (uid {owner}; you are uid {uid}); run your own kqd, or pass --socket"
     )]
@@ -41,7 +43,9 @@ impl ClientError {
     /// 2 when kqd cannot be reached, 1 for everything else.
     pub fn exit_code(&self) -> i32 {
         match self {
-            ClientError::NotRunning { .. } | ClientError::OtherUser { .. } => 2,
+            ClientError::NotRunning { .. }
+            | ClientError::OtherUser { .. }
+            | ClientError::Stopped(_) => 2,
             _ => 1,
         }
     }
@@ -50,6 +54,9 @@ impl ClientError {
         match s.code() {
             tonic::Code::InvalidArgument => ClientError::Sql(s.message().to_string()),
             tonic::Code::PermissionDenied => ClientError::ReadOnly(s.message().to_string()),
+            tonic::Code::Unavailable if s.message() == kq_schema::follow::SHUTTING_DOWN => {
+                ClientError::Stopped(s.message().to_string())
+            }
             tonic::Code::Unavailable => unreachable(socket, s.message().to_string()),
             // kqd closes a connection from another user as soon as it accepts it, which
             // tonic reports as a bare transport error.

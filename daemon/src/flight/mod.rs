@@ -30,7 +30,7 @@ use arrow_flight::{
 };
 use duckdb::arrow::datatypes::Schema;
 use duckdb::types::Value;
-use futures::{Stream, TryStreamExt as _};
+use futures::{Stream, StreamExt as _, TryStreamExt as _};
 use prost::Message as _;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -133,12 +133,33 @@ impl KqFlightSql {
 }
 
 impl KqFlightSql {
+    /// A follow stream that ends, telling its client why, when kqd stops: followers never
+    /// end by themselves, and would hold the shutdown open.
+    fn until_stopping<S>(
+        &self,
+        stream: S,
+    ) -> impl Stream<Item = Result<duckdb::arrow::record_batch::RecordBatch, FlightError>> + Send + 'static
+    where
+        S: Stream<Item = Result<duckdb::arrow::record_batch::RecordBatch, FlightError>>
+            + Send
+            + 'static,
+    {
+        let stop = self.engine.stopping().clone().cancelled_owned();
+        let why = futures::stream::once(async {
+            Err(FlightError::Tonic(Box::new(to_status(
+                crate::query::stopping(),
+            ))))
+        });
+        stream.take_until(stop).chain(why)
+    }
+
     fn follow_incidents(&self, request: &[u8]) -> Result<Response<DoGetStream>, Status> {
         let filter = kq_schema::follow::FollowIncidents::decode(request)
             .map_err(Status::invalid_argument)?;
         let store = self.engine.store().clone();
         let schema = store.incidents_schema.clone();
         let rx = store.follow_incidents();
+        tracing::debug!("a client follows incidents");
         let stream =
             futures::stream::unfold((rx, store, filter), |(mut rx, store, filter)| async move {
                 loop {
@@ -166,7 +187,7 @@ impl KqFlightSql {
                     }
                 }
             });
-        Ok(Response::new(encode(schema, stream)))
+        Ok(Response::new(encode(schema, self.until_stopping(stream))))
     }
 
     fn follow_commits(&self, request: &[u8]) -> Result<Response<DoGetStream>, Status> {
@@ -181,6 +202,7 @@ impl KqFlightSql {
             false,
         )]));
         let rx = self.engine.store().follow_commits();
+        tracing::debug!("a client follows commits");
         let out = schema.clone();
         let stream = futures::stream::unfold((rx, filter), move |(mut rx, filter)| {
             let schema = out.clone();
@@ -203,7 +225,7 @@ impl KqFlightSql {
                 }
             }
         });
-        Ok(Response::new(encode(schema, stream)))
+        Ok(Response::new(encode(schema, self.until_stopping(stream))))
     }
 }
 
@@ -220,6 +242,7 @@ pub fn to_status(e: QueryError) -> Status {
         QueryError::Sql(m) => Status::invalid_argument(m),
         QueryError::ReadOnly(m) => Status::permission_denied(m),
         QueryError::Internal(m) => Status::internal(m),
+        QueryError::Stopping(m) => Status::unavailable(m),
     }
 }
 
@@ -316,12 +339,22 @@ impl FlightSqlService for KqFlightSql {
             cancel,
         } = running;
         let guard = CancelOnDrop(cancel);
-        let stream = futures::stream::unfold((batches, guard), |(mut rx, guard)| async move {
-            let item = rx.recv().await?;
-            Some((
-                item.map_err(|e| FlightError::Tonic(Box::new(to_status(e)))),
-                (rx, guard),
-            ))
+        let stream = futures::stream::unfold(Some((batches, guard)), |state| async move {
+            let (mut rx, guard) = state?;
+            match rx.recv().await {
+                Some(item) => Some((
+                    item.map_err(|e| FlightError::Tonic(Box::new(to_status(e)))),
+                    Some((rx, guard)),
+                )),
+                // Batches that stop because kqd is stopping are not the whole result.
+                None if guard.0.by_shutdown() => Some((
+                    Err(FlightError::Tonic(Box::new(to_status(
+                        crate::query::stopping(),
+                    )))),
+                    None,
+                )),
+                None => None,
+            }
         });
         Ok(Response::new(encode(schema, stream)))
     }

@@ -62,6 +62,25 @@ impl Kqd {
         status
     }
 
+    /// Sends SIGTERM and waits up to `deadline` for kqd to exit: its status, or `None` if
+    /// it is still running (it is then killed when dropped).
+    pub async fn terminate_within(
+        &mut self,
+        deadline: std::time::Duration,
+    ) -> Option<std::process::ExitStatus> {
+        let pid =
+            rustix::process::Pid::from_raw(self.child.id() as i32).expect("a child has a pid");
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        let child = &mut self.child;
+        let mut status = None;
+        eventually(deadline, || {
+            status = child.try_wait().ok().flatten();
+            status.is_some()
+        })
+        .await;
+        status
+    }
+
     /// Sends SIGHUP (reload the config).
     pub fn hangup(&self) {
         let pid =

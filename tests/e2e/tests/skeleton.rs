@@ -359,6 +359,52 @@ async fn sigterm_flushes_closes_and_removes_the_socket() {
     assert!(eventually(Duration::from_secs(1), || !sock.exists()).await);
 }
 
+/// A long query and a follower must not hold kqd's shutdown open (systemd would wait, then
+/// kill it): both end at once, and their clients are told why.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_ends_running_queries_and_followers_and_tells_their_clients() {
+    let env = Env::start(1, 5).await;
+    let mut kqd = env.kqd().await;
+    env.wait_pods_synced(Duration::from_secs(30)).await;
+    let kq = |args: &[&str]| {
+        std::process::Command::new(kq_e2e::bin("kq"))
+            .arg("--socket")
+            .arg(&env.socket)
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let query = kq(&[
+        "-c",
+        "select sum(a.range * b.range) from range(100000000) a, range(100000) b",
+    ]);
+    let follower = kq(&["incidents", "--follow"]);
+    assert!(
+        eventually(Duration::from_secs(20), || {
+            let log = kqd.log();
+            log.contains("range(100000000)") && log.contains("a client follows incidents")
+        })
+        .await,
+        "{}",
+        kqd.log()
+    );
+    // Under the 5 s after which kqd closes connections that are still open.
+    let status = kqd.terminate_within(Duration::from_secs(4)).await;
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "kqd did not stop at once ({status:?}): {}",
+        kqd.log()
+    );
+    for (what, child) in [("the query", query), ("the follower", follower)] {
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{what}: {err}");
+        assert!(err.contains("kqd is shutting down"), "{what}: {err}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_client_that_goes_away_cancels_its_query() {
     let env = Env::start(1, 5).await;
