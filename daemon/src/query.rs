@@ -164,9 +164,12 @@ pub struct Running {
 #[derive(Clone)]
 pub struct Cancel {
     handle: Arc<Mutex<Option<Arc<InterruptHandle>>>>,
-    /// Set when kqd's shutdown cancelled the query, so the client is told so instead of
-    /// reading a cut-short result as a whole one.
+    /// Set when kqd's shutdown cancelled the query.
     shutdown: Arc<AtomicBool>,
+    /// Set by the query's thread when that cancel cut the result short, so the client is
+    /// told so instead of reading part of a result as the whole (a query that ended by
+    /// itself just before the cancel landed is whole).
+    cut_short: Arc<AtomicBool>,
 }
 
 impl Cancel {
@@ -174,6 +177,7 @@ impl Cancel {
         Cancel {
             handle: Arc::new(Mutex::new(Some(handle))),
             shutdown: Arc::new(AtomicBool::new(false)),
+            cut_short: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -202,9 +206,13 @@ impl Cancel {
         self.cancel();
     }
 
-    /// Whether kqd's shutdown cancelled the query.
-    pub fn by_shutdown(&self) -> bool {
+    fn by_shutdown(&self) -> bool {
         self.shutdown.load(Ordering::SeqCst)
+    }
+
+    /// Whether kqd's shutdown cut the result short.
+    pub fn cut_short(&self) -> bool {
+        self.cut_short.load(Ordering::SeqCst)
     }
 
     /// Interrupts the query if it is still running; the lock keeps `finish` (after which
@@ -462,10 +470,11 @@ fn run_blocking(
         let item = batch.map_err(sql_error);
         let interrupted = item.as_ref().err().is_some_and(is_interrupt);
         let failed = item.is_err();
-        // The reader tells its client why the batches stopped (`Cancel::by_shutdown`):
+        // The reader tells its client why the batches stopped (`Cancel::cut_short`):
         // sending it here could block on a client that stopped reading.
         if interrupted && cancel.by_shutdown() {
             tracing::info!(sql, "query cancelled: kqd is shutting down");
+            cancel.cut_short.store(true, Ordering::SeqCst);
             return false;
         }
         // A closed channel means the client went away; stop here.

@@ -347,7 +347,7 @@ impl FlightSqlService for KqFlightSql {
                     Some((rx, guard)),
                 )),
                 // Batches that stop because kqd is stopping are not the whole result.
-                None if guard.0.by_shutdown() => Some((
+                None if guard.0.cut_short() => Some((
                     Err(FlightError::Tonic(Box::new(to_status(
                         crate::query::stopping(),
                     )))),
