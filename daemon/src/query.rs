@@ -532,4 +532,59 @@ mod tests {
         assert!(e.starts_with("read-only"), "{e}");
         assert_eq!(classify("selec 1").unwrap(), Class::Unknown);
     }
+
+    /// A query that would run for minutes.
+    const CROSS_JOIN: &str =
+        "select sum(a.range * b.range) from range(100000000) a, range(100000) b";
+
+    /// The engine over a real, migrated store in a temp dir, and what keeps it open.
+    fn engine(
+        stopping: &CancellationToken,
+    ) -> (Arc<Engine>, crate::store::Opened, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let opened = Store::open(
+            &dir.path().join("kq.duckdb"),
+            crate::store::StoreOptions::default(),
+        )
+        .unwrap();
+        let engine = Engine::new(opened.store.clone(), stopping.clone());
+        (engine, opened, dir)
+    }
+
+    /// Waits for the next item of a running query, within a deadline.
+    async fn next(r: &mut Running) -> Option<Result<RecordBatch, QueryError>> {
+        tokio::time::timeout(std::time::Duration::from_secs(20), r.batches.recv())
+            .await
+            .expect("the query answers within 20 s")
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn the_shutdown_cuts_a_running_query_short_and_refuses_new_ones() {
+        let stopping = CancellationToken::new();
+        let (engine, _opened, _dir) = engine(&stopping);
+        let mut running = engine.start(CROSS_JOIN.to_string()).await.unwrap();
+        // Before the shutdown the query is simply running: a result that ended by itself
+        // is never reported as cut short.
+        assert!(!running.cancel.cut_short());
+        stopping.cancel();
+        assert!(next(&mut running).await.is_none(), "the batches end");
+        assert!(running.cancel.cut_short(), "and are reported cut short");
+        match engine.start("select 1".to_string()).await {
+            Err(QueryError::Stopping(m)) => assert_eq!(m, kq_schema::follow::SHUTTING_DOWN),
+            Err(e) => panic!("refused for another reason: {e}"),
+            Ok(_) => panic!("a query started after the shutdown began"),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_query_that_ends_by_itself_is_whole_even_if_the_shutdown_follows() {
+        let stopping = CancellationToken::new();
+        let (engine, _opened, _dir) = engine(&stopping);
+        let mut running = engine.start("select 42 as n".to_string()).await.unwrap();
+        let batch = next(&mut running).await.unwrap().unwrap();
+        assert_eq!(batch.num_rows(), 1);
+        assert!(next(&mut running).await.is_none());
+        stopping.cancel();
+        assert!(!running.cancel.cut_short());
+    }
 }
