@@ -370,9 +370,6 @@ impl Engine {
         params: Vec<Value>,
     ) -> Result<Running, QueryError> {
         let class = classify(&sql)?;
-        if self.stopping.is_cancelled() {
-            return Err(stopping());
-        }
         let conn = self.connection()?;
         match class {
             Class::Read => {}
@@ -389,16 +386,18 @@ impl Engine {
                 return Err(read_only_error("this"));
             }
         }
-        let (schema_tx, schema_rx) = oneshot::channel();
-        let (batch_tx, batch_rx) = mpsc::channel(4);
         let cancel = Cancel::new(conn.interrupt_handle());
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         self.running().insert(id, cancel.clone());
-        // Registered before this check, so a shutdown that began meanwhile either finds the
-        // query in `running` or is seen here.
+        // Checked once registered, so a shutdown either finds the query in `running` or is
+        // seen here, and the query is refused.
         if self.stopping.is_cancelled() {
-            cancel.shut_down();
+            self.running().remove(&id);
+            self.give_back(conn);
+            return Err(stopping());
         }
+        let (schema_tx, schema_rx) = oneshot::channel();
+        let (batch_tx, batch_rx) = mpsc::channel(4);
         let engine = self.clone();
         let thread_cancel = cancel.clone();
         tokio::task::spawn_blocking(move || {

@@ -145,11 +145,7 @@ impl KqFlightSql {
             + 'static,
     {
         let stop = self.engine.stopping().clone().cancelled_owned();
-        let why = futures::stream::once(async {
-            Err(FlightError::Tonic(Box::new(to_status(
-                crate::query::stopping(),
-            ))))
-        });
+        let why = futures::stream::once(async { Err(flight_error(crate::query::stopping())) });
         stream.take_until(stop).chain(why)
     }
 
@@ -244,6 +240,11 @@ pub fn to_status(e: QueryError) -> Status {
         QueryError::Internal(m) => Status::internal(m),
         QueryError::Stopping(m) => Status::unavailable(m),
     }
+}
+
+/// A query's error as the Flight encoder carries it to the client.
+fn flight_error(e: QueryError) -> FlightError {
+    FlightError::Tonic(Box::new(to_status(e)))
 }
 
 type DoGetStream =
@@ -342,17 +343,11 @@ impl FlightSqlService for KqFlightSql {
         let stream = futures::stream::unfold(Some((batches, guard)), |state| async move {
             let (mut rx, guard) = state?;
             match rx.recv().await {
-                Some(item) => Some((
-                    item.map_err(|e| FlightError::Tonic(Box::new(to_status(e)))),
-                    Some((rx, guard)),
-                )),
+                Some(item) => Some((item.map_err(flight_error), Some((rx, guard)))),
                 // Batches that stop because kqd is stopping are not the whole result.
-                None if guard.0.cut_short() => Some((
-                    Err(FlightError::Tonic(Box::new(to_status(
-                        crate::query::stopping(),
-                    )))),
-                    None,
-                )),
+                None if guard.0.cut_short() => {
+                    Some((Err(flight_error(crate::query::stopping())), None))
+                }
                 None => None,
             }
         });

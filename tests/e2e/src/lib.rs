@@ -54,9 +54,7 @@ impl Drop for Kqd {
 impl Kqd {
     /// Sends SIGTERM and waits for a clean exit.
     pub fn terminate(mut self) -> std::process::ExitStatus {
-        let pid =
-            rustix::process::Pid::from_raw(self.child.id() as i32).expect("a child has a pid");
-        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        self.signal(rustix::process::Signal::TERM);
         let status = self.child.wait().expect("kqd exits");
         std::mem::forget(self);
         status
@@ -68,9 +66,7 @@ impl Kqd {
         &mut self,
         deadline: std::time::Duration,
     ) -> Option<std::process::ExitStatus> {
-        let pid =
-            rustix::process::Pid::from_raw(self.child.id() as i32).expect("a child has a pid");
-        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        self.signal(rustix::process::Signal::TERM);
         let child = &mut self.child;
         let mut status = None;
         eventually(deadline, || {
@@ -83,9 +79,13 @@ impl Kqd {
 
     /// Sends SIGHUP (reload the config).
     pub fn hangup(&self) {
+        self.signal(rustix::process::Signal::HUP);
+    }
+
+    fn signal(&self, signal: rustix::process::Signal) {
         let pid =
             rustix::process::Pid::from_raw(self.child.id() as i32).expect("a child has a pid");
-        let _ = rustix::process::kill_process(pid, rustix::process::Signal::HUP);
+        let _ = rustix::process::kill_process(pid, signal);
     }
 
     /// What kqd has logged so far.
@@ -195,6 +195,19 @@ impl Env {
     /// Runs `kq` with these arguments against this env's socket.
     pub async fn kq(&self, args: &[&str]) -> Output {
         self.kq_at(&self.socket, args).await
+    }
+
+    /// Starts `kq` with these arguments against this env's socket, its stdout and stderr
+    /// piped, for a test that signals it or waits on it.
+    pub fn spawn_kq(&self, args: &[&str]) -> std::process::Child {
+        Command::new(bin("kq"))
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("kq starts")
     }
 
     /// Runs `kq` with these arguments against another kqd's socket.

@@ -33,18 +33,6 @@ async fn shell(env: &Env, height: u16, extra: &[(&str, &str)]) -> Terminal {
     t
 }
 
-/// `kq` on the env's socket with `args`, its stdout and stderr piped.
-fn spawn_kq(env: &Env, args: &[&str]) -> std::process::Child {
-    std::process::Command::new(bin("kq"))
-        .arg("--socket")
-        .arg(&env.socket)
-        .args(args)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap()
-}
-
 /// Whether kqd's log shows the long cross join running.
 fn started(log: &str) -> bool {
     log.lines()
@@ -256,13 +244,10 @@ async fn output_taller_than_the_terminal_goes_through_the_pager() {
 #[tokio::test(flavor = "multi_thread")]
 async fn kq_c_exits_130_on_sigint_and_kqd_stops_the_query() {
     let (env, kqd) = synced_fleet(1, 5).await;
-    let child = spawn_kq(
-        &env,
-        &[
-            "-c",
-            "select sum(a.range * b.range) from range(300000) a, range(300000) b",
-        ],
-    );
+    let child = env.spawn_kq(&[
+        "-c",
+        "select sum(a.range * b.range) from range(300000) a, range(300000) b",
+    ]);
     // Once kqd runs the statement, kq is waiting on it (with its SIGINT handler set).
     assert!(
         eventually(Duration::from_secs(10), || started(&kqd.log())).await,
@@ -331,15 +316,12 @@ async fn watch_runs_the_query_again_when_kqd_commits_a_change_to_its_table() {
 async fn kq_watch_in_a_pipe_prints_each_new_result() {
     use std::io::BufRead as _;
     let (env, _kqd) = synced_fleet(1, 5).await;
-    let mut child = spawn_kq(
-        &env,
-        &[
-            "watch",
-            "--format",
-            "csv",
-            "select count(*) as n from pods where name like 'piped-%'",
-        ],
-    );
+    let mut child = env.spawn_kq(&[
+        "watch",
+        "--format",
+        "csv",
+        "select count(*) as n from pods where name like 'piped-%'",
+    ]);
     let (tx, rx) = std::sync::mpsc::channel();
     let stdout = child.stdout.take().unwrap();
     std::thread::spawn(move || {
@@ -383,15 +365,12 @@ async fn kq_watch_in_a_pipe_prints_each_new_result() {
 async fn a_large_result_streams_through_kq_in_flat_memory() {
     use std::io::Read as _;
     let (env, _kqd) = synced_fleet(1, 5).await;
-    let mut child = spawn_kq(
-        &env,
-        &[
-            "--format",
-            "jsonl",
-            "-c",
-            "select range as i, repeat('x', 1000) as pad from range(250000)",
-        ],
-    );
+    let mut child = env.spawn_kq(&[
+        "--format",
+        "jsonl",
+        "-c",
+        "select range as i, repeat('x', 1000) as pad from range(250000)",
+    ]);
     let pid = child.id();
     let mut stdout = child.stdout.take().unwrap();
     let reader = std::thread::spawn(move || {

@@ -364,18 +364,8 @@ async fn sigterm_ends_running_queries_and_followers_and_tells_their_clients() {
     let env = Env::start(1, 5).await;
     let mut kqd = env.kqd().await;
     env.wait_pods_synced(Duration::from_secs(30)).await;
-    let kq = |args: &[&str]| {
-        std::process::Command::new(kq_e2e::bin("kq"))
-            .arg("--socket")
-            .arg(&env.socket)
-            .args(args)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap()
-    };
-    let query = kq(&["-c", CROSS_JOIN]);
-    let follower = kq(&["incidents", "--follow"]);
+    let query = env.spawn_kq(&["-c", CROSS_JOIN]);
+    let follower = env.spawn_kq(&["incidents", "--follow"]);
     assert!(
         eventually(Duration::from_secs(20), || {
             let log = kqd.log();
@@ -406,14 +396,7 @@ async fn a_client_that_goes_away_cancels_its_query() {
     let kqd = env.kqd().await;
     env.wait_pods_synced(Duration::from_secs(30)).await;
     // A query that would run for minutes.
-    let mut client = std::process::Command::new(kq_e2e::bin("kq"))
-        .arg("--socket")
-        .arg(&env.socket)
-        .args(["-c", CROSS_JOIN])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut client = env.spawn_kq(&["-c", CROSS_JOIN]);
     let started = |log: &str| {
         log.lines()
             .any(|l| l.contains("query started") && l.contains("range(100000000)"))

@@ -156,7 +156,6 @@ fn diff_kind(kind: Kind, rows: &ObjectRows) -> &str {
     }
 }
 
-/// Puts a diff into its `changes` row.
 /// The Secret keys of (context, uid) whose values changed in this batch, taken out of
 /// `hidden`. Almost every batch has none, and then nothing is allocated for the lookup.
 fn take_hidden(
@@ -172,6 +171,7 @@ fn take_hidden(
         .unwrap_or_default()
 }
 
+/// Puts a diff into its `changes` row.
 fn set_diff(change: &mut Row, d: &crate::diff::Diff) {
     let at = diff_at();
     change[at] = Value::Text(d.json());
