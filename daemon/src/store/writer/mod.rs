@@ -140,14 +140,17 @@ impl Writer {
         conn.execute_batch(
             "CREATE SCHEMA IF NOT EXISTS kq_stage;
              CREATE OR REPLACE TABLE kq_stage.keys (context VARCHAR, uid VARCHAR, gone BOOLEAN);
+             CREATE OR REPLACE TABLE kq_stage.resource_keys (context VARCHAR, api_group VARCHAR, resource VARCHAR);
+             CREATE OR REPLACE TABLE kq_stage.context_keys (name VARCHAR);
              CREATE OR REPLACE TABLE kq_stage.owed AS SELECT * FROM main.kq_mirror_outbox LIMIT 0;",
         )?;
         let mut schemas = HashMap::new();
-        for t in Kind::ALL
-            .iter()
-            .map(|k| k.table())
-            .chain(["containers", "changes"])
-        {
+        for t in Kind::ALL.iter().map(|k| k.table()).chain([
+            "containers",
+            "changes",
+            "resources",
+            "contexts",
+        ]) {
             let schema = conn
                 .prepare(&format!("SELECT * FROM main.{t} LIMIT 0"))?
                 .query_arrow([])?
@@ -580,6 +583,7 @@ impl Writer {
         let t = Instant::now();
         self.flush(&mut b.pending)?;
         tracing::trace!(flush_ms = t.elapsed().as_millis() as u64, "flushed");
+        let t = Instant::now();
         let now = now_micros();
         // Counts come from the index, which the flush kept current.
         for (ctx, group, resource, n) in self.index.take_changed() {
@@ -596,17 +600,19 @@ impl Writer {
                 b.dirty.insert(ctx.to_string());
             }
         }
-        for name in &b.dirty {
-            self.write_context(name, now)?;
-        }
+        self.write_contexts(b.dirty.iter(), now)?;
         for key in &b.dirty_res {
             if let Some(row) = self.resources.get_mut(key) {
                 row.last_event_at = Some(now);
             }
         }
-        for key in &b.dirty_res {
-            self.write_resource(key)?;
-        }
+        self.write_resources(b.dirty_res.iter())?;
+        tracing::trace!(
+            contexts = b.dirty.len(),
+            resources = b.dirty_res.len(),
+            status_ms = t.elapsed().as_millis() as u64,
+            "wrote status rows"
+        );
         Ok(())
     }
 }
