@@ -140,8 +140,6 @@ impl Writer {
         conn.execute_batch(
             "CREATE SCHEMA IF NOT EXISTS kq_stage;
              CREATE OR REPLACE TABLE kq_stage.keys (context VARCHAR, uid VARCHAR, gone BOOLEAN);
-             CREATE OR REPLACE TABLE kq_stage.resource_keys (context VARCHAR, api_group VARCHAR, resource VARCHAR);
-             CREATE OR REPLACE TABLE kq_stage.context_keys (name VARCHAR);
              CREATE OR REPLACE TABLE kq_stage.owed AS SELECT * FROM main.kq_mirror_outbox LIMIT 0;",
         )?;
         let mut schemas = HashMap::new();

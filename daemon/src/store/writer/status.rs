@@ -27,78 +27,83 @@ pub struct ContextState {
 
 impl Writer {
     /// Rewrites the `resources` rows of these keys (a key the writer no longer holds loses
-    /// its row). One delete and one append serve the whole set: while contexts sync, every
-    /// batch touches dozens of resources, and a statement per row cost more than the batch's
-    /// own rows.
+    /// its row). Each row is one cached `UPDATE`, or an `INSERT` the first time: these rows
+    /// are rewritten in every batch, and planning a statement, or a delete and an insert,
+    /// per row cost more than the batch's own objects while contexts synced.
     pub(super) fn write_resources<'k>(
         &mut self,
-        keys: impl Iterator<Item = &'k ResKey> + Clone,
+        keys: impl Iterator<Item = &'k ResKey>,
     ) -> Result<(), StoreError> {
-        if keys.clone().next().is_none() {
+        let mut keys = keys.peekable();
+        if keys.peek().is_none() {
             return Ok(());
         }
         self.outbox.part("resources", None);
-        {
-            let mut app = self.conn.appender_to_db("resource_keys", "kq_stage")?;
-            for (ctx, group, resource) in keys.clone() {
-                app.append_row(duckdb::params![ctx, group, resource])?;
+        for key @ (ctx, group, resource) in keys {
+            let Some(row) = self.resources.get(key) else {
+                self.conn
+                    .prepare_cached(
+                        "DELETE FROM main.resources
+                          WHERE context = ? AND api_group = ? AND resource = ?",
+                    )?
+                    .execute([ctx, group, resource])?;
+                continue;
+            };
+            let state = Value::Text(row.state.as_str().to_string());
+            let error = row.error.clone().map_or(Value::Null, Value::Text);
+            let updated = self
+                .conn
+                .prepare_cached(
+                    "UPDATE main.resources
+                        SET state = ?, error = ?, object_count = ?, last_event_at = ?, synced_at = ?
+                      WHERE context = ? AND api_group = ? AND resource = ?",
+                )?
+                .execute(duckdb::params![
+                    state,
+                    error,
+                    row.object_count,
+                    ts(row.last_event_at),
+                    ts(row.synced_at),
+                    ctx,
+                    group,
+                    resource
+                ])?;
+            if updated == 0 {
+                self.conn
+                    .prepare_cached(
+                        "INSERT INTO main.resources
+                           (context, api_group, resource, state, error, object_count, last_event_at, synced_at)
+                         VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    )?
+                    .execute(duckdb::params![
+                        ctx,
+                        group,
+                        resource,
+                        state,
+                        error,
+                        row.object_count,
+                        ts(row.last_event_at),
+                        ts(row.synced_at)
+                    ])?;
             }
-            app.flush()?;
         }
-        self.conn.execute_batch(
-            "DELETE FROM main.resources USING kq_stage.resource_keys k
-              WHERE main.resources.context = k.context AND main.resources.api_group = k.api_group
-                AND main.resources.resource = k.resource;
-             DELETE FROM kq_stage.resource_keys;",
-        )?;
-        let schema = self.schemas["resources"].clone();
-        let rows = keys
-            .filter_map(|key| self.resources.get(key).map(|row| (key, row)))
-            .map(|((ctx, group, resource), row)| {
-                by_name(&schema, "resources", |column| {
-                    Some(match column {
-                        "context" => Value::Text(ctx.clone()),
-                        "api_group" => Value::Text(group.clone()),
-                        "resource" => Value::Text(resource.clone()),
-                        "state" => Value::Text(row.state.as_str().to_string()),
-                        "error" => row.error.clone().map_or(Value::Null, Value::Text),
-                        "object_count" => Value::BigInt(row.object_count),
-                        "last_event_at" => ts(row.last_event_at),
-                        "synced_at" => ts(row.synced_at),
-                        _ => return None,
-                    })
-                })
-            })
-            .collect::<Result<Vec<Row>, _>>()?;
-        self.append("resources", rows.iter().map(Vec::as_slice))
+        Ok(())
     }
 
-    /// Rewrites the rows of these contexts, all in one delete and one append. While writes
-    /// are held, the hold's cause stands in for a context's own error: it is why the
-    /// context's rows are not current.
+    /// Writes the rows of these contexts, each as one cached statement. While writes are
+    /// held, the hold's cause stands in for a context's own error: it is why the context's
+    /// rows are not current.
     pub(super) fn write_contexts<'n>(
         &mut self,
-        names: impl Iterator<Item = &'n String> + Clone,
+        names: impl Iterator<Item = &'n String>,
         now: i64,
     ) -> Result<(), StoreError> {
-        if names.clone().next().is_none() {
+        let mut names = names.peekable();
+        if names.peek().is_none() {
             return Ok(());
         }
         self.outbox.part("contexts", None);
-        {
-            let mut app = self.conn.appender_to_db("context_keys", "kq_stage")?;
-            for name in names.clone() {
-                app.append_row([name])?;
-            }
-            app.flush()?;
-        }
-        self.conn.execute_batch(
-            "DELETE FROM main.contexts USING kq_stage.context_keys k WHERE main.contexts.name = k.name;
-             DELETE FROM kq_stage.context_keys;",
-        )?;
-        let error = self.hold.as_ref().map(|h| h.cause.to_string());
-        let schema = self.schemas["contexts"].clone();
-        let mut rows = Vec::new();
+        let hold = self.hold.as_ref().map(|h| h.cause.to_string());
         for name in names {
             let Some(row) = self.contexts.get_mut(name) else {
                 continue;
@@ -106,50 +111,48 @@ impl Writer {
             row.updated_at = now;
             let row = &*row;
             let info = &row.info;
-            rows.push(by_name(&schema, "contexts", |column| {
-                Some(match column {
-                    "name" => Value::Text(name.clone()),
-                    "cluster" => Value::Text(info.cluster.clone()),
-                    "server" => Value::Text(info.server.clone()),
-                    "user" => Value::Text(info.user.clone()),
-                    "namespace" => info.namespace.clone().map_or(Value::Null, Value::Text),
-                    "source_file" => Value::Text(info.source_file.clone()),
-                    "state" => Value::Text(row.state.as_str().to_string()),
-                    "error" => error
-                        .clone()
-                        .or_else(|| row.error.clone())
-                        .map_or(Value::Null, Value::Text),
-                    "last_event_at" => ts(row.last_event_at),
-                    "synced_at" => ts(row.synced_at),
-                    "server_version" => row.server_version.clone().map_or(Value::Null, Value::Text),
-                    "object_count" => Value::BigInt(row.object_count),
-                    "updated_at" => ts(Some(row.updated_at)),
-                    "cluster_id" => row.cluster_id.clone().map_or(Value::Null, Value::Text),
-                    "config_error" => row.config_error.clone().map_or(Value::Null, Value::Text),
-                    _ => return None,
-                })
-            })?);
+            let text = |v: &Option<String>| v.clone().map_or(Value::Null, Value::Text);
+            let values = duckdb::params![
+                info.cluster,
+                info.server,
+                info.user,
+                text(&info.namespace),
+                info.source_file,
+                row.state.as_str(),
+                text(&hold.clone().or_else(|| row.error.clone())),
+                ts(row.last_event_at),
+                ts(row.synced_at),
+                text(&row.server_version),
+                row.object_count,
+                ts(Some(row.updated_at)),
+                text(&row.cluster_id),
+                text(&row.config_error),
+                name,
+            ];
+            let updated = self
+                .conn
+                .prepare_cached(
+                    "UPDATE main.contexts
+                        SET cluster = ?, server = ?, \"user\" = ?, namespace = ?, source_file = ?,
+                            state = ?, error = ?, last_event_at = ?, synced_at = ?,
+                            server_version = ?, object_count = ?, updated_at = ?, cluster_id = ?,
+                            config_error = ?
+                      WHERE name = ?",
+                )?
+                .execute(values)?;
+            if updated == 0 {
+                self.conn
+                    .prepare_cached(
+                        "INSERT INTO main.contexts (cluster, server, \"user\", namespace, source_file,
+                            state, error, last_event_at, synced_at, server_version, object_count,
+                            updated_at, cluster_id, config_error, name)
+                         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    )?
+                    .execute(values)?;
+            }
         }
-        self.append("contexts", rows.iter().map(Vec::as_slice))
+        Ok(())
     }
-}
-
-/// A row in the table's own column order, each value named by its column, so that the
-/// order in which migrations added the columns never matters.
-fn by_name(
-    schema: &SchemaRef,
-    table: &str,
-    value: impl Fn(&str) -> Option<Value>,
-) -> Result<Row, StoreError> {
-    schema
-        .fields()
-        .iter()
-        .map(|f| {
-            value(f.name()).ok_or_else(|| {
-                StoreError::Batch(format!("the writer has no value for {table}.{}", f.name()))
-            })
-        })
-        .collect()
 }
 
 #[cfg(test)]
