@@ -143,13 +143,20 @@ async fn kq_why_lists_the_workloads_image_change_first() {
     let _kqd = env.kqd().await;
     env.wait_pods_synced(Duration::from_secs(30)).await;
     let (ns, name, container, _) = a_deployment(&env);
-    // A pod of that Deployment (through its ReplicaSet), and its container.
-    let pods = env
-        .csv(&format!(
-            "select p.name, c.name from pod_controllers pc join pods p on p.uid = pc.pod_uid join containers c on c.pod_uid = p.uid where pc.top_kind = 'Deployment' and pc.top_name = '{name}' and p.namespace = '{ns}' order by 1 limit 1"
-        ))
-        .await
-        .unwrap();
+    // A pod of that Deployment (through its ReplicaSet), and its container. The pods being
+    // synced says nothing of the ReplicaSets and Deployments the chain goes through, which
+    // other watchers list: wait for the chain.
+    let sql = format!(
+        "select p.name, c.name from pod_controllers pc join pods p on p.uid = pc.pod_uid join containers c on c.pod_uid = p.uid where pc.top_kind = 'Deployment' and pc.top_name = '{name}' and p.namespace = '{ns}' order by 1 limit 1"
+    );
+    assert!(
+        kq_e2e::eventually_async(Duration::from_secs(10), || async {
+            env.csv(&sql).await.is_ok_and(|c| c.lines().count() == 2)
+        })
+        .await,
+        "no pod of Deployment {ns}/{name} in pod_controllers"
+    );
+    let pods = env.csv(&sql).await.unwrap();
     let (pod, pod_container) = pods.lines().nth(1).unwrap().split_once(',').unwrap();
     set_image(&env, &ns, &name, &container, "shop:1.5");
     diff_with(&env, "deployments", &name, "containers[0].image").await;

@@ -345,12 +345,15 @@ async fn every_pod_has_its_top_controller() {
     )
     .await
     .unwrap();
-    // The top name of a Deployment's pod is the Deployment's name.
-    let out = env
-        .csv("select count(*) as n from pod_controllers pc join deployments d on d.context = pc.context and d.namespace = pc.namespace and d.name = pc.top_name where pc.top_kind = 'Deployment'")
-        .await
-        .unwrap();
-    assert_eq!(out, format!("n\n{}\n", want["Deployment"]));
+    // The top name of a Deployment's pod is the Deployment's name. The chain above comes
+    // from the ReplicaSets' owners; the Deployments are another watcher's, so wait for them.
+    env.wait_csv(
+        "select count(*) as n from pod_controllers pc join deployments d on d.context = pc.context and d.namespace = pc.namespace and d.name = pc.top_name where pc.top_kind = 'Deployment'",
+        &format!("n\n{}\n", want["Deployment"]),
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread")]
