@@ -143,12 +143,11 @@ impl Writer {
              CREATE OR REPLACE TABLE kq_stage.owed AS SELECT * FROM main.kq_mirror_outbox LIMIT 0;",
         )?;
         let mut schemas = HashMap::new();
-        for t in Kind::ALL.iter().map(|k| k.table()).chain([
-            "containers",
-            "changes",
-            "resources",
-            "contexts",
-        ]) {
+        for t in Kind::ALL
+            .iter()
+            .map(|k| k.table())
+            .chain(["containers", "changes"])
+        {
             let schema = conn
                 .prepare(&format!("SELECT * FROM main.{t} LIMIT 0"))?
                 .query_arrow([])?

@@ -49,8 +49,17 @@ impl Writer {
                     .execute([ctx, group, resource])?;
                 continue;
             };
-            let state = Value::Text(row.state.as_str().to_string());
-            let error = row.error.clone().map_or(Value::Null, Value::Text);
+            // One list of values serves both statements: the key comes last in each.
+            let values = duckdb::params![
+                row.state.as_str(),
+                row.error,
+                row.object_count,
+                ts(row.last_event_at),
+                ts(row.synced_at),
+                ctx,
+                group,
+                resource,
+            ];
             let updated = self
                 .conn
                 .prepare_cached(
@@ -58,33 +67,15 @@ impl Writer {
                         SET state = ?, error = ?, object_count = ?, last_event_at = ?, synced_at = ?
                       WHERE context = ? AND api_group = ? AND resource = ?",
                 )?
-                .execute(duckdb::params![
-                    state,
-                    error,
-                    row.object_count,
-                    ts(row.last_event_at),
-                    ts(row.synced_at),
-                    ctx,
-                    group,
-                    resource
-                ])?;
+                .execute(values)?;
             if updated == 0 {
                 self.conn
                     .prepare_cached(
                         "INSERT INTO main.resources
-                           (context, api_group, resource, state, error, object_count, last_event_at, synced_at)
+                           (state, error, object_count, last_event_at, synced_at, context, api_group, resource)
                          VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     )?
-                    .execute(duckdb::params![
-                        ctx,
-                        group,
-                        resource,
-                        state,
-                        error,
-                        row.object_count,
-                        ts(row.last_event_at),
-                        ts(row.synced_at)
-                    ])?;
+                    .execute(values)?;
             }
         }
         Ok(())
@@ -111,22 +102,22 @@ impl Writer {
             row.updated_at = now;
             let row = &*row;
             let info = &row.info;
-            let text = |v: &Option<String>| v.clone().map_or(Value::Null, Value::Text);
+            // As for resources, one list serves both statements, the key (name) last.
             let values = duckdb::params![
                 info.cluster,
                 info.server,
                 info.user,
-                text(&info.namespace),
+                info.namespace,
                 info.source_file,
                 row.state.as_str(),
-                text(&hold.clone().or_else(|| row.error.clone())),
+                hold.as_ref().or(row.error.as_ref()),
                 ts(row.last_event_at),
                 ts(row.synced_at),
-                text(&row.server_version),
+                row.server_version,
                 row.object_count,
                 ts(Some(row.updated_at)),
-                text(&row.cluster_id),
-                text(&row.config_error),
+                row.cluster_id,
+                row.config_error,
                 name,
             ];
             let updated = self
