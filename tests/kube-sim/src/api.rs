@@ -422,7 +422,9 @@ fn list_body(rt: &ResourceType, page: &store::ListPage) -> Bytes {
     let mut md = json!({"resourceVersion": page.rv.to_string()});
     if let Some(c) = &page.continue_token {
         md["continue"] = json!(c);
-        md["remainingItemCount"] = json!(page.remaining);
+    }
+    if let Some(n) = page.remaining {
+        md["remainingItemCount"] = json!(n);
     }
     let head = format!(
         r#"{{"kind":"{}List","apiVersion":"{}","metadata":{},"items":["#,

@@ -146,6 +146,10 @@ impl FieldSelector {
         Ok(FieldSelector(reqs))
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     /// `lookup` returns the value of one of [`SUPPORTED_FIELDS`] for the object at hand.
     pub fn matches(&self, lookup: impl Fn(&str) -> String) -> bool {
         self.0
