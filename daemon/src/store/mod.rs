@@ -146,7 +146,8 @@ pub enum Op {
 pub struct StoreOptions {
     /// Ops per transaction at most.
     pub batch_max: usize,
-    /// How long a batch stays open after its first op.
+    /// The batch window: at most one commit per interval, and how long a batch waits for
+    /// more ops when the writer is behind (see `writer::batch_deadline`).
     pub batch_interval: std::time::Duration,
     /// DuckDB's memory limit, e.g. "512MB".
     pub memory_limit: String,

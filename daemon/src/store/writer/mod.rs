@@ -124,6 +124,26 @@ fn ts(v: Option<i64>) -> Value {
     v.map_or(Value::Null, |t| Value::Timestamp(TimeUnit::Microsecond, t))
 }
 
+/// Until when a batch whose first op was taken `now` waits for more ops when the channel runs
+/// empty (it takes what is queued in any case). The window coalesces ops that arrive close
+/// together into one transaction, with at most one commit per `interval`. Ops that queued
+/// while the last batch was written have already waited out that write, so holding them
+/// for a whole window again would only add to their latency; but when the channel is half
+/// full or more (`behind`: the initial sync, a storm of events), a whole window makes the
+/// larger batches that let the writer catch up.
+fn batch_deadline(
+    now: Instant,
+    closed_at: Instant,
+    interval: std::time::Duration,
+    behind: bool,
+) -> Instant {
+    if behind {
+        now + interval
+    } else {
+        (closed_at + interval).max(now)
+    }
+}
+
 impl Writer {
     /// `migrated`: the schema changed at this start, so stored rows may lack new columns.
     pub fn new(
@@ -235,6 +255,8 @@ impl Writer {
     /// Runs until every sender is gone, then checkpoints the database.
     pub fn run(mut self, mut rx: mpsc::Receiver<Op>) {
         let mut pruned_at: Option<Instant> = None;
+        // When the last batch stopped taking ops, for the next one's window.
+        let mut closed_at = Instant::now();
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_time()
             .build()
@@ -283,7 +305,12 @@ impl Writer {
             let Some(first) = first else {
                 continue;
             };
-            let deadline = Instant::now() + self.opts.batch_interval;
+            let deadline = batch_deadline(
+                Instant::now(),
+                closed_at,
+                self.opts.batch_interval,
+                rx.len() + 1 >= rx.max_capacity() / 2,
+            );
             let mut batch = vec![first];
             let mut closed = false;
             while batch.len() < self.opts.batch_max {
@@ -309,6 +336,7 @@ impl Writer {
                     }
                 }
             }
+            closed_at = Instant::now();
             self.write_batch(batch);
             if closed {
                 break;
@@ -619,6 +647,19 @@ pub(super) mod tests {
     use super::*;
     use k8s_openapi::api::core::v1::Pod;
     use serde_json::json;
+
+    #[test]
+    fn a_batch_waits_out_its_window_only_when_the_writer_is_behind_or_just_committed() {
+        let window = std::time::Duration::from_millis(50);
+        let now = Instant::now() + std::time::Duration::from_secs(10);
+        let ms = std::time::Duration::from_millis;
+        // Ops that queued during a long write, or the first op after a quiet spell, go now.
+        assert_eq!(batch_deadline(now, now - ms(200), window, false), now);
+        // Right after a short write, the window keeps commits at most one per 50 ms.
+        assert_eq!(batch_deadline(now, now - ms(20), window, false), now + ms(30));
+        // A channel half full: a whole window, for a batch large enough to catch up.
+        assert_eq!(batch_deadline(now, now - ms(200), window, true), now + window);
+    }
 
     /// A writer over a fresh, migrated database file, with what it reports to.
     pub(super) struct Fixture {

@@ -222,7 +222,15 @@ impl Writer {
         pending: &mut BTreeMap<Kind, HashMap<Key, Option<ObjectRows>>>,
     ) -> Result<(), StoreError> {
         let now = now_micros();
-        for (kind, mut objects) in std::mem::take(pending) {
+        let mut taken: Vec<(Kind, HashMap<Key, Option<ObjectRows>>)> =
+            std::mem::take(pending).into_iter().collect();
+        // The `objects` and `changes` rows of every kind go in one append each, after the
+        // loop: a batch of the initial sync holds several kinds, and each append costs a
+        // flush into DuckDB whatever its size.
+        let mut object_rows: Vec<&[Value]> = Vec::new();
+        let mut change_rows: Vec<Row> = Vec::new();
+        for (kind, objects) in taken.iter_mut() {
+            let kind = *kind;
             let table = kind.table();
             // Every upsert is observed, unchanged ones too: after a restart the relist is
             // what rebuilds the tracker's timers.
@@ -251,6 +259,7 @@ impl Writer {
                     None => {}
                 }
             }
+            let objects: &HashMap<Key, Option<ObjectRows>> = objects;
             let mut fresh: Vec<&ObjectRows> = Vec::new();
             let mut changes: Vec<Row> = Vec::new();
             // Modified objects, by the index of their `changes` row, for their diffs.
@@ -258,7 +267,7 @@ impl Writer {
             // (context, uid, gone): rows to delete, and whether the object itself is gone.
             let mut stale: Vec<(&str, &str, bool)> = Vec::new();
             let rv = positions(kind).resource_version;
-            for ((ctx, uid), rows) in &objects {
+            for ((ctx, uid), rows) in objects {
                 match rows {
                     Some(r) => {
                         let res = self.resource_id(kind, r);
@@ -333,16 +342,17 @@ impl Writer {
                     }
                 }
             }
-            self.append(table, fresh.iter().map(|r| r.row.as_slice()))?;
             if let Some((child, _)) = kind.child() {
                 let rows = fresh.iter().flat_map(|r| r.children.iter());
                 self.append(child, rows.map(Vec::as_slice))?;
             }
-            if kind != Kind::Objects {
-                let rows = fresh.iter().filter_map(|r| r.object.as_deref());
-                self.append("objects", rows)?;
+            if kind == Kind::Objects {
+                object_rows.extend(fresh.iter().map(|r| r.row.as_slice()));
+            } else {
+                self.append(table, fresh.iter().map(|r| r.row.as_slice()))?;
+                object_rows.extend(fresh.iter().filter_map(|r| r.object.as_deref()));
             }
-            self.append("changes", changes.iter().map(Vec::as_slice))?;
+            change_rows.append(&mut changes);
             for (ctx, uid) in gone {
                 self.tracker.gone(&self.conn, &ctx, &uid, now)?;
             }
@@ -360,6 +370,8 @@ impl Writer {
                 "wrote rows"
             );
         }
+        self.append("objects", object_rows.iter().copied())?;
+        self.append("changes", change_rows.iter().map(Vec::as_slice))?;
         Ok(())
     }
 
