@@ -29,6 +29,8 @@ struct Entry {
     resource: u32,
     /// A digest of what the object's diff compares (`diff::shape`); 0 until known.
     shape: u64,
+    /// A digest of the object's child rows (a pod's containers); 0 until known.
+    children: u64,
 }
 
 /// How an upserted object relates to what is stored.
@@ -96,6 +98,7 @@ impl Index {
                     version: v,
                     resource: res,
                     shape: 0,
+                    children: 0,
                 },
             );
         };
@@ -167,10 +170,13 @@ impl Index {
             version: version(rv),
             resource: res,
             shape: shape.unwrap_or(0),
+            children: 0,
         };
         let map = self.contexts.entry(ctx.clone()).or_default();
         let key = digest(uid);
         let old = map.get(&key).copied();
+        // The stored child rows stay what they were until the writer swaps their digest.
+        entry.children = old.map_or(0, |o| o.children);
         let seen = match old {
             None => Seen::New,
             Some(o) if o.version == entry.version && o.resource == res => Seen::Same,
@@ -201,6 +207,15 @@ impl Index {
             .get_mut(ctx)
             .and_then(|m| m.get_mut(&digest(uid)))
             .map_or(0, |e| std::mem::replace(&mut e.shape, shape))
+    }
+
+    /// Records the digest of an object's child rows and returns the one before (0: not
+    /// known), so that a modify that left them as they were does not rewrite them.
+    pub fn swap_children(&mut self, ctx: &str, uid: &str, children: u64) -> u64 {
+        self.contexts
+            .get_mut(ctx)
+            .and_then(|m| m.get_mut(&digest(uid)))
+            .map_or(0, |e| std::mem::replace(&mut e.children, children))
     }
 
     /// Records a Secret's value digests and returns the ones before (None: not seen by this

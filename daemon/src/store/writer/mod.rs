@@ -159,7 +159,7 @@ impl Writer {
         // every transaction, so it never holds rows between batches.
         conn.execute_batch(
             "CREATE SCHEMA IF NOT EXISTS kq_stage;
-             CREATE OR REPLACE TABLE kq_stage.keys (context VARCHAR, uid VARCHAR, gone BOOLEAN);
+             CREATE OR REPLACE TABLE kq_stage.keys (context VARCHAR, uid VARCHAR, gone BOOLEAN, children BOOLEAN);
              CREATE OR REPLACE TABLE kq_stage.owed AS SELECT * FROM main.kq_mirror_outbox LIMIT 0;",
         )?;
         let mut schemas = HashMap::new();
@@ -656,9 +656,15 @@ pub(super) mod tests {
         // Ops that queued during a long write, or the first op after a quiet spell, go now.
         assert_eq!(batch_deadline(now, now - ms(200), window, false), now);
         // Right after a short write, the window keeps commits at most one per 50 ms.
-        assert_eq!(batch_deadline(now, now - ms(20), window, false), now + ms(30));
+        assert_eq!(
+            batch_deadline(now, now - ms(20), window, false),
+            now + ms(30)
+        );
         // A channel half full: a whole window, for a batch large enough to catch up.
-        assert_eq!(batch_deadline(now, now - ms(200), window, true), now + window);
+        assert_eq!(
+            batch_deadline(now, now - ms(200), window, true),
+            now + window
+        );
     }
 
     /// A writer over a fresh, migrated database file, with what it reports to.

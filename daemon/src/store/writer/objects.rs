@@ -68,6 +68,36 @@ pub(super) fn text_at(row: &Row, i: usize) -> Option<&str> {
     }
 }
 
+/// A stored object whose rows a batch deletes: replaced by a modify, or gone.
+pub(super) struct Stale<'a> {
+    pub(super) context: &'a str,
+    pub(super) uid: &'a str,
+    /// The object itself is gone (its delete is recorded in `changes`).
+    pub(super) gone: bool,
+    /// Its child rows go too: it is gone, or its children changed.
+    pub(super) children: bool,
+}
+
+/// A digest of an object's child rows, never 0 (which the index reads as not known).
+fn rows_digest(rows: &[Row]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    rows.len().hash(&mut h);
+    for v in rows.iter().flatten() {
+        match v {
+            Value::Null => 0u8.hash(&mut h),
+            Value::Boolean(b) => (1u8, b).hash(&mut h),
+            Value::Int(n) => (2u8, n).hash(&mut h),
+            Value::BigInt(n) => (3u8, n).hash(&mut h),
+            Value::Text(t) => (4u8, t).hash(&mut h),
+            Value::Timestamp(_, n) => (5u8, n).hash(&mut h),
+            Value::Double(x) => (6u8, x.to_bits()).hash(&mut h),
+            other => (7u8, format!("{other:?}")).hash(&mut h),
+        }
+    }
+    h.finish().max(1)
+}
+
 /// The statement recording as deleted, in `changes`, the rows of `kind`'s table that
 /// `from` selects; `from` follows `FROM main.<table> m` (a join, a `WHERE`). Their `seq`
 /// numbers follow `after`.
@@ -260,12 +290,13 @@ impl Writer {
                 }
             }
             let objects: &HashMap<Key, Option<ObjectRows>> = objects;
-            let mut fresh: Vec<&ObjectRows> = Vec::new();
+            // Objects to append, and whether their child rows are appended too.
+            let mut fresh: Vec<(&ObjectRows, bool)> = Vec::new();
             let mut changes: Vec<Row> = Vec::new();
             // Modified objects, by the index of their `changes` row, for their diffs.
             let mut modified: Vec<(usize, &str, &str, &ObjectRows)> = Vec::new();
-            // (context, uid, gone): rows to delete, and whether the object itself is gone.
-            let mut stale: Vec<(&str, &str, bool)> = Vec::new();
+            // Rows to delete: whether the object itself is gone, and whether its child rows go.
+            let mut stale: Vec<Stale> = Vec::new();
             let rv = positions(kind).resource_version;
             for ((ctx, uid), rows) in objects {
                 match rows {
@@ -276,11 +307,27 @@ impl Writer {
                         let seen = self
                             .index
                             .upsert(ctx, uid, text_at(&r.row, rv), res, r.shape);
+                        if seen == Seen::Same {
+                            continue;
+                        }
+                        // A modify that left the child rows as they were (a pod's status
+                        // message, its conditions) neither deletes nor appends them.
+                        let children = match kind.child() {
+                            Some(_) => {
+                                let now = rows_digest(&r.children);
+                                self.index.swap_children(ctx, uid, now) != now
+                            }
+                            None => false,
+                        };
                         let op = match seen {
-                            Seen::Same => continue,
                             Seen::New => "add",
-                            Seen::Changed => {
-                                stale.push((ctx, uid, false));
+                            _ => {
+                                stale.push(Stale {
+                                    context: ctx,
+                                    uid,
+                                    gone: false,
+                                    children,
+                                });
                                 "modify"
                             }
                         };
@@ -314,12 +361,17 @@ impl Writer {
                         }
                         changes.push(change);
                         self.outbox.row(table, ctx, uid);
-                        fresh.push(r);
+                        fresh.push((r, children));
                     }
                     None => {
                         if self.index.remove(ctx, uid) {
                             self.outbox.row(table, ctx, uid);
-                            stale.push((ctx, uid, true));
+                            stale.push(Stale {
+                                context: ctx,
+                                uid,
+                                gone: true,
+                                children: true,
+                            });
                         }
                     }
                 }
@@ -343,14 +395,17 @@ impl Writer {
                 }
             }
             if let Some((child, _)) = kind.child() {
-                let rows = fresh.iter().flat_map(|r| r.children.iter());
+                let rows = fresh
+                    .iter()
+                    .filter(|f| f.1)
+                    .flat_map(|f| f.0.children.iter());
                 self.append(child, rows.map(Vec::as_slice))?;
             }
             if kind == Kind::Objects {
-                object_rows.extend(fresh.iter().map(|r| r.row.as_slice()));
+                object_rows.extend(fresh.iter().map(|f| f.0.row.as_slice()));
             } else {
-                self.append(table, fresh.iter().map(|r| r.row.as_slice()))?;
-                object_rows.extend(fresh.iter().filter_map(|r| r.object.as_deref()));
+                self.append(table, fresh.iter().map(|f| f.0.row.as_slice()))?;
+                object_rows.extend(fresh.iter().filter_map(|f| f.0.object.as_deref()));
             }
             change_rows.append(&mut changes);
             for (ctx, uid) in gone {
@@ -365,7 +420,7 @@ impl Writer {
                 table,
                 written = fresh.len(),
                 removed = stale.len(),
-                skipped = objects.len() - fresh.len() - stale.iter().filter(|s| s.2).count(),
+                skipped = objects.len() - fresh.len() - stale.iter().filter(|s| s.gone).count(),
                 elapsed_ms = started.elapsed().as_millis() as u64,
                 "wrote rows"
             );
@@ -382,13 +437,13 @@ impl Writer {
     pub(super) fn delete_stale(
         &mut self,
         kind: Kind,
-        stale: &[(&str, &str, bool)],
+        stale: &[Stale],
         wanted: &[(&str, &str)],
     ) -> Result<HashMap<(String, String), String>, StoreError> {
         {
             let mut keys = self.conn.appender_to_db("keys", "kq_stage")?;
-            for (ctx, uid, gone) in stale {
-                keys.append_row(duckdb::params![ctx, uid, gone])?;
+            for s in stale {
+                keys.append_row(duckdb::params![s.context, s.uid, s.gone, s.children])?;
             }
             keys.flush()?;
         }
@@ -400,7 +455,7 @@ impl Writer {
         let table = kind.table();
         // A batch of modifies deletes nothing for good: it needs no join to record deletes
         // (the join scans the whole table, which at 10 × 10k is most of a small batch's cost).
-        if stale.iter().any(|s| s.2) {
+        if stale.iter().any(|s| s.gone) {
             self.record_deletes(
                 kind,
                 "JOIN kq_stage.keys k ON m.context = k.context AND m.uid = k.uid WHERE k.gone",
@@ -408,14 +463,19 @@ impl Writer {
             )?;
         }
         let mut sql = String::new();
-        let mut targets = vec![(table, "uid")];
-        targets.extend(kind.child());
-        if kind != Kind::Objects {
-            targets.push(("objects", "uid"));
+        let mut targets = vec![(table, "uid", "")];
+        // A child table is scanned only when some of its rows go.
+        if let Some((child, fk)) = kind.child()
+            && stale.iter().any(|s| s.children)
+        {
+            targets.push((child, fk, " AND k.children"));
         }
-        for (t, fk) in targets {
+        if kind != Kind::Objects {
+            targets.push(("objects", "uid", ""));
+        }
+        for (t, fk, only) in targets {
             sql.push_str(&format!(
-                "DELETE FROM main.{t} USING kq_stage.keys k WHERE main.{t}.context = k.context AND main.{t}.{fk} = k.uid;"
+                "DELETE FROM main.{t} USING kq_stage.keys k WHERE main.{t}.context = k.context AND main.{t}.{fk} = k.uid{only};"
             ));
         }
         sql.push_str("DELETE FROM kq_stage.keys;");
@@ -507,7 +567,7 @@ impl Writer {
         {
             let mut keys = self.conn.appender_to_db("keys", "kq_stage")?;
             for uid in keep {
-                keys.append_row(duckdb::params![context, uid.as_str(), false])?;
+                keys.append_row(duckdb::params![context, uid.as_str(), false, false])?;
             }
             keys.flush()?;
         }
@@ -666,6 +726,64 @@ mod tests {
             2
         );
         assert_eq!(f.writer.index.total("test"), 1);
+    }
+
+    /// The pod `web` at resourceVersion `rv`, with one container restarted `restarts` times.
+    fn web(rv: &str, message: &str, restarts: i32) -> Op {
+        let p: k8s_openapi::api::core::v1::Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web", "namespace": "default", "uid": "uid-web", "resourceVersion": rv},
+            "spec": {"containers": [{"name": "main", "image": "nginx:1"}, {"name": "side", "image": "envoy:1"}]},
+            "status": {"phase": "Running", "message": message, "containerStatuses": [
+                {"name": "main", "image": "nginx:1", "imageID": "", "ready": true, "restartCount": restarts},
+                {"name": "side", "image": "envoy:1", "imageID": "", "ready": true, "restartCount": 0}]},
+        }))
+        .unwrap();
+        let ctx: Arc<str> = Arc::from("test");
+        Op::Upsert {
+            kind: Kind::Pods,
+            rows: crate::rows::pod(&ctx, &p),
+            context: ctx,
+        }
+    }
+
+    #[test]
+    fn a_modify_rewrites_a_pods_containers_only_when_they_changed() {
+        let mut f = fixture(StoreOptions::default());
+        let restarts = |f: &super::super::tests::Fixture| {
+            count(
+                &f.other,
+                "SELECT sum(restart_count) FROM containers WHERE pod = 'web'",
+            )
+        };
+        let containers = "SELECT count(*) FROM containers WHERE pod = 'web'";
+        f.writer.write_batch(vec![web("1", "starting", 0)]);
+        assert_eq!(count(&f.other, containers), 2);
+        // Only the status message moved: the containers stay, once each.
+        f.writer.write_batch(vec![web("2", "serving", 0)]);
+        assert_eq!(count(&f.other, containers), 2);
+        assert_eq!(
+            count(
+                &f.other,
+                "SELECT count(*) FROM pods WHERE name = 'web' AND resource_version = '2'"
+            ),
+            1
+        );
+        // A restart changes a container's row: both are rewritten, still once each.
+        f.writer.write_batch(vec![web("3", "serving", 4)]);
+        assert_eq!(count(&f.other, containers), 2);
+        assert_eq!(restarts(&f), 4);
+        // Back to the first state, after a modify that skipped them: rewritten again.
+        f.writer.write_batch(vec![web("4", "serving", 4)]);
+        f.writer.write_batch(vec![web("5", "serving", 0)]);
+        assert_eq!(count(&f.other, containers), 2);
+        assert_eq!(restarts(&f), 0);
+        // Deleted: the containers go with the pod.
+        f.writer.write_batch(vec![Op::Delete {
+            kind: Kind::Pods,
+            context: Arc::from("test"),
+            uid: "uid-web".into(),
+        }]);
+        assert_eq!(count(&f.other, containers), 0);
     }
 
     #[test]
