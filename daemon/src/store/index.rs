@@ -6,7 +6,7 @@
 //! whose resourceVersion did not change is skipped without touching the database, and the
 //! object counts per resource are kept up to date without scanning. A digest of a pod's
 //! container rows lets a modify that left them alone skip rewriting them. It holds about
-//! 40 bytes per object and no object data; for Secrets, also their per-key value digests
+//! 45 bytes per object and no object data; for Secrets, also their per-key value digests
 //! ([`SecretDigests`]), which exist only here.
 
 use std::collections::{HashMap, HashSet};
