@@ -166,5 +166,6 @@ fn object_rows(ctx: &Arc<str>, gvk: &Gvk, ar: &ApiResource, mut o: DynamicObject
         images: None,
         secret: None,
         shape: None,
+        children_digest: 0,
     }
 }

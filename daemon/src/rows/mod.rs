@@ -55,6 +55,30 @@ pub struct ObjectRows {
     pub secret: Option<Box<crate::diff::SecretDigests>>,
     /// The object's shape when the watcher could take it cheaply (`diff::text_shape`).
     pub shape: Option<u64>,
+    /// A digest of `children`, taken here on the watcher's task rather than on the writer's
+    /// thread, so that the writer tells unchanged child rows by comparing two numbers; 0 for
+    /// an object without children.
+    pub children_digest: u64,
+}
+
+/// A digest of child rows, never 0.
+fn rows_digest(rows: &[Row]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    rows.len().hash(&mut h);
+    for v in rows.iter().flatten() {
+        match v {
+            Value::Null => 0u8.hash(&mut h),
+            Value::Boolean(b) => (1u8, b).hash(&mut h),
+            Value::Int(n) => (2u8, n).hash(&mut h),
+            Value::BigInt(n) => (3u8, n).hash(&mut h),
+            Value::Text(t) => (4u8, t).hash(&mut h),
+            Value::Timestamp(_, n) => (5u8, n).hash(&mut h),
+            Value::Double(x) => (6u8, x.to_bits()).hash(&mut h),
+            other => (7u8, format!("{other:?}")).hash(&mut h),
+        }
+    }
+    h.finish().max(1)
 }
 
 /// The `objects` row of an object: its metadata, already parsed, and its JSON, already
@@ -147,6 +171,7 @@ pub(crate) fn single(meta: &ObjectMeta, row: Row) -> ObjectRows {
         images: None,
         secret: None,
         shape: None,
+        children_digest: 0,
     }
 }
 
@@ -188,6 +213,7 @@ pub fn namespace(ctx: &Arc<str>, ns: &Namespace) -> ObjectRows {
         images: None,
         secret: None,
         shape: None,
+        children_digest: 0,
     }
 }
 
@@ -247,6 +273,7 @@ pub fn node(ctx: &Arc<str>, n: &Node) -> ObjectRows {
         images: Some(Box::new(node_images(ctx, n))),
         secret: None,
         shape: None,
+        children_digest: 0,
     }
 }
 
@@ -347,6 +374,7 @@ pub fn pod(ctx: &Arc<str>, p: &Pod) -> ObjectRows {
             );
         }
     }
+    let children_digest = rows_digest(&children);
     ObjectRows {
         uid,
         row,
@@ -365,6 +393,7 @@ pub fn pod(ctx: &Arc<str>, p: &Pod) -> ObjectRows {
         })),
         secret: None,
         shape: None,
+        children_digest,
     }
 }
 

@@ -167,17 +167,16 @@ impl Index {
         res: u32,
         shape: Option<u64>,
     ) -> Seen {
+        let map = self.contexts.entry(ctx.clone()).or_default();
+        let key = digest(uid);
+        let old = map.get(&key).copied();
         let mut entry = Entry {
             version: version(rv),
             resource: res,
             shape: shape.unwrap_or(0),
-            children: 0,
+            // The stored child rows stay what they were until the writer swaps their digest.
+            children: old.map_or(0, |o| o.children),
         };
-        let map = self.contexts.entry(ctx.clone()).or_default();
-        let key = digest(uid);
-        let old = map.get(&key).copied();
-        // The stored child rows stay what they were until the writer swaps their digest.
-        entry.children = old.map_or(0, |o| o.children);
         let seen = match old {
             None => Seen::New,
             Some(o) if o.version == entry.version && o.resource == res => Seen::Same,

@@ -248,7 +248,7 @@ impl Store {
         let table = table(&st, rt)?;
         let (list_rv, start, left) = match continue_token {
             Some(tok) => {
-                let token = decode_continue(tok)?;
+                let token = Continue::decode(tok)?;
                 if token.rv < st.compacted_rv {
                     return Err(ApiError::gone(
                         "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.",
@@ -271,9 +271,8 @@ impl Store {
         let items: Vec<Arc<Stored>> = matching.by_ref().take(limit).cloned().collect();
         let more = matching.next().is_some();
         // Counting what is left on every page made a paginated list quadratic in the
-        // table's size, which at 10k pods per cluster cost the simulator more CPU than kqd
-        // spent syncing. The first page counts once; later pages carry the count forward
-        // in their token, an estimate as the API server's own is.
+        // table's size. The first page counts once; later pages carry the count forward in
+        // their token, an estimate as the API server's own is.
         let left = match (more, left) {
             (false, _) => 0,
             (true, Some(before)) => before.saturating_sub(items.len()).max(1),
@@ -281,11 +280,12 @@ impl Store {
         };
         let continue_token = more.then(|| {
             let last = items.last().expect("a full page is not empty");
-            encode_continue(&Continue {
+            Continue {
                 rv: list_rv,
                 after: (last.namespace.clone(), last.name.clone()),
                 left,
-            })
+            }
+            .encode()
         });
         let selected = !filter.labels.is_empty() || !filter.fields.is_empty();
         Ok(ListPage {
@@ -838,23 +838,27 @@ struct Continue {
     left: usize,
 }
 
-fn encode_continue(c: &Continue) -> String {
-    let raw = json!({"rv": c.rv, "ns": c.after.0, "name": c.after.1, "left": c.left}).to_string();
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
-}
+impl Continue {
+    fn encode(&self) -> String {
+        let raw =
+            json!({"rv": self.rv, "ns": self.after.0, "name": self.after.1, "left": self.left})
+                .to_string();
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
+    }
 
-fn decode_continue(tok: &str) -> Result<Continue, ApiError> {
-    let bad = || ApiError::bad_request("continue key is not valid");
-    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(tok)
-        .map_err(|_| bad())?;
-    let v: Value = serde_json::from_slice(&raw).map_err(|_| bad())?;
-    let s = |k: &str| v[k].as_str().map(str::to_string).ok_or_else(bad);
-    Ok(Continue {
-        rv: v["rv"].as_u64().ok_or_else(bad)?,
-        after: (s("ns")?, s("name")?),
-        left: v["left"].as_u64().ok_or_else(bad)? as usize,
-    })
+    fn decode(tok: &str) -> Result<Continue, ApiError> {
+        let bad = || ApiError::bad_request("continue key is not valid");
+        let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(tok)
+            .map_err(|_| bad())?;
+        let v: Value = serde_json::from_slice(&raw).map_err(|_| bad())?;
+        let s = |k: &str| v[k].as_str().map(str::to_string).ok_or_else(bad);
+        Ok(Continue {
+            rv: v["rv"].as_u64().ok_or_else(bad)?,
+            after: (s("ns")?, s("name")?),
+            left: v["left"].as_u64().ok_or_else(bad)? as usize,
+        })
+    }
 }
 
 /// Five lowercase alphanumerics, as `generateName` appends.

@@ -78,26 +78,6 @@ pub(super) struct Stale<'a> {
     pub(super) children: bool,
 }
 
-/// A digest of an object's child rows, never 0 (which the index reads as not known).
-fn rows_digest(rows: &[Row]) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::hash::DefaultHasher::new();
-    rows.len().hash(&mut h);
-    for v in rows.iter().flatten() {
-        match v {
-            Value::Null => 0u8.hash(&mut h),
-            Value::Boolean(b) => (1u8, b).hash(&mut h),
-            Value::Int(n) => (2u8, n).hash(&mut h),
-            Value::BigInt(n) => (3u8, n).hash(&mut h),
-            Value::Text(t) => (4u8, t).hash(&mut h),
-            Value::Timestamp(_, n) => (5u8, n).hash(&mut h),
-            Value::Double(x) => (6u8, x.to_bits()).hash(&mut h),
-            other => (7u8, format!("{other:?}")).hash(&mut h),
-        }
-    }
-    h.finish().max(1)
-}
-
 /// The statement recording as deleted, in `changes`, the rows of `kind`'s table that
 /// `from` selects; `from` follows `FROM main.<table> m` (a join, a `WHERE`). Their `seq`
 /// numbers follow `after`.
@@ -290,8 +270,9 @@ impl Writer {
                 }
             }
             let objects: &HashMap<Key, Option<ObjectRows>> = objects;
-            // Objects to append, and whether their child rows are appended too.
-            let mut fresh: Vec<(&ObjectRows, bool)> = Vec::new();
+            let mut fresh: Vec<&ObjectRows> = Vec::new();
+            // The child rows to append: those of new objects, and of modifies that changed them.
+            let mut child_rows: Vec<&[Value]> = Vec::new();
             let mut changes: Vec<Row> = Vec::new();
             // Modified objects, by the index of their `changes` row, for their diffs.
             let mut modified: Vec<(usize, &str, &str, &ObjectRows)> = Vec::new();
@@ -312,13 +293,9 @@ impl Writer {
                         }
                         // A modify that left the child rows as they were (a pod's status
                         // message, its conditions) neither deletes nor appends them.
-                        let children = match kind.child() {
-                            Some(_) => {
-                                let now = rows_digest(&r.children);
-                                self.index.swap_children(ctx, uid, now) != now
-                            }
-                            None => false,
-                        };
+                        let children = kind.child().is_some()
+                            && self.index.swap_children(ctx, uid, r.children_digest)
+                                != r.children_digest;
                         let op = match seen {
                             Seen::New => "add",
                             _ => {
@@ -361,7 +338,10 @@ impl Writer {
                         }
                         changes.push(change);
                         self.outbox.row(table, ctx, uid);
-                        fresh.push((r, children));
+                        if children {
+                            child_rows.extend(r.children.iter().map(Vec::as_slice));
+                        }
+                        fresh.push(r);
                     }
                     None => {
                         if self.index.remove(ctx, uid) {
@@ -395,17 +375,13 @@ impl Writer {
                 }
             }
             if let Some((child, _)) = kind.child() {
-                let rows = fresh
-                    .iter()
-                    .filter(|f| f.1)
-                    .flat_map(|f| f.0.children.iter());
-                self.append(child, rows.map(Vec::as_slice))?;
+                self.append(child, child_rows.iter().copied())?;
             }
             if kind == Kind::Objects {
-                object_rows.extend(fresh.iter().map(|f| f.0.row.as_slice()));
+                object_rows.extend(fresh.iter().map(|r| r.row.as_slice()));
             } else {
-                self.append(table, fresh.iter().map(|f| f.0.row.as_slice()))?;
-                object_rows.extend(fresh.iter().filter_map(|f| f.0.object.as_deref()));
+                self.append(table, fresh.iter().map(|r| r.row.as_slice()))?;
+                object_rows.extend(fresh.iter().filter_map(|r| r.object.as_deref()));
             }
             change_rows.append(&mut changes);
             for (ctx, uid) in gone {
