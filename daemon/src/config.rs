@@ -285,6 +285,34 @@ fn secs(name: &'static str, v: f64) -> Result<Duration, ConfigError> {
     })
 }
 
+/// A size as DuckDB writes one ("256MB", "1.5 GiB", "4096"): KB, MB, GB and TB are powers
+/// of 1000, KiB to TiB powers of 1024, no unit is bytes.
+fn size(name: &'static str, v: &str) -> Result<u64, ConfigError> {
+    let refuse = || ConfigError::Value {
+        name,
+        reason: format!("{v:?} is not a size such as \"256MB\" or \"1GiB\""),
+    };
+    let t = v.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let number: f64 = number.parse().map_err(|_| refuse())?;
+    let unit = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" | "byte" | "bytes" => 1u64,
+        "kb" => 1000,
+        "mb" => 1000_u64.pow(2),
+        "gb" => 1000_u64.pow(3),
+        "tb" => 1000_u64.pow(4),
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        "tib" => 1 << 40,
+        _ => return Err(refuse()),
+    };
+    Ok((number * unit as f64) as u64)
+}
+
 /// A `KQ_*` variable's value, unless it is unset or empty.
 fn env_text(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
@@ -458,7 +486,7 @@ impl Config {
             self.store.memory_limit = m;
         }
         if let Some(c) = f.checkpoint_threshold {
-            self.store.checkpoint_threshold = c;
+            self.store.checkpoint_threshold = size("checkpoint_threshold", &c)?;
         }
         if let Some(n) = f.initial_sync_concurrency {
             self.initial_sync_concurrency = n.max(1);
@@ -617,5 +645,18 @@ mod tests {
             KindFilter::new(vec!["pod".into()], vec![]).is_err(),
             "kinds are table names"
         );
+    }
+
+    #[test]
+    fn sizes_are_read_as_duckdb_writes_them_and_anything_else_is_refused() {
+        let ok = |v| size("checkpoint_threshold", v).unwrap();
+        assert_eq!(ok("256MB"), 256_000_000);
+        assert_eq!(ok("1.5 GiB"), 3 << 29);
+        assert_eq!(ok("64mib"), 64 << 20);
+        assert_eq!(ok("4096"), 4096);
+        for bad in ["", "MB", "256 megs", "-1MB", "1PB"] {
+            let err = size("checkpoint_threshold", bad).unwrap_err().to_string();
+            assert!(err.contains("checkpoint_threshold") && err.contains("256MB"), "{bad}: {err}");
+        }
     }
 }

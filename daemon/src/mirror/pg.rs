@@ -5,7 +5,7 @@
 //! staging lives in temporary tables dropped at commit, so nothing outlives a transaction
 //! (PgBouncer in transaction mode sees nothing it cannot route).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use arrow::record_batch::RecordBatch;
 use futures::pin_mut;
@@ -417,18 +417,26 @@ impl Pg {
                     let Shape::Keyed { unit, .. } = m.shape else {
                         unreachable!("keys are owed for keyed tables")
                     };
-                    let values: Vec<String> = owed
-                        .iter()
-                        .map(|(c, k)| format!("({}, {})", literal(c), literal(k)))
-                        .collect();
-                    if !values.is_empty() {
-                        sql.push_str(&format!(
-                            "DELETE FROM {t} t USING (VALUES {}) AS u(context, key)
-                             WHERE t.instance = {i} AND t.context = u.context AND t.{} = u.key
-                               AND {unstaged};\n",
-                            values.join(", "),
-                            ident(unit),
-                        ));
+                    // One statement per context, its keys an array: PostgreSQL looks each up
+                    // in the (instance, context, unit) index. Joined with a list of values,
+                    // it scanned every row of the instance instead (150 ms a round at 285k
+                    // objects, to delete nothing while pods only change).
+                    let delete = tx
+                        .prepare(&format!(
+                            "DELETE FROM {t} t WHERE t.instance = {i} AND t.context = $1
+                               AND t.{} = ANY($2) AND {unstaged}",
+                            ident(unit)
+                        ))
+                        .await
+                        .map_err(MirrorError::pg)?;
+                    let mut by_context: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+                    for (c, k) in owed {
+                        by_context.entry(c).or_default().push(k);
+                    }
+                    for (c, keys) in by_context {
+                        tx.execute(&delete, &[&c, &keys])
+                            .await
+                            .map_err(MirrorError::pg)?;
                     }
                 }
                 Mode::Whole => sql.push_str(&format!(

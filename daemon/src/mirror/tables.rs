@@ -261,6 +261,20 @@ pub fn ddl(m: &Mirrored, schema: &str) -> String {
             "COMMENT ON COLUMN {t}.cluster_id IS 'The context''s cluster_id (its kube-system namespace uid): the same cluster under any context or instance.';\n"
         ));
     }
+    // The mirror deletes an owed object's rows by (instance, context, unit); where the
+    // primary key does not start so (`objects` has the resource before the uid), an index
+    // does.
+    if let Shape::Keyed { unit, .. } = m.shape
+        && m.has_context()
+        && m.key.get(..2) != Some(&["context", unit][..])
+        && unit != "id"
+    {
+        sql.push_str(&format!(
+            "CREATE INDEX IF NOT EXISTS {} ON {t} (instance, context, {});\n",
+            ident(&format!("{}_by_{unit}", m.name())),
+            ident(unit)
+        ));
+    }
     if let Shape::Keyed { unit, .. } = m.shape
         && m.has_context()
         && unit != "id"

@@ -27,8 +27,11 @@ pub use writer::{ContextInfo, ContextState, Writer};
 
 use crate::rows::{Kind, ObjectRows};
 
+/// A WAL size DuckDB never reaches: its automatic checkpoints are off.
+const NO_AUTOMATIC_CHECKPOINT: &str = "1000TB";
+
 /// DuckDB's write-ahead log beside the database file.
-fn wal_path(db: &Path) -> PathBuf {
+pub(crate) fn wal_path(db: &Path) -> PathBuf {
     let mut p = db.as_os_str().to_owned();
     p.push(".wal");
     PathBuf::from(p)
@@ -151,9 +154,10 @@ pub struct StoreOptions {
     pub batch_interval: std::time::Duration,
     /// DuckDB's memory limit, e.g. "512MB".
     pub memory_limit: String,
-    /// WAL size that triggers a checkpoint, e.g. "64MB". Appended rows stay in memory until
-    /// they are checkpointed, so this bounds memory as much as `memory_limit` does.
-    pub checkpoint_threshold: String,
+    /// WAL size in bytes that makes the writer checkpoint after a commit. Appended rows stay
+    /// in memory until they are checkpointed, so this bounds memory as much as
+    /// `memory_limit` does.
+    pub checkpoint_threshold: u64,
     /// How long `changes` rows are kept.
     pub changes_retention: std::time::Duration,
     /// How long events are kept after they were last seen.
@@ -176,7 +180,7 @@ impl Default for StoreOptions {
             // DuckDB's buffer pool is most of kqd's memory; 64 MB keeps the daemon under its
             // budget at 100k pods, and larger queries spill to disk rather than fail.
             memory_limit: "64MB".to_string(),
-            checkpoint_threshold: "256MB".to_string(),
+            checkpoint_threshold: 256_000_000,
             diffs: true,
             changes_retention: std::time::Duration::from_secs(7 * 86_400),
             events_retention: std::time::Duration::from_secs(14 * 86_400),
@@ -225,9 +229,10 @@ fn open_and_migrate(path: &Path, opts: &StoreOptions) -> Result<(Connection, boo
         .enable_autoload_extension(false)
         .and_then(|c| c.with("autoinstall_known_extensions", "false"))
         .and_then(|c| c.max_memory(&opts.memory_limit))
-        // Fewer, larger checkpoints: the initial sync of large clusters writes hundreds of
-        // megabytes, and checkpointing every 16 MiB of WAL rewrote it over and over.
-        .and_then(|c| c.with("checkpoint_threshold", &opts.checkpoint_threshold))
+        // The writer checkpoints itself once the WAL passes `opts.checkpoint_threshold`
+        // (see `Writer::checkpoint_if_due`); DuckDB's own automatic checkpoint, which runs
+        // inside the COMMIT that crossed the threshold, never comes.
+        .and_then(|c| c.with("checkpoint_threshold", NO_AUTOMATIC_CHECKPOINT))
         .map_err(open_error)?;
     let conn = Connection::open_with_flags(path, config).map_err(open_error)?;
     let migrated = migrate::apply(&conn, path)?;

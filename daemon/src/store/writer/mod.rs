@@ -33,6 +33,9 @@ pub use status::{ContextInfo, ContextState};
 /// How often retention runs (it also runs at start).
 const PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(600);
 
+/// How long after a failed checkpoint the next is tried.
+const CHECKPOINT_RETRY: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// How often the writer wakes for incident timers while some are pending.
 const TICK: std::time::Duration = std::time::Duration::from_millis(200);
 
@@ -114,6 +117,8 @@ pub struct Writer {
     outbox: outbox::Outbox,
     /// The last `changes.seq` given.
     changes_seq: i64,
+    /// After a checkpoint failed: no other is tried before this.
+    checkpoint_after: Option<Instant>,
 }
 
 fn now_micros() -> i64 {
@@ -239,6 +244,7 @@ impl Writer {
             hold: None,
             outbox,
             changes_seq,
+            checkpoint_after: None,
         })
     }
 
@@ -262,6 +268,7 @@ impl Writer {
             .build()
             .expect("a current-thread runtime builds");
         loop {
+            self.checkpoint_if_due();
             // Retention runs at start and then between batches, at most every PRUNE_EVERY.
             if pruned_at.is_none_or(|t: Instant| t.elapsed() > PRUNE_EVERY) {
                 if let Err(e) = self.prune() {
@@ -346,6 +353,45 @@ impl Writer {
             tracing::warn!(error = %e, "final checkpoint failed; the WAL will be replayed at next start");
         }
         tracing::info!("store writer stopped");
+    }
+
+    /// Checkpoints once the WAL has passed the threshold. DuckDB's automatic checkpoint ran
+    /// inside the `COMMIT` that crossed it, for seconds at 100k pods, and only then could
+    /// the mirror and the commit followers hear of that commit. Here they have heard, and
+    /// read while it runs: a checkpoint does not hold readers up, only the next write.
+    fn checkpoint_if_due(&mut self) {
+        if self.checkpoint_after.is_some_and(|t| Instant::now() < t) {
+            return;
+        }
+        let wal = super::wal_path(&self.path);
+        let wal_bytes = std::fs::metadata(&wal).map_or(0, |m| m.len());
+        if wal_bytes < self.opts.checkpoint_threshold {
+            return;
+        }
+        let t = Instant::now();
+        match self.conn.execute_batch("CHECKPOINT") {
+            Ok(()) => {
+                self.checkpoint_after = None;
+                tracing::debug!(
+                    wal_bytes,
+                    elapsed_ms = t.elapsed().as_millis() as u64,
+                    "checkpointed"
+                );
+            }
+            Err(e) if e.to_string().contains("other write transactions active") => {
+                // A reader's snapshot older than the writer's last commits keeps them from
+                // being cleaned up (the mirror's long reads do), and DuckDB checkpoints only
+                // once they are; its automatic checkpoint skipped quietly too. The next turn
+                // tries again.
+                tracing::debug!(wal_bytes, "checkpoint deferred: an older snapshot is still read");
+            }
+            Err(e) => {
+                // A full disk fails here too; the WAL keeps every commit meanwhile, and
+                // writes say what is wrong in the status tables.
+                self.checkpoint_after = Some(Instant::now() + CHECKPOINT_RETRY);
+                tracing::warn!(path = %self.path.display(), wal_bytes, error = %e, "checkpoint failed; will retry");
+            }
+        }
     }
 
     /// Writes one batch, answers its barriers, and handles a failure.
@@ -736,6 +782,46 @@ pub(super) mod tests {
 
     pub(super) fn count(conn: &Connection, sql: &str) -> i64 {
         conn.query_row(sql, [], |r| r.get(0)).unwrap()
+    }
+
+    #[test]
+    fn the_writer_checkpoints_past_the_threshold_only_after_the_commit_was_told() {
+        let wal_bytes = |f: &Fixture| {
+            std::fs::metadata(super::super::wal_path(&f.writer.path)).map_or(0, |m| m.len())
+        };
+        let mut f = fixture(StoreOptions {
+            checkpoint_threshold: 1,
+            ..StoreOptions::default()
+        });
+        let (tx, mut commits) = tokio::sync::broadcast::channel(16);
+        f.writer.tell_commits(tx);
+        f.writer.write_batch(vec![running("a")]);
+        // The commit is told while its WAL is still there: DuckDB did not checkpoint
+        // inside the COMMIT, before anyone could hear of it.
+        assert!(commits.try_recv().unwrap().contains(&"pods"));
+        assert!(wal_bytes(&f) > 0, "DuckDB checkpointed inside the COMMIT");
+        f.writer.checkpoint_if_due();
+        assert_eq!(wal_bytes(&f), 0, "past the threshold, the writer checkpointed");
+        assert_eq!(count(&f.other, "SELECT count(*) FROM pods"), 1);
+
+        // Another connection's open write (an update) defers the checkpoint, which is
+        // not a failure: the next turn tries again and succeeds once that is done.
+        f.writer.write_batch(vec![running("b")]);
+        f.other
+            .execute_batch("BEGIN TRANSACTION; UPDATE pods SET phase = phase WHERE name = 'a'")
+            .unwrap();
+        f.writer.checkpoint_if_due();
+        assert!(wal_bytes(&f) > 0, "checkpointed under another open write");
+        assert!(f.writer.checkpoint_after.is_none(), "a deferral is not a failure");
+        f.other.execute_batch("COMMIT").unwrap();
+        f.writer.checkpoint_if_due();
+        assert_eq!(wal_bytes(&f), 0, "the checkpoint came once the other write was done");
+
+        // Under the threshold the WAL stays until it grows past it.
+        let mut f = fixture(StoreOptions::default());
+        f.writer.write_batch(vec![running("c")]);
+        f.writer.checkpoint_if_due();
+        assert!(wal_bytes(&f) > 0, "a small WAL was checkpointed");
     }
 
     #[test]
