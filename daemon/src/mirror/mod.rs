@@ -512,7 +512,7 @@ impl Mirror {
                     .push((context.to_string(), key.clone()));
             }
         }
-        let mut writes = Vec::new();
+        let mut few = Vec::new();
         for (_, (m, keys)) in by_table {
             if keys.len() > BY_KEY {
                 let mut wanted = duck::Wanted::new();
@@ -522,13 +522,23 @@ impl Mirror {
                 self.stream_part(pg, m, None, wanted).await?;
                 continue;
             }
-            let batches = self.duck()?.rows(m, keys.clone()).await?;
-            writes.push(TableWrite {
+            few.push((m, keys));
+        }
+        // The tables are read at once, each on a connection of its own: under load a round
+        // is mostly these reads, one after another they took about as long as the
+        // PostgreSQL transaction that follows them.
+        let duck = self.duck()?;
+        let reads = few.iter().map(|(m, keys)| duck.rows(m, keys.clone()));
+        let read = futures::future::try_join_all(reads).await?;
+        let writes: Vec<TableWrite> = few
+            .into_iter()
+            .zip(read)
+            .map(|((m, keys), batches)| TableWrite {
                 table: m,
                 mode: Mode::Keys(keys),
                 batches,
-            });
-        }
+            })
+            .collect();
         if writes.is_empty() {
             return Ok(());
         }
