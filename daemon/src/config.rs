@@ -656,7 +656,10 @@ mod tests {
         assert_eq!(ok("4096"), 4096);
         for bad in ["", "MB", "256 megs", "-1MB", "1PB"] {
             let err = size("checkpoint_threshold", bad).unwrap_err().to_string();
-            assert!(err.contains("checkpoint_threshold") && err.contains("256MB"), "{bad}: {err}");
+            assert!(
+                err.contains("checkpoint_threshold") && err.contains("256MB"),
+                "{bad}: {err}"
+            );
         }
     }
 }

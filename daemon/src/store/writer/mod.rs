@@ -379,11 +379,13 @@ impl Writer {
                 );
             }
             Err(e) if e.to_string().contains("other write transactions active") => {
-                // A reader's snapshot older than the writer's last commits keeps them from
-                // being cleaned up (the mirror's long reads do), and DuckDB checkpoints only
-                // once they are; its automatic checkpoint skipped quietly too. The next turn
-                // tries again.
-                tracing::debug!(wal_bytes, "checkpoint deferred: an older snapshot is still read");
+                // Another connection's transaction holds DuckDB's checkpoint lock (seen
+                // while the mirror reads, for up to a few seconds); DuckDB's
+                // automatic checkpoint skipped quietly then too. The next turn tries again.
+                tracing::debug!(
+                    wal_bytes,
+                    "checkpoint deferred: another transaction holds the checkpoint lock"
+                );
             }
             Err(e) => {
                 // A full disk fails here too; the WAL keeps every commit meanwhile, and
@@ -801,7 +803,11 @@ pub(super) mod tests {
         assert!(commits.try_recv().unwrap().contains(&"pods"));
         assert!(wal_bytes(&f) > 0, "DuckDB checkpointed inside the COMMIT");
         f.writer.checkpoint_if_due();
-        assert_eq!(wal_bytes(&f), 0, "past the threshold, the writer checkpointed");
+        assert_eq!(
+            wal_bytes(&f),
+            0,
+            "past the threshold, the writer checkpointed"
+        );
         assert_eq!(count(&f.other, "SELECT count(*) FROM pods"), 1);
 
         // Another connection's open write (an update) defers the checkpoint, which is
@@ -812,10 +818,17 @@ pub(super) mod tests {
             .unwrap();
         f.writer.checkpoint_if_due();
         assert!(wal_bytes(&f) > 0, "checkpointed under another open write");
-        assert!(f.writer.checkpoint_after.is_none(), "a deferral is not a failure");
+        assert!(
+            f.writer.checkpoint_after.is_none(),
+            "a deferral is not a failure"
+        );
         f.other.execute_batch("COMMIT").unwrap();
         f.writer.checkpoint_if_due();
-        assert_eq!(wal_bytes(&f), 0, "the checkpoint came once the other write was done");
+        assert_eq!(
+            wal_bytes(&f),
+            0,
+            "the checkpoint came once the other write was done"
+        );
 
         // Under the threshold the WAL stays until it grows past it.
         let mut f = fixture(StoreOptions::default());
