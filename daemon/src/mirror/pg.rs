@@ -419,24 +419,27 @@ impl Pg {
                     };
                     // One statement per context, its keys an array: PostgreSQL looks each up
                     // in the (instance, context, unit) index. Joined with a list of values,
-                    // it scanned every row of the instance instead (150 ms a round at 285k
-                    // objects, to delete nothing while pods only change).
-                    let delete = tx
-                        .prepare(&format!(
-                            "DELETE FROM {t} t WHERE t.instance = {i} AND t.context = $1
+                    // it scanned every row of the instance instead (46 ms for 1,000 keys
+                    // over 100k objects, against 6 ms, to delete nothing while pods only
+                    // change).
+                    if !owed.is_empty() {
+                        let delete = tx
+                            .prepare(&format!(
+                                "DELETE FROM {t} t WHERE t.instance = {i} AND t.context = $1
                                AND t.{} = ANY($2) AND {unstaged}",
-                            ident(unit)
-                        ))
-                        .await
-                        .map_err(MirrorError::pg)?;
-                    let mut by_context: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
-                    for (c, k) in owed {
-                        by_context.entry(c).or_default().push(k);
-                    }
-                    for (c, keys) in by_context {
-                        tx.execute(&delete, &[&c, &keys])
+                                ident(unit)
+                            ))
                             .await
                             .map_err(MirrorError::pg)?;
+                        let mut by_context: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+                        for (c, k) in owed {
+                            by_context.entry(c).or_default().push(k);
+                        }
+                        for (c, keys) in by_context {
+                            tx.execute(&delete, &[&c, &keys])
+                                .await
+                                .map_err(MirrorError::pg)?;
+                        }
                     }
                 }
                 Mode::Whole => sql.push_str(&format!(
