@@ -432,43 +432,59 @@ impl Mirror {
         Ok(())
     }
 
-    /// Sends the rows of owed entries and acknowledges them. A part is compared and sent
-    /// in transactions of its own; rows go together in one. When PostgreSQL refuses the
-    /// data itself, each entry is tried alone, and one it refuses alone is set aside.
+    /// Sends the rows of owed entries and acknowledges them. A keyed part is compared and
+    /// sent in transactions of its own; the small tables owed whole go with the rows, in
+    /// one transaction (one each, they were three of the four transactions of a round under
+    /// load). When PostgreSQL refuses the data itself, each is tried alone, and a row it
+    /// refuses alone is set aside.
     async fn send_owed(&mut self, pg: &mut Pg, owed: Vec<Read>) -> Result<(), MirrorError> {
         let (parts, rows): (Vec<Read>, Vec<Read>) = owed
             .into_iter()
             .partition(|r| matches!(r.owed, Owed::Part { .. }));
+        let mut whole: Vec<&'static Mirrored> = Vec::new();
+        let mut sent = rows;
         for p in parts {
-            if let Owed::Part { table, context } = &p.owed
-                && let Some(m) = tables::get(table)
-            {
-                self.send_part(pg, m, context.as_deref()).await?;
+            let Owed::Part { table, context } = &p.owed else {
+                unreachable!("partitioned above")
+            };
+            match tables::get(table) {
+                Some(m) if m.shape == Shape::Whole => {
+                    if !whole.iter().any(|w| w.name() == m.name()) {
+                        whole.push(m);
+                    }
+                    sent.push(p);
+                }
+                Some(m) => {
+                    self.send_part(pg, m, context.as_deref()).await?;
+                    self.acknowledge(vec![p]).await?;
+                }
+                None => self.acknowledge(vec![p]).await?,
             }
-            self.acknowledge(vec![p]).await?;
         }
-        if rows.is_empty() {
+        if sent.is_empty() {
             return Ok(());
         }
-        match self.send_rows(pg, &rows).await {
-            Ok(()) => self.acknowledge(rows).await,
-            Err(MirrorError::Pg { data: true, .. }) if rows.len() > 1 => {
+        let rows: Vec<&Read> = sent
+            .iter()
+            .filter(|r| matches!(r.owed, Owed::Row { .. }))
+            .collect();
+        match self.send_rows(pg, &rows, &whole).await {
+            Ok(()) => {}
+            Err(MirrorError::Pg { data: true, .. }) => {
+                for m in &whole {
+                    self.send_part(pg, m, None).await?;
+                }
                 for r in rows {
-                    match self.send_rows(pg, std::slice::from_ref(&r)).await {
+                    match self.send_rows(pg, &[r], &[]).await {
                         Ok(()) => {}
-                        Err(e @ MirrorError::Pg { data: true, .. }) => self.set_aside(&r, &e),
+                        Err(e @ MirrorError::Pg { data: true, .. }) => self.set_aside(r, &e),
                         Err(e) => return Err(e),
                     }
-                    self.acknowledge(vec![r]).await?;
                 }
-                Ok(())
             }
-            Err(e @ MirrorError::Pg { data: true, .. }) => {
-                self.set_aside(&rows[0], &e);
-                self.acknowledge(rows).await
-            }
-            Err(e) => Err(e),
+            Err(e) => return Err(e),
         }
+        self.acknowledge(sent).await
     }
 
     fn set_aside(&mut self, r: &Read, e: &MirrorError) {
@@ -490,7 +506,12 @@ impl Mirror {
     /// The rows of owed objects and incidents. Few of one table go in one transaction
     /// with the rows of their children and `objects` rows (a join by key); many are
     /// streamed from one scan of their table.
-    async fn send_rows(&mut self, pg: &mut Pg, rows: &[Read]) -> Result<(), MirrorError> {
+    async fn send_rows(
+        &mut self,
+        pg: &mut Pg,
+        rows: &[&Read],
+        whole: &[&'static Mirrored],
+    ) -> Result<(), MirrorError> {
         let mut by_table: BTreeMap<&'static str, (&'static Mirrored, Vec<Key>)> = BTreeMap::new();
         for r in rows {
             let Owed::Row {
@@ -529,7 +550,12 @@ impl Mirror {
         // that follows them.
         let duck = self.duck()?;
         let reads = few.iter().map(|(m, keys)| duck.rows(m, keys.clone()));
-        let read = futures::future::try_join_all(reads).await?;
+        let whole_reads = whole.iter().map(|m| duck.whole(m));
+        let (read, whole_read) = futures::future::try_join(
+            futures::future::try_join_all(reads),
+            futures::future::try_join_all(whole_reads),
+        )
+        .await?;
         let writes: Vec<TableWrite> = few
             .into_iter()
             .zip(read)
@@ -538,6 +564,11 @@ impl Mirror {
                 mode: Mode::Keys(keys),
                 batches,
             })
+            .chain(whole.iter().zip(whole_read).map(|(m, batches)| TableWrite {
+                table: m,
+                mode: Mode::Whole,
+                batches,
+            }))
             .collect();
         if writes.is_empty() {
             return Ok(());
