@@ -438,11 +438,12 @@ impl Mirror {
     /// load). When PostgreSQL refuses the data itself, each is tried alone, and a row it
     /// refuses alone is set aside.
     async fn send_owed(&mut self, pg: &mut Pg, owed: Vec<Read>) -> Result<(), MirrorError> {
-        let (parts, rows): (Vec<Read>, Vec<Read>) = owed
+        let (parts, mut rows): (Vec<Read>, Vec<Read>) = owed
             .into_iter()
             .partition(|r| matches!(r.owed, Owed::Part { .. }));
+        // The small tables owed whole, each read once however many entries owe it.
         let mut whole: Vec<&'static Mirrored> = Vec::new();
-        let mut sent = rows;
+        let mut whole_parts = Vec::new();
         for p in parts {
             let Owed::Part { table, context } = &p.owed else {
                 unreachable!("partitioned above")
@@ -452,7 +453,7 @@ impl Mirror {
                     if !whole.iter().any(|w| w.name() == m.name()) {
                         whole.push(m);
                     }
-                    sent.push(p);
+                    whole_parts.push(p);
                 }
                 Some(m) => {
                     self.send_part(pg, m, context.as_deref()).await?;
@@ -461,20 +462,17 @@ impl Mirror {
                 None => self.acknowledge(vec![p]).await?,
             }
         }
-        if sent.is_empty() {
+        if rows.is_empty() && whole.is_empty() {
             return Ok(());
         }
-        let rows: Vec<&Read> = sent
-            .iter()
-            .filter(|r| matches!(r.owed, Owed::Row { .. }))
-            .collect();
-        match self.send_rows(pg, &rows, &whole).await {
+        let row_refs: Vec<&Read> = rows.iter().collect();
+        match self.send_rows(pg, &row_refs, &whole).await {
             Ok(()) => {}
             Err(MirrorError::Pg { data: true, .. }) => {
                 for m in &whole {
                     self.send_part(pg, m, None).await?;
                 }
-                for r in rows {
+                for r in &rows {
                     match self.send_rows(pg, &[r], &[]).await {
                         Ok(()) => {}
                         Err(e @ MirrorError::Pg { data: true, .. }) => self.set_aside(r, &e),
@@ -484,7 +482,8 @@ impl Mirror {
             }
             Err(e) => return Err(e),
         }
-        self.acknowledge(sent).await
+        rows.extend(whole_parts);
+        self.acknowledge(rows).await
     }
 
     fn set_aside(&mut self, r: &Read, e: &MirrorError) {

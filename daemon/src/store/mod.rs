@@ -31,7 +31,7 @@ use crate::rows::{Kind, ObjectRows};
 const NO_AUTOMATIC_CHECKPOINT: &str = "1000TB";
 
 /// DuckDB's write-ahead log beside the database file.
-pub(crate) fn wal_path(db: &Path) -> PathBuf {
+fn wal_path(db: &Path) -> PathBuf {
     let mut p = db.as_os_str().to_owned();
     p.push(".wal");
     PathBuf::from(p)
