@@ -1,10 +1,11 @@
 //! The writer thread: batches ops into transactions and merges staged rows by identity.
 //! This module holds the transaction loop and the dispatch of each op; the parts it calls
 //! live beside it, one concern each: `objects` (object rows, the index, sweeps and
-//! removals), `status` (the `contexts` and `resources` rows), `hold` (what a failed batch
-//! does), `tracking` (incidents), `image_feed` (what image sizing hears), `retention`, and
+//! removals), `status` (the `contexts` and `resources` rows), `checkpoint` (when to
+//! checkpoint, and whether to vacuum), `hold` (what a failed batch does), `tracking` (incidents), `image_feed` (what image sizing hears), `retention`, and
 //! `outbox` (what the PostgreSQL mirror still owes).
 
+mod checkpoint;
 mod hold;
 mod image_feed;
 mod objects;
@@ -32,9 +33,6 @@ pub use status::{ContextInfo, ContextState};
 
 /// How often retention runs (it also runs at start).
 const PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(600);
-
-/// How long after a failed checkpoint the next is tried.
-const CHECKPOINT_RETRY: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// How often the writer wakes for incident timers while some are pending.
 const TICK: std::time::Duration = std::time::Duration::from_millis(200);
@@ -117,8 +115,8 @@ pub struct Writer {
     outbox: outbox::Outbox,
     /// The last `changes.seq` given.
     changes_seq: i64,
-    /// After a checkpoint failed: no other is tried before this.
-    checkpoint_after: Option<Instant>,
+    /// When to checkpoint next, and whether that checkpoint vacuums.
+    checkpoints: checkpoint::Checkpoints,
 }
 
 fn now_micros() -> i64 {
@@ -244,7 +242,7 @@ impl Writer {
             hold: None,
             outbox,
             changes_seq,
-            checkpoint_after: None,
+            checkpoints: checkpoint::Checkpoints::new(Instant::now()),
         })
     }
 
@@ -349,7 +347,11 @@ impl Writer {
                 break;
             }
         }
-        if let Err(e) = self.conn.execute_batch("CHECKPOINT") {
+        // The last checkpoint vacuums: the writer is stopping, so no event waits for it.
+        if let Err(e) = self
+            .conn
+            .execute_batch(&checkpoint::Checkpoint::Vacuuming.sql())
+        {
             tracing::warn!(error = %e, "final checkpoint failed; the WAL will be replayed at next start");
         }
         tracing::info!("store writer stopped");
@@ -359,22 +361,24 @@ impl Writer {
     /// inside the `COMMIT` that crossed it, for seconds at 100k pods, and only then could
     /// the mirror and the commit followers hear of that commit. Here they have heard, and
     /// read while it runs: a checkpoint does not hold readers up, only the next write.
+    /// Whether it vacuums is the load's call (see [`checkpoint`]).
     fn checkpoint_if_due(&mut self) {
-        if self.checkpoint_after.is_some_and(|t| Instant::now() < t) {
-            return;
-        }
         let wal = super::wal_path(&self.path);
         let wal_bytes = std::fs::metadata(&wal).map_or(0, |m| m.len());
-        if wal_bytes < self.opts.checkpoint_threshold {
+        let now = Instant::now();
+        let Some(kind) = self
+            .checkpoints
+            .due(wal_bytes, self.opts.checkpoint_threshold, now)
+        else {
             return;
-        }
-        let t = Instant::now();
-        match self.conn.execute_batch("CHECKPOINT") {
+        };
+        match self.conn.execute_batch(&kind.sql()) {
             Ok(()) => {
-                self.checkpoint_after = None;
+                self.checkpoints.succeeded(kind);
                 tracing::debug!(
                     wal_bytes,
-                    elapsed_ms = t.elapsed().as_millis() as u64,
+                    vacuum = kind == checkpoint::Checkpoint::Vacuuming,
+                    elapsed_ms = now.elapsed().as_millis() as u64,
                     "checkpointed"
                 );
             }
@@ -390,7 +394,7 @@ impl Writer {
             Err(e) => {
                 // A full disk fails here too; the WAL keeps every commit meanwhile, and
                 // writes say what is wrong in the status tables.
-                self.checkpoint_after = Some(Instant::now() + CHECKPOINT_RETRY);
+                self.checkpoints.failed(now);
                 tracing::warn!(path = %self.path.display(), wal_bytes, error = %e, "checkpoint failed; will retry");
             }
         }
@@ -400,6 +404,7 @@ impl Writer {
     fn write_batch(&mut self, batch: Vec<Op>) {
         let n = batch.len();
         let started = Instant::now();
+        self.checkpoints.load.record(n, started);
         let mut barriers = Vec::new();
         match self.apply(batch, &mut barriers) {
             Ok(()) => {
@@ -819,7 +824,7 @@ pub(super) mod tests {
         f.writer.checkpoint_if_due();
         assert!(wal_bytes(&f) > 0, "checkpointed under another open write");
         assert!(
-            f.writer.checkpoint_after.is_none(),
+            f.writer.checkpoints.retry_at.is_none(),
             "a deferral is not a failure"
         );
         f.other.execute_batch("COMMIT").unwrap();
@@ -835,6 +840,50 @@ pub(super) mod tests {
         f.writer.write_batch(vec![running("c")]);
         f.writer.checkpoint_if_due();
         assert!(wal_bytes(&f) > 0, "a small WAL was checkpointed");
+    }
+
+    #[test]
+    fn a_busy_writer_checkpoints_without_vacuuming_and_vacuums_once_the_load_is_light() {
+        let mut f = fixture(StoreOptions {
+            checkpoint_threshold: 1,
+            ..StoreOptions::default()
+        });
+        let row_groups = |f: &Fixture| {
+            count(
+                &f.other,
+                "SELECT count(DISTINCT row_group_id) FROM pragma_storage_info('objects')",
+            )
+        };
+        // Three row groups of objects, then nine rows in ten deleted, as churn does: the
+        // live rows fit in one row group, so a vacuum would merge them.
+        f.other
+            .execute_batch(
+                "INSERT INTO objects (context, name, uid, object)
+                 SELECT 'c', 'o' || i, 'u' || i, json_object('i', i) FROM range(300000) t(i);
+                 CHECKPOINT;
+                 DELETE FROM objects WHERE name NOT LIKE '%0';",
+            )
+            .unwrap();
+        assert_eq!(row_groups(&f), 3);
+
+        // Under load the writer's checkpoint leaves the row groups as they are.
+        f.writer.checkpoints.load.record(100_000, Instant::now());
+        f.writer.checkpoint_if_due();
+        assert_eq!(
+            std::fs::metadata(super::super::wal_path(&f.writer.path)).map_or(0, |m| m.len()),
+            0,
+            "the busy writer checkpointed"
+        );
+        assert_eq!(row_groups(&f), 3, "a busy checkpoint vacuumed");
+
+        // Once the load is light, the next change's checkpoint pays the vacuum.
+        f.writer.checkpoints.load = checkpoint::Load::new(Instant::now());
+        f.other
+            .execute_batch("DELETE FROM objects WHERE name = 'o10'")
+            .unwrap();
+        f.writer.checkpoint_if_due();
+        assert_eq!(row_groups(&f), 1, "the skipped vacuum never came");
+        assert_eq!(count(&f.other, "SELECT count(*) FROM objects"), 29_999);
     }
 
     #[test]
