@@ -947,7 +947,7 @@ pub static CATALOG: LazyLock<Vec<Table>> = LazyLock::new(|| {
                 c(
                     "state",
                     "VARCHAR",
-                    "connecting | verifying | streaming | error | refused (another kqd mirrors as this instance, or the database's schema is newer).",
+                    "connecting | verifying | streaming | error | refused (another kqd mirrors as this instance, or the database's schema is newer). Retries keep error or refused until they connect.",
                 ),
                 c("target", "VARCHAR", "The database, as its URL without the password."),
                 c("schema", "VARCHAR", "The PostgreSQL schema the mirror writes."),

@@ -267,7 +267,12 @@ impl Mirror {
         wake: &mut watch::Receiver<i64>,
         cancel: &CancellationToken,
     ) -> Result<(), MirrorError> {
-        self.status.state = MirrorState::Connecting;
+        // A retry keeps the state of the failure it follows (with its error) until it
+        // connects: during an outage the row says `error` throughout, instead of
+        // flickering to `connecting` for every attempt.
+        if !matches!(self.status.state, MirrorState::Error | MirrorState::Refused) {
+            self.status.state = MirrorState::Connecting;
+        }
         self.report(true).await?;
         let mut pg = tokio::select! {
             _ = cancel.cancelled() => return Ok(()),

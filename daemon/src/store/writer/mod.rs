@@ -2,8 +2,9 @@
 //! This module holds the transaction loop and the dispatch of each op; the parts it calls
 //! live beside it, one concern each: `objects` (object rows, the index, sweeps and
 //! removals), `status` (the `contexts` and `resources` rows), `checkpoint` (when to
-//! checkpoint, and whether to vacuum), `hold` (what a failed batch does), `tracking` (incidents), `image_feed` (what image sizing hears), `retention`, and
-//! `outbox` (what the PostgreSQL mirror still owes).
+//! checkpoint, and whether to vacuum), `hold` (what a failed batch does), `tracking`
+//! (incidents), `image_feed` (what image sizing hears), `retention`, and `outbox` (what
+//! the PostgreSQL mirror still owes).
 
 mod checkpoint;
 mod hold;
