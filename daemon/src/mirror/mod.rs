@@ -267,12 +267,10 @@ impl Mirror {
         wake: &mut watch::Receiver<i64>,
         cancel: &CancellationToken,
     ) -> Result<(), MirrorError> {
-        // A retry keeps the state of the failure it follows (with its error) until it
-        // connects: during an outage the row says `error` throughout, instead of
-        // flickering to `connecting` for every attempt.
-        if !matches!(self.status.state, MirrorState::Error | MirrorState::Refused) {
-            self.status.state = MirrorState::Connecting;
-        }
+        // The state stays what it is until this attempt connects: `connecting` (the
+        // default) at the first, and at a retry that of the failure it follows (the run
+        // loop sets `error` or `refused` after every failed session), so that during an
+        // outage the row says `error` throughout instead of flickering to `connecting`.
         self.report(true).await?;
         let mut pg = tokio::select! {
             _ = cancel.cancelled() => return Ok(()),

@@ -788,15 +788,17 @@ pub(super) mod tests {
         )
     }
 
+    /// The size of the fixture's WAL (0 once it is checkpointed away).
+    fn wal_bytes(f: &Fixture) -> u64 {
+        std::fs::metadata(super::super::wal_path(&f.writer.path)).map_or(0, |m| m.len())
+    }
+
     pub(super) fn count(conn: &Connection, sql: &str) -> i64 {
         conn.query_row(sql, [], |r| r.get(0)).unwrap()
     }
 
     #[test]
     fn the_writer_checkpoints_past_the_threshold_only_after_the_commit_was_told() {
-        let wal_bytes = |f: &Fixture| {
-            std::fs::metadata(super::super::wal_path(&f.writer.path)).map_or(0, |m| m.len())
-        };
         let mut f = fixture(StoreOptions {
             checkpoint_threshold: 1,
             ..StoreOptions::default()
@@ -870,11 +872,7 @@ pub(super) mod tests {
         // Under load the writer's checkpoint leaves the row groups as they are.
         f.writer.checkpoints.load.record(100_000, Instant::now());
         f.writer.checkpoint_if_due();
-        assert_eq!(
-            std::fs::metadata(super::super::wal_path(&f.writer.path)).map_or(0, |m| m.len()),
-            0,
-            "the busy writer checkpointed"
-        );
+        assert_eq!(wal_bytes(&f), 0, "the busy writer checkpointed");
         assert_eq!(row_groups(&f), 3, "a busy checkpoint vacuumed");
 
         // Once the load is light, the next change's checkpoint pays the vacuum.
