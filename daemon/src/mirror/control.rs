@@ -23,7 +23,49 @@ pub struct Control {
 struct Running {
     cfg: MirrorConfig,
     cancel: CancellationToken,
-    task: tokio::task::JoinHandle<()>,
+    /// Closed when the mirror's thread has finished.
+    done: tokio::sync::oneshot::Receiver<()>,
+}
+
+/// How many `nice` steps below the daemon's other threads the mirror's threads run. The
+/// mirror is background work: when it and the writer or the watchers want the same core,
+/// they, whose latency every reader sees, go first, and an idle core still goes to the
+/// mirror. On Linux the nice value belongs to a thread, not to the process.
+const NICENESS: i32 = 10;
+
+fn lower_priority() {
+    if let Err(e) = rustix::process::nice(NICENESS) {
+        tracing::debug!(error = %e, "could not lower the mirror thread's priority");
+    }
+}
+
+/// Runs the mirror on a thread of its own, with its own runtime, both at a lower
+/// priority: its PostgreSQL protocol work, its COPY encoding and its DuckDB reads (on the
+/// runtime's blocking threads) all yield to the writer and the watchers.
+fn spawn(
+    cfg: MirrorConfig,
+    store: Arc<Store>,
+    ops: mpsc::Sender<Op>,
+    outbox: watch::Receiver<i64>,
+    cancel: CancellationToken,
+) -> std::io::Result<tokio::sync::oneshot::Receiver<()>> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .thread_name("kq-mirror-read")
+        .on_thread_start(lower_priority)
+        // A round reads DuckDB every few hundred milliseconds under load; its thread stays
+        // rather than being started again each time.
+        .thread_keep_alive(std::time::Duration::from_secs(60))
+        .build()?;
+    let (finished, done) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("kq-mirror".into())
+        .spawn(move || {
+            lower_priority();
+            runtime.block_on(super::run(cfg, store, ops, outbox, cancel));
+            let _ = finished.send(());
+        })?;
+    Ok(done)
 }
 
 impl Control {
@@ -78,14 +120,18 @@ impl Control {
         };
         tracing::info!(target = %crate::config::redact_url(&cfg.url), schema = %cfg.schema, instance = %cfg.instance, "starting the postgres mirror");
         let cancel = self.parent.child_token();
-        let task = tokio::spawn(super::run(
+        match spawn(
             cfg.clone(),
             self.store.clone(),
             self.ops.clone(),
             self.outbox.clone(),
             cancel.clone(),
-        ));
-        self.running = Some(Running { cfg, cancel, task });
+        ) {
+            Ok(done) => self.running = Some(Running { cfg, cancel, done }),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the postgres mirror's thread; the mirror is off")
+            }
+        }
     }
 
     /// Stops the running mirror and waits for it.
@@ -93,7 +139,7 @@ impl Control {
         if let Some(r) = self.running.take() {
             tracing::info!(target = %crate::config::redact_url(&r.cfg.url), "stopping the postgres mirror");
             r.cancel.cancel();
-            let _ = r.task.await;
+            let _ = r.done.await;
         }
     }
 }
