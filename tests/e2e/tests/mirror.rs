@@ -94,7 +94,6 @@ fn route(c: &kube_sim::Cluster, name: &str) {
     );
 }
 
-/// kqd with the mirror on, pointed at `pg`.
 /// The nice value of each of kqd's threads whose name starts with `prefix`.
 fn thread_nice(pid: u32, prefix: &str) -> Vec<i64> {
     let mut out = Vec::new();
@@ -117,6 +116,7 @@ fn thread_nice(pid: u32, prefix: &str) -> Vec<i64> {
     out
 }
 
+/// kqd with the mirror on, pointed at `pg`.
 async fn kqd_mirroring(env: &Env, pg: &Postgres, extra: &[(&str, &str)]) -> kq_e2e::Kqd {
     let url = pg.url();
     let mut vars = vec![("KQ_POSTGRES_URL", url.as_str())];
