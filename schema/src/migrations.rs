@@ -16,7 +16,7 @@ pub struct Migration {
 }
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: u32 = 17;
+pub const SCHEMA_VERSION: u32 = 18;
 
 /// Every migration, oldest first.
 pub static MIGRATIONS: &[Migration] = &[
@@ -122,6 +122,12 @@ pub static MIGRATIONS: &[Migration] = &[
         sql: v17,
         outdates_rows: false,
     },
+    Migration {
+        version: 18,
+        description: "kq_mirror_outbox.h: each entry's key hash, which the writer joins on",
+        sql: v18,
+        outdates_rows: false,
+    },
 ];
 
 /// Creates the named catalog tables. A migration names its tables so that later catalog
@@ -137,6 +143,12 @@ fn create_tables(names: &[&str]) -> String {
         })
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+fn v18() -> String {
+    // Entries recorded before keep NULL until the writer, which computes the hash, fills
+    // it in when it opens the file.
+    "ALTER TABLE kq_mirror_outbox ADD COLUMN IF NOT EXISTS h HUGEINT;".to_string()
 }
 
 fn v17() -> String {

@@ -46,6 +46,21 @@ impl Owed {
         }
     }
 
+    /// The entry's 128-bit key hash (column `h`). The writer finds an entry's earlier row,
+    /// and the rows an acknowledgement clears, by this one number: joining on the three
+    /// text columns read all of them for every row of the outbox, which holds an entry per
+    /// object while PostgreSQL catches up, in every batch.
+    pub fn hash(&self) -> i128 {
+        let (table, context, key) = self.columns();
+        let mut h = xxhash_rust::xxh3::Xxh3::new();
+        // The separator cannot occur in a table name, a context name or a key.
+        for part in [table, context, key] {
+            h.update(part.as_bytes());
+            h.update(&[0]);
+        }
+        h.digest128() as i128
+    }
+
     /// Reads a stored entry back; `None` for a table this kqd does not know (an entry left
     /// by another version), which the mirror drops.
     pub fn parse(table: &str, context: &str, key: &str) -> Option<Owed> {

@@ -12,6 +12,8 @@ pub struct Postgres {
     bin: PathBuf,
     /// With TLS: the CA that signed the server's certificate (for 127.0.0.1 and localhost).
     pub ca: Option<PathBuf>,
+    /// The server's processes run at this nice value (`None`: the caller's).
+    nice: Option<i32>,
 }
 
 /// Where `initdb`, `pg_ctl` and `psql` are: `PG_BIN`, else Debian's newest, else `PATH`.
@@ -34,20 +36,25 @@ fn is_root() -> bool {
     rustix::process::geteuid().is_root()
 }
 
-/// Runs a PostgreSQL program, as `postgres` when root.
-fn pg_command(bin: &Path, program: &str) -> Command {
+/// Runs a PostgreSQL program, as `postgres` when root, at `nice` when given (what it
+/// starts inherits it).
+fn pg_command(bin: &Path, program: &str, nice: Option<i32>) -> Command {
     let exe = if bin.as_os_str().is_empty() {
         PathBuf::from(program)
     } else {
         bin.join(program)
     };
+    let mut argv: Vec<std::ffi::OsString> = Vec::new();
     if is_root() {
-        let mut c = Command::new("runuser");
-        c.arg("-u").arg("postgres").arg("--").arg(exe);
-        c
-    } else {
-        Command::new(exe)
+        argv.extend(["runuser", "-u", "postgres", "--"].map(Into::into));
     }
+    if let Some(n) = nice {
+        argv.extend(["nice".into(), "-n".into(), n.to_string().into()]);
+    }
+    argv.push(exe.into_os_string());
+    let mut c = Command::new(&argv[0]);
+    c.args(&argv[1..]);
+    c
 }
 
 /// A port nothing listens on now.
@@ -62,16 +69,24 @@ pub fn free_port() -> u16 {
 impl Postgres {
     /// A fresh cluster, started, with trust authentication on loopback.
     pub fn start() -> Postgres {
-        Postgres::start_with(false)
+        Postgres::start_with(false, None)
+    }
+
+    /// Like [`Postgres::start`], every server process at nice value `nice`. kq-bench uses
+    /// it to stand in for a team's server on another machine: on a shared two-core host a
+    /// server at kqd's own priority takes a third of the CPU while it loads, and that is
+    /// not what kqd's figures should measure.
+    pub fn start_niced(nice: i32) -> Postgres {
+        Postgres::start_with(false, Some(nice))
     }
 
     /// Like [`Postgres::start`], serving TLS too, with a certificate from a CA of its own
     /// (made with `openssl`).
     pub fn start_tls() -> Postgres {
-        Postgres::start_with(true)
+        Postgres::start_with(true, None)
     }
 
-    fn start_with(tls: bool) -> Postgres {
+    fn start_with(tls: bool, nice: Option<i32>) -> Postgres {
         let dir = tempfile::Builder::new()
             .prefix("kq-pg-")
             .tempdir()
@@ -86,7 +101,7 @@ impl Postgres {
         }
         let bin = pg_bin();
         let data = dir.path().join("data");
-        let out = pg_command(&bin, "initdb")
+        let out = pg_command(&bin, "initdb", None)
             .args([
                 "--auth=trust",
                 "--username=postgres",
@@ -109,6 +124,7 @@ impl Postgres {
             dir,
             bin,
             ca,
+            nice,
         };
         pg.start_again();
         pg
@@ -131,7 +147,7 @@ impl Postgres {
                 " -c ssl=on -c ssl_cert_file={d}/server.crt -c ssl_key_file={d}/server.key"
             ));
         }
-        let out = pg_command(&self.bin, "pg_ctl")
+        let out = pg_command(&self.bin, "pg_ctl", self.nice)
             .arg("-D")
             .arg(self.data())
             .arg("-l")
@@ -150,7 +166,7 @@ impl Postgres {
 
     /// Stops the server, dropping every connection.
     pub fn stop(&self) {
-        let out = pg_command(&self.bin, "pg_ctl")
+        let out = pg_command(&self.bin, "pg_ctl", None)
             .arg("-D")
             .arg(self.data())
             .args(["-m", "fast", "-w", "stop"])
@@ -309,7 +325,7 @@ fn make_certificates(dir: &Path) -> PathBuf {
 
 impl Drop for Postgres {
     fn drop(&mut self) {
-        let _ = pg_command(&self.bin, "pg_ctl")
+        let _ = pg_command(&self.bin, "pg_ctl", None)
             .arg("-D")
             .arg(self.data())
             .args(["-m", "immediate", "-w", "stop"])

@@ -42,6 +42,7 @@ impl Outbox {
             "DELETE FROM main.kq_mirror_outbox WHERE tbl NOT IN ({})",
             known.join(", ")
         ))?;
+        hash_unhashed(conn)?;
         let seq: i64 = conn.query_row(
             "SELECT coalesce(max(seq), 0) FROM main.kq_mirror_outbox",
             [],
@@ -110,6 +111,51 @@ impl Outbox {
     }
 }
 
+/// Gives entries recorded before the outbox had `h` (schema version 17 and older) their
+/// hash: once, when the writer opens the file, since only Rust computes it.
+fn hash_unhashed(conn: &Connection) -> Result<(), StoreError> {
+    let mut stmt = conn.prepare(
+        "SELECT tbl, context, key, seq, epoch_us(dirty_at) FROM main.kq_mirror_outbox
+         WHERE h IS NULL",
+    )?;
+    let unhashed: Vec<(String, String, String, i64, Option<i64>)> = stmt
+        .query_map([], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })?
+        .collect::<Result<_, _>>()?;
+    if unhashed.is_empty() {
+        return Ok(());
+    }
+    conn.execute_batch("BEGIN TRANSACTION; DELETE FROM main.kq_mirror_outbox WHERE h IS NULL;")?;
+    let refill = || -> Result<(), StoreError> {
+        let mut app = conn.appender_to_db("kq_mirror_outbox", "main")?;
+        for (table, context, key, seq, at) in &unhashed {
+            // Load already dropped entries of tables this kqd does not know.
+            let Some(owed) = Owed::parse(table, context, key) else {
+                continue;
+            };
+            let at = at.map_or(Value::Null, |t| Value::Timestamp(TimeUnit::Microsecond, t));
+            app.append_row(duckdb::params![
+                table,
+                context,
+                key,
+                seq,
+                at,
+                Value::HugeInt(owed.hash())
+            ])?;
+        }
+        app.flush()?;
+        Ok(())
+    };
+    match refill().and_then(|()| Ok(conn.execute_batch("COMMIT")?)) {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            Err(e)
+        }
+    }
+}
+
 impl Writer {
     /// Records what the transaction owes the mirror (its gathered entries and the incidents
     /// the tracker wrote), each with a new sequence number. An entry already in the outbox
@@ -140,17 +186,17 @@ impl Writer {
                     context,
                     key,
                     self.outbox.seq,
-                    Value::Timestamp(TimeUnit::Microsecond, now)
+                    Value::Timestamp(TimeUnit::Microsecond, now),
+                    Value::HugeInt(owed.hash()),
                 ])?;
             }
             app.flush()?;
         }
         self.conn.execute_batch(
             "UPDATE kq_stage.owed SET dirty_at = o.dirty_at FROM main.kq_mirror_outbox o
-               WHERE o.tbl = owed.tbl AND o.context = owed.context AND o.key = owed.key;
+               WHERE o.h = owed.h;
              DELETE FROM main.kq_mirror_outbox USING kq_stage.owed s
-               WHERE kq_mirror_outbox.tbl = s.tbl AND kq_mirror_outbox.context = s.context
-                 AND kq_mirror_outbox.key = s.key;
+               WHERE kq_mirror_outbox.h = s.h;
              INSERT INTO main.kq_mirror_outbox SELECT * FROM kq_stage.owed;
              DELETE FROM kq_stage.owed;",
         )?;
@@ -175,14 +221,20 @@ impl Writer {
             let mut app = self.conn.appender_to_db("owed", "kq_stage")?;
             for r in read {
                 let (table, context, key) = r.owed.columns();
-                app.append_row(duckdb::params![table, context, key, r.seq, Value::Null])?;
+                app.append_row(duckdb::params![
+                    table,
+                    context,
+                    key,
+                    r.seq,
+                    Value::Null,
+                    Value::HugeInt(r.owed.hash()),
+                ])?;
             }
             app.flush()?;
         }
         self.conn.execute_batch(
             "DELETE FROM main.kq_mirror_outbox USING kq_stage.owed s
-               WHERE kq_mirror_outbox.tbl = s.tbl AND kq_mirror_outbox.context = s.context
-                 AND kq_mirror_outbox.key = s.key AND kq_mirror_outbox.seq = s.seq;
+               WHERE kq_mirror_outbox.h = s.h AND kq_mirror_outbox.seq = s.seq;
              DELETE FROM kq_stage.owed;",
         )?;
         Ok(())
@@ -314,10 +366,11 @@ mod tests {
             mirror: true,
             ..StoreOptions::default()
         });
+        // As a kqd before schema version 18 left them: without a hash.
         f.other
             .execute_batch(
-                "INSERT INTO kq_mirror_outbox VALUES ('gone_table', 'test', 'u1', 7, now()),
-                                                     ('pods', 'test', 'u2', 8, now())",
+                "INSERT INTO kq_mirror_outbox VALUES ('gone_table', 'test', 'u1', 7, now(), NULL),
+                                                     ('pods', 'test', 'u2', 8, now(), NULL)",
             )
             .unwrap();
         let outbox = Outbox::load(&f.other, true).unwrap();
@@ -325,6 +378,73 @@ mod tests {
         let left: Vec<String> = owed(&f.other).into_iter().map(|o| o.0).collect();
         assert!(left.contains(&"pods".to_string()), "{left:?}");
         assert!(!left.contains(&"gone_table".to_string()), "{left:?}");
+    }
+
+    #[test]
+    fn an_entry_from_before_the_hash_gets_it_at_open_and_a_later_change_replaces_it() {
+        let mut f = fixture(StoreOptions {
+            mirror: true,
+            ..StoreOptions::default()
+        });
+        f.writer.write_batch(vec![running("a")]);
+        // Make the pod's entry look as an older kqd left it: no hash, an old first change.
+        f.other
+            .execute_batch(
+                "UPDATE kq_mirror_outbox SET h = NULL, dirty_at = to_timestamp(1577836800)
+                 WHERE tbl = 'pods'",
+            )
+            .unwrap();
+        Outbox::load(&f.other, true).unwrap();
+        let pod = Owed::Row {
+            table: "pods",
+            context: Arc::from("test"),
+            key: "uid-a".into(),
+        };
+        let h: Option<i128> = f
+            .other
+            .query_row(
+                "SELECT h FROM kq_mirror_outbox WHERE tbl = 'pods' AND key = 'uid-a'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(
+            h,
+            Some(pod.hash()),
+            "the entry got its hash when the writer opened"
+        );
+
+        // The pod changes again: its one entry gets the new number and keeps the old time.
+        let Op::Upsert {
+            kind,
+            context,
+            mut rows,
+        } = running("a")
+        else {
+            unreachable!()
+        };
+        rows.row[p_rv(objects::positions(kind))] = Value::Text("2".into());
+        f.writer.write_batch(vec![Op::Upsert {
+            kind,
+            context,
+            rows,
+        }]);
+        let pods: Vec<(i64, i64)> = f
+            .other
+            .prepare(
+                "SELECT seq, epoch_us(dirty_at) FROM kq_mirror_outbox
+                 WHERE tbl = 'pods' AND key = 'uid-a'",
+            )
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(pods.len(), 1, "one entry per pod: {pods:?}");
+        assert_eq!(
+            pods[0].1, 1_577_836_800_000_000,
+            "the first change's time stays"
+        );
     }
 
     fn p_rv(p: &objects::Positions) -> usize {
