@@ -278,7 +278,7 @@ impl Writer {
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::{count, fixture, running};
+    use super::super::tests::{Fixture, count, fixture, running};
     use super::*;
 
     fn owed(conn: &Connection) -> Vec<(String, String, String, i64)> {
@@ -292,10 +292,7 @@ mod tests {
 
     #[test]
     fn the_outbox_holds_one_entry_per_object_however_often_it_changed() {
-        let mut f = fixture(StoreOptions {
-            mirror: true,
-            ..StoreOptions::default()
-        });
+        let mut f = mirrored();
         f.writer.write_batch(vec![running("a")]);
         let first = owed(&f.other);
         let pod = first
@@ -311,21 +308,7 @@ mod tests {
         );
         // Changed ten more times: still one entry, with a newer number.
         for rv in 2..12 {
-            let Op::Upsert {
-                kind,
-                context,
-                mut rows,
-            } = running("a")
-            else {
-                unreachable!()
-            };
-            let p = objects::positions(kind);
-            rows.row[p_rv(p)] = Value::Text(rv.to_string());
-            f.writer.write_batch(vec![Op::Upsert {
-                kind,
-                context,
-                rows,
-            }]);
+            f.writer.write_batch(vec![running_at("a", rv)]);
         }
         let later = owed(&f.other);
         let pods: Vec<_> = later.iter().filter(|o| o.0 == "pods").collect();
@@ -362,10 +345,7 @@ mod tests {
 
     #[test]
     fn entries_of_a_table_this_kqd_does_not_know_are_dropped_when_the_writer_opens() {
-        let f = fixture(StoreOptions {
-            mirror: true,
-            ..StoreOptions::default()
-        });
+        let f = mirrored();
         // As a kqd before schema version 18 left them: without a hash.
         f.other
             .execute_batch(
@@ -382,10 +362,7 @@ mod tests {
 
     #[test]
     fn an_entry_from_before_the_hash_gets_it_at_open_and_a_later_change_replaces_it() {
-        let mut f = fixture(StoreOptions {
-            mirror: true,
-            ..StoreOptions::default()
-        });
+        let mut f = mirrored();
         f.writer.write_batch(vec![running("a")]);
         // Make the pod's entry look as an older kqd left it: no hash, an old first change.
         f.other
@@ -415,20 +392,7 @@ mod tests {
         );
 
         // The pod changes again: its one entry gets the new number and keeps the old time.
-        let Op::Upsert {
-            kind,
-            context,
-            mut rows,
-        } = running("a")
-        else {
-            unreachable!()
-        };
-        rows.row[p_rv(objects::positions(kind))] = Value::Text("2".into());
-        f.writer.write_batch(vec![Op::Upsert {
-            kind,
-            context,
-            rows,
-        }]);
+        f.writer.write_batch(vec![running_at("a", 2)]);
         let pods: Vec<(i64, i64)> = f
             .other
             .prepare(
@@ -447,16 +411,34 @@ mod tests {
         );
     }
 
-    fn p_rv(p: &objects::Positions) -> usize {
-        p.resource_version
+    /// The running pod `name` at resource version `rv`.
+    fn running_at(name: &str, rv: u32) -> Op {
+        let Op::Upsert {
+            kind,
+            context,
+            mut rows,
+        } = running(name)
+        else {
+            unreachable!("running gives an upsert")
+        };
+        rows.row[objects::positions(kind).resource_version] = Value::Text(rv.to_string());
+        Op::Upsert {
+            kind,
+            context,
+            rows,
+        }
+    }
+
+    fn mirrored() -> Fixture {
+        fixture(StoreOptions {
+            mirror: true,
+            ..StoreOptions::default()
+        })
     }
 
     #[test]
     fn a_rolled_back_batch_owes_nothing_and_without_the_mirror_nothing_is_recorded() {
-        let mut f = fixture(StoreOptions {
-            mirror: true,
-            ..StoreOptions::default()
-        });
+        let mut f = mirrored();
         f.other
             .execute_batch("ALTER TABLE containers RENAME TO containers_away")
             .unwrap();
