@@ -52,13 +52,7 @@ impl Owed {
     /// object while PostgreSQL catches up, in every batch.
     pub fn hash(&self) -> i128 {
         let (table, context, key) = self.columns();
-        let mut h = xxhash_rust::xxh3::Xxh3::new();
-        // The separator cannot occur in a table name, a context name or a key.
-        for part in [table, context, key] {
-            h.update(part.as_bytes());
-            h.update(&[0]);
-        }
-        h.digest128() as i128
+        key_hash(table, context, key)
     }
 
     /// Reads a stored entry back; `None` for a table this kqd does not know (an entry left
@@ -81,6 +75,17 @@ impl Owed {
             },
         })
     }
+}
+
+/// The hash of an entry as stored: (table, context, key), as [`Owed::columns`] gives them.
+pub fn key_hash(table: &str, context: &str, key: &str) -> i128 {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    // The separator cannot occur in a table name, a context name or a key.
+    for part in [table, context, key] {
+        h.update(part.as_bytes());
+        h.update(&[0]);
+    }
+    h.digest128() as i128
 }
 
 /// An entry the mirror read, with the sequence number it had then: acknowledging it removes

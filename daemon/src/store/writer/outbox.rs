@@ -2,7 +2,7 @@
 //! before the transaction commits, and what PostgreSQL acknowledged leaves it.
 
 use super::*;
-use crate::store::outbox::{Owed, Read};
+use crate::store::outbox::{Owed, Read, key_hash};
 
 /// Empties the outbox and the `mirror` row, when the mirror is off.
 const DROP_OUTBOX: &str = "DELETE FROM main.kq_mirror_outbox; DELETE FROM main.mirror;";
@@ -112,48 +112,34 @@ impl Outbox {
 }
 
 /// Gives entries recorded before the outbox had `h` (schema version 17 and older) their
-/// hash: once, when the writer opens the file, since only Rust computes it.
+/// hash: once, when the writer opens the file, since only Rust computes it. One UPDATE
+/// from a temporary table, which is atomic on its own.
 fn hash_unhashed(conn: &Connection) -> Result<(), StoreError> {
-    let mut stmt = conn.prepare(
-        "SELECT tbl, context, key, seq, epoch_us(dirty_at) FROM main.kq_mirror_outbox
-         WHERE h IS NULL",
-    )?;
-    let unhashed: Vec<(String, String, String, i64, Option<i64>)> = stmt
-        .query_map([], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
-        })?
+    let mut stmt = conn
+        .prepare("SELECT DISTINCT tbl, context, key FROM main.kq_mirror_outbox WHERE h IS NULL")?;
+    let unhashed: Vec<(String, String, String)> = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
         .collect::<Result<_, _>>()?;
     if unhashed.is_empty() {
         return Ok(());
     }
-    conn.execute_batch("BEGIN TRANSACTION; DELETE FROM main.kq_mirror_outbox WHERE h IS NULL;")?;
-    let refill = || -> Result<(), StoreError> {
-        let mut app = conn.appender_to_db("kq_mirror_outbox", "main")?;
-        for (table, context, key, seq, at) in &unhashed {
-            // Load already dropped entries of tables this kqd does not know.
-            let Some(owed) = Owed::parse(table, context, key) else {
-                continue;
-            };
-            let at = at.map_or(Value::Null, |t| Value::Timestamp(TimeUnit::Microsecond, t));
-            app.append_row(duckdb::params![
-                table,
-                context,
-                key,
-                seq,
-                at,
-                Value::HugeInt(owed.hash())
-            ])?;
+    conn.execute_batch(
+        "CREATE OR REPLACE TEMP TABLE kq_rehash (tbl VARCHAR, context VARCHAR, key VARCHAR, h HUGEINT)",
+    )?;
+    {
+        let mut app = conn.appender_to_catalog_and_db("kq_rehash", "temp", "main")?;
+        for (table, context, key) in &unhashed {
+            let h = Value::HugeInt(key_hash(table, context, key));
+            app.append_row(duckdb::params![table, context, key, h])?;
         }
         app.flush()?;
-        Ok(())
-    };
-    match refill().and_then(|()| Ok(conn.execute_batch("COMMIT")?)) {
-        Ok(()) => Ok(()),
-        Err(e) => {
-            let _ = conn.execute_batch("ROLLBACK");
-            Err(e)
-        }
     }
+    conn.execute_batch(
+        "UPDATE main.kq_mirror_outbox o SET h = r.h FROM temp.kq_rehash r
+           WHERE o.h IS NULL AND o.tbl = r.tbl AND o.context = r.context AND o.key = r.key;
+         DROP TABLE temp.kq_rehash;",
+    )?;
+    Ok(())
 }
 
 impl Writer {

@@ -99,10 +99,9 @@ async fn main() -> anyhow::Result<()> {
     }
     let parse_rate = parsed as f64 / started.elapsed().as_secs_f64();
 
-    let pg = args.postgres.then(|| match args.postgres_nice {
-        0 => kq_e2e::pg::Postgres::start(),
-        n => kq_e2e::pg::Postgres::start_niced(n),
-    });
+    let pg = args
+        .postgres
+        .then(|| kq_e2e::pg::Postgres::start_niced(args.postgres_nice));
     let url = pg.as_ref().map(|p| p.url());
     // Initial sync: from kqd's start until every context has listed every resource and
     // the rows are queryable (the state change is committed after the rows it follows).
