@@ -338,6 +338,7 @@ fn scan(
 ) -> Result<(), MirrorError> {
     let (unit, at) = m.unit().expect("keyed tables are streamed");
     let ctx_at = m.position("context").expect("keyed tables have contexts");
+    let started = std::time::Instant::now();
     let ranges = match keep {
         None => vec![None],
         Some(keep) => ranges(&row_ids(conn, m, unit, context, keep).map_err(MirrorError::duck)?)
@@ -345,6 +346,9 @@ fn scan(
             .map(Some)
             .collect(),
     };
+    let located = started.elapsed();
+    let n_ranges = ranges.len();
+    let mut rows = 0;
     let mut filter = Vec::new();
     if context.is_some() {
         filter.push("context = ?");
@@ -377,11 +381,22 @@ fn scan(
                 None => batch,
                 Some(keep) => kept(&batch, keep, at, ctx_at)?,
             };
+            rows += batch.num_rows();
             if batch.num_rows() > 0 && !sink(batch) {
                 return Ok(());
             }
         }
     }
+    // Finding the rows (a join of the whole table's two key columns with the keys) took
+    // most of a round's reads under load: 50–490 ms a table at 10 × 10k.
+    tracing::trace!(
+        table = m.name(),
+        rows,
+        ranges = n_ranges,
+        locate_ms = located.as_millis() as u64,
+        read_ms = (started.elapsed() - located).as_millis() as u64,
+        "read rows for the mirror"
+    );
     Ok(())
 }
 
