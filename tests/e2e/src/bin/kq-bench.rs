@@ -430,6 +430,8 @@ mod load {
     }
 
     const PROBE: &str = "bench-probe";
+    /// What the last probe's number reads while probing goes on.
+    const STILL_PROBING: u64 = u64::MAX;
 
     pub async fn run(
         env: &Env,
@@ -491,39 +493,47 @@ mod load {
         // (probe, when it was changed, when DuckDB had it)
         let mut seen_in_duck: Vec<(u64, Instant, Instant)> = Vec::new();
         let mut lost = 0;
-        // The last probe sent, once probing is over.
-        let probing_done = AtomicU64::new(0);
+        // The last probe sent, once probing is over (`STILL_PROBING` until then).
+        let last_probe = AtomicU64::new(STILL_PROBING);
         let probe_loop = async {
-            let mut n = 0u64;
-            while started.elapsed() < secs {
-                let slot = Instant::now();
-                n += 1;
-                let body = format!(r#"{{"metadata":{{"labels":{{"kq-bench-probe":"{n}"}}}}}}"#);
-                c0.store
-                    .patch(
-                        &rt,
-                        "default",
-                        PROBE,
-                        PatchType::Merge,
-                        body.as_bytes(),
-                        false,
-                    )
-                    .map_err(|e| anyhow::anyhow!("{e}"))?;
-                match wait_probe(client, &c0.name, &n.to_string(), Duration::from_secs(10)).await {
-                    Ok(()) => {
-                        latencies.push(slot.elapsed());
-                        seen_in_duck.push((n, slot, Instant::now()));
+            let probed = async {
+                let mut n = 0u64;
+                while started.elapsed() < secs {
+                    let slot = Instant::now();
+                    n += 1;
+                    let body = format!(r#"{{"metadata":{{"labels":{{"kq-bench-probe":"{n}"}}}}}}"#);
+                    c0.store
+                        .patch(
+                            &rt,
+                            "default",
+                            PROBE,
+                            PatchType::Merge,
+                            body.as_bytes(),
+                            false,
+                        )
+                        .map_err(|e| anyhow::anyhow!("{e}"))?;
+                    match wait_probe(client, &c0.name, &n.to_string(), Duration::from_secs(10))
+                        .await
+                    {
+                        Ok(()) => {
+                            latencies.push(slot.elapsed());
+                            seen_in_duck.push((n, slot, Instant::now()));
+                        }
+                        Err(_) => lost += 1,
                     }
-                    Err(_) => lost += 1,
+                    tokio::time::sleep(Duration::from_millis(200).saturating_sub(slot.elapsed()))
+                        .await;
                 }
-                tokio::time::sleep(Duration::from_millis(200).saturating_sub(slot.elapsed())).await;
+                anyhow::Ok(n)
             }
-            probing_done.store(n, Ordering::Relaxed);
-            anyhow::Ok(n)
+            .await;
+            // Set however probing ended, so that the PostgreSQL watch ends too.
+            last_probe.store(*probed.as_ref().unwrap_or(&0), Ordering::Relaxed);
+            probed
         };
         let pg_watch = async {
             match pg {
-                Some(pg) => watch_pg_probe(pg, &c0.name, &probing_done).await.map(Some),
+                Some(pg) => watch_pg_probe(pg, &c0.name, &last_probe).await.map(Some),
                 None => Ok(None),
             }
         };
@@ -563,7 +573,8 @@ mod load {
     }
 
     /// Watches PostgreSQL's copy of the probe pod's label until it reads `last` once that
-    /// is set (or 10 s after), and returns each value it took with when it was first seen. It polls by primary key: polled by name every 2 ms, each
+    /// is set (or 10 s after: a probe lost on the way is counted lost, not waited for), and
+    /// returns each value it took with when it was first seen. It polls by primary key: polled by name every 2 ms, each
     /// poll scanned the 100k mirrored pods, and PostgreSQL spent about 0.3 of the two
     /// cores on the benchmark's own queries.
     async fn watch_pg_probe(
@@ -604,7 +615,7 @@ mod load {
                 seen.push((v, Instant::now()));
             }
             let last = last.load(Ordering::Relaxed);
-            if last > 0 {
+            if last != STILL_PROBING {
                 let at = *done_at.get_or_insert_with(Instant::now);
                 if seen.last().is_some_and(|(v, _)| *v >= last)
                     || at.elapsed() > Duration::from_secs(10)
