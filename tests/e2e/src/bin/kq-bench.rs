@@ -41,6 +41,10 @@ struct Args {
     /// take about a third of a two-core machine during the catch-up.
     #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     postgres_nice: i32,
+    /// With `--postgres`: mirror without `objects` (`mirror_objects = false`), to see what
+    /// its JSON costs. The catch-up then waits for the pods.
+    #[arg(long)]
+    no_mirror_objects: bool,
     /// Run kqd without field-level history (`record_diffs = false`), to see what diffs cost.
     #[arg(long)]
     no_diffs: bool,
@@ -113,6 +117,17 @@ async fn main() -> anyhow::Result<()> {
     if args.no_diffs {
         vars.push(("KQ_RECORD_DIFFS", "false"));
     }
+    // kqd reads its config file under the env's HOME; the setting has no variable.
+    let config_home = env.dir.path().join(".config");
+    if args.no_mirror_objects {
+        std::fs::create_dir_all(config_home.join("kq"))?;
+        std::fs::write(
+            config_home.join("kq/config.toml"),
+            "mirror_objects = false\n",
+        )?;
+    }
+    let config_home = config_home.to_string_lossy().into_owned();
+    vars.push(("XDG_CONFIG_HOME", &config_home));
     let kqd = env.kqd_with(&vars).await;
     env.wait_pods_synced(Duration::from_secs(600)).await;
     let ready = format!("n\n{}\n", env.fleet.clusters.len());
@@ -134,8 +149,15 @@ async fn main() -> anyhow::Result<()> {
     if let Some(u) = &url {
         let (client, conn) = tokio_postgres::connect(u, tokio_postgres::NoTls).await?;
         tokio::spawn(conn);
+        // What the catch-up waits for: every object, or every pod when `objects` is not
+        // mirrored.
+        let table = if args.no_mirror_objects {
+            "pods"
+        } else {
+            "objects"
+        };
         let duck_objects = env
-            .csv("select count(*) from objects")
+            .csv(&format!("select count(*) from {table}"))
             .await
             .map_err(|e| anyhow::anyhow!(e))?;
         let duck_objects: i64 = duck_objects.lines().nth(1).unwrap_or("0").parse()?;
@@ -149,7 +171,7 @@ async fn main() -> anyhow::Result<()> {
                 .unwrap_or_default();
             if state.ends_with("streaming,0\n") {
                 let n: i64 = client
-                    .query_one("select count(*) from kq.objects", &[])
+                    .query_one(&format!("select count(*) from kq.{table}"), &[])
                     .await
                     .map(|r| r.get(0))
                     .unwrap_or(0);
@@ -307,7 +329,14 @@ async fn main() -> anyhow::Result<()> {
     if let Some((took, objects, peak)) = catch_up {
         println!(
             "{:<44} {:>14} {:>22}",
-            format!("mirror catch-up of {objects} objects"),
+            format!(
+                "mirror catch-up of {objects} {}",
+                if args.no_mirror_objects {
+                    "pods"
+                } else {
+                    "objects"
+                }
+            ),
             format!("{:.2} s", took.as_secs_f64()),
             "≤ 60 s from kqd start"
         );
