@@ -117,7 +117,8 @@ async fn main() -> anyhow::Result<()> {
     if args.no_diffs {
         vars.push(("KQ_RECORD_DIFFS", "false"));
     }
-    // kqd reads its config file under the env's HOME; the setting has no variable.
+    // kqd reads its config file under the env's HOME, never the user's (so it is pinned
+    // even when the user sets XDG_CONFIG_HOME); `mirror_objects` has no variable.
     let config_home = env.dir.path().join(".config");
     if args.no_mirror_objects {
         std::fs::create_dir_all(config_home.join("kq"))?;
@@ -188,6 +189,7 @@ async fn main() -> anyhow::Result<()> {
         catch_up = Some((
             started.elapsed(),
             duck_objects,
+            table,
             peak_rss_mib(kqd.child.id()),
         ));
         pg_client = Some(client);
@@ -326,17 +328,10 @@ async fn main() -> anyhow::Result<()> {
         ms(percentile(&mut watch_lat, 0.99)),
         "≤ 250 ms"
     );
-    if let Some((took, objects, peak)) = catch_up {
+    if let Some((took, rows, table, peak)) = catch_up {
         println!(
             "{:<44} {:>14} {:>22}",
-            format!(
-                "mirror catch-up of {objects} {}",
-                if args.no_mirror_objects {
-                    "pods"
-                } else {
-                    "objects"
-                }
-            ),
+            format!("mirror catch-up of {rows} {table}"),
             format!("{:.2} s", took.as_secs_f64()),
             "≤ 60 s from kqd start"
         );
@@ -518,7 +513,6 @@ mod load {
         // watched beside it, so that waiting for the mirror never spaces out the DuckDB
         // probes (then the runs with and without the mirror would not take as many, and a
         // p99 of fewer probes is nearer their maximum).
-        let mut latencies = Vec::new();
         // (probe, when it was changed, when DuckDB had it)
         let mut seen_in_duck: Vec<(u64, Instant, Instant)> = Vec::new();
         let mut lost = 0;
@@ -544,10 +538,7 @@ mod load {
                     match wait_probe(client, &c0.name, &n.to_string(), Duration::from_secs(10))
                         .await
                     {
-                        Ok(()) => {
-                            latencies.push(slot.elapsed());
-                            seen_in_duck.push((n, slot, Instant::now()));
-                        }
+                        Ok(()) => seen_in_duck.push((n, slot, Instant::now())),
                         Err(_) => lost += 1,
                     }
                     tokio::time::sleep(Duration::from_millis(200).saturating_sub(slot.elapsed()))
@@ -568,6 +559,10 @@ mod load {
         };
         let (probed, pg_seen) = futures::future::join(probe_loop, pg_watch).await;
         probed?;
+        let latencies: Vec<Duration> = seen_in_duck
+            .iter()
+            .map(|(_, sent, in_duck)| *in_duck - *sent)
+            .collect();
         let (mut pg_latencies, mut pg_after_duck) = (Vec::new(), Vec::new());
         if let Some(pg_seen) = pg_seen? {
             for (n, sent, in_duck) in &seen_in_duck {
@@ -603,9 +598,9 @@ mod load {
 
     /// Watches PostgreSQL's copy of the probe pod's label until it reads `last` once that
     /// is set (or 10 s after: a probe lost on the way is counted lost, not waited for), and
-    /// returns each value it took with when it was first seen. It polls by primary key: polled by name every 2 ms, each
-    /// poll scanned the 100k mirrored pods, and PostgreSQL spent about 0.3 of the two
-    /// cores on the benchmark's own queries.
+    /// returns each value it took with when it was first seen. It polls by primary key:
+    /// polled by name every 2 ms, each poll scanned the 100k mirrored pods, and PostgreSQL
+    /// spent about 0.3 of the two cores on the benchmark's own queries.
     async fn watch_pg_probe(
         pg: &tokio_postgres::Client,
         context: &str,
