@@ -16,7 +16,7 @@ pub struct Migration {
 }
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: u32 = 18;
+pub const SCHEMA_VERSION: u32 = 19;
 
 /// Every migration, oldest first.
 pub static MIGRATIONS: &[Migration] = &[
@@ -128,6 +128,12 @@ pub static MIGRATIONS: &[Migration] = &[
         sql: v18,
         outdates_rows: false,
     },
+    Migration {
+        version: 19,
+        description: "kq_mirror_outbox.children: whether an entry's child rows changed too",
+        sql: v19,
+        outdates_rows: false,
+    },
 ];
 
 /// Creates the named catalog tables. A migration names its tables so that later catalog
@@ -143,6 +149,12 @@ fn create_tables(names: &[&str]) -> String {
         })
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+fn v19() -> String {
+    // Entries recorded before keep NULL, which the mirror reads as "changed": it sends their
+    // child rows, as it always did.
+    "ALTER TABLE kq_mirror_outbox ADD COLUMN IF NOT EXISTS children BOOLEAN;".to_string()
 }
 
 fn v18() -> String {

@@ -97,8 +97,9 @@ impl Duck {
     pub async fn outbox(&self, limit: usize, after: i64) -> Result<Vec<Read>, MirrorError> {
         self.read(move |c| {
             let mut stmt = c.prepare(
-                "SELECT tbl, context, key, seq, epoch_us(dirty_at) FROM main.kq_mirror_outbox
-                 WHERE seq > ? ORDER BY seq LIMIT ?",
+                "SELECT tbl, context, key, seq, epoch_us(dirty_at), coalesce(children, true)
+                   FROM main.kq_mirror_outbox
+                  WHERE seq > ? ORDER BY seq LIMIT ?",
             )?;
             let rows = stmt.query_map([after, limit as i64], |r| {
                 Ok((
@@ -107,11 +108,12 @@ impl Duck {
                     r.get::<_, String>(2)?,
                     r.get::<_, i64>(3)?,
                     r.get::<_, Option<i64>>(4)?,
+                    r.get::<_, bool>(5)?,
                 ))
             })?;
             let mut out = Vec::new();
             for row in rows {
-                let (t, c, k, seq, at) = row?;
+                let (t, c, k, seq, at, children) = row?;
                 // The writer drops entries of tables this kqd does not know when it opens
                 // the file; none is read here.
                 let Some(owed) = Owed::parse(&t, &c, &k) else {
@@ -121,6 +123,7 @@ impl Duck {
                     owed,
                     seq,
                     dirty_at: at.unwrap_or(0),
+                    children,
                 });
             }
             Ok(out)
@@ -129,7 +132,10 @@ impl Duck {
     }
 
     /// The (context, key) of every object or incident the outbox owes whose rows reach
-    /// `m` (its own entries, and its parents' for a child or `objects`).
+    /// `m` (its own entries, and its parents' for a child or `objects`). For a table with
+    /// children, only entries that owe the children too: the others are sent without
+    /// them, so a comparison must not leave them to the outbox (PostgreSQL may lack the
+    /// children altogether, as a new database does).
     pub async fn owed_keys(
         &self,
         m: &'static Mirrored,
@@ -140,11 +146,17 @@ impl Duck {
             .filter(|t| t.targets(objects).iter().any(|x| x.name() == m.name()))
             .map(|t| format!("'{}'", t.name()))
             .collect();
+        let has_children = m.targets(objects).iter().any(|t| t.is_child());
         self.read(move |c| {
             let sql = format!(
                 "SELECT context, key FROM main.kq_mirror_outbox
-                  WHERE key <> '{all}' AND tbl IN ({})",
+                  WHERE key <> '{all}' AND tbl IN ({}){}",
                 tables.join(", "),
+                if has_children {
+                    " AND coalesce(children, true)"
+                } else {
+                    ""
+                },
                 all = crate::store::outbox::ALL
             );
             c.prepare(&sql)?

@@ -180,6 +180,7 @@ pub async fn run(
         sent_seq: 0,
         rates: Vec::new(),
         reported: Instant::now() - REPORT_EVERY,
+        compared: false,
         streamed: false,
     };
     let mut backoff = Duration::from_secs(1);
@@ -235,6 +236,10 @@ struct Mirror {
     /// (when, rows) of recent commits, for rows/s.
     rates: Vec<(Instant, u64)>,
     reported: Instant,
+    /// The current session compared every table with PostgreSQL. Until then an entry's
+    /// `children` flag is not trusted: it says the child rows are as PostgreSQL had them
+    /// before, which a database new to this kqd (or restored) does not.
+    compared: bool,
     /// The current session got as far as streaming.
     streamed: bool,
 }
@@ -285,6 +290,7 @@ impl Mirror {
         // A new session reads every entry again: one sent by a session that failed before
         // its commit is still owed.
         self.sent_seq = 0;
+        self.compared = false;
         let changes = tables::get("changes").expect("changes are mirrored");
         let (_, _, max) = self.duck()?.changes_after(changes, i64::MAX, 1).await?;
         if max.unwrap_or(0) < self.changes_seq {
@@ -311,6 +317,7 @@ impl Mirror {
                 Ok(()) => {
                     if verify && !cancel.is_cancelled() {
                         verified = Some(Instant::now());
+                        self.compared = true;
                         if self.status.state != MirrorState::Streaming {
                             self.status.state = MirrorState::Streaming;
                             self.streamed = true;
@@ -527,7 +534,12 @@ impl Mirror {
             let Some(m) = tables::get(table) else {
                 continue;
             };
-            for t in m.targets(self.cfg.objects) {
+            // A modify that left an object's child rows alone (a pod's status message)
+            // costs neither a read of them nor a write: PostgreSQL has them as they are,
+            // once this session compared every table.
+            let children = r.children || !self.compared;
+            let targets = m.targets(self.cfg.objects);
+            for t in targets.into_iter().filter(|t| children || !t.is_child()) {
                 by_table
                     .entry(t.name())
                     .or_insert_with(|| (t, Vec::new()))

@@ -96,6 +96,9 @@ pub struct Read {
     pub seq: i64,
     /// When the entry was recorded (Unix microseconds), for the mirror's lag.
     pub dirty_at: i64,
+    /// The object's child rows changed too, since PostgreSQL last had them: without it,
+    /// the mirror neither reads nor sends them.
+    pub children: bool,
 }
 
 /// Where the mirror stands, for the `mirror` row.

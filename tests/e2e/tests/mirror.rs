@@ -511,6 +511,101 @@ async fn postgres_down_for_30_seconds_under_churn_is_exact_within_10_seconds_of_
     eprintln!("exact {took:?} after PostgreSQL came back");
 }
 
+/// An outbox entry may say a pod's containers are as PostgreSQL had them (its status
+/// message changed, nothing else): the mirror then sends the pod's rows alone. A later
+/// restart must still reach the containers, and a database that never had them must
+/// still get them.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_status_change_sends_the_pod_alone_and_a_database_new_to_kqd_still_gets_its_containers() {
+    let pg = Postgres::start();
+    let env = Env::start(1, 10).await;
+    let config = env.dir.path().join("config.toml");
+    std::fs::write(&config, format!("postgres_url = \"{}\"\n", pg.url())).unwrap();
+    let (mut cmd, log) = env.kqd_command();
+    cmd.arg("--config").arg(&config);
+    let kqd = env.start_kqd(cmd, log).await;
+    env.wait_pods_synced(Duration::from_secs(60)).await;
+    wait_exact(&env, &pg, Duration::from_secs(30)).await;
+
+    let c = env.fleet.clusters[0].clone();
+    let (ns, name, container) = kq_e2e::sim_pods(&c).into_iter().next().unwrap();
+    let pods = c.store.resolve_kind("v1", "Pod").unwrap();
+    let message = |m: &str| {
+        c.store
+            .patch(
+                &pods,
+                &ns,
+                &name,
+                kube_sim::patch::PatchType::Merge,
+                json!({"status": {"message": m}}).to_string().as_bytes(),
+                true,
+            )
+            .unwrap();
+    };
+    // A status message owes PostgreSQL the pod's rows, not its containers; the container's
+    // restart after it owes them again.
+    message("only a message");
+    wait_pg(
+        &pg,
+        &format!("select object->'status'->>'message' from kq.objects where kind = 'Pod' and name = '{name}'"),
+        "only a message",
+        Duration::from_secs(2),
+    )
+    .await;
+    scenario::crash_container(&c.store, &ns, &name, &container, 1, "Error", None).unwrap();
+    wait_pg(
+        &pg,
+        &format!("select restart_count from kq.containers where pod = '{name}'"),
+        "1",
+        Duration::from_secs(2),
+    )
+    .await;
+    wait_exact(&env, &pg, Duration::from_secs(10)).await;
+
+    // While PostgreSQL is away, the status message changes again: the outbox owes the pod,
+    // and says its containers did not change.
+    pg.stop();
+    message("changed while away");
+    env.wait_csv(
+        &format!(
+            "select object->'status'->>'message' as m from objects where kind = 'Pod' and name = '{name}'"
+        ),
+        "m\nchanged while away\n",
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+
+    // It comes back as another schema, which has none of this kqd's rows.
+    std::fs::write(
+        &config,
+        format!(
+            "postgres_url = \"{}\"\npostgres_schema = \"fresh\"\n",
+            pg.url()
+        ),
+    )
+    .unwrap();
+    kqd.hangup();
+    // The mirror takes the new schema before PostgreSQL is back, so the entry is still
+    // owed when it connects.
+    env.wait_csv(
+        "select schema, outbox > 0 as owes from mirror",
+        "schema,owes\nfresh,true\n",
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+    pg.start_again();
+    wait_exact_at(&env, &env.socket, &pg, "fresh", Duration::from_secs(30)).await;
+    assert_ne!(
+        pg.sql(&format!(
+            "select count(*) from fresh.containers where pod = '{name}'"
+        )),
+        "0"
+    );
+    assert!(kqd.terminate().success());
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn kqd_killed_during_the_catch_up_converges_after_a_restart() {
     let pg = Postgres::start();

@@ -337,7 +337,7 @@ impl Writer {
                             }
                         }
                         changes.push(change);
-                        self.outbox.row(table, ctx, uid);
+                        self.outbox.row(table, ctx, uid, children);
                         if children {
                             child_rows.extend(r.children.iter().map(Vec::as_slice));
                         }
@@ -345,7 +345,7 @@ impl Writer {
                     }
                     None => {
                         if self.index.remove(ctx, uid) {
-                            self.outbox.row(table, ctx, uid);
+                            self.outbox.row(table, ctx, uid, true);
                             stale.push(Stale {
                                 context: ctx,
                                 uid,

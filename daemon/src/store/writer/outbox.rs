@@ -12,7 +12,9 @@ const DROP_OUTBOX: &str = "DELETE FROM main.kq_mirror_outbox; DELETE FROM main.m
 pub(super) struct Outbox {
     /// The mirror is on: without it nothing is recorded and the outbox stays empty.
     pub(super) on: bool,
-    owed: HashSet<Owed>,
+    /// Each entry, and whether the child rows of its object changed too: a modify that
+    /// left a pod's containers as they were owes PostgreSQL only the pod's own rows.
+    owed: HashMap<Owed, bool>,
     /// The last sequence number given to an entry.
     seq: i64,
     /// Told the last sequence number after each commit that recorded something, so that the
@@ -55,14 +57,23 @@ impl Outbox {
         })
     }
 
-    /// An object's (or an incident's) rows changed.
-    pub(super) fn row(&mut self, table: &'static str, context: &Arc<str>, key: &str) {
+    /// An object's (or an incident's) rows changed; `children`: its child rows (a pod's
+    /// containers) changed too, or went with it. Two changes of one object in a
+    /// transaction owe what either owed.
+    pub(super) fn row(
+        &mut self,
+        table: &'static str,
+        context: &Arc<str>,
+        key: &str,
+        children: bool,
+    ) {
         if self.on {
-            self.owed.insert(Owed::Row {
+            let owed = Owed::Row {
                 table,
                 context: context.clone(),
                 key: key.to_string(),
-            });
+            };
+            *self.owed.entry(owed).or_default() |= children;
         }
     }
 
@@ -79,10 +90,13 @@ impl Outbox {
     pub(super) fn part(&mut self, table: &'static str, context: Option<&str>) {
         self.touched.insert(table);
         if self.on {
-            self.owed.insert(Owed::Part {
-                table,
-                context: context.map(Arc::from),
-            });
+            self.owed.insert(
+                Owed::Part {
+                    table,
+                    context: context.map(Arc::from),
+                },
+                true,
+            );
         }
     }
 
@@ -156,7 +170,7 @@ impl Writer {
         }
         for row in self.tracker.written() {
             let context: Arc<str> = Arc::from(row.context.as_str());
-            self.outbox.row("incidents", &context, &row.id);
+            self.outbox.row("incidents", &context, &row.id, false);
         }
         if self.outbox.owed.is_empty() {
             return Ok(());
@@ -164,7 +178,7 @@ impl Writer {
         let now = now_micros();
         {
             let mut app = self.conn.appender_to_db("owed", "kq_stage")?;
-            for owed in self.outbox.owed.drain() {
+            for (owed, children) in self.outbox.owed.drain() {
                 self.outbox.seq += 1;
                 let (table, context, key) = owed.columns();
                 app.append_row(duckdb::params![
@@ -174,12 +188,18 @@ impl Writer {
                     self.outbox.seq,
                     Value::Timestamp(TimeUnit::Microsecond, now),
                     Value::HugeInt(owed.hash()),
+                    children,
                 ])?;
             }
             app.flush()?;
         }
+        // An entry still owed keeps what it owed: its children changed in an earlier
+        // transaction that PostgreSQL has not seen yet (NULL, from before the column,
+        // counts as changed).
         self.conn.execute_batch(
-            "UPDATE kq_stage.owed SET dirty_at = o.dirty_at FROM main.kq_mirror_outbox o
+            "UPDATE kq_stage.owed SET dirty_at = o.dirty_at,
+                 children = owed.children OR coalesce(o.children, true)
+               FROM main.kq_mirror_outbox o
                WHERE o.h = owed.h;
              DELETE FROM main.kq_mirror_outbox USING kq_stage.owed s
                WHERE kq_mirror_outbox.h = s.h;
@@ -214,6 +234,7 @@ impl Writer {
                     r.seq,
                     Value::Null,
                     Value::HugeInt(r.owed.hash()),
+                    Value::Null,
                 ])?;
             }
             app.flush()?;
@@ -264,8 +285,9 @@ impl Writer {
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::{Fixture, count, fixture, running};
+    use super::super::tests::{Fixture, count, fixture, pod, running};
     use super::*;
+    use serde_json::json;
 
     fn owed(conn: &Connection) -> Vec<(String, String, String, i64)> {
         conn.prepare("SELECT tbl, context, key, seq FROM kq_mirror_outbox ORDER BY tbl, key")
@@ -310,6 +332,7 @@ mod tests {
             },
             seq,
             dirty_at: 0,
+            children: true,
         };
         f.writer.acknowledge(&[read(pod.3)]).unwrap();
         assert_eq!(
@@ -335,8 +358,8 @@ mod tests {
         // As a kqd before schema version 18 left them: without a hash.
         f.other
             .execute_batch(
-                "INSERT INTO kq_mirror_outbox VALUES ('gone_table', 'test', 'u1', 7, now(), NULL),
-                                                     ('pods', 'test', 'u2', 8, now(), NULL)",
+                "INSERT INTO kq_mirror_outbox VALUES ('gone_table', 'test', 'u1', 7, now(), NULL, NULL),
+                                                     ('pods', 'test', 'u2', 8, now(), NULL, NULL)",
             )
             .unwrap();
         let outbox = Outbox::load(&f.other, true).unwrap();
@@ -395,6 +418,96 @@ mod tests {
             pods[0].1, 1_577_836_800_000_000,
             "the first change's time stays"
         );
+    }
+
+    /// Whether the pod `name`'s one entry owes its containers too.
+    fn owes_children(conn: &Connection, name: &str) -> bool {
+        conn.query_row(
+            "SELECT coalesce(children, true) FROM kq_mirror_outbox
+              WHERE tbl = 'pods' AND key = ?",
+            [format!("uid-{name}")],
+            |r| r.get(0),
+        )
+        .unwrap()
+    }
+
+    /// Acknowledges every entry the outbox holds, as the mirror does after its commit.
+    fn acknowledge_all(f: &mut Fixture) {
+        let read: Vec<Read> = owed(&f.other)
+            .into_iter()
+            .filter_map(|(t, c, k, seq)| {
+                Some(Read {
+                    owed: Owed::parse(&t, &c, &k)?,
+                    seq,
+                    dirty_at: 0,
+                    children: true,
+                })
+            })
+            .collect();
+        f.writer.acknowledge(&read).unwrap();
+        assert_eq!(count(&f.other, "SELECT count(*) FROM kq_mirror_outbox"), 0);
+    }
+
+    #[test]
+    fn an_entry_owes_a_pods_containers_only_when_a_change_since_postgres_had_it_touched_them() {
+        let mut f = mirrored();
+        f.writer.write_batch(vec![running("a")]);
+        assert!(
+            owes_children(&f.other, "a"),
+            "a new pod owes its containers"
+        );
+        acknowledge_all(&mut f);
+
+        // A status message: the containers are as PostgreSQL has them.
+        f.writer.write_batch(vec![running_at("a", 2)]);
+        assert!(
+            !owes_children(&f.other, "a"),
+            "only the pod's rows are owed"
+        );
+
+        // The container restarts before the mirror sent the last change: the one entry now
+        // owes both changes, the containers included.
+        let restarted = |rv: u32| {
+            let Op::Upsert {
+                kind,
+                context,
+                mut rows,
+            } = pod(
+                "a",
+                json!({"phase": "Running", "containerStatuses": [{"name": "main",
+                       "image": "nginx:1", "imageID": "", "ready": true, "restartCount": 1,
+                       "state": {"running": {"startedAt": "2020-01-01T00:01:00Z"}}}]}),
+            )
+            else {
+                unreachable!("pod gives an upsert")
+            };
+            rows.row[objects::positions(kind).resource_version] = Value::Text(rv.to_string());
+            Op::Upsert {
+                kind,
+                context,
+                rows,
+            }
+        };
+        f.writer.write_batch(vec![restarted(3)]);
+        assert!(
+            owes_children(&f.other, "a"),
+            "the restart owes the containers"
+        );
+        // A later status-only change does not take that back.
+        f.writer.write_batch(vec![restarted(4)]);
+        assert!(
+            owes_children(&f.other, "a"),
+            "still owed until PostgreSQL has them"
+        );
+        acknowledge_all(&mut f);
+
+        // In one transaction, a change that touched them and one that did not owe them.
+        f.writer.write_batch(vec![restarted(5), running_at("a", 6)]);
+        assert!(owes_children(&f.other, "a"));
+        acknowledge_all(&mut f);
+        f.writer
+            .write_batch(vec![running_at("a", 7), running_at("a", 8)]);
+        assert!(!owes_children(&f.other, "a"));
     }
 
     /// The running pod `name` at resource version `rv`.
