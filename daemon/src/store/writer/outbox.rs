@@ -468,25 +468,15 @@ mod tests {
         // The container restarts before the mirror sent the last change: the one entry now
         // owes both changes, the containers included.
         let restarted = |rv: u32| {
-            let Op::Upsert {
-                kind,
-                context,
-                mut rows,
-            } = pod(
-                "a",
-                json!({"phase": "Running", "containerStatuses": [{"name": "main",
-                       "image": "nginx:1", "imageID": "", "ready": true, "restartCount": 1,
-                       "state": {"running": {"startedAt": "2020-01-01T00:01:00Z"}}}]}),
+            at_version(
+                pod(
+                    "a",
+                    json!({"phase": "Running", "containerStatuses": [{"name": "main",
+                           "image": "nginx:1", "imageID": "", "ready": true, "restartCount": 1,
+                           "state": {"running": {"startedAt": "2020-01-01T00:01:00Z"}}}]}),
+                ),
+                rv,
             )
-            else {
-                unreachable!("pod gives an upsert")
-            };
-            rows.row[objects::positions(kind).resource_version] = Value::Text(rv.to_string());
-            Op::Upsert {
-                kind,
-                context,
-                rows,
-            }
         };
         f.writer.write_batch(vec![restarted(3)]);
         assert!(
@@ -512,13 +502,18 @@ mod tests {
 
     /// The running pod `name` at resource version `rv`.
     fn running_at(name: &str, rv: u32) -> Op {
+        at_version(running(name), rv)
+    }
+
+    /// A pod's upsert at resource version `rv`.
+    fn at_version(op: Op, rv: u32) -> Op {
         let Op::Upsert {
             kind,
             context,
             mut rows,
-        } = running(name)
+        } = op
         else {
-            unreachable!("running gives an upsert")
+            unreachable!("a pod is an upsert")
         };
         rows.row[objects::positions(kind).resource_version] = Value::Text(rv.to_string());
         Op::Upsert {
