@@ -180,7 +180,7 @@ pub async fn run(
         sent_seq: 0,
         rates: Vec::new(),
         reported: Instant::now() - REPORT_EVERY,
-        compared: false,
+        compared: None,
         streamed: false,
     };
     let mut backoff = Duration::from_secs(1);
@@ -236,10 +236,10 @@ struct Mirror {
     /// (when, rows) of recent commits, for rows/s.
     rates: Vec<(Instant, u64)>,
     reported: Instant,
-    /// The current session compared every table with PostgreSQL. Until then an entry's
-    /// `children` flag is not trusted: it says the child rows are as PostgreSQL had them
-    /// before, which a database new to this kqd (or restored) does not.
-    compared: bool,
+    /// When the current session last compared every table with PostgreSQL. Until it has,
+    /// an entry's `children` flag is not trusted: it says the child rows are as PostgreSQL
+    /// had them before, which a database new to this kqd (or restored) does not.
+    compared: Option<Instant>,
     /// The current session got as far as streaming.
     streamed: bool,
 }
@@ -290,7 +290,7 @@ impl Mirror {
         // A new session reads every entry again: one sent by a session that failed before
         // its commit is still owed.
         self.sent_seq = 0;
-        self.compared = false;
+        self.compared = None;
         let changes = tables::get("changes").expect("changes are mirrored");
         let (_, _, max) = self.duck()?.changes_after(changes, i64::MAX, 1).await?;
         if max.unwrap_or(0) < self.changes_seq {
@@ -307,17 +307,15 @@ impl Mirror {
         // What the outbox owes first (it is what changed most recently), then everything
         // compared; then what the outbox owes, as it comes. A read of DuckDB that fails
         // (its memory limit, while the writer is busy) is retried on the same connection.
-        let mut verified: Option<Instant> = None;
         loop {
             if cancel.is_cancelled() {
                 return Ok(());
             }
-            let verify = verified.is_none_or(|t| t.elapsed() > VERIFY_EVERY);
+            let verify = self.compared.is_none_or(|t| t.elapsed() > VERIFY_EVERY);
             match self.step(&mut pg, cancel, verify).await {
                 Ok(()) => {
                     if verify && !cancel.is_cancelled() {
-                        verified = Some(Instant::now());
-                        self.compared = true;
+                        self.compared = Some(Instant::now());
                         if self.status.state != MirrorState::Streaming {
                             self.status.state = MirrorState::Streaming;
                             self.streamed = true;
@@ -537,7 +535,7 @@ impl Mirror {
             // A modify that left an object's child rows alone (a pod's status message)
             // costs neither a read of them nor a write: PostgreSQL has them as they are,
             // once this session compared every table.
-            let children = r.children || !self.compared;
+            let children = r.children || self.compared.is_none();
             let targets = m.targets(self.cfg.objects);
             for t in targets.into_iter().filter(|t| children || !t.is_child()) {
                 by_table

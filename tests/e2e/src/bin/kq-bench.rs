@@ -227,15 +227,7 @@ async fn main() -> anyhow::Result<()> {
         let sql = format!("select count(*) from pods where name = '{name}'");
         loop {
             let r = client.query(&sql).await?;
-            let seen = r.batches.first().map(|b| {
-                let col = b
-                    .column(0)
-                    .as_any()
-                    .downcast_ref::<arrow_array_i64::Int64Array>()
-                    .map(|a| a.value(0));
-                col == Some(1)
-            });
-            if seen == Some(true) {
+            if first_ints(&r.batches) == [1] {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
@@ -697,28 +689,12 @@ async fn wait_synced(
     pods: usize,
     timeout: Duration,
 ) -> anyhow::Result<()> {
-    use kq_shell::arrow::array::Array as _;
     let sql = "select (select count(*) from contexts where state = 'ready') as ready,
                       (select count(*) from pods) as pods";
     let want = [clusters as i64, pods as i64];
     let deadline = Instant::now() + timeout;
     loop {
-        let r = client.query(sql).await?;
-        let got: Vec<i64> = r
-            .batches
-            .first()
-            .map(|b| {
-                (0..b.num_columns())
-                    .filter_map(|i| {
-                        let col = b
-                            .column(i)
-                            .as_any()
-                            .downcast_ref::<arrow_array_i64::Int64Array>()?;
-                        (!col.is_empty()).then(|| col.value(0))
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+        let got = first_ints(&client.query(sql).await?.batches);
         if got == want {
             return Ok(());
         }
@@ -728,6 +704,23 @@ async fn wait_synced(
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// The first row's BIGINT columns of a result, in order (empty without a row).
+fn first_ints(batches: &[kq_shell::arrow::record_batch::RecordBatch]) -> Vec<i64> {
+    use kq_shell::arrow::array::Array as _;
+    let Some(b) = batches.iter().find(|b| b.num_rows() > 0) else {
+        return Vec::new();
+    };
+    (0..b.num_columns())
+        .filter_map(|i| {
+            let col = b
+                .column(i)
+                .as_any()
+                .downcast_ref::<arrow_array_i64::Int64Array>()?;
+            (!col.is_null(0)).then(|| col.value(0))
+        })
+        .collect()
 }
 
 /// Arrow's Int64Array, through kq-shell's arrow.
