@@ -93,40 +93,24 @@ impl Duck {
         .map_err(MirrorError::duck)
     }
 
-    /// The oldest owed entries numbered after `after`, at most `limit`.
-    pub async fn outbox(&self, limit: usize, after: i64) -> Result<Vec<Read>, MirrorError> {
+    /// What a round sends, read in one snapshot: the oldest owed entries numbered after
+    /// `after` (at most `limit`), and the changes numbered after `seq` (at most
+    /// `changes_limit`, as [`Duck::changes_after`] reads them). One snapshot, so that the
+    /// changes a batch recorded travel with the entries it owed, in one PostgreSQL
+    /// transaction: PostgreSQL never shows a change without the row it led to.
+    pub async fn round(
+        &self,
+        limit: usize,
+        after: i64,
+        changes: &'static Mirrored,
+        seq: i64,
+        changes_limit: usize,
+    ) -> Result<(Vec<Read>, ChangesAfter), MirrorError> {
         self.read(move |c| {
-            let mut stmt = c.prepare(
-                "SELECT tbl, context, key, seq, epoch_us(dirty_at), coalesce(children, true)
-                   FROM main.kq_mirror_outbox
-                  WHERE seq > ? ORDER BY seq LIMIT ?",
-            )?;
-            let rows = stmt.query_map([after, limit as i64], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, i64>(3)?,
-                    r.get::<_, Option<i64>>(4)?,
-                    r.get::<_, bool>(5)?,
-                ))
-            })?;
-            let mut out = Vec::new();
-            for row in rows {
-                let (t, c, k, seq, at, children) = row?;
-                // The writer drops entries of tables this kqd does not know when it opens
-                // the file; none is read here.
-                let Some(owed) = Owed::parse(&t, &c, &k) else {
-                    continue;
-                };
-                out.push(Read {
-                    owed,
-                    seq,
-                    dirty_at: at.unwrap_or(0),
-                    children,
-                });
-            }
-            Ok(out)
+            Ok((
+                outbox(c, limit, after)?,
+                changes_after(c, changes, seq, changes_limit)?,
+            ))
         })
         .await
     }
@@ -206,28 +190,15 @@ impl Duck {
         .await
     }
 
-    /// Changes numbered after `seq`, oldest first, at most `limit`; with the highest number
-    /// and the lowest DuckDB still keeps.
+    /// Changes numbered after `seq`, oldest first, at most `limit`; with the lowest number
+    /// DuckDB still keeps and the highest.
     pub async fn changes_after(
         &self,
         m: &'static Mirrored,
         seq: i64,
         limit: usize,
-    ) -> Result<(Vec<RecordBatch>, Option<i64>, Option<i64>), MirrorError> {
-        self.read(move |c| {
-            let sql = format!(
-                "SELECT {} FROM main.changes WHERE seq > ? ORDER BY seq LIMIT ?",
-                select_list(m, "")
-            );
-            let batches: Vec<RecordBatch> =
-                c.prepare(&sql)?.query_arrow([seq, limit as i64])?.collect();
-            let (min, max) =
-                c.query_row("SELECT min(seq), max(seq) FROM main.changes", [], |r| {
-                    Ok((r.get(0)?, r.get(1)?))
-                })?;
-            Ok((batches, min, max))
-        })
-        .await
+    ) -> Result<ChangesAfter, MirrorError> {
+        self.read(move |c| changes_after(c, m, seq, limit)).await
     }
 
     /// The contexts a table has rows of.
@@ -271,6 +242,62 @@ impl Duck {
         })
         .await
     }
+}
+
+/// The oldest owed entries numbered after `after`, at most `limit`.
+fn outbox(c: &Connection, limit: usize, after: i64) -> Result<Vec<Read>, duckdb::Error> {
+    let mut stmt = c.prepare(
+        "SELECT tbl, context, key, seq, epoch_us(dirty_at), coalesce(children, true)
+                   FROM main.kq_mirror_outbox
+                  WHERE seq > ? ORDER BY seq LIMIT ?",
+    )?;
+    let rows = stmt.query_map([after, limit as i64], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, String>(2)?,
+            r.get::<_, i64>(3)?,
+            r.get::<_, Option<i64>>(4)?,
+            r.get::<_, bool>(5)?,
+        ))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (t, c, k, seq, at, children) = row?;
+        // The writer drops entries of tables this kqd does not know when it opens
+        // the file; none is read here.
+        let Some(owed) = Owed::parse(&t, &c, &k) else {
+            continue;
+        };
+        out.push(Read {
+            owed,
+            seq,
+            dirty_at: at.unwrap_or(0),
+            children,
+        });
+    }
+    Ok(out)
+}
+
+/// Changes read for PostgreSQL, with the lowest and highest numbers DuckDB keeps.
+pub type ChangesAfter = (Vec<RecordBatch>, Option<i64>, Option<i64>);
+
+/// Changes numbered after `seq`, oldest first, at most `limit`.
+fn changes_after(
+    c: &Connection,
+    m: &'static Mirrored,
+    seq: i64,
+    limit: usize,
+) -> Result<ChangesAfter, duckdb::Error> {
+    let sql = format!(
+        "SELECT {} FROM main.changes WHERE seq > ? ORDER BY seq LIMIT ?",
+        select_list(m, "")
+    );
+    let batches: Vec<RecordBatch> = c.prepare(&sql)?.query_arrow([seq, limit as i64])?.collect();
+    let (min, max) = c.query_row("SELECT min(seq), max(seq) FROM main.changes", [], |r| {
+        Ok((r.get(0)?, r.get(1)?))
+    })?;
+    Ok((batches, min, max))
 }
 
 /// The catalog columns of `m` as a select list (the added `cluster_id` comes from the

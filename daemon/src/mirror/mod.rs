@@ -369,44 +369,58 @@ impl Mirror {
             if cancel.is_cancelled() {
                 return Ok(());
             }
-            let owed = self.duck()?.outbox(OUTBOX_BATCH, self.sent_seq).await?;
-            let changes = self.send_changes(pg).await?;
+            let (owed, changes) = self
+                .duck()?
+                .round(
+                    OUTBOX_BATCH,
+                    self.sent_seq,
+                    tables::get("changes").expect("changes are mirrored"),
+                    self.changes_seq,
+                    CHANGES_BATCH,
+                )
+                .await?;
+            let changes = self.new_changes(changes);
             let Some(last) = owed.iter().map(|r| r.seq).max() else {
-                if changes == 0 {
-                    return Ok(());
+                match changes {
+                    None => return Ok(()),
+                    Some(c) => self.send_changes(pg, c).await?,
                 }
                 continue;
             };
-            self.send_owed(pg, owed).await?;
+            self.send_owed(pg, owed, changes).await?;
             self.sent_seq = last;
         }
     }
 
-    /// New changes (numbered after what PostgreSQL has), one transaction; returns how many.
-    /// The same transaction drops the changes DuckDB's retention removed: those numbered
-    /// below the lowest it keeps (or all PostgreSQL has, when it keeps none).
-    async fn send_changes(&mut self, pg: &mut Pg) -> Result<usize, MirrorError> {
-        let m = tables::get("changes").expect("changes are mirrored");
-        let (batches, min, _) = self
-            .duck()?
-            .changes_after(m, self.changes_seq, CHANGES_BATCH)
-            .await?;
-        let n: usize = batches.iter().map(|b| b.num_rows()).sum();
+    /// What of the changes read (those numbered after what PostgreSQL has) is to be sent,
+    /// with the retention prune they carry: those numbered below the lowest DuckDB keeps
+    /// (or all PostgreSQL has, when it keeps none). `None` when there is neither.
+    fn new_changes(&self, (batches, min, _): duck::ChangesAfter) -> Option<NewChanges> {
+        let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
         let floor = min.unwrap_or(self.changes_seq + 1);
         let prune = (floor > self.changes_floor).then_some(floor);
-        if n == 0 && prune.is_none() {
-            return Ok(0);
+        if rows == 0 && prune.is_none() {
+            return None;
         }
-        let last = last_seq(&batches).unwrap_or(self.changes_seq);
-        let writes = [TableWrite {
-            table: m,
-            mode: Mode::Append { floor: prune },
+        Some(NewChanges {
+            last: last_seq(&batches).unwrap_or(self.changes_seq),
             batches,
-        }];
-        self.commit(pg, &writes, Some(last)).await?;
-        self.changes_seq = last;
-        self.changes_floor = floor;
-        Ok(n)
+            prune,
+            floor,
+        })
+    }
+
+    /// New changes in a transaction of their own.
+    async fn send_changes(&mut self, pg: &mut Pg, c: NewChanges) -> Result<(), MirrorError> {
+        self.commit(pg, &[c.write()], Some(c.last)).await?;
+        self.changes_sent(&c);
+        Ok(())
+    }
+
+    /// PostgreSQL has committed `c`.
+    fn changes_sent(&mut self, c: &NewChanges) {
+        self.changes_seq = c.last;
+        self.changes_floor = c.floor;
     }
 
     /// Applies writes in one transaction and counts what they did.
@@ -445,7 +459,12 @@ impl Mirror {
     /// one transaction (one each, they were three of the four transactions of a round under
     /// load). When PostgreSQL refuses the data itself, each is tried alone, and a row it
     /// refuses alone is set aside.
-    async fn send_owed(&mut self, pg: &mut Pg, owed: Vec<Read>) -> Result<(), MirrorError> {
+    async fn send_owed(
+        &mut self,
+        pg: &mut Pg,
+        owed: Vec<Read>,
+        changes: Option<NewChanges>,
+    ) -> Result<(), MirrorError> {
         let (parts, mut rows): (Vec<Read>, Vec<Read>) = owed
             .into_iter()
             .partition(|r| matches!(r.owed, Owed::Part { .. }));
@@ -471,17 +490,30 @@ impl Mirror {
             }
         }
         if rows.is_empty() && whole.is_empty() {
+            if let Some(c) = changes {
+                self.send_changes(pg, c).await?;
+            }
             return Ok(());
         }
         let row_refs: Vec<&Read> = rows.iter().collect();
-        match self.send_rows(pg, &row_refs, &whole).await {
-            Ok(()) => {}
+        match self
+            .send_rows(pg, &row_refs, &whole, changes.as_ref())
+            .await
+        {
+            Ok(()) => {
+                if let Some(c) = &changes {
+                    self.changes_sent(c);
+                }
+            }
             Err(MirrorError::Pg { data: true, .. }) => {
+                if let Some(c) = changes {
+                    self.send_changes(pg, c).await?;
+                }
                 for m in &whole {
                     self.send_part(pg, m, None).await?;
                 }
                 for r in &rows {
-                    match self.send_rows(pg, &[r], &[]).await {
+                    match self.send_rows(pg, &[r], &[], None).await {
                         Ok(()) => {}
                         Err(e @ MirrorError::Pg { data: true, .. }) => self.set_aside(r, &e),
                         Err(e) => return Err(e),
@@ -511,13 +543,15 @@ impl Mirror {
     }
 
     /// The rows of owed objects and incidents. Few of one table go in one transaction
-    /// with the rows of their children and `objects` rows (a join by key); many are
-    /// streamed from one scan of their table.
+    /// with the rows of their children and `objects` rows (a join by key), the small
+    /// tables owed whole and the new `changes`; many are streamed from one scan of their
+    /// table.
     async fn send_rows(
         &mut self,
         pg: &mut Pg,
         rows: &[&Read],
         whole: &[&'static Mirrored],
+        changes: Option<&NewChanges>,
     ) -> Result<(), MirrorError> {
         let mut by_table: BTreeMap<&'static str, (&'static Mirrored, Vec<Key>)> = BTreeMap::new();
         for r in rows {
@@ -581,11 +615,12 @@ impl Mirror {
                 mode: Mode::Whole,
                 batches,
             }))
+            .chain(changes.map(NewChanges::write))
             .collect();
         if writes.is_empty() {
             return Ok(());
         }
-        self.commit(pg, &writes, None).await
+        self.commit(pg, &writes, changes.map(|c| c.last)).await
     }
 
     /// Sends the rows of `wanted` (keys by context) of a table as DuckDB streams them (one
@@ -812,6 +847,28 @@ impl Mirror {
 }
 
 /// The `seq` of the last row of the last batch.
+/// New `changes` read from DuckDB for PostgreSQL. They go in the transaction of the
+/// round's owed rows: a transaction of their own was one PostgreSQL commit more a round.
+struct NewChanges {
+    batches: Vec<arrow::record_batch::RecordBatch>,
+    /// Changes numbered below this go (retention pruned them in DuckDB).
+    prune: Option<i64>,
+    /// The lowest number DuckDB keeps.
+    floor: i64,
+    /// The highest number sent.
+    last: i64,
+}
+
+impl NewChanges {
+    fn write(&self) -> TableWrite {
+        TableWrite {
+            table: tables::get("changes").expect("changes are mirrored"),
+            mode: Mode::Append { floor: self.prune },
+            batches: self.batches.clone(),
+        }
+    }
+}
+
 fn last_seq(batches: &[arrow::record_batch::RecordBatch]) -> Option<i64> {
     use arrow::array::{Array, Int64Array};
     let b = batches.iter().rev().find(|b| b.num_rows() > 0)?;

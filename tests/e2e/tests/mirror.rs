@@ -552,6 +552,16 @@ async fn a_status_change_sends_the_pod_alone_and_a_database_new_to_kqd_still_get
         Duration::from_secs(2),
     )
     .await;
+    // The change arrived in the transaction of the row it led to: a reader of PostgreSQL
+    // never sees the one without the other.
+    assert_eq!(
+        pg.sql(&format!(
+            "select count(*) from kq.changes ch join kq.pods p
+                on ch.uid = p.uid and ch.resource_version = p.resource_version
+             where p.name = '{name}' and ch.xmin = p.xmin"
+        )),
+        "1"
+    );
     scenario::crash_container(&c.store, &ns, &name, &container, 1, "Error", None).unwrap();
     wait_pg(
         &pg,
