@@ -248,8 +248,8 @@ impl Duck {
 fn outbox(c: &Connection, limit: usize, after: i64) -> Result<Vec<Read>, duckdb::Error> {
     let mut stmt = c.prepare(
         "SELECT tbl, context, key, seq, epoch_us(dirty_at), coalesce(children, true)
-                   FROM main.kq_mirror_outbox
-                  WHERE seq > ? ORDER BY seq LIMIT ?",
+           FROM main.kq_mirror_outbox
+          WHERE seq > ? ORDER BY seq LIMIT ?",
     )?;
     let rows = stmt.query_map([after, limit as i64], |r| {
         Ok((

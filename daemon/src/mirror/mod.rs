@@ -846,7 +846,6 @@ impl Mirror {
     }
 }
 
-/// The `seq` of the last row of the last batch.
 /// New `changes` read from DuckDB for PostgreSQL. They go in the transaction of the
 /// round's owed rows: a transaction of their own was one PostgreSQL commit more a round.
 struct NewChanges {
@@ -869,6 +868,7 @@ impl NewChanges {
     }
 }
 
+/// The `seq` of the last row of the last batch.
 fn last_seq(batches: &[arrow::record_batch::RecordBatch]) -> Option<i64> {
     use arrow::array::{Array, Int64Array};
     let b = batches.iter().rev().find(|b| b.num_rows() > 0)?;
