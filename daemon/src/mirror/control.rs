@@ -27,12 +27,21 @@ struct Running {
     done: tokio::sync::oneshot::Receiver<()>,
 }
 
-/// Runs the mirror on a thread of its own, with its own runtime, so that its PostgreSQL
-/// protocol work and COPY encoding never hold a worker the watchers and the socket need.
-/// It runs at the daemon's priority: niced (+10), it took no measurable share of the
-/// two cores from the initial sync, and a round's reads of a few milliseconds each waited
-/// 50–200 ms for a core under load, which kept the lag over its second (see "The mirror at
-/// the daemon's priority" in ARCHITECTURE.md).
+/// How many `nice` steps below the daemon's other threads the mirror's threads run. The
+/// mirror is background work: when it and the writer or the watchers want the same core,
+/// they, whose latency every reader sees, go first, and an idle core still goes to the
+/// mirror. On Linux the nice value belongs to a thread, not to the process.
+const NICENESS: i32 = 10;
+
+fn lower_priority() {
+    if let Err(e) = rustix::process::nice(NICENESS) {
+        tracing::debug!(error = %e, "could not lower the mirror thread's priority");
+    }
+}
+
+/// Runs the mirror on a thread of its own, with its own runtime, both at a lower
+/// priority: its PostgreSQL protocol work, its COPY encoding and its DuckDB reads (on the
+/// runtime's blocking threads) all yield to the writer and the watchers.
 fn spawn(
     cfg: MirrorConfig,
     store: Arc<Store>,
@@ -43,6 +52,7 @@ fn spawn(
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .thread_name("kq-mirror-read")
+        .on_thread_start(lower_priority)
         // A round reads DuckDB every few hundred milliseconds under load; its thread stays
         // rather than being started again each time.
         .thread_keep_alive(std::time::Duration::from_secs(60))
@@ -51,6 +61,7 @@ fn spawn(
     std::thread::Builder::new()
         .name("kq-mirror".into())
         .spawn(move || {
+            lower_priority();
             runtime.block_on(super::run(cfg, store, ops, outbox, cancel));
             let _ = finished.send(());
         })?;

@@ -94,6 +94,28 @@ fn route(c: &kube_sim::Cluster, name: &str) {
     );
 }
 
+/// The nice value of each of kqd's threads whose name starts with `prefix`.
+fn thread_nice(pid: u32, prefix: &str) -> Vec<i64> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("kqd runs")
+        .flatten()
+    {
+        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+        // The name is in parentheses and may hold anything; the fields after it are fixed,
+        // the state (field 3) first and the nice value (field 19) seventeenth.
+        let Some((head, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let name = head.split_once('(').map_or("", |(_, n)| n);
+        if name.starts_with(prefix) {
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            out.push(fields[16].parse().expect("a nice value"));
+        }
+    }
+    out
+}
+
 /// kqd with the mirror on, pointed at `pg`.
 async fn kqd_mirroring(env: &Env, pg: &Postgres, extra: &[(&str, &str)]) -> kq_e2e::Kqd {
     let url = pg.url();
@@ -207,6 +229,20 @@ async fn after_the_initial_sync_postgres_equals_duckdb_row_by_row_and_holds_no_s
     .unwrap();
     let took = wait_exact(&env, &pg, Duration::from_secs(30)).await;
     eprintln!("exact {took:?} after the inventory was");
+    // The mirror is background work: its threads (its runtime, and those that read DuckDB
+    // for it) run at a lower priority than the writer's.
+    let pid = kqd.child.id();
+    let writer = thread_nice(pid, "kq-store-writer");
+    let mirror = thread_nice(pid, "kq-mirror");
+    assert_eq!(writer.len(), 1, "one writer thread");
+    assert!(
+        mirror.len() >= 2,
+        "the mirror's thread and a reader: {mirror:?}"
+    );
+    assert!(
+        mirror.iter().all(|n| *n > writer[0]),
+        "mirror threads at nice {mirror:?}, the writer at {writer:?}"
+    );
     // The comparison covered rows in the tables people query.
     for (table, at_least) in [
         ("pods", 80),
@@ -251,7 +287,6 @@ async fn after_the_initial_sync_postgres_equals_duckdb_row_by_row_and_holds_no_s
         !dump.windows(secret.len()).any(|w| w == secret.as_bytes()),
         "a secret value reached PostgreSQL"
     );
-    assert!(kqd.terminate().success());
 }
 
 #[tokio::test(flavor = "multi_thread")]
