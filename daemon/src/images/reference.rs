@@ -63,7 +63,11 @@ impl ImageRef {
                 "sha256" => 64,
                 "sha384" => 96,
                 "sha512" => 128,
-                _ => return Err(invalid("its digest algorithm is not sha256, sha384 or sha512")),
+                _ => {
+                    return Err(invalid(
+                        "its digest algorithm is not sha256, sha384 or sha512",
+                    ));
+                }
             };
             if hex.len() != want {
                 return Err(invalid("its digest has the wrong length"));
@@ -247,10 +251,7 @@ mod tests {
             canonical("Registry.Example.com:5000/team/app:v1.2_rc-3").unwrap(),
             "Registry.Example.com:5000/team/app:v1.2_rc-3"
         );
-        assert_eq!(
-            canonical("a.b/c__d/e-f.g:x").unwrap(),
-            "a.b/c__d/e-f.g:x"
-        );
+        assert_eq!(canonical("a.b/c__d/e-f.g:x").unwrap(), "a.b/c__d/e-f.g:x");
         // Go's \w is ASCII: the kubelet refuses a tag with other letters.
         assert_eq!(canonical("nginx:tägs"), None);
         assert!(canonical(&format!("nginx:{}", "t".repeat(128))).is_some());
