@@ -280,7 +280,13 @@ fn outbox(c: &Connection, limit: usize, after: i64) -> Result<Vec<Read>, duckdb:
 }
 
 /// Changes read for PostgreSQL, with the lowest and highest numbers DuckDB keeps.
-pub type ChangesAfter = (Vec<RecordBatch>, Option<i64>, Option<i64>);
+pub struct ChangesAfter {
+    pub batches: Vec<RecordBatch>,
+    /// The lowest number DuckDB keeps (`None`: it keeps no change).
+    pub min: Option<i64>,
+    /// The highest number DuckDB keeps.
+    pub max: Option<i64>,
+}
 
 /// Changes numbered after `seq`, oldest first, at most `limit`.
 fn changes_after(
@@ -294,10 +300,12 @@ fn changes_after(
         select_list(m, "")
     );
     let batches: Vec<RecordBatch> = c.prepare(&sql)?.query_arrow([seq, limit as i64])?.collect();
-    let (min, max) = c.query_row("SELECT min(seq), max(seq) FROM main.changes", [], |r| {
-        Ok((r.get(0)?, r.get(1)?))
-    })?;
-    Ok((batches, min, max))
+    let (min, max) = c.query_row(
+        "SELECT min(seq) AS lowest, max(seq) AS highest FROM main.changes",
+        [],
+        |r| Ok((r.get("lowest")?, r.get("highest")?)),
+    )?;
+    Ok(ChangesAfter { batches, min, max })
 }
 
 /// The catalog columns of `m` as a select list (the added `cluster_id` comes from the

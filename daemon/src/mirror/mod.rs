@@ -292,13 +292,13 @@ impl Mirror {
         self.sent_seq = 0;
         self.compared = None;
         let changes = tables::get("changes").expect("changes are mirrored");
-        let (_, _, max) = self.duck()?.changes_after(changes, i64::MAX, 1).await?;
-        if max.unwrap_or(0) < self.changes_seq {
+        let kept = self.duck()?.changes_after(changes, i64::MAX, 1).await?;
+        if kept.max.unwrap_or(0) < self.changes_seq {
             // A fresh DuckDB file numbers its changes from 1 again: PostgreSQL's are from
             // the file before, and go.
             tracing::warn!(
                 postgres = self.changes_seq,
-                duckdb = max.unwrap_or(0),
+                duckdb = kept.max.unwrap_or(0),
                 "the inventory's changes start over; replacing the mirrored ones"
             );
             pg.reset_changes().await?;
@@ -395,7 +395,8 @@ impl Mirror {
     /// What of the changes read (those numbered after what PostgreSQL has) is to be sent,
     /// with the retention prune they carry: those numbered below the lowest DuckDB keeps
     /// (or all PostgreSQL has, when it keeps none). `None` when there is neither.
-    fn new_changes(&self, (batches, min, _): duck::ChangesAfter) -> Option<NewChanges> {
+    fn new_changes(&self, read: duck::ChangesAfter) -> Option<NewChanges> {
+        let duck::ChangesAfter { batches, min, .. } = read;
         let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
         let floor = min.unwrap_or(self.changes_seq + 1);
         let prune = (floor > self.changes_floor).then_some(floor);
