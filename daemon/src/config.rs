@@ -249,6 +249,7 @@ struct FileConfig {
     socket: Option<PathBuf>,
     log_level: Option<String>,
     batch_max: Option<usize>,
+    batch_bytes: Option<String>,
     record_diffs: Option<bool>,
     batch_interval_ms: Option<u64>,
     memory_limit: Option<String>,
@@ -479,6 +480,9 @@ impl Config {
         if let Some(n) = f.batch_max {
             self.store.batch_max = n.max(1);
         }
+        if let Some(b) = f.batch_bytes {
+            self.store.batch_bytes = size("batch_bytes", &b)?.max(1) as usize;
+        }
         if let Some(ms) = f.batch_interval_ms {
             self.store.batch_interval = Duration::from_millis(ms);
         }
@@ -630,6 +634,19 @@ mod tests {
         assert!(postgres_url("postgres_url", "mysql://x".into()).is_err());
         let err = postgres_url("postgres_url", "https://u:pw@h".into()).unwrap_err();
         assert!(!err.to_string().contains("pw"), "{err}");
+    }
+
+    #[test]
+    fn a_files_batch_bytes_is_a_size_and_anything_else_is_refused() {
+        let apply = |line: &str| {
+            let mut c = Config::default();
+            c.apply_file(toml::from_str(line).unwrap())
+                .map(|()| c.store.batch_bytes)
+        };
+        assert_eq!(Config::default().store.batch_bytes, 4 << 20);
+        assert_eq!(apply("batch_bytes = \"8MiB\"").unwrap(), 8 << 20);
+        let err = apply("batch_bytes = \"lots\"").unwrap_err().to_string();
+        assert!(err.contains("batch_bytes"), "{err}");
     }
 
     #[test]

@@ -61,6 +61,21 @@ pub struct ObjectRows {
     pub children_digest: u64,
 }
 
+impl ObjectRows {
+    /// The bytes of text in every row this object contributes (see `Op::text_bytes`).
+    pub fn text_bytes(&self) -> usize {
+        std::iter::once(&self.row)
+            .chain(&self.children)
+            .chain(&self.object)
+            .flatten()
+            .map(|v| match v {
+                Value::Text(s) => s.len(),
+                _ => 0,
+            })
+            .sum()
+    }
+}
+
 /// A digest of child rows, never 0.
 fn rows_digest(rows: &[Row]) -> u64 {
     use std::hash::{Hash, Hasher};

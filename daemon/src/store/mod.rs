@@ -144,11 +144,33 @@ pub enum Op {
     Barrier(oneshot::Sender<()>),
 }
 
+impl Op {
+    /// The bytes of text this op carries into a batch: what its rows hold in `Text`
+    /// values, the `objects` JSON above all. Counted for `StoreOptions::batch_bytes`.
+    pub fn text_bytes(&self) -> usize {
+        match self {
+            Op::Upsert { rows, .. } => rows.text_bytes(),
+            _ => 0,
+        }
+    }
+}
+
+/// Text bytes per transaction at most, by default. Measured at 10 × 10k pods: without a
+/// byte limit (batches of up to 2,500 pods) the sync peaked at 261–272 MiB, with 8 MiB at
+/// 255 MiB, with 4 MiB at 234–237 MiB, the sync no slower within the noise
+/// (`tests/e2e/BENCHMARKS.md`).
+pub const BATCH_BYTES: usize = 4 << 20;
+
 /// Tunables of the writer.
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
     /// Ops per transaction at most.
     pub batch_max: usize,
+    /// Text bytes per transaction at most (the ops' rows, `Op::text_bytes`): a batch is
+    /// closed once it holds this much, whatever its op count. The ops, the Arrow columns
+    /// and DuckDB's appender each hold a batch's text while it is written, so batches of a
+    /// few thousand pods' JSON were what made the sync's RSS peak.
+    pub batch_bytes: usize,
     /// The batch window: at most one commit per interval, and how long a batch waits for
     /// more ops when the writer is behind (see `writer::batch_deadline`).
     pub batch_interval: std::time::Duration,
@@ -176,6 +198,7 @@ impl Default for StoreOptions {
     fn default() -> Self {
         StoreOptions {
             batch_max: 20_000,
+            batch_bytes: BATCH_BYTES,
             batch_interval: std::time::Duration::from_millis(50),
             // DuckDB's buffer pool is most of kqd's memory; 64 MB keeps the daemon under its
             // budget at 100k pods, and larger queries spill to disk rather than fail.

@@ -148,6 +148,40 @@ fn batch_deadline(
     }
 }
 
+/// Takes ops after `first` into one batch until the deadline passes with the channel
+/// empty, or the batch reaches `batch_max` ops or `batch_bytes` of text; returns it, and
+/// whether every sender is gone.
+fn collect_batch(
+    rt: &tokio::runtime::Runtime,
+    rx: &mut mpsc::Receiver<Op>,
+    first: Op,
+    deadline: Instant,
+    opts: &StoreOptions,
+) -> (Vec<Op>, bool) {
+    let mut bytes = first.text_bytes();
+    let mut batch = vec![first];
+    while batch.len() < opts.batch_max && bytes < opts.batch_bytes {
+        let op = match rx.try_recv() {
+            Ok(op) => op,
+            Err(mpsc::error::TryRecvError::Disconnected) => return (batch, true),
+            Err(mpsc::error::TryRecvError::Empty) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                match rt.block_on(async { tokio::time::timeout(left, rx.recv()).await }) {
+                    Ok(Some(op)) => op,
+                    Ok(None) => return (batch, true),
+                    Err(_) => break,
+                }
+            }
+        };
+        bytes += op.text_bytes();
+        batch.push(op);
+    }
+    (batch, false)
+}
+
 impl Writer {
     /// `migrated`: the schema changed at this start, so stored rows may lack new columns.
     pub fn new(
@@ -317,31 +351,7 @@ impl Writer {
                 self.opts.batch_interval,
                 rx.len() + 1 >= rx.max_capacity() / 2,
             );
-            let mut batch = vec![first];
-            let mut closed = false;
-            while batch.len() < self.opts.batch_max {
-                match rx.try_recv() {
-                    Ok(op) => batch.push(op),
-                    Err(mpsc::error::TryRecvError::Disconnected) => {
-                        closed = true;
-                        break;
-                    }
-                    Err(mpsc::error::TryRecvError::Empty) => {
-                        let left = deadline.saturating_duration_since(Instant::now());
-                        if left.is_zero() {
-                            break;
-                        }
-                        match rt.block_on(async { tokio::time::timeout(left, rx.recv()).await }) {
-                            Ok(Some(op)) => batch.push(op),
-                            Ok(None) => {
-                                closed = true;
-                                break;
-                            }
-                            Err(_) => break,
-                        }
-                    }
-                }
-            }
+            let (batch, closed) = collect_batch(&rt, &mut rx, first, deadline, &self.opts);
             closed_at = Instant::now();
             self.write_batch(batch);
             if closed {
@@ -719,6 +729,41 @@ pub(super) mod tests {
             batch_deadline(now, now - ms(200), window, true),
             now + window
         );
+    }
+
+    #[test]
+    fn a_batch_closes_at_its_op_count_or_its_bytes_of_text_whichever_comes_first() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        // Every pod of this test carries the same text (its name has the same length).
+        let one = running("p0").text_bytes();
+        assert!(one > 0);
+        let batches = |opts: &StoreOptions| {
+            let (tx, mut rx) = mpsc::channel(64);
+            for i in 0..10 {
+                tx.try_send(running(&format!("p{i}"))).unwrap();
+            }
+            let mut sizes = Vec::new();
+            while let Ok(first) = rx.try_recv() {
+                let (batch, closed) = collect_batch(&rt, &mut rx, first, Instant::now(), opts);
+                assert!(!closed, "the sender is still there");
+                sizes.push(batch.len());
+            }
+            sizes
+        };
+        let opts = |batch_max, batch_bytes| StoreOptions {
+            batch_max,
+            batch_bytes,
+            ..StoreOptions::default()
+        };
+        // Small pods under the default limits: one transaction.
+        assert_eq!(batches(&StoreOptions::default()), [10]);
+        // Closed by bytes once it holds three pods' text, however many ops it may take.
+        assert_eq!(batches(&opts(1000, 3 * one)), [3, 3, 3, 1]);
+        // Closed by count when that comes first.
+        assert_eq!(batches(&opts(4, 1 << 30)), [4, 4, 2]);
     }
 
     /// A writer over a fresh, migrated database file, with what it reports to.
