@@ -156,9 +156,9 @@ impl Op {
 }
 
 /// Text bytes per transaction at most, by default. Measured at 10 × 10k pods: without a
-/// byte limit (batches of up to 2,500 pods) the sync peaked at 261–272 MiB, with 8 MiB at
-/// 255 MiB, with 4 MiB at 234–237 MiB, the sync no slower within the noise
-/// (`tests/e2e/BENCHMARKS.md`).
+/// byte limit (batches of up to 2,500 pods) the sync peaked at 250–272 MiB, with 8 MiB at
+/// 255 MiB, with 4 MiB at 228–238 MiB; the more frequent commits make the sync 10–20%
+/// slower (`tests/e2e/BENCHMARKS.md`).
 pub const BATCH_BYTES: usize = 4 << 20;
 
 /// Tunables of the writer.
