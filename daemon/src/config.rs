@@ -586,6 +586,9 @@ impl Config {
         if let Some(n) = env_number::<usize>("KQ_BATCH_MAX")? {
             self.store.batch_max = n.max(1);
         }
+        if let Some(v) = var("KQ_BATCH_BYTES") {
+            self.store.batch_bytes = size("KQ_BATCH_BYTES", &v.to_string_lossy())?.max(1) as usize;
+        }
         if let Some(n) = env_number::<usize>("KQ_INITIAL_SYNC_CONCURRENCY")? {
             self.initial_sync_concurrency = n.max(1);
         }
