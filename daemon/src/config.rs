@@ -586,8 +586,13 @@ impl Config {
         if let Some(n) = env_number::<usize>("KQ_BATCH_MAX")? {
             self.store.batch_max = n.max(1);
         }
-        if let Some(v) = var("KQ_BATCH_BYTES") {
-            self.store.batch_bytes = size("KQ_BATCH_BYTES", &v.to_string_lossy())?.max(1) as usize;
+        if let Some(v) = env_text("KQ_BATCH_BYTES") {
+            // The same sizes as the file's `batch_bytes`, refused as a variable.
+            let bytes = size("KQ_BATCH_BYTES", &v).map_err(|e| match e {
+                ConfigError::Value { name, reason } => ConfigError::Env { name, reason },
+                other => other,
+            })?;
+            self.store.batch_bytes = bytes.max(1) as usize;
         }
         if let Some(n) = env_number::<usize>("KQ_INITIAL_SYNC_CONCURRENCY")? {
             self.initial_sync_concurrency = n.max(1);
