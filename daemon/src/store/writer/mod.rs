@@ -47,9 +47,14 @@ struct Batch {
     pending: BTreeMap<Kind, HashMap<Key, Option<ObjectRows>>>,
     /// Contexts whose objects changed: their counts and last-change times are rewritten.
     touched: HashSet<Arc<str>>,
-    /// `contexts` and `resources` rows to rewrite.
+    /// `contexts` and `resources` rows an op changed (a state, an error, what the
+    /// kubeconfig says): rewritten in this batch.
     dirty: HashSet<String>,
     dirty_res: HashSet<ResKey>,
+    /// Rows whose only news is their counts and last-change times: rewritten in this batch
+    /// unless the writer is behind (see [`status::Late`]).
+    counted: HashSet<String>,
+    counted_res: HashSet<ResKey>,
     /// `images` rows changed: orphaned references may go.
     images_changed: bool,
 }
@@ -118,6 +123,10 @@ pub struct Writer {
     changes_seq: i64,
     /// When to checkpoint next, and whether that checkpoint vacuums.
     checkpoints: checkpoint::Checkpoints,
+    /// Ops were already waiting when this batch began: the writer is behind.
+    behind: bool,
+    /// Status rows whose counts moved while the writer was behind, not yet rewritten.
+    late: status::Late,
 }
 
 fn now_micros() -> i64 {
@@ -198,7 +207,10 @@ impl Writer {
         conn.execute_batch(
             "CREATE SCHEMA IF NOT EXISTS kq_stage;
              CREATE OR REPLACE TABLE kq_stage.keys (context VARCHAR, uid VARCHAR, gone BOOLEAN, children BOOLEAN);
-             CREATE OR REPLACE TABLE kq_stage.owed AS SELECT * FROM main.kq_mirror_outbox LIMIT 0;",
+             CREATE OR REPLACE TABLE kq_stage.owed AS SELECT * FROM main.kq_mirror_outbox LIMIT 0;
+             CREATE OR REPLACE TABLE kq_stage.resources AS
+               SELECT context, api_group, resource, state, error, object_count, last_event_at, synced_at
+                 FROM main.resources LIMIT 0;",
         )?;
         let mut schemas = HashMap::new();
         for t in Kind::ALL
@@ -278,6 +290,8 @@ impl Writer {
             outbox,
             changes_seq,
             checkpoints: checkpoint::Checkpoints::new(Instant::now()),
+            behind: false,
+            late: status::Late::default(),
         })
     }
 
@@ -353,6 +367,7 @@ impl Writer {
             );
             let (batch, closed) = collect_batch(&rt, &mut rx, first, deadline, &self.opts);
             closed_at = Instant::now();
+            self.behind = !rx.is_empty();
             self.write_batch(batch);
             if closed {
                 break;
@@ -536,7 +551,7 @@ impl Writer {
                     self.forward_images(*s);
                 }
                 b.touched.insert(context.clone());
-                b.dirty_res
+                b.counted_res
                     .insert(objects::resource_of(kind, &context, &rows));
                 let earlier = b
                     .pending
@@ -679,22 +694,23 @@ impl Writer {
             let key = (ctx.to_string(), group, resource);
             if let Some(row) = self.resources.get_mut(&key) {
                 row.object_count = n;
-                b.dirty_res.insert(key);
+                b.counted_res.insert(key);
             }
         }
         for ctx in &b.touched {
             if let Some(row) = self.contexts.get_mut(&**ctx) {
                 row.last_event_at = Some(now);
                 row.object_count = self.index.total(ctx);
-                b.dirty.insert(ctx.to_string());
+                b.counted.insert(ctx.to_string());
             }
         }
-        self.write_contexts(b.dirty.iter(), now)?;
-        for key in &b.dirty_res {
+        for key in b.dirty_res.iter().chain(&b.counted_res) {
             if let Some(row) = self.resources.get_mut(key) {
                 row.last_event_at = Some(now);
             }
         }
+        self.late.settle(&mut b, self.behind, Instant::now());
+        self.write_contexts(b.dirty.iter(), now)?;
         self.write_resources(b.dirty_res.iter())?;
         tracing::trace!(
             contexts = b.dirty.len(),
