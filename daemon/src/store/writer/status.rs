@@ -246,8 +246,10 @@ mod tests {
     use super::super::tests::{count, ctx, fixture, running};
     use super::*;
 
-    /// The `resources` rows as a reader sees them: (resource, state, error, object_count).
-    fn resources(conn: &Connection) -> Vec<(String, String, Option<String>, i64)> {
+    /// A `resources` row as a reader sees it: (resource, state, error, object_count).
+    type ResourceSeen = (String, String, Option<String>, i64);
+
+    fn resources(conn: &Connection) -> Vec<ResourceSeen> {
         let mut stmt = conn
             .prepare(
                 "SELECT resource, state, error, object_count FROM resources
@@ -372,7 +374,7 @@ mod tests {
             state,
             error: None,
         };
-        let counts = |conn: &Connection| -> (i64, Vec<(String, String, Option<String>, i64)>) {
+        let counts = |conn: &Connection| -> (i64, Vec<ResourceSeen>) {
             let context = count(
                 conn,
                 "SELECT object_count FROM contexts WHERE name = 'test'",
