@@ -317,7 +317,7 @@ mod tests {
     fn a_batch_of_many_resources_leaves_one_current_row_each() {
         use crate::store::ResourcePhase;
         let mut f = fixture(StoreOptions::default());
-        let names = ["a", "b", "c", "d", "e", "f"];
+        let names = ["a", "b", "c", "d", "e", "f", "g", "h", "i"];
         let states = |state: ResourcePhase, error: Option<&str>| -> Vec<Op> {
             names
                 .iter()
