@@ -209,7 +209,7 @@ impl Writer {
              CREATE OR REPLACE TABLE kq_stage.keys (context VARCHAR, uid VARCHAR, gone BOOLEAN, children BOOLEAN);
              CREATE OR REPLACE TABLE kq_stage.owed AS SELECT * FROM main.kq_mirror_outbox LIMIT 0;
              CREATE OR REPLACE TABLE kq_stage.resources AS
-               SELECT context, api_group, resource, state, error, object_count, last_event_at, synced_at
+               SELECT state, error, object_count, last_event_at, synced_at, context, api_group, resource
                  FROM main.resources LIMIT 0;",
         )?;
         let mut schemas = HashMap::new();

@@ -51,6 +51,23 @@ impl Late {
     }
 }
 
+impl ResourceRow {
+    /// The row's values in the order of `kq_stage.resources` and of the statements that
+    /// write `main.resources` one row at a time: the key last.
+    fn values(&self, (ctx, group, resource): &ResKey) -> [Value; 8] {
+        [
+            Value::Text(self.state.as_str().to_string()),
+            self.error.clone().map_or(Value::Null, Value::Text),
+            Value::BigInt(self.object_count),
+            ts(self.last_event_at),
+            ts(self.synced_at),
+            Value::Text(ctx.clone()),
+            Value::Text(group.clone()),
+            Value::Text(resource.clone()),
+        ]
+    }
+}
+
 /// Facts about a context that come from the kubeconfig.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ContextInfo {
@@ -102,19 +119,10 @@ impl Writer {
         if held.len() >= STAGED_FROM {
             return self.write_resources_staged(&held);
         }
-        for key @ (ctx, group, resource) in held {
-            let row = &self.resources[key];
-            // One list of values serves both statements: the key comes last in each.
-            let values = duckdb::params![
-                row.state.as_str(),
-                row.error,
-                row.object_count,
-                ts(row.last_event_at),
-                ts(row.synced_at),
-                ctx,
-                group,
-                resource,
-            ];
+        for key in held {
+            // One list of values serves both statements (and the staged append): the key
+            // comes last in each.
+            let values = self.resources[key].values(key);
             let updated = self
                 .conn
                 .prepare_cached(
@@ -122,7 +130,7 @@ impl Writer {
                         SET state = ?, error = ?, object_count = ?, last_event_at = ?, synced_at = ?
                       WHERE context = ? AND api_group = ? AND resource = ?",
                 )?
-                .execute(values)?;
+                .execute(params_from_iter(&values))?;
             if updated == 0 {
                 self.conn
                     .prepare_cached(
@@ -130,29 +138,22 @@ impl Writer {
                            (state, error, object_count, last_event_at, synced_at, context, api_group, resource)
                          VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     )?
-                    .execute(values)?;
+                    .execute(params_from_iter(&values))?;
             }
         }
         Ok(())
     }
 
     /// The staged form of [`Writer::write_resources`]: the rows are appended to
-    /// `kq_stage.resources`, which is emptied again before the transaction ends.
+    /// `kq_stage.resources` (its columns in the order of [`ResourceRow::values`]), which is
+    /// emptied again before the transaction ends.
     fn write_resources_staged(&mut self, keys: &[&ResKey]) -> Result<(), StoreError> {
         {
             let mut app = self.conn.appender_to_db("resources", "kq_stage")?;
-            for key @ (ctx, group, resource) in keys.iter().copied() {
-                let row = &self.resources[key];
-                app.append_row(duckdb::params![
-                    ctx,
-                    group,
-                    resource,
-                    row.state.as_str(),
-                    row.error,
-                    row.object_count,
-                    ts(row.last_event_at),
-                    ts(row.synced_at),
-                ])?;
+            for key in keys.iter().copied() {
+                app.append_row(duckdb::appender_params_from_iter(
+                    self.resources[key].values(key),
+                ))?;
             }
             app.flush()?;
         }
