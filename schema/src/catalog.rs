@@ -14,6 +14,9 @@ pub struct Column {
     /// how a file created from now on stores the column; a table created before keeps the
     /// storage it was created with, with the same rows and types.
     pub compression: Option<&'static str>,
+    /// Whether the PostgreSQL mirror copies it. `object_key` is kq's own way of finding an
+    /// object's rows in DuckDB; the mirror keys its tables by (instance, context, uid).
+    pub mirrored: bool,
 }
 
 /// One kq table, or a view over tables.
@@ -32,6 +35,7 @@ const fn c(name: &'static str, sql_type: &'static str, description: &'static str
         sql_type,
         description,
         compression: None,
+        mirrored: true,
     }
 }
 
@@ -43,7 +47,23 @@ impl Column {
             ..self
         }
     }
+
+    /// The column stays in DuckDB (see [`Column::mirrored`]).
+    const fn not_mirrored(self) -> Column {
+        Column {
+            mirrored: false,
+            ..self
+        }
+    }
 }
+
+/// The last column of every inventory table and of `containers`: the key the writer finds
+/// an object's rows by (see [`crate::object_key`]).
+const fn object_key(description: &'static str) -> Column {
+    c("object_key", "UBIGINT", description).not_mirrored()
+}
+
+const OBJECT_KEY: &str = "kq's 64-bit key of (context, uid): one number to join on instead of two strings (a pod's containers carry its key).";
 
 /// Looks a table up by name.
 pub fn table(name: &str) -> Option<&'static Table> {
@@ -91,6 +111,7 @@ fn inventory(
         ),
     ]);
     columns.extend_from_slice(kind_columns);
+    columns.push(object_key(OBJECT_KEY));
     Table {
         name,
         description,
@@ -327,6 +348,7 @@ pub static CATALOG: LazyLock<Vec<Table>> = LazyLock::new(|| {
                     "VARCHAR",
                     "The image in canonical form (nginx is docker.io/library/nginx:latest); joins image_refs.ref.",
                 ),
+                object_key("The pod's object_key; joins pods.object_key."),
             ],
         },
         Table {

@@ -5,10 +5,12 @@
 mod catalog;
 pub mod follow;
 pub mod incidents;
+mod key;
 mod migrations;
 pub mod paths;
 pub mod reference;
 pub mod sql;
 
 pub use catalog::{CATALOG, Column, INCIDENT_WINDOW, Table, incident_changes_sql, table};
+pub use key::{object_key, object_key_sql};
 pub use migrations::{MIGRATIONS, Migration, SCHEMA_VERSION, create_table_sql};

@@ -16,7 +16,7 @@ pub struct Migration {
 }
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: u32 = 19;
+pub const SCHEMA_VERSION: u32 = 20;
 
 /// Every migration, oldest first.
 pub static MIGRATIONS: &[Migration] = &[
@@ -134,6 +134,12 @@ pub static MIGRATIONS: &[Migration] = &[
         sql: v19,
         outdates_rows: false,
     },
+    Migration {
+        version: 20,
+        description: "object_key: the key the writer finds an object's rows by, in every inventory table",
+        sql: v20,
+        outdates_rows: false,
+    },
 ];
 
 /// Creates the named catalog tables. A migration names its tables so that later catalog
@@ -149,6 +155,28 @@ fn create_tables(names: &[&str]) -> String {
         })
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+fn v20() -> String {
+    // Every table with the column, from the catalog: the inventory tables and `containers`,
+    // whose key is its pod's. Rows stored before get the key the writer would compute.
+    let mut sql = String::new();
+    for t in crate::CATALOG.iter().filter(|t| t.view.is_none()) {
+        if !t.columns.iter().any(|c| c.name == "object_key") {
+            continue;
+        }
+        let uid = if t.name == "containers" {
+            "pod_uid"
+        } else {
+            "uid"
+        };
+        sql.push_str(&format!(
+            "ALTER TABLE {t} ADD COLUMN IF NOT EXISTS object_key UBIGINT;\nUPDATE {t} SET object_key = {} WHERE object_key IS NULL;\n",
+            crate::object_key_sql("context", uid),
+            t = t.name,
+        ));
+    }
+    sql
 }
 
 fn v19() -> String {

@@ -564,7 +564,10 @@ mod tests {
             let mut app = conn.appender("objects").unwrap();
             let m = tables::get("objects").unwrap();
             for i in 0..n {
-                let mut row = vec![duckdb::types::Value::Null; m.table.columns.len()];
+                // Every column DuckDB has, `object_key` too (last: the mirror's positions
+                // are the catalog's).
+                let width = kq_schema::table("objects").unwrap().columns.len();
+                let mut row = vec![duckdb::types::Value::Null; width];
                 let set = |row: &mut Vec<duckdb::types::Value>, c: &str, v: String| {
                     row[m.position(c).unwrap()] = duckdb::types::Value::Text(v)
                 };

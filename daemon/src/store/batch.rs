@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use arrow::array::{
     ArrayRef, BooleanBuilder, Int32Builder, Int64Builder, StringBuilder,
-    TimestampMicrosecondBuilder,
+    TimestampMicrosecondBuilder, UInt64Array,
 };
 use arrow::datatypes::{DataType, SchemaRef, TimeUnit as ArrowTimeUnit};
 use arrow::record_batch::RecordBatch;
@@ -13,17 +13,24 @@ use duckdb::types::{TimeUnit, Value};
 
 use super::StoreError;
 
-/// Builds a batch with `schema` (the staging table's) from rows in column order.
+/// Builds a batch with `schema` (the table's) from rows in column order. With `keys`, the
+/// rows hold every column but the last, `object_key`, which the writer computes: one key
+/// per row.
 pub fn record_batch<'a>(
     schema: &SchemaRef,
     rows: impl Iterator<Item = &'a [Value]> + Clone,
+    keys: Option<Vec<u64>>,
 ) -> Result<RecordBatch, StoreError> {
-    let columns: Vec<ArrayRef> = schema
-        .fields()
+    let fields = schema.fields();
+    let from_rows = fields.len() - usize::from(keys.is_some());
+    let mut columns: Vec<ArrayRef> = fields[..from_rows]
         .iter()
         .enumerate()
         .map(|(i, f)| column(f.data_type(), rows.clone().map(move |r| &r[i])))
         .collect::<Result<_, _>>()?;
+    if let Some(keys) = keys {
+        columns.push(Arc::new(UInt64Array::from(keys)));
+    }
     RecordBatch::try_new(schema.clone(), columns).map_err(|e| StoreError::Batch(e.to_string()))
 }
 

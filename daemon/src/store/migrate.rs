@@ -73,6 +73,60 @@ mod tests {
     }
 
     #[test]
+    fn the_writers_object_key_is_duckdbs_and_a_migrated_file_gets_it_for_stored_rows() {
+        // Rows stored before v20 have no key; the migration computes the one the writer does.
+        let (dir, conn) = at_version(19);
+        let pairs = [
+            ("prod", "0f6c1e2a-8d39-4b1c-9c55-1f2f0a7d3e11"),
+            ("kind-kind", "u1"),
+            ("gke_proj_europe-west1_ünïcode", "u2"),
+            ("a:b", "c"),
+            ("a", "b:c"),
+            ("", ""),
+        ];
+        for (ctx, uid) in pairs {
+            conn.execute(
+                "INSERT INTO pods (context, name, uid) VALUES (?, 'p', ?)",
+                [ctx, uid],
+            )
+            .unwrap();
+            conn.execute(
+                "INSERT INTO containers (context, pod, pod_uid, name) VALUES (?, 'p', ?, 'main')",
+                [ctx, uid],
+            )
+            .unwrap();
+        }
+        conn.execute(
+            "INSERT INTO objects (context, name, uid) VALUES ('prod', 'no-uid', NULL)",
+            [],
+        )
+        .unwrap();
+        assert!(!apply(&conn, &dir.path().join("kq.duckdb")).unwrap());
+        let keys = |sql: &str| -> Vec<(String, String, u64)> {
+            conn.prepare(sql)
+                .unwrap()
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .unwrap()
+                .map(Result::unwrap)
+                .collect()
+        };
+        for (ctx, uid, key) in keys("SELECT context, uid, object_key FROM pods")
+            .into_iter()
+            .chain(keys("SELECT context, pod_uid, object_key FROM containers"))
+            .chain(keys(
+                "SELECT context, coalesce(uid, ''), object_key FROM objects",
+            ))
+        {
+            assert_eq!(key, kq_schema::object_key(&ctx, &uid), "{ctx:?} {uid:?}");
+        }
+        // The length prefix keeps ("a:b", "c") and ("a", "b:c") apart.
+        assert_ne!(
+            kq_schema::object_key("a:b", "c"),
+            kq_schema::object_key("a", "b:c")
+        );
+    }
+
+    #[test]
     fn only_a_migration_that_outdates_stored_rows_makes_the_next_list_rewrite_them() {
         // v13 only redefines the `status` view.
         let (dir, conn) = at_version(12);

@@ -400,7 +400,11 @@ impl Store {
         rows: &[Arc<IncidentRow>],
     ) -> Result<duckdb::arrow::record_batch::RecordBatch, StoreError> {
         let values: Vec<_> = rows.iter().map(|r| r.values()).collect();
-        batch::record_batch(&self.incidents_schema, values.iter().map(Vec::as_slice))
+        batch::record_batch(
+            &self.incidents_schema,
+            values.iter().map(Vec::as_slice),
+            None,
+        )
     }
 
     /// A new connection to the database for queries.

@@ -202,11 +202,11 @@ impl Writer {
         path: std::path::PathBuf,
         health: Arc<Health>,
     ) -> Result<Writer, StoreError> {
-        // `kq_stage.keys` names the objects a batch replaces or deletes; it is emptied inside
-        // every transaction, so it never holds rows between batches.
+        // `kq_stage.keys` names the objects a relist found, for its sweep; it is emptied
+        // inside every transaction, so it never holds rows between batches.
         conn.execute_batch(
             "CREATE SCHEMA IF NOT EXISTS kq_stage;
-             CREATE OR REPLACE TABLE kq_stage.keys (context VARCHAR, uid VARCHAR, gone BOOLEAN, children BOOLEAN);
+             CREATE OR REPLACE TABLE kq_stage.keys (context VARCHAR, uid VARCHAR);
              CREATE OR REPLACE TABLE kq_stage.owed AS SELECT * FROM main.kq_mirror_outbox LIMIT 0;
              CREATE OR REPLACE TABLE kq_stage.resources AS
                SELECT state, error, object_count, last_event_at, synced_at, context, api_group, resource

@@ -69,13 +69,19 @@ pub(super) fn text_at(row: &Row, i: usize) -> Option<&str> {
 }
 
 /// A stored object whose rows a batch deletes: replaced by a modify, or gone.
-pub(super) struct Stale<'a> {
-    pub(super) context: &'a str,
-    pub(super) uid: &'a str,
+pub(super) struct Stale {
+    /// Its `object_key`, by which its rows are found.
+    pub(super) key: u64,
     /// The object itself is gone (its delete is recorded in `changes`).
     pub(super) gone: bool,
     /// Its child rows go too: it is gone, or its children changed.
     pub(super) children: bool,
+}
+
+/// Keys as a list of SQL constants, `None` for none.
+fn key_list(keys: impl Iterator<Item = u64>) -> Option<String> {
+    let list = keys.map(|k| k.to_string()).collect::<Vec<_>>().join(", ");
+    (!list.is_empty()).then_some(list)
 }
 
 /// The statement recording as deleted, in `changes`, the rows of `kind`'s table that
@@ -238,6 +244,7 @@ impl Writer {
         // loop: a batch of the initial sync holds several kinds, and each append costs a
         // flush into DuckDB whatever its size.
         let mut object_rows: Vec<&[Value]> = Vec::new();
+        let mut object_keys: Vec<u64> = Vec::new();
         let mut change_rows: Vec<Row> = Vec::new();
         for (kind, objects) in taken.iter_mut() {
             let kind = *kind;
@@ -271,8 +278,11 @@ impl Writer {
             }
             let objects: &HashMap<Key, Option<ObjectRows>> = objects;
             let mut fresh: Vec<&ObjectRows> = Vec::new();
+            // Their `object_key`s, in the same order.
+            let mut fresh_keys: Vec<u64> = Vec::new();
             // The child rows to append: those of new objects, and of modifies that changed them.
             let mut child_rows: Vec<&[Value]> = Vec::new();
+            let mut child_keys: Vec<u64> = Vec::new();
             let mut changes: Vec<Row> = Vec::new();
             // Modified objects, by the index of their `changes` row, for their diffs.
             let mut modified: Vec<(usize, &str, &str, &ObjectRows)> = Vec::new();
@@ -296,12 +306,12 @@ impl Writer {
                         let children = kind.child().is_some()
                             && self.index.swap_children(ctx, uid, r.children_digest)
                                 != r.children_digest;
+                        let key = kq_schema::object_key(ctx, uid);
                         let op = match seen {
                             Seen::New => "add",
                             _ => {
                                 stale.push(Stale {
-                                    context: ctx,
-                                    uid,
+                                    key,
                                     gone: false,
                                     children,
                                 });
@@ -340,15 +350,16 @@ impl Writer {
                         self.outbox.row(table, ctx, uid, children);
                         if children {
                             child_rows.extend(r.children.iter().map(Vec::as_slice));
+                            child_keys.extend(r.children.iter().map(|_| key));
                         }
                         fresh.push(r);
+                        fresh_keys.push(key);
                     }
                     None => {
                         if self.index.remove(ctx, uid) {
                             self.outbox.row(table, ctx, uid, true);
                             stale.push(Stale {
-                                context: ctx,
-                                uid,
+                                key: kq_schema::object_key(ctx, uid),
                                 gone: true,
                                 children: true,
                             });
@@ -375,13 +386,23 @@ impl Writer {
                 }
             }
             if let Some((child, _)) = kind.child() {
-                self.append(child, child_rows.iter().copied())?;
+                self.append(child, child_rows.iter().copied(), Some(child_keys))?;
             }
             if kind == Kind::Objects {
                 object_rows.extend(fresh.iter().map(|r| r.row.as_slice()));
+                object_keys.extend(&fresh_keys);
             } else {
-                self.append(table, fresh.iter().map(|r| r.row.as_slice()))?;
-                object_rows.extend(fresh.iter().filter_map(|r| r.object.as_deref()));
+                for (r, key) in fresh.iter().zip(&fresh_keys) {
+                    if let Some(o) = &r.object {
+                        object_rows.push(o);
+                        object_keys.push(*key);
+                    }
+                }
+                self.append(
+                    table,
+                    fresh.iter().map(|r| r.row.as_slice()),
+                    Some(fresh_keys),
+                )?;
             }
             change_rows.append(&mut changes);
             for (ctx, uid) in gone {
@@ -401,8 +422,8 @@ impl Writer {
                 "wrote rows"
             );
         }
-        self.append("objects", object_rows.iter().copied())?;
-        self.append("changes", change_rows.iter().map(Vec::as_slice))?;
+        self.append("objects", object_rows.iter().copied(), Some(object_keys))?;
+        self.append("changes", change_rows.iter().map(Vec::as_slice), None)?;
         Ok(())
     }
 
@@ -416,45 +437,35 @@ impl Writer {
         stale: &[Stale],
         wanted: &[(&str, &str)],
     ) -> Result<HashMap<(String, String), String>, StoreError> {
-        {
-            let mut keys = self.conn.appender_to_db("keys", "kq_stage")?;
-            for s in stale {
-                keys.append_row(duckdb::params![s.context, s.uid, s.gone, s.children])?;
-            }
-            keys.flush()?;
-        }
         let old = if wanted.is_empty() {
             HashMap::new()
         } else {
             self.stored_json(wanted.iter().copied())?
         };
         let table = kind.table();
-        // A batch of modifies deletes nothing for good: it needs no join to record deletes
-        // (the join scans the whole table, which at 10 × 10k is most of a small batch's cost).
-        if stale.iter().any(|s| s.gone) {
-            self.record_deletes(
-                kind,
-                "JOIN kq_stage.keys k ON m.context = k.context AND m.uid = k.uid WHERE k.gone",
-                [],
-            )?;
+        // Rows are found by key: one integer column to scan, where (context, uid) would be
+        // two strings to read and hash for every stored row. The keys go into the statements
+        // as constants, which DuckDB checks during the scan; staging them in a table to join
+        // with cost two more statements a batch. A batch of modifies deletes nothing for
+        // good, so it records no deletes (another scan of the table).
+        let keys = |f: fn(&Stale) -> bool| key_list(stale.iter().filter(|s| f(s)).map(|s| s.key));
+        if let Some(gone) = keys(|s| s.gone) {
+            self.record_deletes(kind, &format!("WHERE m.object_key IN ({gone})"), [])?;
         }
-        let mut sql = String::new();
-        let mut targets = vec![(table, "uid", "")];
-        // A child table is scanned only when some of its rows go.
-        if let Some((child, fk)) = kind.child()
-            && stale.iter().any(|s| s.children)
+        let all = keys(|_| true).expect("delete_stale is called with stale objects");
+        let mut sql = format!("DELETE FROM main.{table} WHERE object_key IN ({all});");
+        if let Some((child, _)) = kind.child()
+            && let Some(children) = keys(|s| s.children)
         {
-            targets.push((child, fk, " AND k.children"));
-        }
-        if kind != Kind::Objects {
-            targets.push(("objects", "uid", ""));
-        }
-        for (t, fk, only) in targets {
             sql.push_str(&format!(
-                "DELETE FROM main.{t} USING kq_stage.keys k WHERE main.{t}.context = k.context AND main.{t}.{fk} = k.uid{only};"
+                "DELETE FROM main.{child} WHERE object_key IN ({children});"
             ));
         }
-        sql.push_str("DELETE FROM kq_stage.keys;");
+        if kind != Kind::Objects {
+            sql.push_str(&format!(
+                "DELETE FROM main.objects WHERE object_key IN ({all});"
+            ));
+        }
         self.conn.execute_batch(&sql)?;
         Ok(old)
     }
@@ -504,16 +515,18 @@ impl Writer {
     }
 
     /// Appends rows to an inventory table as one Arrow batch.
+    /// `keys`: the rows' `object_key`s, for a table that has the column.
     pub(super) fn append<'a>(
         &self,
         table: &'static str,
         rows: impl Iterator<Item = &'a [Value]> + Clone,
+        keys: Option<Vec<u64>>,
     ) -> Result<(), StoreError> {
         if rows.clone().next().is_none() {
             return Ok(());
         }
         let schema = &self.schemas[table];
-        let batch = super::super::batch::record_batch(schema, rows)?;
+        let batch = super::super::batch::record_batch(schema, rows, keys)?;
         let mut app = self.conn.appender_to_db(table, "main")?;
         app.append_record_batch(batch)?;
         app.flush()?;
@@ -543,7 +556,7 @@ impl Writer {
         {
             let mut keys = self.conn.appender_to_db("keys", "kq_stage")?;
             for uid in keep {
-                keys.append_row(duckdb::params![context, uid.as_str(), false, false])?;
+                keys.append_row(duckdb::params![context, uid.as_str()])?;
             }
             keys.flush()?;
         }
@@ -760,6 +773,78 @@ mod tests {
             uid: "uid-web".into(),
         }]);
         assert_eq!(count(&f.other, containers), 0);
+    }
+
+    #[test]
+    fn one_cluster_under_two_contexts_keeps_two_sets_of_rows_found_by_their_own_keys() {
+        let mut f = fixture(StoreOptions::default());
+        // The same pod, uid and all, as two contexts naming one cluster see it.
+        let seen_by = |context: &str, op: Op| match op {
+            Op::Upsert { kind, mut rows, .. } => {
+                let context: Arc<str> = Arc::from(context);
+                rows.row[0] = Value::Text(context.to_string());
+                for child in &mut rows.children {
+                    child[0] = Value::Text(context.to_string());
+                }
+                if let Some(o) = &mut rows.object {
+                    o[0] = Value::Text(context.to_string());
+                }
+                Op::Upsert {
+                    kind,
+                    context,
+                    rows,
+                }
+            }
+            other => other,
+        };
+        f.writer.write_batch(vec![
+            seen_by("a", running("web")),
+            seen_by("b", running("web")),
+        ]);
+        let stored = |f: &super::super::tests::Fixture, table: &str| {
+            count(
+                &f.other,
+                &format!("SELECT count(*) FROM {table} WHERE context = 'a'"),
+            ) * 10
+                + count(
+                    &f.other,
+                    &format!("SELECT count(*) FROM {table} WHERE context = 'b'"),
+                )
+        };
+        assert_eq!((stored(&f, "pods"), stored(&f, "containers")), (11, 11));
+        // Each row carries its own context's key, as the writer computes it.
+        let keys: Vec<(String, u64)> = f
+            .other
+            .prepare("SELECT context, object_key FROM pods ORDER BY context")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                ("a".to_string(), kq_schema::object_key("a", "uid-web")),
+                ("b".to_string(), kq_schema::object_key("b", "uid-web")),
+            ]
+        );
+        // A change and then a delete under one context leave the other's rows alone.
+        let Op::Upsert { mut rows, .. } = seen_by("a", running("web")) else {
+            unreachable!()
+        };
+        rows.row[positions(Kind::Pods).resource_version] = Value::Text("2".into());
+        f.writer.write_batch(vec![Op::Upsert {
+            kind: Kind::Pods,
+            context: Arc::from("a"),
+            rows,
+        }]);
+        assert_eq!((stored(&f, "pods"), stored(&f, "containers")), (11, 11));
+        f.writer.write_batch(vec![Op::Delete {
+            kind: Kind::Pods,
+            context: Arc::from("a"),
+            uid: "uid-web".into(),
+        }]);
+        assert_eq!((stored(&f, "pods"), stored(&f, "containers")), (1, 1));
     }
 
     #[test]
