@@ -504,27 +504,33 @@ mod load {
                 }
             })
         };
-        // Probes: a label on one pod, changed and then waited for, every 200 ms.
+        // Probes: a label on one pod, set to the probe's number every 200 ms on a fixed
+        // schedule, whether or not the last one is seen yet. Probe n is in DuckDB once the
+        // label reads n or a later number (a later write replaces it), and its latency runs
+        // from when it was sent. Waiting for each probe before sending the next would count
+        // a stall of the writer (a checkpoint) as one slow probe instead of as the ten that
+        // were sent during it, as the events of those seconds were: the p99 would hide it.
         let rt = c0
             .store
             .resolve_kind("v1", "Pod")
             .expect("pods are built in");
-        // DuckDB is probed in turn, each probe waited for before the next; PostgreSQL is
-        // watched beside it, so that waiting for the mirror never spaces out the DuckDB
-        // probes (then the runs with and without the mirror would not take as many, and a
-        // p99 of fewer probes is nearer their maximum).
-        // (probe, when it was changed, when DuckDB had it)
-        let mut seen_in_duck: Vec<(u64, Instant, Instant)> = Vec::new();
-        let mut lost = 0;
         // The last probe sent, once probing is over (`STILL_PROBING` until then).
         let last_probe = AtomicU64::new(STILL_PROBING);
-        let probe_loop = async {
+        // Numbers above any an earlier run left on the label, so that it never reads a
+        // probe of this run as had before it was sent.
+        let base = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_millis() as u64
+            * 1000;
+        let send = async {
+            let mut sent: Vec<(u64, Instant)> = Vec::new();
+            let mut tick = tokio::time::interval(Duration::from_millis(200));
             let probed = async {
-                let mut n = 0u64;
                 while started.elapsed() < secs {
-                    let slot = Instant::now();
-                    n += 1;
+                    tick.tick().await;
+                    let n = base + sent.len() as u64 + 1;
                     let body = format!(r#"{{"metadata":{{"labels":{{"kq-bench-probe":"{n}"}}}}}}"#);
+                    let at = Instant::now();
                     c0.store
                         .patch(
                             &rt,
@@ -535,40 +541,45 @@ mod load {
                             false,
                         )
                         .map_err(|e| anyhow::anyhow!("{e}"))?;
-                    match wait_probe(client, &c0.name, &n.to_string(), Duration::from_secs(10))
-                        .await
-                    {
-                        Ok(()) => seen_in_duck.push((n, slot, Instant::now())),
-                        Err(_) => lost += 1,
-                    }
-                    tokio::time::sleep(Duration::from_millis(200).saturating_sub(slot.elapsed()))
-                        .await;
+                    sent.push((n, at));
                 }
-                anyhow::Ok(n)
+                anyhow::Ok(())
             }
             .await;
-            // Set however probing ended, so that the PostgreSQL watch ends too.
-            last_probe.store(*probed.as_ref().unwrap_or(&0), Ordering::Relaxed);
-            probed
+            // Set however probing ended, so that the watches end too.
+            last_probe.store(sent.last().map_or(0, |(n, _)| *n), Ordering::Relaxed);
+            probed.map(|()| sent)
         };
+        let duck_watch = watch_duck_probe(client, &c0.name, &last_probe);
         let pg_watch = async {
             match pg {
                 Some(pg) => watch_pg_probe(pg, &c0.name, &last_probe).await.map(Some),
                 None => Ok(None),
             }
         };
-        let (probed, pg_seen) = futures::future::join(probe_loop, pg_watch).await;
-        probed?;
+        let (sent, duck_seen, pg_seen) = futures::future::join3(send, duck_watch, pg_watch).await;
+        let (sent, duck_seen) = (sent?, duck_seen?);
+        // Probe n was had once the label read n or a later probe.
+        let had =
+            |seen: &[(u64, Instant)], n: u64| seen.iter().find(|(v, _)| *v >= n).map(|(_, at)| *at);
+        let mut lost = 0;
+        // (probe, when it was sent, when DuckDB had it)
+        let mut seen_in_duck: Vec<(u64, Instant, Instant)> = Vec::new();
+        for (n, at) in &sent {
+            match had(&duck_seen, *n) {
+                Some(in_duck) => seen_in_duck.push((*n, *at, in_duck)),
+                None => lost += 1,
+            }
+        }
         let latencies: Vec<Duration> = seen_in_duck
             .iter()
-            .map(|(_, sent, in_duck)| *in_duck - *sent)
+            .map(|(_, sent, in_duck)| in_duck.saturating_duration_since(*sent))
             .collect();
         let (mut pg_latencies, mut pg_after_duck) = (Vec::new(), Vec::new());
         if let Some(pg_seen) = pg_seen? {
             for (n, sent, in_duck) in &seen_in_duck {
-                // PostgreSQL has probe n once its label reads n or a later probe.
-                match pg_seen.iter().find(|(v, _)| v >= n) {
-                    Some((_, at)) => {
+                match had(&pg_seen, *n) {
+                    Some(at) => {
                         pg_latencies.push(at.saturating_duration_since(*sent));
                         pg_after_duck.push(at.saturating_duration_since(*in_duck));
                     }
@@ -596,9 +607,8 @@ mod load {
         })
     }
 
-    /// Watches PostgreSQL's copy of the probe pod's label until it reads `last` once that
-    /// is set (or 10 s after: a probe lost on the way is counted lost, not waited for), and
-    /// returns each value it took with when it was first seen. It polls by primary key:
+    /// Watches PostgreSQL's copy of the probe pod's label (see [`watch_probe`]). It polls by
+    /// primary key:
     /// polled by name every 2 ms, each poll scanned the 100k mirrored pods, and PostgreSQL
     /// spent about 0.3 of the two cores on the benchmark's own queries.
     async fn watch_pg_probe(
@@ -625,15 +635,47 @@ mod load {
                 "select labels->>'kq-bench-probe' from kq.pods where instance = $1 and context = $2 and uid = $3",
             )
             .await?;
+        watch_probe(last, async || {
+            let rows = pg.query(&stmt, &[&instance, &context, &uid]).await?;
+            Ok(rows
+                .first()
+                .and_then(|r| r.get::<_, Option<String>>(0))
+                .and_then(|v| v.parse::<u64>().ok()))
+        })
+        .await
+    }
+
+    /// Watches the probe pod's label in DuckDB, through kqd's socket (see [`watch_probe`]).
+    async fn watch_duck_probe(
+        client: &mut kq_shell::Client,
+        context: &str,
+        last: &AtomicU64,
+    ) -> anyhow::Result<Vec<(u64, Instant)>> {
+        use kq_shell::arrow::array::{Array as _, StringArray};
+        let sql = format!(
+            "select labels->>'kq-bench-probe' as v from pods where context = '{context}' and name = '{PROBE}'"
+        );
+        watch_probe(last, async || {
+            let r = client.query(&sql).await?;
+            Ok(r.batches.iter().find_map(|b| {
+                let a = b.column(0).as_any().downcast_ref::<StringArray>()?;
+                (a.len() > 0 && a.is_valid(0)).then(|| a.value(0).parse::<u64>().ok())?
+            }))
+        })
+        .await
+    }
+
+    /// Polls the probe's label with `poll` every 2 ms until it reads `last` once that is set
+    /// (or 10 s after: a probe lost on the way is counted lost, not waited for), and returns
+    /// each value it took with when it was first seen.
+    async fn watch_probe(
+        last: &AtomicU64,
+        mut poll: impl AsyncFnMut() -> anyhow::Result<Option<u64>>,
+    ) -> anyhow::Result<Vec<(u64, Instant)>> {
         let mut seen: Vec<(u64, Instant)> = Vec::new();
         let mut done_at: Option<Instant> = None;
         loop {
-            let rows = pg.query(&stmt, &[&instance, &context, &uid]).await?;
-            let value = rows
-                .first()
-                .and_then(|r| r.get::<_, Option<String>>(0))
-                .and_then(|v| v.parse::<u64>().ok());
-            if let Some(v) = value
+            if let Some(v) = poll().await?
                 && seen.last().is_none_or(|(last, _)| v > *last)
             {
                 seen.push((v, Instant::now()));
