@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use kq_e2e::Env;
 use kq_e2e::pg::{Postgres, mirror_differences};
+use kube_sim::patch::PatchType;
 use kube_sim::scenario;
 use serde_json::{Value, json};
 
@@ -447,6 +448,67 @@ async fn a_nul_in_json_arrives_replaced_and_counted() {
             .lines()
             .nth(1)
             .unwrap()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_row_postgres_refuses_is_set_aside_with_its_error_and_the_rest_arrives() {
+    let pg = Postgres::start();
+    let env = Env::start(1, 5).await;
+    let c = env.fleet.clusters[0].clone();
+    let kqd = kqd_mirroring(&env, &pg, &[]).await;
+    env.wait_pods_synced(Duration::from_secs(60)).await;
+    wait_exact(&env, &pg, Duration::from_secs(30)).await;
+    // A rule of the team's database that DuckDB does not have: PostgreSQL refuses the
+    // row for a reason no retry fixes (SQLSTATE 23514).
+    pg.sql(
+        "alter table kq.pods add constraint team_rule \
+         check (labels->>'team' is distinct from 'refused') not valid",
+    );
+    // Two pods relabelled at once: changes that owe only their rows, sent together.
+    let rt = c.store.resolve_kind("v1", "Pod").unwrap();
+    let pods = kq_e2e::sim_pods(&c);
+    let label = |(ns, name, _): &(String, String, String), team: &str| {
+        let body = format!(r#"{{"metadata":{{"labels":{{"team":"{team}"}}}}}}"#);
+        c.store
+            .patch(&rt, ns, name, PatchType::Merge, body.as_bytes(), false)
+            .unwrap();
+    };
+    label(&pods[0], "refused");
+    label(&pods[1], "accepted");
+    let team_of = |pod: &(String, String, String)| {
+        format!(
+            "select coalesce(labels->>'team', '') from kq.pods where name = '{}'",
+            pod.1
+        )
+    };
+    wait_pg(&pg, &team_of(&pods[1]), "accepted", Duration::from_secs(10)).await;
+    env.wait_csv(
+        "select set_aside >= 1 as set_aside, last_error like '%team_rule%' as said from mirror",
+        "set_aside,said\ntrue,true\n",
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+    // The mirror goes on: a later change arrives, the refused one never does, and DuckDB
+    // has it.
+    label(&pods[2], "later");
+    wait_pg(&pg, &team_of(&pods[2]), "later", Duration::from_secs(10)).await;
+    assert_eq!(pg.sql(&team_of(&pods[0])), "");
+    assert_eq!(
+        env.csv(&format!(
+            "select labels->>'team' as team from pods where name = '{}'",
+            pods[0].1
+        ))
+        .await
+        .unwrap(),
+        "team\nrefused\n"
+    );
+    // Setting a row aside is not a failure of the connection: the session went on.
+    let log = kqd.log();
+    assert!(
+        !log.contains("postgres mirror failed"),
+        "a refused row cost the session:\n{log}"
     );
 }
 
