@@ -11,11 +11,10 @@ mod control;
 mod copy;
 mod duck;
 mod pg;
-mod round;
 pub mod tables;
 pub mod url;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -26,7 +25,6 @@ use crate::store::outbox::{Owed, Read};
 use crate::store::{MirrorState, MirrorStatus, Op, Store};
 use duck::Duck;
 use pg::{Mode, Pg, TableWrite};
-use round::{Cursor, NewChanges, Next, Reader, Round};
 use tables::{Mirrored, Shape};
 
 pub use control::Control;
@@ -366,98 +364,51 @@ impl Mirror {
     }
 
     /// Sends what the outbox owes and the new changes until neither has anything left.
-    /// A round that fits one transaction commits while the next is read from DuckDB: the
-    /// two took turns, and each waited for the other. The round read ahead is kept only
-    /// when the one before it committed as it was read; otherwise it is read again, so
-    /// that PostgreSQL never gets an older snapshot's rows after a newer one's.
     async fn drain(&mut self, pg: &mut Pg, cancel: &CancellationToken) -> Result<(), MirrorError> {
-        let mut ahead: Option<Next> = None;
         loop {
             if cancel.is_cancelled() {
                 return Ok(());
             }
-            let next = match ahead.take() {
-                Some(next) => next,
-                None => self.reader()?.next(self.cursor()).await?,
+            let (owed, changes) = self
+                .duck()?
+                .round(
+                    OUTBOX_BATCH,
+                    self.sent_seq,
+                    tables::get("changes").expect("changes are mirrored"),
+                    self.changes_seq,
+                    CHANGES_BATCH,
+                )
+                .await?;
+            let changes = self.new_changes(changes);
+            let Some(last) = owed.iter().map(|r| r.seq).max() else {
+                match changes {
+                    None => return Ok(()),
+                    Some(c) => self.send_changes(pg, c).await?,
+                }
+                continue;
             };
-            match next {
-                Next::Idle => return Ok(()),
-                Next::Serial { owed, changes } => {
-                    let last = owed.iter().map(|r| r.seq).max();
-                    if owed.is_empty() {
-                        if let Some(c) = changes {
-                            self.send_changes(pg, c).await?;
-                        }
-                    } else {
-                        self.send_owed(pg, owed, changes).await?;
-                    }
-                    if let Some(last) = last {
-                        self.sent_seq = self.sent_seq.max(last);
-                    }
-                }
-                Next::Round(round) => {
-                    let reader = self.reader()?;
-                    let after = round.cursor_after(self.cursor());
-                    let (sent, read) =
-                        futures::future::join(self.send_round(pg, round), reader.next(after)).await;
-                    if sent? {
-                        debug_assert_eq!(self.cursor(), after);
-                        // A read that failed is tried again, alone.
-                        ahead = read.ok();
-                    }
-                }
-            }
+            self.send_owed(pg, owed, changes).await?;
+            self.sent_seq = last;
         }
     }
 
-    /// A reader of rounds, with this session's view of what PostgreSQL has.
-    fn reader(&mut self) -> Result<Reader, MirrorError> {
-        Ok(Reader {
-            duck: self.duck()?,
-            objects: self.cfg.objects,
-            compared: self.compared.is_some(),
+    /// What of the changes read (those numbered after what PostgreSQL has) is to be sent,
+    /// with the retention prune they carry: those numbered below the lowest DuckDB keeps
+    /// (or all PostgreSQL has, when it keeps none). `None` when there is neither.
+    fn new_changes(&self, read: duck::ChangesAfter) -> Option<NewChanges> {
+        let duck::ChangesAfter { batches, min, .. } = read;
+        let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+        let floor = min.unwrap_or(self.changes_seq + 1);
+        let prune = (floor > self.changes_floor).then_some(floor);
+        if rows == 0 && prune.is_none() {
+            return None;
+        }
+        Some(NewChanges {
+            last: last_seq(&batches).unwrap_or(self.changes_seq),
+            batches,
+            prune,
+            floor,
         })
-    }
-
-    /// Where this session's next read of the outbox starts.
-    fn cursor(&self) -> Cursor {
-        Cursor {
-            sent_seq: self.sent_seq,
-            changes_seq: self.changes_seq,
-            changes_floor: self.changes_floor,
-        }
-    }
-
-    /// Commits a round and acknowledges its entries: true when it went as it was read.
-    /// When PostgreSQL refuses its data, its entries are sent again the careful way (see
-    /// [`Mirror::send_owed`]), from a new read.
-    async fn send_round(&mut self, pg: &mut Pg, round: Round) -> Result<bool, MirrorError> {
-        let last = round.reads.iter().map(|r| r.seq).max();
-        let changes_seq = round.changes.as_ref().map(|c| c.last);
-        let committed = if round.writes.is_empty() {
-            Ok(())
-        } else {
-            self.commit_with(pg, &round.writes, changes_seq, &round.cluster_ids)
-                .await
-        };
-        let as_read = match committed {
-            Ok(()) => {
-                if let Some(c) = &round.changes {
-                    self.changes_sent(c);
-                }
-                self.acknowledge(round.reads).await?;
-                true
-            }
-            Err(MirrorError::Pg { data: true, .. }) => {
-                self.send_owed(pg, round.reads, round.changes).await?;
-                false
-            }
-            Err(e) => return Err(e),
-        };
-        if let Some(last) = last {
-            self.sent_seq = self.sent_seq.max(last);
-        }
-        Ok(as_read)
     }
 
     /// New changes in a transaction of their own.
@@ -483,19 +434,8 @@ impl Mirror {
         // Read at every commit: a context's cluster_id arrives before its objects, and a
         // row sent without it would not be sent again until it changes.
         let ids = self.duck()?.cluster_ids().await?;
-        self.commit_with(pg, writes, changes_seq, &ids).await
-    }
-
-    /// [`Mirror::commit`] with the contexts' cluster ids as they were read.
-    async fn commit_with(
-        &mut self,
-        pg: &mut Pg,
-        writes: &[TableWrite],
-        changes_seq: Option<i64>,
-        ids: &HashMap<String, Option<String>>,
-    ) -> Result<(), MirrorError> {
         let t = Instant::now();
-        let applied = pg.apply(writes, ids, changes_seq).await?;
+        let applied = pg.apply(writes, &ids, changes_seq).await?;
         tracing::debug!(
             tables = ?writes.iter().map(|w| w.table.name()).collect::<Vec<_>>(),
             rows = applied.rows,
@@ -614,9 +554,34 @@ impl Mirror {
         whole: &[&'static Mirrored],
         changes: Option<&NewChanges>,
     ) -> Result<(), MirrorError> {
-        let reader = self.reader()?;
+        let mut by_table: BTreeMap<&'static str, (&'static Mirrored, Vec<Key>)> = BTreeMap::new();
+        for r in rows {
+            let Owed::Row {
+                table,
+                context,
+                key,
+            } = &r.owed
+            else {
+                continue;
+            };
+            let Some(m) = tables::get(table) else {
+                continue;
+            };
+            // A modify that left an object's child rows alone (a pod's status message)
+            // costs neither a read of them nor a write: PostgreSQL has them as they are,
+            // once this session compared every table.
+            let children = r.children || self.compared.is_none();
+            let targets = m.targets(self.cfg.objects);
+            for t in targets.into_iter().filter(|t| children || !t.is_child()) {
+                by_table
+                    .entry(t.name())
+                    .or_insert_with(|| (t, Vec::new()))
+                    .1
+                    .push((context.to_string(), key.clone()));
+            }
+        }
         let mut few = Vec::new();
-        for (_, (m, keys)) in reader.plan(rows) {
+        for (_, (m, keys)) in by_table {
             if keys.len() > BY_KEY {
                 let mut wanted = duck::Wanted::new();
                 for (c, k) in keys {
@@ -627,12 +592,36 @@ impl Mirror {
             }
             few.push((m, keys));
         }
-        let (writes, ids) = reader.read(few, whole, changes).await?;
+        // The tables are read at once, each on a connection of its own: one after another,
+        // under load, they took 165–300 ms a round, longer than the PostgreSQL transaction
+        // that follows them.
+        let duck = self.duck()?;
+        let reads = few.iter().map(|(m, keys)| duck.rows(m, keys.clone()));
+        let whole_reads = whole.iter().map(|m| duck.whole(m));
+        let (read, whole_read) = futures::future::try_join(
+            futures::future::try_join_all(reads),
+            futures::future::try_join_all(whole_reads),
+        )
+        .await?;
+        let writes: Vec<TableWrite> = few
+            .into_iter()
+            .zip(read)
+            .map(|((m, keys), batches)| TableWrite {
+                table: m,
+                mode: Mode::Keys(keys),
+                batches,
+            })
+            .chain(whole.iter().zip(whole_read).map(|(m, batches)| TableWrite {
+                table: m,
+                mode: Mode::Whole,
+                batches,
+            }))
+            .chain(changes.map(NewChanges::write))
+            .collect();
         if writes.is_empty() {
             return Ok(());
         }
-        self.commit_with(pg, &writes, changes.map(|c| c.last), &ids)
-            .await
+        self.commit(pg, &writes, changes.map(|c| c.last)).await
     }
 
     /// Sends the rows of `wanted` (keys by context) of a table as DuckDB streams them (one
@@ -856,4 +845,35 @@ impl Mirror {
             .await
             .map_err(|_| MirrorError::WriterGone)
     }
+}
+
+/// New `changes` read from DuckDB for PostgreSQL. They go in the transaction of the
+/// round's owed rows: a transaction of their own was one PostgreSQL commit more a round.
+struct NewChanges {
+    batches: Vec<arrow::record_batch::RecordBatch>,
+    /// Changes numbered below this go (retention pruned them in DuckDB).
+    prune: Option<i64>,
+    /// The lowest number DuckDB keeps.
+    floor: i64,
+    /// The highest number sent.
+    last: i64,
+}
+
+impl NewChanges {
+    fn write(&self) -> TableWrite {
+        TableWrite {
+            table: tables::get("changes").expect("changes are mirrored"),
+            mode: Mode::Append { floor: self.prune },
+            batches: self.batches.clone(),
+        }
+    }
+}
+
+/// The `seq` of the last row of the last batch.
+fn last_seq(batches: &[arrow::record_batch::RecordBatch]) -> Option<i64> {
+    use arrow::array::{Array, Int64Array};
+    let b = batches.iter().rev().find(|b| b.num_rows() > 0)?;
+    let col = b.column_by_name("seq")?;
+    let a = col.as_any().downcast_ref::<Int64Array>()?;
+    (!a.is_null(a.len() - 1)).then(|| a.value(a.len() - 1))
 }
