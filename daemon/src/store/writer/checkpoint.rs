@@ -7,7 +7,10 @@
 //! instead of the 1.4–2.1 s the same WAL takes without it, and the writer, which runs the
 //! checkpoint, applied nothing meanwhile. So the writer checkpoints without vacuuming while
 //! it is busy, and lets the vacuum run once the load is light: the deleted rows' space
-//! comes back then, at a moment when a stall of seconds delays few events.
+//! comes back then, at a moment when a stall of seconds delays few events. A checkpoint
+//! that does not vacuum also leaves the rows appended since the last one as a row group of
+//! their own, so after an initial sync (a checkpoint per 16 MB of WAL) the first vacuum
+//! merges them too, rewriting most of `objects`: 4.8–8.6 s once at 10 × 10k.
 
 use std::time::{Duration, Instant};
 
