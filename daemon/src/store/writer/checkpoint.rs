@@ -10,7 +10,9 @@
 //! comes back then, at a moment when a stall of seconds delays few events. A checkpoint
 //! that does not vacuum also leaves the rows appended since the last one as a row group of
 //! their own, so after an initial sync (a checkpoint per 16 MB of WAL) the first vacuum
-//! merges them too, rewriting most of `objects`: 4.8–8.6 s once at 10 × 10k.
+//! merges them too, rewriting most of `objects`: 4.8–19.4 s at 10 × 10k, the more the longer
+//! the writer went without one (a sync and a minute of 1,000 events/s: 19.4 s). Any quiet
+//! spell of two load windows sets it off, so events that come just after wait that long.
 
 use std::time::{Duration, Instant};
 
