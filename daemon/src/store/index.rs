@@ -313,6 +313,11 @@ impl Index {
         self.contexts.get(ctx).map_or(0, |m| m.len() as i64)
     }
 
+    /// Objects stored, over all contexts.
+    pub fn len(&self) -> usize {
+        self.contexts.values().map(HashMap::len).sum()
+    }
+
     /// The resources whose counts changed since the last call, with their counts.
     pub fn take_changed(&mut self) -> Vec<ResourceCount> {
         std::mem::take(&mut self.changed)

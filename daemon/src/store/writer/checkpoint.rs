@@ -3,16 +3,22 @@
 //! DuckDB's checkpoint vacuums by default: it rewrites adjacent row groups whose deleted rows
 //! let their live rows fit in fewer. Every modify deletes an object's old rows, so under
 //! churn every row group of `objects` qualifies, and merging them reads back and compresses
-//! again each live row's zstd JSON. At 10 × 10k that made a churn checkpoint take 9–11 s
-//! instead of the 1.4–2.1 s the same WAL takes without it, and the writer, which runs the
-//! checkpoint, applied nothing meanwhile. So the writer checkpoints without vacuuming while
-//! it is busy, and lets the vacuum run once the load is light: the deleted rows' space
-//! comes back then, at a moment when a stall of seconds delays few events. A checkpoint
-//! that does not vacuum also leaves the rows appended since the last one as a row group of
-//! their own, so after an initial sync (a checkpoint per 16 MB of WAL) the first vacuum
-//! merges them too, rewriting most of `objects`: 4.8–19.4 s at 10 × 10k, the more the longer
-//! the writer went without one (a sync and a minute of 1,000 events/s: 19.4 s). Any quiet
-//! spell of two load windows sets it off, so events that come just after wait that long.
+//! again each live row's zstd JSON. A checkpoint that does not vacuum also leaves the rows
+//! appended since the last one as a row group of their own, so after an initial sync (a
+//! checkpoint per 16 MB of WAL) a vacuum merges those too. Either way a vacuum rewrites most
+//! of `objects`, and the writer, which runs the checkpoint, applies nothing meanwhile: 9–11 s
+//! for a churn checkpoint at 10 × 10k, against 1.4–2.1 s for the same WAL without it; 4.8 s
+//! for the first vacuum after a sync, and 19.4 s after a sync and a minute of 1,000 events/s.
+//!
+//! So a vacuum is paid only when it is worth its cost, as PostgreSQL's autovacuum does: once
+//! the rows deleted since the last one reach half the live rows (a third of the table is
+//! dead space then), and only once the load is light. Its cost is in proportion to the table,
+//! so this bounds the vacuum's cost per deleted row, whatever the table's size. A writer that
+//! is never lightly loaded pays a due vacuum anyway, at its next checkpoint, once 15 minutes
+//! have passed since the last one: a stall that often at most, and dead rows bounded by that
+//! much churn beyond the share. Row groups whose rows are all deleted are dropped by every
+//! checkpoint, vacuuming or not, and a sync's fragments cost scans little, so neither is a
+//! reason to vacuum on its own.
 
 use std::time::{Duration, Instant};
 
@@ -24,8 +30,18 @@ const LIGHT_LOAD: f64 = 100.0;
 /// How long one measurement of the load lasts.
 const LOAD_WINDOW: Duration = Duration::from_secs(10);
 
-/// How many vacuum tasks a vacuuming checkpoint may schedule: DuckDB's default.
+/// How many vacuum tasks a vacuuming checkpoint may schedule: DuckDB's default. A smaller
+/// budget does not bound the stall: one task merges up to three row groups' worth of rows,
+/// and at 286k objects a budget of one took as long as the whole vacuum.
 const VACUUM_TASKS: u32 = 100;
+
+/// Deleted rows, as a share of the live ones, at which a vacuum is paid under a light load.
+const VACUUM_WHEN_DEAD: f64 = 0.5;
+
+/// How long after the last vacuum a due one is paid at the next checkpoint whatever the load.
+/// A writer under sustained load stalls for a vacuum at most this often, and its file holds
+/// at most this long's deletes beyond the share above.
+const VACUUM_ANYWAY_AFTER: Duration = Duration::from_secs(15 * 60);
 
 /// How long after a failed checkpoint the next is tried.
 const RETRY: Duration = Duration::from_secs(10);
@@ -83,8 +99,12 @@ impl Load {
 #[derive(Debug)]
 pub(super) struct Checkpoints {
     pub(super) load: Load,
-    /// A checkpoint skipped its vacuum since the last one that vacuumed.
-    pub(super) vacuum_owed: bool,
+    /// `objects` rows deleted since the last vacuum (or since this process started: the
+    /// rows a crash left are not counted, and a stop vacuums). A failed batch's deletes
+    /// count too; they only make the vacuum come a little early.
+    pub(super) dead: u64,
+    /// When the last vacuum ran (or this process started).
+    pub(super) vacuumed_at: Instant,
     /// After a failed checkpoint: no other is tried before this.
     pub(super) retry_at: Option<Instant>,
 }
@@ -114,40 +134,52 @@ impl Checkpoints {
     pub(super) fn new(now: Instant) -> Checkpoints {
         Checkpoints {
             load: Load::new(now),
-            vacuum_owed: false,
+            dead: 0,
+            vacuumed_at: now,
             retry_at: None,
         }
     }
 
-    /// The checkpoint to run now, if any: one past `threshold` bytes of WAL, vacuuming only
-    /// under a light load; or, once the load is light again, one that pays a vacuum that was
-    /// skipped. DuckDB vacuums only the tables a checkpoint writes, so that one waits for
-    /// something in the WAL (under a light load the churn that thinned the row groups
-    /// usually goes on, more slowly).
+    /// Counts `rows` deleted from `objects`.
+    pub(super) fn deleted(&mut self, rows: usize) {
+        self.dead += rows as u64;
+    }
+
+    /// The checkpoint to run now, if any, given the WAL's size and the live `objects` rows:
+    /// one past `threshold` bytes of WAL, vacuuming if a vacuum is due; or one that pays a
+    /// vacuum due under a light load. DuckDB vacuums only the tables a checkpoint writes, so
+    /// that one waits for something in the WAL (under a light load the churn that deleted
+    /// the rows usually goes on, more slowly).
     pub(super) fn due(
         &mut self,
         wal_bytes: u64,
         threshold: u64,
+        live: u64,
         now: Instant,
     ) -> Option<Checkpoint> {
         if self.retry_at.is_some_and(|t| now < t) {
             return None;
         }
-        let light = self.load.light(now);
+        let vacuum = self.dead > 0
+            && self.dead as f64 >= live as f64 * VACUUM_WHEN_DEAD
+            && (self.load.light(now) || now >= self.vacuumed_at + VACUUM_ANYWAY_AFTER);
         if wal_bytes >= threshold {
-            return Some(if light {
+            return Some(if vacuum {
                 Checkpoint::Vacuuming
             } else {
                 Checkpoint::Plain
             });
         }
-        (light && self.vacuum_owed && wal_bytes > 0).then_some(Checkpoint::Vacuuming)
+        (vacuum && wal_bytes > 0 && self.load.light(now)).then_some(Checkpoint::Vacuuming)
     }
 
-    /// Records that `done` succeeded.
-    pub(super) fn succeeded(&mut self, done: Checkpoint) {
+    /// Records that `done` succeeded at `now`.
+    pub(super) fn succeeded(&mut self, done: Checkpoint, now: Instant) {
         self.retry_at = None;
-        self.vacuum_owed = done == Checkpoint::Plain;
+        if done == Checkpoint::Vacuuming {
+            self.dead = 0;
+            self.vacuumed_at = now;
+        }
     }
 
     /// Records that a checkpoint failed at `now`: the next waits.
@@ -180,41 +212,72 @@ mod tests {
     }
 
     #[test]
-    fn a_busy_writer_defers_the_vacuum_until_the_load_is_light() {
+    fn a_vacuum_waits_until_half_the_live_rows_were_deleted_and_the_load_is_light() {
         let t0 = Instant::now();
         let mut c = Checkpoints::new(t0);
         let threshold = 1_000;
-        assert_eq!(c.due(999, threshold, t0), None, "under the threshold");
+        let live = 1_000;
+        assert_eq!(c.due(999, threshold, live, t0), None, "under the threshold");
+        assert_eq!(
+            c.due(1_000, threshold, live, t0),
+            Some(Checkpoint::Plain),
+            "a sync's appends alone are no reason to vacuum"
+        );
+        c.succeeded(Checkpoint::Plain, t0);
+        c.deleted(499);
+        assert_eq!(c.due(10, threshold, live, t0), None);
+        assert_eq!(c.due(1_000, threshold, live, t0), Some(Checkpoint::Plain));
+        c.deleted(1);
+        // Half the live rows deleted, and a light load: the vacuum is paid at once, with
+        // whatever the WAL holds, but not for an empty WAL.
+        assert_eq!(c.due(0, threshold, live, t0), None);
+        assert_eq!(c.due(10, threshold, live, t0), Some(Checkpoint::Vacuuming));
+        // Under load it waits: checkpoints stay plain.
         c.load.record(100_000, t0);
         let busy = t0 + Duration::from_secs(1);
-        assert_eq!(c.due(1_000, threshold, busy), Some(Checkpoint::Plain));
-        c.succeeded(Checkpoint::Plain);
-        assert!(c.vacuum_owed);
-        // Still busy: nothing more until the WAL grows past the threshold again.
-        assert_eq!(c.due(10, threshold, busy), None);
-        // Quiet long enough that the window holding the burst averages under the limit: the
-        // skipped vacuum is paid, with whatever the WAL holds.
+        assert_eq!(c.due(10, threshold, live, busy), None);
+        assert_eq!(c.due(1_000, threshold, live, busy), Some(Checkpoint::Plain));
+        c.succeeded(Checkpoint::Plain, t0);
+        assert_eq!(c.dead, 500, "a plain checkpoint paid the vacuum");
+        // Quiet long enough that the window holding the burst averages under the limit.
         let quiet = t0 + 1_000 * LOAD_WINDOW;
-        assert_eq!(
-            c.due(0, threshold, quiet),
-            None,
-            "an empty WAL vacuums nothing"
-        );
-        assert_eq!(c.due(10, threshold, quiet), Some(Checkpoint::Vacuuming));
-        c.succeeded(Checkpoint::Vacuuming);
-        assert!(!c.vacuum_owed);
-        assert_eq!(c.due(10, threshold, quiet), None, "nothing owed");
-        assert_eq!(
-            c.due(1_000, threshold, quiet),
-            Some(Checkpoint::Vacuuming),
-            "a light load vacuums at the threshold"
-        );
+        assert_eq!(c.due(10, threshold, live, quiet), Some(Checkpoint::Vacuuming));
+        c.succeeded(Checkpoint::Vacuuming, quiet);
+        assert_eq!(c.dead, 0);
+        assert_eq!(c.due(10, threshold, live, quiet), None, "nothing owed");
         // A failure waits out the retry, then tries again.
         c.failed(quiet);
-        assert_eq!(c.due(1_000, threshold, quiet + RETRY / 2), None);
+        assert_eq!(c.due(1_000, threshold, live, quiet + RETRY / 2), None);
         assert_eq!(
-            c.due(1_000, threshold, quiet + RETRY),
-            Some(Checkpoint::Vacuuming)
+            c.due(1_000, threshold, live, quiet + RETRY),
+            Some(Checkpoint::Plain)
         );
+    }
+
+    #[test]
+    fn a_writer_never_lightly_loaded_vacuums_at_a_checkpoint_once_a_due_vacuum_waited_long() {
+        let t0 = Instant::now();
+        let mut c = Checkpoints::new(t0);
+        let (threshold, live) = (1_000, 1_000);
+        c.deleted(10_000);
+        // Always busy: the writer applies 1,000 ops a second.
+        let busy_at = |c: &mut Checkpoints, t: Instant| {
+            c.load.record(1_000, t);
+            t
+        };
+        let t = busy_at(&mut c, t0 + VACUUM_ANYWAY_AFTER - Duration::from_secs(1));
+        assert_eq!(c.due(1_000, threshold, live, t), Some(Checkpoint::Plain));
+        let t = busy_at(&mut c, t0 + VACUUM_ANYWAY_AFTER);
+        assert_eq!(
+            c.due(10, threshold, live, t),
+            None,
+            "it waits for the checkpoint the WAL calls for"
+        );
+        assert_eq!(c.due(1_000, threshold, live, t), Some(Checkpoint::Vacuuming));
+        c.succeeded(Checkpoint::Vacuuming, t);
+        // The next one waits as long again.
+        c.deleted(10_000);
+        let t = busy_at(&mut c, t + VACUUM_ANYWAY_AFTER / 2);
+        assert_eq!(c.due(1_000, threshold, live, t), Some(Checkpoint::Plain));
     }
 }

@@ -467,6 +467,8 @@ impl Writer {
             ));
         }
         self.conn.execute_batch(&sql)?;
+        // Each stale object had one `objects` row.
+        self.checkpoints.deleted(stale.len());
         Ok(old)
     }
 
@@ -583,6 +585,8 @@ impl Writer {
             self.conn.execute(&format!("DELETE FROM main.{child} WHERE context = ? AND {fk} NOT IN (SELECT uid FROM kq_stage.keys)"), [context])?;
         }
         let gvk = kind.gvk();
+        // A typed object has one row in its table and one in `objects`.
+        self.checkpoints.deleted(removed);
         if kind != Kind::Objects {
             params = vec![context, gvk.group.as_str(), gvk.resource.as_str()];
             self.conn.execute(
@@ -634,6 +638,7 @@ impl Writer {
             "DELETE FROM main.objects WHERE context = $1 AND api_group = $2 AND resource = $3",
             params,
         )?;
+        self.checkpoints.deleted(removed);
         self.conn.execute(
             "DELETE FROM main.resources WHERE context = ? AND api_group = ? AND resource = ?",
             [context, group, resource],
@@ -655,10 +660,13 @@ impl Writer {
     pub(super) fn remove_context(&mut self, name: &str) -> Result<(), StoreError> {
         for k in Kind::ALL {
             self.outbox.part(k.table(), Some(name));
-            self.conn.execute(
+            let removed = self.conn.execute(
                 &format!("DELETE FROM main.{} WHERE context = ?", k.table()),
                 [name],
             )?;
+            if *k == Kind::Objects {
+                self.checkpoints.deleted(removed);
+            }
             if let Some((child, _)) = k.child() {
                 self.conn.execute(
                     &format!("DELETE FROM main.{child} WHERE context = ?"),

@@ -59,7 +59,7 @@ impl Writer {
             &format!("DELETE FROM main.changes WHERE changed_at < ago(to_seconds({changes}))"),
             [],
         )?;
-        self.conn.execute(
+        let pruned_objects = self.conn.execute(
             &format!(
                 "DELETE FROM main.objects WHERE api_group = '' AND resource = 'events'
                  AND EXISTS (SELECT 1 FROM main.events e
@@ -68,6 +68,7 @@ impl Writer {
             ),
             [],
         )?;
+        self.checkpoints.deleted(pruned_objects);
         let pruned_events = self
             .conn
             .execute(&format!("DELETE FROM main.events WHERE {}", old("")), [])?;
