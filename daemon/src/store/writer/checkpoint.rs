@@ -241,7 +241,10 @@ mod tests {
         assert_eq!(c.dead, 500, "a plain checkpoint paid the vacuum");
         // Quiet long enough that the window holding the burst averages under the limit.
         let quiet = t0 + 1_000 * LOAD_WINDOW;
-        assert_eq!(c.due(10, threshold, live, quiet), Some(Checkpoint::Vacuuming));
+        assert_eq!(
+            c.due(10, threshold, live, quiet),
+            Some(Checkpoint::Vacuuming)
+        );
         c.succeeded(Checkpoint::Vacuuming, quiet);
         assert_eq!(c.dead, 0);
         assert_eq!(c.due(10, threshold, live, quiet), None, "nothing owed");
@@ -273,7 +276,10 @@ mod tests {
             None,
             "it waits for the checkpoint the WAL calls for"
         );
-        assert_eq!(c.due(1_000, threshold, live, t), Some(Checkpoint::Vacuuming));
+        assert_eq!(
+            c.due(1_000, threshold, live, t),
+            Some(Checkpoint::Vacuuming)
+        );
         c.succeeded(Checkpoint::Vacuuming, t);
         // The next one waits as long again.
         c.deleted(10_000);

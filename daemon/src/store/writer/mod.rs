@@ -939,7 +939,11 @@ pub(super) mod tests {
         f.writer.write_batch(vec![running("a"), running("b")]);
         f.writer.checkpoint_if_due();
         assert_eq!(wal_bytes(&f), 0, "the writer checkpointed");
-        assert_eq!(row_groups(&f), 3, "a light load vacuumed with nothing deleted");
+        assert_eq!(
+            row_groups(&f),
+            3,
+            "a light load vacuumed with nothing deleted"
+        );
         // Pod `a` at a later resourceVersion: a modify, which deletes its old rows.
         let changed = |rv: &str| {
             let p: Pod = serde_json::from_value(json!({
