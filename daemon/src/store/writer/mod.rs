@@ -227,8 +227,11 @@ impl Writer {
         let started = Instant::now();
         let index = Index::load(&conn, !migrated)?;
         let tracker = Tracker::load(&conn, opts.incidents.clone())?;
+        let dead = checkpoint::stored_dead_rows(&conn)?;
         tracing::debug!(
             elapsed_ms = started.elapsed().as_millis() as u64,
+            live = index.len(),
+            dead,
             "loaded the index of stored objects"
         );
         // Contexts found in the file from an earlier run start as `connecting` until their
@@ -289,7 +292,7 @@ impl Writer {
             hold: None,
             outbox,
             changes_seq,
-            checkpoints: checkpoint::Checkpoints::new(Instant::now()),
+            checkpoints: checkpoint::Checkpoints::new(Instant::now(), dead),
             behind: false,
             late: status::Late::default(),
         })
@@ -373,14 +376,19 @@ impl Writer {
                 break;
             }
         }
-        // The last checkpoint vacuums: the writer is stopping, so no event waits for it.
-        if let Err(e) = self
-            .conn
-            .execute_batch(&checkpoint::Checkpoint::Vacuuming.sql())
-        {
+        // The last checkpoint vacuums if a vacuum is owed, whatever the load: no event waits
+        // for it any more. A vacuum rewrites most of the file (seconds at 100k pods), so the
+        // log says how long the stop spent on it.
+        let started = Instant::now();
+        let last = self.checkpoints.at_stop(self.index.len() as u64);
+        if let Err(e) = self.conn.execute_batch(&last.sql()) {
             tracing::warn!(error = %e, "final checkpoint failed; the WAL will be replayed at next start");
         }
-        tracing::info!("store writer stopped");
+        tracing::info!(
+            vacuum = last == checkpoint::Checkpoint::Vacuuming,
+            final_checkpoint_ms = started.elapsed().as_millis() as u64,
+            "store writer stopped"
+        );
     }
 
     /// Checkpoints once the WAL has passed the threshold. DuckDB's automatic checkpoint ran
@@ -974,6 +982,66 @@ pub(super) mod tests {
         // The merge lost no row (the fixture's pods come without `objects` rows).
         assert_eq!(count(&f.other, "SELECT count(*) FROM objects"), 30_000);
         assert_eq!(count(&f.other, "SELECT count(*) FROM pods"), 2);
+    }
+
+    #[test]
+    fn a_restarted_writer_counts_the_deleted_rows_in_its_file_and_vacuums_at_a_stop_only_when_owed()
+    {
+        let f = fixture(StoreOptions::default());
+        let row_groups = || {
+            count(
+                &f.other,
+                "SELECT count(DISTINCT row_group_id) FROM pragma_storage_info('objects')",
+            )
+        };
+        // A writer started on the file, as kqd's next run would start it, and stopped.
+        let restart = || {
+            let (resync, _resync_rx) = tokio::sync::watch::channel(0);
+            let (follow, _follow_rx) = tokio::sync::broadcast::channel(16);
+            let writer = Writer::new(
+                f.other.try_clone().unwrap(),
+                StoreOptions::default(),
+                resync,
+                false,
+                follow,
+                f.writer.path.clone(),
+                Arc::new(Health::default()),
+            )
+            .unwrap();
+            let counted = (writer.checkpoints.dead, writer.index.len());
+            let (tx, rx) = mpsc::channel(1);
+            drop(tx);
+            writer.run(rx);
+            counted
+        };
+        // Five row groups of objects (four of 122,880 rows), then every other row of the first
+        // two deleted, behind any writer: a vacuum would merge those two into one, but a fifth
+        // of the rows is not the share at which one is owed.
+        let i = "CAST(substr(name, 2) AS INTEGER)";
+        f.other
+            .execute_batch(&format!(
+                "INSERT INTO objects (context, name, uid, resource_version, api_group, resource, object)
+                 SELECT 'c', 'o' || i, 'u' || i, '1', '', 'widgets', json_object('i', i)
+                   FROM range(600000) t(i);
+                 CHECKPOINT;
+                 DELETE FROM objects WHERE {i} < 245760 AND {i} % 2 = 0;"
+            ))
+            .unwrap();
+        assert_eq!(row_groups(), 5);
+        assert_eq!(restart(), (122_880, 477_120), "deleted and live rows");
+        assert_eq!(row_groups(), 5, "a stop vacuumed with no vacuum owed");
+
+        // Nine in ten of the rest deleted too: the next run's stop pays the vacuum, and loses
+        // no live row.
+        f.other
+            .execute_batch(&format!(
+                "DELETE FROM objects WHERE {i} >= 245760 AND {i} % 10 <> 0;"
+            ))
+            .unwrap();
+        assert_eq!(restart(), (441_696, 158_304));
+        assert_eq!(row_groups(), 2, "the owed vacuum never came");
+        assert_eq!(count(&f.other, "SELECT count(*) FROM objects"), 158_304);
+        assert_eq!(restart(), (0, 158_304), "the vacuum left deleted rows");
     }
 
     #[test]
