@@ -156,16 +156,5 @@ fn object_rows(ctx: &Arc<str>, gvk: &Gvk, ar: &ApiResource, mut o: DynamicObject
     }
     o.metadata.managed_fields = None;
     let json = rows::object_json(gvk, &o).unwrap_or_default();
-    let row = rows::object_row(ctx, gvk, &o.metadata, json);
-    ObjectRows {
-        uid: o.metadata.uid.clone().unwrap_or_default(),
-        row,
-        children: vec![],
-        object: None,
-        observed: None,
-        images: None,
-        secret: None,
-        shape: None,
-        children_digest: 0,
-    }
+    rows::single(&o.metadata, rows::object_row(ctx, gvk, &o.metadata, json))
 }

@@ -219,17 +219,7 @@ pub fn namespace(ctx: &Arc<str>, ns: &Namespace) -> ObjectRows {
     let mut row = vec![Value::Text(ctx.to_string())];
     row.extend(common(&ns.metadata));
     row.push(text(ns.status.as_ref().and_then(|s| s.phase.as_deref())));
-    ObjectRows {
-        uid: ns.metadata.uid.clone().unwrap_or_default(),
-        row,
-        children: vec![],
-        object: None,
-        observed: None,
-        images: None,
-        secret: None,
-        shape: None,
-        children_digest: 0,
-    }
+    single(&ns.metadata, row)
 }
 
 fn quantity_of(
