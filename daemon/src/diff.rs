@@ -32,7 +32,7 @@ const VALUES_HIDDEN: &[&str] = &["configmaps"];
 const HEARTBEATS: &[&str] = &["lastHeartbeatTime", "lastProbeTime", "renewTime"];
 
 /// What a hidden value is shown as: it exists, and nothing more.
-const HIDDEN: &str = "(hidden)";
+pub(crate) const HIDDEN: &str = "(hidden)";
 
 /// A modify's diff (the default: nothing changed).
 #[derive(Debug, Clone, Default, PartialEq)]

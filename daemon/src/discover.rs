@@ -155,6 +155,7 @@ fn object_rows(ctx: &Arc<str>, gvk: &Gvk, ar: &ApiResource, mut o: DynamicObject
         });
     }
     o.metadata.managed_fields = None;
+    rows::hide_secret_values(gvk, &mut o.metadata);
     let json = rows::object_json(gvk, &o).unwrap_or_default();
     rows::single(&o.metadata, rows::object_row(ctx, gvk, &o.metadata, json))
 }

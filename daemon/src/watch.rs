@@ -312,6 +312,7 @@ impl Watch {
         let rows_of = {
             let ctx = ctx.clone();
             move |mut o: K| {
+                rows::hide_secret_values(&gvk, o.meta_mut());
                 let mut rows = to_rows(&ctx, &o);
                 o.meta_mut().managed_fields = None;
                 if let Some(json) = rows::object_json(&gvk, &o) {

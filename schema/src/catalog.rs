@@ -583,7 +583,7 @@ pub static CATALOG: LazyLock<Vec<Table>> = LazyLock::new(|| {
         ),
         inventory(
             "secrets",
-            "Secrets of every context: type and key names only. Values are never read into the inventory.",
+            "Secrets of every context: type and key names only. Values are never read into the inventory: the kubectl.kubernetes.io/last-applied-configuration annotation, which holds them for a Secret applied with kubectl, reads (hidden).",
             true,
             &[
                 c(
@@ -914,7 +914,7 @@ pub static CATALOG: LazyLock<Vec<Table>> = LazyLock::new(|| {
                 c(
                     "object",
                     "JSON",
-                    "The whole object, without metadata.managedFields, and without data for Secrets.",
+                    "The whole object, without metadata.managedFields; for Secrets, without data and stringData, and with (hidden) as their last-applied-configuration annotation.",
                 )
                 .compressed("zstd"),
             ],

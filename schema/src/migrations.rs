@@ -16,7 +16,7 @@ pub struct Migration {
 }
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: u32 = 20;
+pub const SCHEMA_VERSION: u32 = 21;
 
 /// Every migration, oldest first.
 pub static MIGRATIONS: &[Migration] = &[
@@ -140,6 +140,12 @@ pub static MIGRATIONS: &[Migration] = &[
         sql: v20,
         outdates_rows: false,
     },
+    Migration {
+        version: 21,
+        description: "a Secret's kubectl last-applied-configuration annotation hidden in stored rows",
+        sql: v21,
+        outdates_rows: false,
+    },
 ];
 
 /// Creates the named catalog tables. A migration names its tables so that later catalog
@@ -189,6 +195,51 @@ const V20_KEYED: &[&str] = &[
     "poddisruptionbudgets",
     "objects",
 ];
+
+fn v21() -> String {
+    // `kubectl apply` keeps the manifest it applied in this annotation, so a Secret's holds
+    // its values. The writer now stores "(hidden)" in its place; rows stored before are
+    // rewritten here rather than at the next list, which a context that is never reachable
+    // again would never give. Their resourceVersions stay, so the mirror's comparison would
+    // not see the change: each gets an outbox entry, which the mirror sends (and a kqd
+    // without the mirror drops at start). The entries' key hashes are filled in by the
+    // writer when it opens the file, as for v18.
+    let annotation = "kubectl.kubernetes.io/last-applied-configuration";
+    let hidden = format!("json_object('{annotation}', '(hidden)')");
+    let owe = |tbl: &str, from: &str| {
+        format!(
+            "INSERT INTO kq_mirror_outbox (tbl, context, key, seq, dirty_at)
+             SELECT '{tbl}', t.context, t.uid,
+                    (SELECT coalesce(max(seq), 0) FROM kq_mirror_outbox) + row_number() OVER (), now()
+             FROM {from}
+               AND NOT EXISTS (SELECT 1 FROM kq_mirror_outbox o
+                               WHERE o.tbl = '{tbl}' AND o.context = t.context AND o.key = t.uid);\n"
+        )
+    };
+    let mut sql = owe(
+        "secrets",
+        &format!(
+            "secrets t WHERE t.uid IS NOT NULL AND json_exists(t.annotations, '$.\"{annotation}\"')"
+        ),
+    );
+    // A Secret watched only as an object (`kinds` without `secrets`).
+    sql.push_str(&owe(
+        "objects",
+        &format!(
+            "objects t WHERE t.uid IS NOT NULL AND t.api_group = '' AND t.kind = 'Secret'
+               AND json_exists(t.object, '$.metadata.annotations.\"{annotation}\"')
+               AND NOT EXISTS (SELECT 1 FROM secrets s WHERE s.context = t.context AND s.uid = t.uid)"
+        ),
+    ));
+    sql + &format!(
+        "UPDATE secrets SET annotations = json_merge_patch(annotations, {hidden})
+         WHERE json_exists(annotations, '$.\"{annotation}\"');
+         UPDATE objects SET object = json_merge_patch(object,
+           json_object('metadata', json_object('annotations', {hidden})))
+         WHERE api_group = '' AND kind = 'Secret'
+           AND json_exists(object, '$.metadata.annotations.\"{annotation}\"');"
+    )
+}
 
 fn v20() -> String {
     // Rows stored before get the key the writer would compute.

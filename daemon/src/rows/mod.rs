@@ -111,9 +111,34 @@ pub fn object_row(ctx: &Arc<str>, gvk: &Gvk, meta: &ObjectMeta, json: String) ->
     row
 }
 
+/// The annotation in which `kubectl apply` keeps the manifest as it was applied: for a
+/// Secret, its values too, as `data` (base64) or `stringData` (plain text).
+pub const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+fn is_secret(gvk: &Gvk) -> bool {
+    gvk.group.is_empty() && gvk.kind == "Secret"
+}
+
+/// Hides what in a Secret's metadata would carry its values: the manifest `kubectl apply`
+/// keeps in an annotation. The annotation stays, so that a Secret applied with kubectl can
+/// still be told from one that was not. Called on the watcher's task before any row is
+/// built, so neither the typed row nor the `objects` JSON (nor the mirror) ever holds it.
+pub fn hide_secret_values(gvk: &Gvk, meta: &mut ObjectMeta) {
+    if !is_secret(gvk) {
+        return;
+    }
+    if let Some(applied) = meta
+        .annotations
+        .as_mut()
+        .and_then(|a| a.get_mut(LAST_APPLIED))
+    {
+        *applied = crate::diff::HIDDEN.to_string();
+    }
+}
+
 /// Serialises an object for `objects`, without a Secret's `data` and `stringData`.
 pub fn object_json<T: serde::Serialize>(gvk: &Gvk, o: &T) -> Option<String> {
-    if gvk.group.is_empty() && gvk.kind == "Secret" {
+    if is_secret(gvk) {
         let mut v = serde_json::to_value(o).ok()?;
         if let Some(m) = v.as_object_mut() {
             m.remove("data");

@@ -127,6 +127,72 @@ mod tests {
     }
 
     #[test]
+    fn a_secrets_last_applied_manifest_stored_before_v21_is_hidden_and_nothing_else_changes() {
+        let (dir, conn) = at_version(20);
+        let applied = r#"{"apiVersion":"v1","data":{"password":"czNjcjN0"},"kind":"Secret"}"#;
+        let annotations = serde_json::json!({
+            "kubectl.kubernetes.io/last-applied-configuration": applied,
+            "team": "shop",
+        })
+        .to_string();
+        let object = |kind: &str| {
+            serde_json::json!({"kind": kind, "metadata": {"name": "db", "annotations": {
+                "kubectl.kubernetes.io/last-applied-configuration": applied, "team": "shop"}}})
+            .to_string()
+        };
+        conn.execute(
+            "INSERT INTO secrets (context, namespace, name, uid, annotations) VALUES ('prod', 'shop', 'db', 'u1', ?)",
+            [&annotations],
+        )
+        .unwrap();
+        // u3 is a Secret watched only as an object.
+        for (uid, group, kind) in [
+            ("u1", "", "Secret"),
+            ("u2", "", "ConfigMap"),
+            ("u3", "", "Secret"),
+        ] {
+            conn.execute(
+                "INSERT INTO objects (context, name, uid, api_group, kind, object) VALUES ('prod', 'db', ?, ?, ?, ?)",
+                [uid, group, kind, &object(kind)],
+            )
+            .unwrap();
+        }
+        assert!(!apply(&conn, &dir.path().join("kq.duckdb")).unwrap());
+        let text = |sql: &str| -> String { conn.query_row(sql, [], |r| r.get(0)).unwrap() };
+        let hidden = serde_json::json!({
+            "kubectl.kubernetes.io/last-applied-configuration": "(hidden)",
+            "team": "shop",
+        });
+        let stored: serde_json::Value =
+            serde_json::from_str(&text("SELECT annotations::VARCHAR FROM secrets")).unwrap();
+        assert_eq!(stored, hidden);
+        let secret: serde_json::Value = serde_json::from_str(&text(
+            "SELECT object::VARCHAR FROM objects WHERE uid = 'u1'",
+        ))
+        .unwrap();
+        assert_eq!(secret["metadata"]["annotations"], hidden);
+        assert_eq!(
+            secret["metadata"]["name"], "db",
+            "the rest of the object stays"
+        );
+        // Only Secrets: a ConfigMap's manifest holds nothing secret.
+        assert_eq!(
+            text("SELECT object::VARCHAR FROM objects WHERE uid = 'u2'"),
+            object("ConfigMap")
+        );
+        // Their resourceVersions did not change, so the mirror is told through its outbox.
+        let owed: Vec<(String, String, String, i64)> = conn
+            .prepare("SELECT tbl, context, key, seq FROM kq_mirror_outbox ORDER BY seq")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        let p = |t: &str, u: &str, n| (t.to_string(), "prod".to_string(), u.to_string(), n);
+        assert_eq!(owed, [p("secrets", "u1", 1), p("objects", "u3", 2)]);
+    }
+
+    #[test]
     fn only_a_migration_that_outdates_stored_rows_makes_the_next_list_rewrite_them() {
         // v13 only redefines the `status` view.
         let (dir, conn) = at_version(12);

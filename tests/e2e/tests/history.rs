@@ -273,15 +273,62 @@ async fn a_secrets_changed_value_shows_its_key_and_never_the_value() {
     );
     assert!(spec_changed);
 
+    assert_nowhere_kqd_writes(&env, kqd, &[old, new, &b64(old), &b64(new)]);
+}
+
+/// Stops kqd and checks that none of `needles` is in any file of its data directory or in
+/// its log.
+fn assert_nowhere_kqd_writes(env: &Env, kqd: kq_e2e::Kqd, needles: &[&str]) {
     let log = kqd.log();
     assert_eq!(kqd.terminate().code(), Some(0));
-    let mut files = data_files(&env);
+    let mut files = data_files(env);
     files.push(("kqd log".into(), log.into_bytes()));
     assert!(files.iter().any(|(p, _)| p.ends_with("kq.duckdb")));
     for (path, bytes) in &files {
-        for needle in [old, new, &b64(old), &b64(new)] {
+        for needle in needles {
             let found = bytes.windows(needle.len()).any(|w| w == needle.as_bytes());
             assert!(!found, "{needle:?} is in {}", path.display());
         }
     }
+}
+
+/// `kubectl apply` keeps the manifest it applied in an annotation, so an applied Secret
+/// carries its values in its metadata too: kqd shows that annotation as hidden, in the
+/// typed row and in `objects`, and the values reach no file.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_secret_applied_with_kubectl_keeps_its_values_out_of_its_annotations() {
+    use base64::Engine as _;
+    let env = Env::start(1, 3).await;
+    let kqd = env.kqd().await;
+    env.wait_pods_synced(Duration::from_secs(30)).await;
+    let (encoded, plain) = ("kq-applied-value-4Kd8", "kq-string-data-2Wx6");
+    let b64 = base64::engine::general_purpose::STANDARD.encode(encoded);
+    let manifest = env.dir.path().join("secret.json");
+    let secret = json!({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+        "metadata": {"name": "api-token", "namespace": "default", "labels": {"team": "shop"}},
+        "data": {"token": b64}, "stringData": {"url": plain}});
+    std::fs::write(&manifest, secret.to_string()).unwrap();
+    kubectl(
+        &env,
+        &[
+            "apply",
+            "--validate=false",
+            "-f",
+            manifest.to_str().unwrap(),
+        ],
+    );
+    let annotation = "kubectl.kubernetes.io/last-applied-configuration";
+    env.wait_csv(
+        &format!(
+            "select keys, annotations->>'$.\"{annotation}\"' as applied,
+                    (select o.object->'$.metadata.annotations'->>'$.\"{annotation}\"'
+                     from objects o where o.uid = s.uid) as in_objects
+             from secrets s where name = 'api-token'"
+        ),
+        "keys,applied,in_objects\n\"[\"\"token\"\",\"\"url\"\"]\",(hidden),(hidden)\n",
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+    assert_nowhere_kqd_writes(&env, kqd, &[encoded, plain, &b64]);
 }

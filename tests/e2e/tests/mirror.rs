@@ -53,7 +53,11 @@ fn fill(c: &kube_sim::Cluster, secret_value: &str) {
         "v1",
         "Secret",
         "shop",
-        json!({"metadata": {"name": "db"}, "type": "Opaque", "stringData": {"password": secret_value}}),
+        // As `kubectl apply` leaves it: the manifest, value included, in an annotation.
+        json!({"metadata": {"name": "db", "annotations": {
+            "kubectl.kubernetes.io/last-applied-configuration":
+                json!({"apiVersion": "v1", "kind": "Secret", "stringData": {"password": secret_value}}).to_string()}},
+            "type": "Opaque", "stringData": {"password": secret_value}}),
     );
     create(
         c,
