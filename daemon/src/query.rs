@@ -407,7 +407,7 @@ impl Engine {
             engine.running().remove(&id);
             // Only a connection that ended cleanly, with its transaction rolled back, is
             // reused; any other is dropped.
-            if clean && run_cached(&conn, "ROLLBACK").is_ok() {
+            if clean && run_plain(&conn, "ROLLBACK").is_ok() {
                 engine.give_back(conn);
             }
         });
@@ -425,10 +425,11 @@ impl Engine {
     }
 }
 
-/// Runs a statement without results through the connection's statement cache: a
-/// `BEGIN` or `ROLLBACK` parsed anew for every query took about 0.2 ms.
-fn run_cached(conn: &Connection, sql: &str) -> Result<(), duckdb::Error> {
-    conn.prepare_cached(sql)?.execute([]).map(|_| ())
+/// Runs a statement without results, parsed anew. In this DuckDB a cached statement is no
+/// cheaper: running it binds and plans an `EXECUTE` (201–206 µs for `BEGIN` and `ROLLBACK`
+/// cached, 161–168 µs parsed anew; `tests/e2e/BENCHMARKS.md`).
+fn run_plain(conn: &Connection, sql: &str) -> Result<(), duckdb::Error> {
+    conn.execute_batch(sql)
 }
 
 /// Runs the statement, sending its schema, then its batches. Returns whether it ran to the
@@ -441,7 +442,7 @@ fn run_blocking(
     schema_tx: oneshot::Sender<Result<SchemaRef, QueryError>>,
     batch_tx: mpsc::Sender<Result<RecordBatch, QueryError>>,
 ) -> bool {
-    if let Err(e) = run_cached(conn, "BEGIN TRANSACTION READ ONLY") {
+    if let Err(e) = run_plain(conn, "BEGIN TRANSACTION READ ONLY") {
         let _ = schema_tx.send(Err(QueryError::Internal(e.to_string())));
         return false;
     }
