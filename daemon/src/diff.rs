@@ -34,6 +34,11 @@ const HEARTBEATS: &[&str] = &["lastHeartbeatTime", "lastProbeTime", "renewTime"]
 /// What a hidden value is shown as: it exists, and nothing more.
 pub(crate) const HIDDEN: &str = "(hidden)";
 
+/// The annotation in which `kubectl apply` keeps the manifest as it was applied: it
+/// repeats the object, and for a Secret holds its values, as `data` (base64) or
+/// `stringData` (plain text).
+pub(crate) const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
 /// A modify's diff (the default: nothing changed).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Diff {
@@ -290,11 +295,7 @@ fn ignored(rules: &Rules, path: &[Seg<'_>]) -> bool {
         (Some("metadata"), Some("resourceVersion" | "managedFields" | "generation"), _) => {
             return true;
         }
-        (
-            Some("metadata"),
-            Some("annotations"),
-            Some("kubectl.kubernetes.io/last-applied-configuration"),
-        ) => return true,
+        (Some("metadata"), Some("annotations"), Some(LAST_APPLIED)) => return true,
         (Some("status"), _, _) if rules.skip_status => return true,
         _ => {}
     }

@@ -111,10 +111,6 @@ pub fn object_row(ctx: &Arc<str>, gvk: &Gvk, meta: &ObjectMeta, json: String) ->
     row
 }
 
-/// The annotation in which `kubectl apply` keeps the manifest as it was applied: for a
-/// Secret, its values too, as `data` (base64) or `stringData` (plain text).
-pub const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
-
 fn is_secret(gvk: &Gvk) -> bool {
     gvk.group.is_empty() && gvk.kind == "Secret"
 }
@@ -130,7 +126,7 @@ pub fn hide_secret_values(gvk: &Gvk, meta: &mut ObjectMeta) {
     if let Some(applied) = meta
         .annotations
         .as_mut()
-        .and_then(|a| a.get_mut(LAST_APPLIED))
+        .and_then(|a| a.get_mut(crate::diff::LAST_APPLIED))
     {
         *applied = crate::diff::HIDDEN.to_string();
     }
