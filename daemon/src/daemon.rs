@@ -293,7 +293,8 @@ pub fn check_config(config: &Config) -> i32 {
     println!("socket: {}", config.socket.display());
     let mut mirror_ok = true;
     let instance = config.mirror_instance.clone().unwrap_or_default();
-    if let Some(cfg) = crate::mirror::MirrorConfig::from_config(config, instance) {
+    // `--check-config` only looks: it claims no instance.
+    if let Some(cfg) = crate::mirror::MirrorConfig::from_config(config, instance, String::new()) {
         let u = &cfg.url;
         let checked = tokio::runtime::Builder::new_current_thread()
             .enable_all()

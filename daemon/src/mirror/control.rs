@@ -88,17 +88,20 @@ impl Control {
     /// and says why.
     fn wanted(config: &Config) -> Option<MirrorConfig> {
         config.postgres_url.as_ref()?;
-        let instance = match &config.mirror_instance {
-            Some(i) => i.clone(),
-            None => match super::instance_id(&config.data_dir) {
-                Ok(i) => i,
-                Err(e) => {
-                    tracing::error!(data_dir = %config.data_dir.display(), error = %e, "cannot keep the mirror's instance id; the postgres mirror is off");
-                    return None;
-                }
-            },
+        let kept = || {
+            let instance = match &config.mirror_instance {
+                Some(i) => i.clone(),
+                None => super::instance_id(&config.data_dir)?,
+            };
+            Ok::<_, std::io::Error>((instance, super::holder_token(&config.data_dir)?))
         };
-        MirrorConfig::from_config(config, instance)
+        match kept() {
+            Ok((instance, holder)) => MirrorConfig::from_config(config, instance, holder),
+            Err(e) => {
+                tracing::error!(data_dir = %config.data_dir.display(), error = %e, "cannot keep the mirror's instance id; the postgres mirror is off");
+                None
+            }
+        }
     }
 
     /// Brings the mirror in line with `config`: nothing when its settings are the same;

@@ -55,6 +55,10 @@ pub struct MirrorConfig {
     pub schema: String,
     /// This kqd's instance id: stable per data directory, or set by `mirror_instance`.
     pub instance: String,
+    /// What this kqd claims the instance with: made once per data directory, so that a
+    /// kqd started again on its directory (after a crash, say) takes its instance back at
+    /// once, and a kqd elsewhere configured with the same `mirror_instance` does not.
+    pub holder: String,
     /// Mirror `objects` (the whole JSON of every object, most of the bytes).
     pub objects: bool,
     /// A role to grant read access to the schema, now and for what it adds later.
@@ -62,12 +66,18 @@ pub struct MirrorConfig {
 }
 
 impl MirrorConfig {
-    /// The mirror the config asks for (`None` without `postgres_url`), as this `instance`.
-    pub fn from_config(config: &crate::config::Config, instance: String) -> Option<MirrorConfig> {
+    /// The mirror the config asks for (`None` without `postgres_url`), as this `instance`
+    /// claimed by `holder`.
+    pub fn from_config(
+        config: &crate::config::Config,
+        instance: String,
+        holder: String,
+    ) -> Option<MirrorConfig> {
         Some(MirrorConfig {
             url: config.postgres_url.clone()?,
             schema: config.postgres_schema.clone(),
             instance,
+            holder,
             objects: config.mirror_objects,
             read_role: config.mirror_read_role.clone(),
         })
@@ -127,19 +137,38 @@ impl MirrorError {
 /// The instance id kept in the data directory, made on first use:
 /// `<host>-<8 hex digits>`.
 pub fn instance_id(data_dir: &std::path::Path) -> std::io::Result<String> {
-    let path = data_dir.join("mirror-instance");
+    kept(data_dir, "mirror-instance", || {
+        let host = pg::hostname();
+        format!(
+            "{}-{:08x}",
+            if host.is_empty() { "kqd" } else { &host },
+            fastrand::u32(..)
+        )
+    })
+}
+
+/// The claim token kept in the data directory (see [`MirrorConfig::holder`]), made on
+/// first use: 32 random hex digits.
+pub fn holder_token(data_dir: &std::path::Path) -> std::io::Result<String> {
+    kept(data_dir, "mirror-holder", || {
+        format!("{:032x}", fastrand::u128(..))
+    })
+}
+
+/// The value kept in `data_dir/<file>`, written by `make` when there is none yet.
+fn kept(
+    data_dir: &std::path::Path,
+    file: &str,
+    make: impl FnOnce() -> String,
+) -> std::io::Result<String> {
+    let path = data_dir.join(file);
     match std::fs::read_to_string(&path) {
         Ok(id) if !id.trim().is_empty() => return Ok(id.trim().to_string()),
         Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
-    let host = pg::hostname();
-    let id = format!(
-        "{}-{:08x}",
-        if host.is_empty() { "kqd" } else { &host },
-        fastrand::u32(..)
-    );
+    let id = make();
     crate::private::dir(data_dir)?;
     std::fs::write(&path, format!("{id}\n"))?;
     Ok(id)
@@ -282,6 +311,22 @@ impl Mirror {
             r = Pg::connect(&self.cfg) => r?,
         };
         tracing::info!(target = %self.status.target, schema = %self.cfg.schema, instance = %self.cfg.instance, "postgres mirror connected");
+        let result = self.serve(&mut pg, wake, cancel).await;
+        if cancel.is_cancelled() {
+            // Stopping (kqd, or a changed URL): the instance is free for another kqd now.
+            pg.release().await;
+        }
+        result
+    }
+
+    /// A connected session: compare everything, then stream until the connection fails
+    /// or kqd stops.
+    async fn serve(
+        &mut self,
+        pg: &mut Pg,
+        wake: &mut watch::Receiver<i64>,
+        cancel: &CancellationToken,
+    ) -> Result<(), MirrorError> {
         self.status.connected = true;
         self.status.state = MirrorState::Verifying;
         self.report(true).await?;
@@ -312,7 +357,7 @@ impl Mirror {
                 return Ok(());
             }
             let verify = self.compared.is_none_or(|t| t.elapsed() > VERIFY_EVERY);
-            match self.step(&mut pg, cancel, verify).await {
+            match self.step(pg, cancel, verify).await {
                 Ok(()) => {
                     if verify && !cancel.is_cancelled() {
                         self.compared = Some(Instant::now());
@@ -335,6 +380,7 @@ impl Mirror {
                 Err(e) => return Err(e),
             }
             self.report(false).await?;
+            pg.keep_claim().await?;
             tokio::select! {
                 _ = cancel.cancelled() => return Ok(()),
                 r = wake.changed() => if r.is_err() { return Err(MirrorError::WriterGone) },

@@ -1,11 +1,14 @@
 //! The PostgreSQL side: connecting, the mirror's schema (additive migrations under an
-//! advisory lock), the instance's lock, and the transactions that apply rows.
+//! advisory lock), the instance's claim, and the transactions that apply rows.
 //!
-//! Every statement but COPY goes through the simple query protocol with literals, and all
-//! staging lives in temporary tables dropped at commit, so nothing outlives a transaction
-//! (PgBouncer in transaction mode sees nothing it cannot route).
+//! Every statement but COPY goes through the simple query protocol with literals, all
+//! staging lives in temporary tables dropped at commit, and the instance is claimed by a
+//! lease in a row rather than a session lock, so nothing outlives a transaction: through
+//! PgBouncer in transaction mode the next transaction may run on another server
+//! connection, and the one this one ran on serves other clients next.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::{Duration, Instant};
 
 use arrow::record_batch::RecordBatch;
 use futures::pin_mut;
@@ -20,6 +23,12 @@ use super::{Key, MirrorConfig, MirrorError};
 /// The version of the mirror's PostgreSQL schema this kqd writes. A database whose
 /// schema is newer is refused: an older kqd must not write tables it does not know.
 pub const MIRROR_SCHEMA_VERSION: i64 = 1;
+
+/// How long an instance's claim lasts unless its holder renews it: every transaction
+/// that applies rows renews it, and an idle mirror every third of it. A kqd that stops
+/// gives it up; one that dies leaves it to lapse, unless it is started again on its data
+/// directory, which takes it back at once.
+const LEASE: Duration = Duration::from_secs(30);
 
 /// One table's part of a transaction.
 pub struct TableWrite {
@@ -44,6 +53,10 @@ pub struct Pg {
     connection: tokio::task::JoinHandle<()>,
     schema: String,
     instance: String,
+    /// See [`MirrorConfig::holder`].
+    holder: String,
+    /// When the claim was last taken or renewed.
+    renewed: Instant,
     read_role: Option<String>,
     /// The server compresses TOASTed values with lz4 (PostgreSQL 14+ built with it),
     /// several times cheaper than the default pglz for the JSON of every object.
@@ -64,11 +77,11 @@ pub struct Applied {
 }
 
 impl Pg {
-    /// Connects, brings the schema up to date, and takes the instance's lock.
+    /// Connects, brings the schema up to date, and claims the instance.
     pub async fn connect(cfg: &MirrorConfig) -> Result<Pg, MirrorError> {
         let mut pg = Pg::open(cfg).await?;
         pg.migrate().await?;
-        pg.lock().await?;
+        pg.claim().await?;
         pg.lz4 = simple_rows(
             &pg.client,
             "SELECT 1 FROM pg_settings
@@ -102,6 +115,8 @@ impl Pg {
             connection,
             schema: cfg.schema.clone(),
             instance: cfg.instance.clone(),
+            holder: cfg.holder.clone(),
+            renewed: Instant::now(),
             read_role: cfg.read_role.clone(),
             lz4: false,
         })
@@ -207,7 +222,19 @@ impl Pg {
         }
         // The same DDL as last time changes nothing: skip it, so that a reconnect takes no
         // table locks.
-        let digest = format!("{:016x}", super::duck::fnv(&[&ddl]));
+        // Every kqd since the claim's lease adds its columns; `ADD COLUMN IF NOT EXISTS`
+        // brings a schema made before them up to date.
+        let instances = format!(
+            "CREATE TABLE IF NOT EXISTS {s}.mirror_instances (
+               instance text PRIMARY KEY,
+               changes_seq bigint NOT NULL DEFAULT 0,
+               host text, kqd_version text,
+               applied_at timestamptz);
+             ALTER TABLE {s}.mirror_instances ADD COLUMN IF NOT EXISTS holder text;
+             ALTER TABLE {s}.mirror_instances ADD COLUMN IF NOT EXISTS held_until timestamptz;
+             COMMENT ON TABLE {s}.mirror_instances IS 'One row per kqd instance mirroring into this schema: how far its changes are, when it last wrote, and which kqd holds it until when.';\n"
+        );
+        let digest = format!("{:016x}", super::duck::fnv(&[&instances, &ddl]));
         let stored = simple_rows(
             &tx,
             &format!("SELECT value FROM {s}.mirror_meta WHERE key = 'ddl_digest'"),
@@ -216,38 +243,95 @@ impl Pg {
         if stored.first().and_then(|r| r[0].as_deref()) == Some(digest.as_str()) {
             return tx.commit().await.map_err(MirrorError::pg);
         }
-        let mut head = format!(
-            "CREATE TABLE IF NOT EXISTS {s}.mirror_instances (
-               instance text PRIMARY KEY,
-               changes_seq bigint NOT NULL DEFAULT 0,
-               host text, kqd_version text,
-               applied_at timestamptz);
-             COMMENT ON TABLE {s}.mirror_instances IS 'One row per kqd instance mirroring into this schema: how far its changes are, and when it last wrote.';
-             INSERT INTO {s}.mirror_meta VALUES ('schema_version', '{MIRROR_SCHEMA_VERSION}'), ('ddl_digest', '{digest}')
+        let mut head = instances;
+        head.push_str(&format!(
+            "INSERT INTO {s}.mirror_meta VALUES ('schema_version', '{MIRROR_SCHEMA_VERSION}'), ('ddl_digest', '{digest}')
                ON CONFLICT (key) DO UPDATE SET value = excluded.value;\n"
-        );
+        ));
         head.push_str(&ddl);
         tx.batch_execute(&head).await.map_err(MirrorError::pg)?;
         tx.commit().await.map_err(MirrorError::pg)
     }
 
     /// One kqd per instance id: a second one would delete the first one's rows as stale.
-    async fn lock(&mut self) -> Result<(), MirrorError> {
-        let rows = simple_rows(
-            &self.client,
+    /// The claim is a lease in the instance's `mirror_instances` row, taken when it is free,
+    /// lapsed, or this kqd's already; a session advisory lock would stay with a pooled
+    /// server connection, for whichever client it serves next.
+    async fn claim(&mut self) -> Result<(), MirrorError> {
+        let (s, i, h) = (self.s(), literal(&self.instance), literal(&self.holder));
+        let host = literal(&hostname());
+        let tx = self.client.transaction().await.map_err(MirrorError::pg)?;
+        tx.batch_execute(&format!(
+            "INSERT INTO {s}.mirror_instances (instance) VALUES ({i}) ON CONFLICT (instance) DO NOTHING"
+        ))
+        .await
+        .map_err(MirrorError::pg)?;
+        let taken = simple_rows(
+            &tx,
             &format!(
-                "SELECT pg_try_advisory_lock(hashtext('kq-mirror'), hashtext({}))",
-                literal(&self.instance)
+                "UPDATE {s}.mirror_instances SET holder = {h}, held_until = now() + {lease}, host = {host}
+                  WHERE instance = {i} AND (holder IS NULL OR holder = {h} OR held_until < now())
+                  RETURNING 1",
+                lease = lease_sql()
             ),
         )
         .await?;
-        if rows.first().and_then(|r| r[0].as_deref()) != Some("t") {
-            return Err(MirrorError::Refused(format!(
-                "another kqd is mirroring as instance {:?} into {}; give this one its own mirror_instance",
-                self.instance, self.schema
-            )));
+        if taken.is_empty() {
+            let by = simple_rows(
+                &tx,
+                &format!(
+                    "SELECT coalesce(host, 'an unknown host'), to_char(held_until AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')
+                       FROM {s}.mirror_instances WHERE instance = {i}"
+                ),
+            )
+            .await?;
+            let at = |n: usize| by.first().and_then(|r| r[n].clone()).unwrap_or_default();
+            return Err(taken_by(&self.instance, &self.schema, &at(0), &at(1)));
         }
+        tx.commit().await.map_err(MirrorError::pg)?;
+        self.renewed = Instant::now();
         Ok(())
+    }
+
+    /// The statement that renews the claim, returning a row only if this kqd still holds it.
+    fn renew_sql(&self) -> String {
+        format!(
+            "UPDATE {}.mirror_instances SET held_until = now() + {}
+              WHERE instance = {} AND holder = {} RETURNING 1",
+            self.s(),
+            lease_sql(),
+            literal(&self.instance),
+            literal(&self.holder)
+        )
+    }
+
+    /// Renews the claim when a third of the lease has gone by without a transaction that
+    /// applied rows (which renew it themselves).
+    pub async fn keep_claim(&mut self) -> Result<(), MirrorError> {
+        if self.renewed.elapsed() < LEASE / 3 {
+            return Ok(());
+        }
+        if simple_rows(&self.client, &self.renew_sql())
+            .await?
+            .is_empty()
+        {
+            return Err(lost(&self.instance, &self.schema));
+        }
+        self.renewed = Instant::now();
+        Ok(())
+    }
+
+    /// Gives the claim up, so that a kqd elsewhere configured as this instance may take it
+    /// without waiting for the lease to lapse. Best effort: a claim not given up lapses.
+    pub async fn release(&self) {
+        let sql = format!(
+            "UPDATE {}.mirror_instances SET holder = NULL, held_until = NULL
+              WHERE instance = {} AND holder = {}",
+            self.s(),
+            literal(&self.instance),
+            literal(&self.holder)
+        );
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.client.batch_execute(&sql)).await;
     }
 
     /// The highest change number PostgreSQL has from this instance.
@@ -326,7 +410,13 @@ impl Pg {
         let s = self.s();
         let i = literal(&self.instance);
         let mut applied = Applied::default();
+        let renew = self.renew_sql();
         let tx = self.client.transaction().await.map_err(MirrorError::pg)?;
+        // First, so that a kqd that lost its claim writes nothing, and two kqd claiming one
+        // instance wait for each other here (the row's lock) instead of writing together.
+        if simple_rows(&tx, &renew).await?.is_empty() {
+            return Err(lost(&self.instance, &self.schema));
+        }
         if self.lz4 {
             // SET LOCAL, not a session setting: through PgBouncer in transaction mode the
             // next transaction may run on another server connection.
@@ -513,8 +603,28 @@ impl Pg {
         .await
         .map_err(MirrorError::pg)?;
         tx.commit().await.map_err(MirrorError::pg)?;
+        self.renewed = Instant::now();
         Ok(applied)
     }
+}
+
+/// The refusal of a claim `host` holds until `until`.
+fn taken_by(instance: &str, schema: &str, host: &str, until: &str) -> MirrorError {
+    MirrorError::Refused(format!(
+        "another kqd is mirroring as instance {instance:?} into {schema} (on {host}, its claim runs until {until} unless renewed); give this one its own mirror_instance"
+    ))
+}
+
+/// The refusal of a claim this kqd held and lost.
+fn lost(instance: &str, schema: &str) -> MirrorError {
+    MirrorError::Refused(format!(
+        "another kqd is mirroring as instance {instance:?} into {schema}: it took the instance after this kqd's claim lapsed; give this one its own mirror_instance"
+    ))
+}
+
+/// [`LEASE`] as an SQL interval.
+fn lease_sql() -> String {
+    format!("interval '{} seconds'", LEASE.as_secs())
 }
 
 /// The machine's name, for `mirror_instances.host`.

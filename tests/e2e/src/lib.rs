@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use kube_sim::{Fleet, FleetOptions, GenSpec};
 
 pub mod pg;
+pub mod pgbouncer;
 pub mod pgproxy;
 pub mod registry;
 pub mod terminal;

@@ -32,13 +32,13 @@ fn pg_bin() -> PathBuf {
     versions.pop().unwrap_or_default()
 }
 
-fn is_root() -> bool {
+pub(crate) fn is_root() -> bool {
     rustix::process::geteuid().is_root()
 }
 
 /// Runs a PostgreSQL program, as `postgres` when root, at `nice` when given (what it
 /// starts inherits it).
-fn pg_command(bin: &Path, program: &str, nice: Option<i32>) -> Command {
+pub(crate) fn pg_command(bin: &Path, program: &str, nice: Option<i32>) -> Command {
     let exe = if bin.as_os_str().is_empty() {
         PathBuf::from(program)
     } else {

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use kq_e2e::Env;
 use kq_e2e::pg::{Postgres, mirror_differences};
+use kq_e2e::pgbouncer::PgBouncer;
 use kube_sim::patch::PatchType;
 use kube_sim::scenario;
 use serde_json::{Value, json};
@@ -861,6 +862,96 @@ async fn two_instances_on_one_database_keep_to_their_own_rows_and_the_views_show
         (pods - 1).to_string(),
         "the refused kqd wrote nothing"
     );
+}
+
+/// Waits until the kqd on `socket` says its mirror is refused, and returns its error.
+async fn wait_refused(env: &Env, socket: &Path) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let row = csv_at(env, socket, "select state, last_error from mirror")
+            .await
+            .unwrap_or_default();
+        if row.contains("refused") {
+            return row;
+        }
+        assert!(Instant::now() < deadline, "not refused: {row}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn through_pgbouncer_in_transaction_mode_the_mirror_is_exact_and_an_instance_stays_one_kqds()
+{
+    let pg = Postgres::start();
+    // One server connection, which every client's transactions take in turn: what a
+    // session holds (a lock, a prepared statement, a setting) stays on it for the next
+    // client, as it does with any pool once it is busy.
+    let bouncer = PgBouncer::transaction_pool(&pg, 1);
+    let url = bouncer.url();
+    let env = Env::start(1, 25).await;
+    let mine = env.kqd_with(&[("KQ_POSTGRES_URL", url.as_str())]).await;
+    wait_exact(&env, &pg, Duration::from_secs(60)).await;
+    let me = instance(&env, &env.socket).await;
+
+    // A second kqd claiming my instance id through the same pool is refused.
+    let (other_data, other_socket) = (
+        env.dir.path().join("impostor"),
+        env.dir.path().join("impostor.sock"),
+    );
+    let (mut cmd, log) = env.kqd_command_at(&other_data, &other_socket);
+    cmd.env("KQ_POSTGRES_URL", &url)
+        .env("KQ_MIRROR_INSTANCE", &me);
+    let child = cmd.spawn().unwrap();
+    let impostor = kq_e2e::Kqd { child, log };
+    let row = wait_refused(&env, &other_socket).await;
+    assert!(
+        row.contains("another kqd is mirroring as instance"),
+        "{row}"
+    );
+
+    // Mine, killed and started again on its data directory, is the same instance: it
+    // takes the instance back at once (its claim has not lapsed, so the other cannot) and
+    // mirrors what changed meanwhile.
+    drop(mine); // SIGKILL
+    let (ns, name, _) = kq_e2e::sim_pods(&env.fleet.clusters[0]).remove(0);
+    scenario::delete(&env.fleet.clusters[0].store, "v1", "Pod", &ns, &name).unwrap();
+    let mine = env.kqd_with(&[("KQ_POSTGRES_URL", url.as_str())]).await;
+    wait_pg(
+        &pg,
+        &format!("select count(*) from kq.pods where instance = '{me}' and name = '{name}'"),
+        "0",
+        Duration::from_secs(30),
+    )
+    .await;
+    wait_exact(&env, &pg, Duration::from_secs(30)).await;
+    assert!(
+        csv_at(&env, &other_socket, "select state from mirror")
+            .await
+            .unwrap_or_default()
+            .contains("refused"),
+        "the other kqd took the instance while mine was down"
+    );
+
+    // Mine stops and gives its claim up: the other, retrying, takes the instance well
+    // before the claim would have lapsed.
+    assert!(mine.terminate().success());
+    let stopped = Instant::now();
+    loop {
+        let row = csv_at(&env, &other_socket, "select state from mirror")
+            .await
+            .unwrap_or_default();
+        if row.contains("streaming") {
+            break;
+        }
+        assert!(
+            stopped.elapsed() < Duration::from_secs(20),
+            "the other kqd did not take the given-up instance: {row}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(impostor);
+    let log = bouncer.log();
+    assert!(!log.contains("ERROR"), "pgbouncer logged errors:\n{log}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
