@@ -32,7 +32,7 @@ fn pg_bin() -> PathBuf {
     versions.pop().unwrap_or_default()
 }
 
-pub(crate) fn is_root() -> bool {
+fn is_root() -> bool {
     rustix::process::geteuid().is_root()
 }
 
@@ -55,6 +55,24 @@ pub(crate) fn pg_command(bin: &Path, program: &str, nice: Option<i32>) -> Comman
     let mut c = Command::new(&argv[0]);
     c.args(&argv[1..]);
     c
+}
+
+/// A temporary directory for a server that [`pg_command`] runs: the `postgres` user's
+/// when the tests run as root.
+pub(crate) fn server_dir(prefix: &str) -> tempfile::TempDir {
+    let dir = tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir()
+        .expect("temp dir");
+    if is_root() {
+        let status = Command::new("chown")
+            .arg("postgres:")
+            .arg(dir.path())
+            .status()
+            .expect("chown runs");
+        assert!(status.success(), "chown {}", dir.path().display());
+    }
+    dir
 }
 
 /// A port nothing listens on now.
@@ -87,18 +105,7 @@ impl Postgres {
     }
 
     fn start_with(tls: bool, nice: Option<i32>) -> Postgres {
-        let dir = tempfile::Builder::new()
-            .prefix("kq-pg-")
-            .tempdir()
-            .expect("temp dir");
-        if is_root() {
-            let status = Command::new("chown")
-                .arg("postgres:")
-                .arg(dir.path())
-                .status()
-                .expect("chown runs");
-            assert!(status.success(), "chown the PostgreSQL directory");
-        }
+        let dir = server_dir("kq-pg-");
         let bin = pg_bin();
         let data = dir.path().join("data");
         let out = pg_command(&bin, "initdb", None)

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::pg::{Postgres, free_port, is_root, pg_command};
+use crate::pg::{Postgres, free_port, pg_command, server_dir};
 
 /// A running PgBouncer; killed when dropped.
 pub struct PgBouncer {
@@ -28,18 +28,7 @@ impl PgBouncer {
     /// Pools `pg`'s database `postgres` for any number of clients over at most `servers`
     /// server connections, handing one to a client for one transaction at a time.
     pub fn transaction_pool(pg: &Postgres, servers: u32) -> PgBouncer {
-        let dir = tempfile::Builder::new()
-            .prefix("kq-pgbouncer-")
-            .tempdir()
-            .expect("temp dir");
-        if is_root() {
-            let status = Command::new("chown")
-                .arg("postgres:")
-                .arg(dir.path())
-                .status()
-                .expect("chown runs");
-            assert!(status.success(), "chown the PgBouncer directory");
-        }
+        let dir = server_dir("kq-pgbouncer-");
         let port = free_port();
         let d = dir.path().display();
         let ini = dir.path().join("pgbouncer.ini");

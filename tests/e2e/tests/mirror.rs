@@ -1,7 +1,7 @@
 //! The PostgreSQL mirror end to end: the real kqd against a real PostgreSQL (initdb and
 //! pg_ctl on a free loopback port), compared with DuckDB row by row and column by column.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use kq_e2e::Env;
@@ -831,30 +831,7 @@ async fn two_instances_on_one_database_keep_to_their_own_rows_and_the_views_show
     );
 
     // A second kqd claiming my instance id is refused, and says why.
-    let (other_data, other_socket) = (
-        env.dir.path().join("impostor"),
-        env.dir.path().join("impostor.sock"),
-    );
-    let (mut cmd, log) = env.kqd_command_at(&other_data, &other_socket);
-    cmd.env("KQ_POSTGRES_URL", &url)
-        .env("KQ_MIRROR_INSTANCE", &me);
-    let child = cmd.spawn().unwrap();
-    let _impostor = kq_e2e::Kqd { child, log };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let row = csv_at(&env, &other_socket, "select state, last_error from mirror")
-            .await
-            .unwrap_or_default();
-        if row.contains("refused") {
-            assert!(
-                row.contains("another kqd is mirroring as instance"),
-                "{row}"
-            );
-            break;
-        }
-        assert!(Instant::now() < deadline, "not refused: {row}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let _impostor = impostor_refused(&env, &url, &me).await;
     assert_eq!(
         pg.sql(&format!(
             "select count(*) from kq.pods where instance = '{me}'"
@@ -864,15 +841,29 @@ async fn two_instances_on_one_database_keep_to_their_own_rows_and_the_views_show
     );
 }
 
-/// Waits until the kqd on `socket` says its mirror is refused, and returns its error.
-async fn wait_refused(env: &Env, socket: &Path) -> String {
+/// Starts a second kqd, on a data directory of its own, claiming `instance` in the
+/// database at `url`; waits until it says its mirror is refused, and why.
+async fn impostor_refused(env: &Env, url: &str, instance: &str) -> (kq_e2e::Kqd, PathBuf) {
+    let (data, socket) = (
+        env.dir.path().join("impostor"),
+        env.dir.path().join("impostor.sock"),
+    );
+    let (mut cmd, log) = env.kqd_command_at(&data, &socket);
+    cmd.env("KQ_POSTGRES_URL", url)
+        .env("KQ_MIRROR_INSTANCE", instance);
+    let child = cmd.spawn().unwrap();
+    let impostor = kq_e2e::Kqd { child, log };
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let row = csv_at(env, socket, "select state, last_error from mirror")
+        let row = csv_at(env, &socket, "select state, last_error from mirror")
             .await
             .unwrap_or_default();
         if row.contains("refused") {
-            return row;
+            assert!(
+                row.contains("another kqd is mirroring as instance"),
+                "{row}"
+            );
+            return (impostor, socket);
         }
         assert!(Instant::now() < deadline, "not refused: {row}");
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -894,20 +885,7 @@ async fn through_pgbouncer_in_transaction_mode_the_mirror_is_exact_and_an_instan
     let me = instance(&env, &env.socket).await;
 
     // A second kqd claiming my instance id through the same pool is refused.
-    let (other_data, other_socket) = (
-        env.dir.path().join("impostor"),
-        env.dir.path().join("impostor.sock"),
-    );
-    let (mut cmd, log) = env.kqd_command_at(&other_data, &other_socket);
-    cmd.env("KQ_POSTGRES_URL", &url)
-        .env("KQ_MIRROR_INSTANCE", &me);
-    let child = cmd.spawn().unwrap();
-    let impostor = kq_e2e::Kqd { child, log };
-    let row = wait_refused(&env, &other_socket).await;
-    assert!(
-        row.contains("another kqd is mirroring as instance"),
-        "{row}"
-    );
+    let (impostor, other_socket) = impostor_refused(&env, &url, &me).await;
 
     // Mine, killed and started again on its data directory, is the same instance: it
     // takes the instance back at once (its claim has not lapsed, so the other cannot) and
