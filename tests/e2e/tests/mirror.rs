@@ -968,6 +968,35 @@ async fn check_config_names_the_privilege_a_role_lacks_and_never_prints_the_pass
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_schema_from_before_the_instance_claim_gains_its_columns_and_keeps_its_rows() {
+    let pg = Postgres::start();
+    // `mirror_instances` as the kqd before the lease made it, with another instance's row.
+    pg.sql(
+        "CREATE SCHEMA kq;
+         CREATE TABLE kq.mirror_meta (key text PRIMARY KEY, value text NOT NULL);
+         INSERT INTO kq.mirror_meta VALUES ('schema_version', '1'), ('ddl_digest', 'before-the-lease');
+         CREATE TABLE kq.mirror_instances (
+           instance text PRIMARY KEY,
+           changes_seq bigint NOT NULL DEFAULT 0,
+           host text, kqd_version text,
+           applied_at timestamptz);
+         INSERT INTO kq.mirror_instances VALUES ('older', 42, 'old-host', '0.1.0', now());",
+    );
+    let env = Env::start(1, 5).await;
+    let _kqd = kqd_mirroring(&env, &pg, &[]).await;
+    wait_exact(&env, &pg, Duration::from_secs(60)).await;
+    let me = instance(&env, &env.socket).await;
+    assert_eq!(
+        pg.sql(&format!(
+            "select instance, changes_seq > 0, holder is not null, held_until > now()
+               from kq.mirror_instances where instance in ('older', '{me}') order by instance = 'older'"
+        )),
+        format!("{me}|t|t|t\nolder|t|f|"),
+        "the columns were added, mine holds its claim, the older row is as it was"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn an_unwatched_kind_and_pruned_changes_leave_postgres_too() {
     let pg = Postgres::start();
     let env = Env::start(1, 10).await;
