@@ -468,17 +468,32 @@ mod load {
         if scenario::create_pod(&c0.store, "default", PROBE, "nginx:1.27").is_ok() {
             wait_probe(client, &c0.name, "", Duration::from_secs(30)).await?;
         }
-        // Every pod of the fleet, changed in turn.
-        let mut targets = Vec::new();
+        // Every pod of the fleet, changed in turn, the clusters interleaved: a fleet's
+        // events come from all its clusters at once, and so each batch of the writer holds
+        // changes of every context, with their status rows, as it would in use. (Taking
+        // one cluster's pods after another's put a whole run's load on one or two contexts.)
+        let mut per_cluster = Vec::new();
         for c in &env.fleet.clusters {
             let rt = c
                 .store
                 .resolve_kind("v1", "Pod")
                 .expect("pods are built in");
-            for p in c.store.list(&rt, &Default::default(), None, None)?.items {
-                if p.name != PROBE {
-                    targets.push((c.clone(), rt.clone(), p.namespace.clone(), p.name.clone()));
-                }
+            let pods: Vec<_> = c
+                .store
+                .list(&rt, &Default::default(), None, None)?
+                .items
+                .into_iter()
+                .filter(|p| p.name != PROBE)
+                .map(|p| (c.clone(), rt.clone(), p.namespace.clone(), p.name.clone()))
+                .collect();
+            per_cluster.push(pods.into_iter());
+        }
+        let mut targets = Vec::new();
+        loop {
+            let before = targets.len();
+            targets.extend(per_cluster.iter_mut().filter_map(Iterator::next));
+            if targets.len() == before {
+                break;
             }
         }
         anyhow::ensure!(!targets.is_empty(), "no pods to change");
