@@ -309,6 +309,9 @@ fn walk<'a>(
     new: Option<&'a Value>,
     out: &mut Vec<Change>,
 ) {
+    // A member set to null is one left out, for Kubernetes as for this diff: the server's
+    // JSON keeps nulls that a typed object serialised back drops.
+    let (old, new) = (old.filter(|v| !v.is_null()), new.filter(|v| !v.is_null()));
     if ignored(rules, path) || old == new {
         return;
     }
@@ -390,6 +393,28 @@ mod tests {
             ]
         );
         assert!(d.spec_changed);
+    }
+
+    #[test]
+    fn a_member_set_to_null_is_the_same_as_one_left_out() {
+        // The server's JSON writes `"ports": null` where the typed object serialised back
+        // left the member out: the same object, so no change (as across an upgrade of kqd).
+        let typed = json!({"spec": {"replicas": 2, "template": {"spec": {"containers": [{"name": "app", "image": "a:1"}]}}}});
+        let mut served = typed.clone();
+        served["spec"]["template"]["spec"]["containers"][0]["ports"] = Value::Null;
+        served["spec"]["paused"] = Value::Null;
+        assert_eq!(
+            diff("deployments", &typed.to_string(), &served.to_string()).map(|d| d.entries),
+            Some(vec![])
+        );
+        // A value that goes to null is gone.
+        let mut scaled = served.clone();
+        scaled["spec"]["replicas"] = Value::Null;
+        let d = diff("deployments", &served.to_string(), &scaled.to_string()).unwrap();
+        assert_eq!(
+            entries(&d),
+            [json!({"path": "spec.replicas", "old": 2, "new": null})]
+        );
     }
 
     #[test]

@@ -122,7 +122,7 @@ fn spawn(
             on_error: OnError::Retry,
         };
         loop {
-            let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
+            let api: Api<rows::Raw<DynamicObject>> = Api::all_with(client.clone(), &ar);
             let stream = watcher(api, resource_watch::config()).default_backoff();
             // A CRD created, changed or deleted may change what the cluster serves.
             let changed = |s: Seen| {
@@ -147,15 +147,25 @@ fn spawn(
     });
 }
 
-fn object_rows(ctx: &Arc<str>, gvk: &Gvk, ar: &ApiResource, mut o: DynamicObject) -> ObjectRows {
-    if o.types.is_none() {
-        o.types = Some(TypeMeta {
-            api_version: ar.api_version.clone(),
-            kind: ar.kind.clone(),
-        });
-    }
-    o.metadata.managed_fields = None;
-    rows::hide_secret_values(gvk, &mut o.metadata);
-    let json = rows::object_json(gvk, &o).unwrap_or_default();
+fn object_rows(
+    ctx: &Arc<str>,
+    gvk: &Gvk,
+    ar: &ApiResource,
+    rows::Raw {
+        object: mut o,
+        json,
+    }: rows::Raw<DynamicObject>,
+) -> ObjectRows {
+    let json = rows::stored_json(gvk, json.get()).unwrap_or_else(|| {
+        if o.types.is_none() {
+            o.types = Some(TypeMeta {
+                api_version: ar.api_version.clone(),
+                kind: ar.kind.clone(),
+            });
+        }
+        o.metadata.managed_fields = None;
+        rows::hide_secret_values(gvk, &mut o.metadata);
+        rows::object_json(gvk, &o).unwrap_or_default()
+    });
     rows::single(&o.metadata, rows::object_row(ctx, gvk, &o.metadata, json))
 }

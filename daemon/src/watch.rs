@@ -283,7 +283,7 @@ impl rows::TypedKinds for Starter<'_> {
         to_rows: fn(&Arc<str>, &K) -> ObjectRows,
     ) {
         self.watch
-            .spawn(Api::<K>::all(self.client.clone()), kind, to_rows);
+            .spawn(Api::<rows::Raw<K>>::all(self.client.clone()), kind, to_rows);
     }
 }
 
@@ -292,7 +292,7 @@ impl Watch {
     /// reported to the supervisor.
     fn spawn<K: rows::TypedObject>(
         &self,
-        api: Api<K>,
+        api: Api<rows::Raw<K>>,
         kind: Kind,
         to_rows: fn(&Arc<str>, &K) -> ObjectRows,
     ) {
@@ -307,15 +307,20 @@ impl Watch {
             self.cancel.clone(),
         );
         let gvk = kind.gvk();
-        // The typed rows, and the `objects` row from the same parsed object: serialising it
-        // back is cheaper than watching the resource a second time.
+        // The typed rows, and the `objects` row from the same watch: the server's own JSON
+        // where it can be kept, the typed object serialised back where not (a Secret).
         let rows_of = {
             let ctx = ctx.clone();
-            move |mut o: K| {
+            move |rows::Raw {
+                      object: mut o,
+                      json,
+                  }: rows::Raw<K>| {
                 rows::hide_secret_values(&gvk, o.meta_mut());
                 let mut rows = to_rows(&ctx, &o);
                 o.meta_mut().managed_fields = None;
-                if let Some(json) = rows::object_json(&gvk, &o) {
+                let json =
+                    rows::stored_json(&gvk, json.get()).or_else(|| rows::object_json(&gvk, &o));
+                if let Some(json) = json {
                     rows.shape = crate::diff::text_shape(&gvk.resource, &json);
                     rows.object = Some(rows::object_row(&ctx, &gvk, o.meta(), json));
                 }

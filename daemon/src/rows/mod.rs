@@ -14,6 +14,7 @@ use crate::quantity;
 mod access;
 mod config;
 mod kinds;
+mod raw;
 mod scaling;
 mod workloads;
 
@@ -23,6 +24,7 @@ pub use access::{
 };
 pub use config::{configmap, event, secret, service};
 pub use kinds::{Kind, TypedKinds, TypedObject, for_each_typed};
+pub use raw::{Raw, stored_json};
 pub use scaling::{endpoints, horizontalpodautoscaler, poddisruptionbudget};
 pub use workloads::{cronjob, daemonset, deployment, job, replicaset, statefulset};
 

@@ -209,6 +209,67 @@ async fn a_secret_value_never_reaches_the_database_file() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_typed_objects_json_is_the_servers_own_less_its_managed_fields() {
+    // k8s-openapi's Deployment knows neither `spec.rolloutBudget` nor a status member a
+    // newer controller might write: the `objects` row keeps them, from the list and from
+    // the watch alike, as the server sent them.
+    let env = Env::start(1, 5).await;
+    let c = env.fleet.clusters[0].clone();
+    create(
+        &c,
+        "apps/v1",
+        "Deployment",
+        "default",
+        json!({
+            "metadata": {"name": "shop", "managedFields": [{"manager": "kubectl", "operation": "Apply"}]},
+            "spec": {"replicas": 2, "rolloutBudget": {"maxPerHour": 3},
+                     "selector": {"matchLabels": {"app": "shop"}},
+                     "template": {"metadata": {"labels": {"app": "shop"}},
+                                  "spec": {"containers": [{"name": "shop", "image": "shop:1"}]}}},
+        }),
+    );
+    let _kqd = env.kqd().await;
+    let sql = "select object->>'apiVersion' as api, object->>'kind' as kind, \
+               object->'spec'->'rolloutBudget'->>'maxPerHour' as budget, \
+               object->'status'->>'rolloutPhase' as phase, \
+               (object->'metadata'->'managedFields') is null as stripped \
+               from objects where resource = 'deployments' and name = 'shop'";
+    env.wait_csv(
+        sql,
+        "api,kind,budget,phase,stripped\napps/v1,Deployment,3,,true\n",
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap();
+    let rt = c.store.resolve_kind("apps/v1", "Deployment").unwrap();
+    for (body, status) in [
+        (
+            &br#"{"spec":{"rolloutBudget":{"maxPerHour":5}}}"#[..],
+            false,
+        ),
+        (&br#"{"status":{"rolloutPhase":"Steady"}}"#[..], true),
+    ] {
+        c.store
+            .patch(
+                &rt,
+                "default",
+                "shop",
+                kube_sim::patch::PatchType::Merge,
+                body,
+                status,
+            )
+            .unwrap();
+    }
+    env.wait_csv(
+        sql,
+        "api,kind,budget,phase,stripped\napps/v1,Deployment,5,Steady,true\n",
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn changes_record_create_update_and_delete_in_order() {
     let env = Env::start(1, 5).await;
     let c = env.fleet.clusters[0].clone();
