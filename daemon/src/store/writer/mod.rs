@@ -203,13 +203,14 @@ impl Writer {
         health: Arc<Health>,
     ) -> Result<Writer, StoreError> {
         // `kq_stage.keys` names the objects a relist found, for its sweep; it is emptied
-        // inside every transaction, so it never holds rows between batches. Earlier
-        // versions staged `resources` rows too, in a table now dropped.
+        // inside every transaction, so it never holds rows between batches.
         conn.execute_batch(
             "CREATE SCHEMA IF NOT EXISTS kq_stage;
              CREATE OR REPLACE TABLE kq_stage.keys (context VARCHAR, uid VARCHAR);
              CREATE OR REPLACE TABLE kq_stage.owed AS SELECT * FROM main.kq_mirror_outbox LIMIT 0;
-             DROP TABLE IF EXISTS kq_stage.resources;",
+             CREATE OR REPLACE TABLE kq_stage.resources AS
+               SELECT state, error, object_count, last_event_at, synced_at, context, api_group, resource
+                 FROM main.resources LIMIT 0;",
         )?;
         let mut schemas = HashMap::new();
         for t in Kind::ALL

@@ -3,6 +3,10 @@
 
 use super::*;
 
+/// From how many `resources` rows a batch rewrites them through the staging table: its
+/// statements cost about as much as six or seven rows written one statement each.
+const STAGED_FROM: usize = 8;
+
 /// How long a status row whose counts moved may wait while the writer is behind.
 const LATE_AT_MOST: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -48,7 +52,8 @@ impl Late {
 }
 
 impl ResourceRow {
-    /// The row's values in the order of [`RESOURCES`]' columns: the key last.
+    /// The row's values in the order of `kq_stage.resources` and of the statements that
+    /// write `main.resources` one row at a time: the key last.
     fn values(&self, (ctx, group, resource): &ResKey) -> [Value; 8] {
         [
             Value::Text(self.state.as_str().to_string()),
@@ -59,32 +64,6 @@ impl ResourceRow {
             Value::Text(ctx.clone()),
             Value::Text(group.clone()),
             Value::Text(resource.clone()),
-        ]
-    }
-}
-
-impl ContextRow {
-    /// The row's values in the order of [`CONTEXTS`]' columns, the key (name) last. `hold`,
-    /// the cause of held writes, stands in for the context's own error.
-    fn values(&self, name: &str, hold: Option<&String>) -> [Value; 15] {
-        let info = &self.info;
-        let text = |s: Option<&String>| s.map_or(Value::Null, |s| Value::Text(s.clone()));
-        [
-            Value::Text(info.cluster.clone()),
-            Value::Text(info.server.clone()),
-            Value::Text(info.user.clone()),
-            text(info.namespace.as_ref()),
-            Value::Text(info.source_file.clone()),
-            Value::Text(self.state.as_str().to_string()),
-            text(hold.or(self.error.as_ref())),
-            ts(self.last_event_at),
-            ts(self.synced_at),
-            text(self.server_version.as_ref()),
-            Value::BigInt(self.object_count),
-            ts(Some(self.updated_at)),
-            text(self.cluster_id.as_ref()),
-            text(self.config_error.as_ref()),
-            Value::Text(name.to_string()),
         ]
     }
 }
@@ -113,7 +92,11 @@ pub struct ContextState {
 
 impl Writer {
     /// Rewrites the `resources` rows of these keys (a key the writer no longer holds loses
-    /// its row); see [`StatusTable::write`].
+    /// its row). A few rows are one cached `UPDATE` each, or an `INSERT` the first time;
+    /// more go through `kq_stage.resources` in one append and three statements whatever
+    /// their number: a row's own statement costs about 1.3 ms, and in an initial sync,
+    /// where every resource of every context turns `syncing` and then `ready`, batches
+    /// rewrite tens of rows.
     pub(super) fn write_resources<'k>(
         &mut self,
         keys: impl Iterator<Item = &'k ResKey>,
@@ -133,14 +116,68 @@ impl Writer {
                 )?
                 .execute([ctx, group, resource])?;
         }
-        let rows: Vec<[Value; 8]> = held
-            .into_iter()
-            .map(|key| self.resources[key].values(key))
-            .collect();
-        RESOURCES.write(&self.conn, &rows)
+        if held.len() >= STAGED_FROM {
+            return self.write_resources_staged(&held);
+        }
+        for key in held {
+            // One list of values serves both statements (and the staged append): the key
+            // comes last in each.
+            let values = self.resources[key].values(key);
+            let updated = self
+                .conn
+                .prepare_cached(
+                    "UPDATE main.resources
+                        SET state = ?, error = ?, object_count = ?, last_event_at = ?, synced_at = ?
+                      WHERE context = ? AND api_group = ? AND resource = ?",
+                )?
+                .execute(params_from_iter(&values))?;
+            if updated == 0 {
+                self.conn
+                    .prepare_cached(
+                        "INSERT INTO main.resources
+                           (state, error, object_count, last_event_at, synced_at, context, api_group, resource)
+                         VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    )?
+                    .execute(params_from_iter(&values))?;
+            }
+        }
+        Ok(())
     }
 
-    /// Writes the rows of these contexts; see [`StatusTable::write`]. While writes are
+    /// The staged form of [`Writer::write_resources`]: the rows are appended to
+    /// `kq_stage.resources` (its columns in the order of [`ResourceRow::values`]), which is
+    /// emptied again before the transaction ends.
+    fn write_resources_staged(&mut self, keys: &[&ResKey]) -> Result<(), StoreError> {
+        {
+            let mut app = self.conn.appender_to_db("resources", "kq_stage")?;
+            for key in keys.iter().copied() {
+                app.append_row(duckdb::appender_params_from_iter(
+                    self.resources[key].values(key),
+                ))?;
+            }
+            app.flush()?;
+        }
+        for sql in [
+            "UPDATE main.resources AS r
+                SET state = s.state, error = s.error, object_count = s.object_count,
+                    last_event_at = s.last_event_at, synced_at = s.synced_at
+               FROM kq_stage.resources AS s
+              WHERE r.context = s.context AND r.api_group = s.api_group AND r.resource = s.resource",
+            "INSERT INTO main.resources
+                    (context, api_group, resource, state, error, object_count, last_event_at, synced_at)
+             SELECT context, api_group, resource, state, error, object_count, last_event_at, synced_at
+               FROM kq_stage.resources AS s
+              WHERE NOT EXISTS (SELECT 1 FROM main.resources AS r
+                                 WHERE r.context = s.context AND r.api_group = s.api_group
+                                   AND r.resource = s.resource)",
+            "DELETE FROM kq_stage.resources",
+        ] {
+            self.conn.prepare_cached(sql)?.execute([])?;
+        }
+        Ok(())
+    }
+
+    /// Writes the rows of these contexts, each as one cached statement. While writes are
     /// held, the hold's cause stands in for a context's own error: it is why the context's
     /// rows are not current.
     pub(super) fn write_contexts<'n>(
@@ -154,160 +191,53 @@ impl Writer {
         }
         self.outbox.part("contexts", None);
         let hold = self.hold.as_ref().map(|h| h.cause.to_string());
-        let mut rows = Vec::new();
         for name in names {
             let Some(row) = self.contexts.get_mut(name) else {
                 continue;
             };
             row.updated_at = now;
-            rows.push(row.values(name, hold.as_ref()));
-        }
-        CONTEXTS.write(&self.conn, &rows)
-    }
-}
-
-/// From how many rows a status table is rewritten by two statements whatever their number
-/// instead of by one cached statement a row. A statement costs about 1.3 ms however small,
-/// most of it DuckDB binding and planning it anew, and a batch under a fleet's load
-/// touches every context and the resources of its pods: ten contexts were 13 ms a batch.
-const TOGETHER_FROM: usize = 3;
-
-/// A status table the writer keeps in memory and rewrites in place: its columns in the
-/// order of each row's values, the key's columns last.
-struct StatusTable {
-    table: &'static str,
-    columns: &'static [&'static str],
-    /// How many of the last columns make the key.
-    key: usize,
-}
-
-const CONTEXTS: StatusTable = StatusTable {
-    table: "contexts",
-    columns: &[
-        "cluster",
-        "server",
-        "user",
-        "namespace",
-        "source_file",
-        "state",
-        "error",
-        "last_event_at",
-        "synced_at",
-        "server_version",
-        "object_count",
-        "updated_at",
-        "cluster_id",
-        "config_error",
-        "name",
-    ],
-    key: 1,
-};
-
-const RESOURCES: StatusTable = StatusTable {
-    table: "resources",
-    columns: &[
-        "state",
-        "error",
-        "object_count",
-        "last_event_at",
-        "synced_at",
-        "context",
-        "api_group",
-        "resource",
-    ],
-    key: 3,
-};
-
-impl StatusTable {
-    fn set(&self) -> impl Iterator<Item = &'static str> {
-        self.columns[..self.columns.len() - self.key]
-            .iter()
-            .copied()
-    }
-
-    fn keys(&self) -> impl Iterator<Item = &'static str> {
-        self.columns[self.columns.len() - self.key..]
-            .iter()
-            .copied()
-    }
-
-    fn column_list(&self) -> String {
-        let quoted: Vec<String> = self.columns.iter().map(|c| format!("\"{c}\"")).collect();
-        quoted.join(", ")
-    }
-
-    /// `(?, …), (?, …)`: `rows` rows of parameters.
-    fn values_list(&self, rows: usize) -> String {
-        let row = format!("({})", vec!["?"; self.columns.len()].join(", "));
-        vec![row; rows].join(", ")
-    }
-
-    /// Writes `rows`, each holding the table's columns in order: a row already there is
-    /// rewritten in place, a new one inserted. A few rows are one cached `UPDATE` each, or
-    /// an `INSERT` the first time; more are one `UPDATE … FROM (VALUES …)` and one
-    /// `INSERT … SELECT` of the rows not there yet.
-    fn write<const N: usize>(
-        &self,
-        conn: &Connection,
-        rows: &[[Value; N]],
-    ) -> Result<(), StoreError> {
-        debug_assert_eq!(N, self.columns.len());
-        if rows.is_empty() {
-            return Ok(());
-        }
-        let t = self.table;
-        let set: Vec<String> = self.set().map(|c| format!("\"{c}\" = ?")).collect();
-        if rows.len() < TOGETHER_FROM {
-            let keyed: Vec<String> = self.keys().map(|c| format!("\"{c}\" = ?")).collect();
-            let update = format!(
-                "UPDATE main.{t} SET {} WHERE {}",
-                set.join(", "),
-                keyed.join(" AND ")
-            );
-            let insert = format!(
-                "INSERT INTO main.{t} ({}) VALUES {}",
-                self.column_list(),
-                self.values_list(1)
-            );
-            for values in rows {
-                let updated = conn
-                    .prepare_cached(&update)?
-                    .execute(params_from_iter(values))?;
-                if updated == 0 {
-                    conn.prepare_cached(&insert)?
-                        .execute(params_from_iter(values))?;
-                }
+            let row = &*row;
+            let info = &row.info;
+            // As for resources, one list serves both statements, the key (name) last.
+            let values = duckdb::params![
+                info.cluster,
+                info.server,
+                info.user,
+                info.namespace,
+                info.source_file,
+                row.state.as_str(),
+                hold.as_ref().or(row.error.as_ref()),
+                ts(row.last_event_at),
+                ts(row.synced_at),
+                row.server_version,
+                row.object_count,
+                ts(Some(row.updated_at)),
+                row.cluster_id,
+                row.config_error,
+                name,
+            ];
+            let updated = self
+                .conn
+                .prepare_cached(
+                    "UPDATE main.contexts
+                        SET cluster = ?, server = ?, \"user\" = ?, namespace = ?, source_file = ?,
+                            state = ?, error = ?, last_event_at = ?, synced_at = ?,
+                            server_version = ?, object_count = ?, updated_at = ?, cluster_id = ?,
+                            config_error = ?
+                      WHERE name = ?",
+                )?
+                .execute(values)?;
+            if updated == 0 {
+                self.conn
+                    .prepare_cached(
+                        "INSERT INTO main.contexts (cluster, server, \"user\", namespace, source_file,
+                            state, error, last_event_at, synced_at, server_version, object_count,
+                            updated_at, cluster_id, config_error, name)
+                         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    )?
+                    .execute(values)?;
             }
-            return Ok(());
         }
-        let v = format!(
-            "(VALUES {}) AS v({})",
-            self.values_list(rows.len()),
-            self.column_list()
-        );
-        let matched: Vec<String> = self
-            .keys()
-            .map(|c| format!("t.\"{c}\" = v.\"{c}\""))
-            .collect();
-        let matched = matched.join(" AND ");
-        let set: Vec<String> = self.set().map(|c| format!("\"{c}\" = v.\"{c}\"")).collect();
-        // Not cached: the text differs with the number of rows, and DuckDB binds and plans
-        // a cached statement anew at every execution anyway.
-        conn.execute(
-            &format!(
-                "UPDATE main.{t} AS t SET {} FROM {v} WHERE {matched}",
-                set.join(", ")
-            ),
-            params_from_iter(rows.iter().flatten()),
-        )?;
-        conn.execute(
-            &format!(
-                "INSERT INTO main.{t} ({cols}) SELECT {cols} FROM {v}
-                  WHERE NOT EXISTS (SELECT 1 FROM main.{t} AS t WHERE {matched})",
-                cols = self.column_list()
-            ),
-            params_from_iter(rows.iter().flatten()),
-        )?;
         Ok(())
     }
 }
@@ -388,7 +318,8 @@ mod tests {
     fn a_batch_of_many_resources_leaves_one_current_row_each() {
         use crate::store::ResourcePhase;
         let mut f = fixture(StoreOptions::default());
-        let states = |names: &[&str], state: ResourcePhase, error: Option<&str>| -> Vec<Op> {
+        let names = ["a", "b", "c", "d", "e", "f", "g", "h", "i"];
+        let states = |state: ResourcePhase, error: Option<&str>| -> Vec<Op> {
             names
                 .iter()
                 .map(|r| Op::ResourceState {
@@ -412,138 +343,25 @@ mod tests {
                 .collect::<Result<_, _>>()
                 .unwrap()
         };
-        let expect = |names: &[&str], state: &str, error: Option<&str>| {
+        let expect = |state: &str, error: Option<&str>| -> Vec<(String, String, Option<String>)> {
             names
                 .iter()
                 .map(|r| (r.to_string(), state.to_string(), error.map(str::to_string)))
-                .collect::<Vec<_>>()
+                .collect()
         };
-        let names = ["a", "b", "c", "d", "e", "f", "g", "h", "i"];
-        assert!(names.len() >= TOGETHER_FROM);
-        // New rows are inserted, then rewritten in place.
+        assert!(names.len() >= STAGED_FROM);
+        // New rows are inserted, then rewritten in place, and the staging table is left empty.
+        f.writer.write_batch(states(ResourcePhase::Syncing, None));
+        assert_eq!(rows(&f.other), expect("syncing", None));
         f.writer
-            .write_batch(states(&names[..5], ResourcePhase::Syncing, None));
-        assert_eq!(rows(&f.other), expect(&names[..5], "syncing", None));
-        // Rows already there and new ones in one batch: each has one current row.
-        f.writer
-            .write_batch(states(&names, ResourcePhase::Forbidden, Some("forbidden")));
+            .write_batch(states(ResourcePhase::Forbidden, Some("forbidden")));
+        assert_eq!(rows(&f.other), expect("forbidden", Some("forbidden")));
+        f.writer.write_batch(states(ResourcePhase::Ready, None));
+        assert_eq!(rows(&f.other), expect("ready", None));
         assert_eq!(
-            rows(&f.other),
-            expect(&names, "forbidden", Some("forbidden"))
+            count(&f.writer.conn, "SELECT count(*) FROM kq_stage.resources"),
+            0
         );
-        f.writer
-            .write_batch(states(&names, ResourcePhase::Ready, None));
-        assert_eq!(rows(&f.other), expect(&names, "ready", None));
-    }
-
-    #[test]
-    fn a_batch_of_many_contexts_leaves_one_current_row_each() {
-        use crate::store::ContextPhase;
-        let mut f = fixture(StoreOptions::default());
-        let names = ["c1", "c2", "c3", "c4"];
-        assert!(names.len() >= TOGETHER_FROM);
-        let info = |name: &str, namespace: Option<&str>| {
-            Op::ContextInfo(ContextInfo {
-                name: name.into(),
-                cluster: format!("cluster-{name}"),
-                server: format!("https://{name}.example:6443"),
-                user: "me".into(),
-                namespace: namespace.map(str::to_string),
-                source_file: "/home/me/.kube/config".into(),
-            })
-        };
-        let state = |name: &str, phase, error: Option<&str>| {
-            Op::ContextState(ContextState {
-                name: name.into(),
-                state: phase,
-                error: error.map(str::to_string),
-                server_version: Some("v1.33.0".into()),
-                synced: false,
-            })
-        };
-        type Seen = (
-            String,
-            String,
-            Option<String>,
-            String,
-            Option<String>,
-            Option<String>,
-            bool,
-        );
-        let rows = |conn: &Connection| -> Vec<Seen> {
-            let mut stmt = conn
-                .prepare(
-                    "SELECT name, cluster, namespace, state, error, server_version,
-                            updated_at IS NOT NULL
-                       FROM contexts ORDER BY name",
-                )
-                .unwrap();
-            stmt.query_map([], |r| {
-                Ok((
-                    r.get(0)?,
-                    r.get(1)?,
-                    r.get(2)?,
-                    r.get(3)?,
-                    r.get(4)?,
-                    r.get(5)?,
-                    r.get(6)?,
-                ))
-            })
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap()
-        };
-        let seen = |name: &str, namespace: Option<&str>, state: &str, error: Option<&str>| {
-            (
-                name.to_string(),
-                format!("cluster-{name}"),
-                namespace.map(str::to_string),
-                state.to_string(),
-                error.map(str::to_string),
-                Some("v1.33.0".to_string()),
-                true,
-            )
-        };
-        // Three new contexts in one batch, one with a namespace and two without.
-        f.writer.write_batch(vec![
-            info("c1", Some("team-a")),
-            info("c2", None),
-            info("c3", None),
-            state("c1", ContextPhase::Connecting, None),
-            state("c2", ContextPhase::Connecting, None),
-            state("c3", ContextPhase::Error, Some("unreachable: no route")),
-        ]);
-        assert_eq!(
-            rows(&f.other),
-            vec![
-                seen("c1", Some("team-a"), "connecting", None),
-                seen("c2", None, "connecting", None),
-                seen("c3", None, "error", Some("unreachable: no route")),
-            ]
-        );
-        // Three rows rewritten in place beside a new one: still one row each, current.
-        f.writer.write_batch(vec![
-            info("c4", None),
-            state("c4", ContextPhase::Connecting, None),
-            state("c1", ContextPhase::Ready, None),
-            state("c2", ContextPhase::Ready, None),
-            state("c3", ContextPhase::Ready, None),
-        ]);
-        assert_eq!(
-            rows(&f.other),
-            vec![
-                seen("c1", Some("team-a"), "ready", None),
-                seen("c2", None, "ready", None),
-                seen("c3", None, "ready", None),
-                seen("c4", None, "connecting", None),
-            ]
-        );
-        // Every row carries its own values, not another's.
-        let servers = count(
-            &f.other,
-            "SELECT count(*) FROM contexts WHERE server = 'https://' || name || '.example:6443'",
-        );
-        assert_eq!(servers, 4);
     }
 
     #[test]
