@@ -52,7 +52,7 @@ struct Batch {
     dirty: HashSet<String>,
     dirty_res: HashSet<ResKey>,
     /// Rows whose only news is their counts and last-change times: rewritten in this batch
-    /// unless the writer is behind (see [`status::Late`]).
+    /// unless counts were written less than a second ago (see [`status::Late`]).
     counted: HashSet<String>,
     counted_res: HashSet<ResKey>,
     /// `images` rows changed: orphaned references may go.
@@ -123,9 +123,7 @@ pub struct Writer {
     changes_seq: i64,
     /// When to checkpoint next, and whether that checkpoint vacuums.
     checkpoints: checkpoint::Checkpoints,
-    /// Ops were already waiting when this batch began: the writer is behind.
-    behind: bool,
-    /// Status rows whose counts moved while the writer was behind, not yet rewritten.
+    /// Status rows whose counts moved since they were last written, not yet rewritten.
     late: status::Late,
 }
 
@@ -293,7 +291,6 @@ impl Writer {
             outbox,
             changes_seq,
             checkpoints: checkpoint::Checkpoints::new(Instant::now(), dead),
-            behind: false,
             late: status::Late::default(),
         })
     }
@@ -342,24 +339,35 @@ impl Writer {
                 }
                 continue;
             }
-            // Incidents waiting out a grace period or a healthy pod's probation need the
-            // writer to wake without ops.
-            let first = if self.tracker.waiting() {
-                match rt.block_on(async { tokio::time::timeout(TICK, rx.recv()).await }) {
-                    Ok(Some(op)) => Some(op),
-                    Ok(None) => break,
-                    Err(_) => None,
+            // Incidents waiting out a grace period or a healthy pod's probation, and counts
+            // held back, need the writer to wake without ops.
+            let wake = [
+                self.tracker.waiting().then_some(TICK),
+                self.late
+                    .due()
+                    .map(|due| due.saturating_duration_since(Instant::now())),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
+            let first = match wake {
+                Some(wait) => {
+                    match rt.block_on(async { tokio::time::timeout(wait, rx.recv()).await }) {
+                        Ok(Some(op)) => Some(op),
+                        Ok(None) => break,
+                        Err(_) => None,
+                    }
                 }
-            } else {
-                match rx.blocking_recv() {
+                None => match rx.blocking_recv() {
                     Some(op) => Some(op),
                     None => break,
-                }
+                },
             };
             if self.tracker.due(now_micros()) {
                 self.tick_incidents();
             }
             let Some(first) = first else {
+                self.write_late_if_due();
                 continue;
             };
             let deadline = batch_deadline(
@@ -370,12 +378,14 @@ impl Writer {
             );
             let (batch, closed) = collect_batch(&rt, &mut rx, first, deadline, &self.opts);
             closed_at = Instant::now();
-            self.behind = !rx.is_empty();
             self.write_batch(batch);
             if closed {
                 break;
             }
         }
+        // Counts held back are written before the stop.
+        self.late.expire();
+        self.write_late_if_due();
         // The last checkpoint vacuums if a vacuum is owed, whatever the load: no event waits
         // for it any more. A vacuum rewrites most of the file (seconds at 100k pods), so the
         // log says how long the stop spent on it.
@@ -458,6 +468,14 @@ impl Writer {
         // Barriers ask whether the writer moves, and it does, written or not.
         for b in barriers {
             let _ = b.send(());
+        }
+    }
+
+    /// Writes the status rows held back once they are due, in a transaction of their own:
+    /// no batch came to take them.
+    fn write_late_if_due(&mut self) {
+        if self.late.due().is_some_and(|due| due <= Instant::now()) {
+            self.write_batch(Vec::new());
         }
     }
 
@@ -721,7 +739,7 @@ impl Writer {
                 row.last_event_at = Some(now);
             }
         }
-        self.late.settle(&mut b, self.behind, Instant::now());
+        self.late.settle(&mut b, Instant::now());
         self.write_contexts(b.dirty.iter(), now)?;
         self.write_resources(b.dirty_res.iter())?;
         tracing::trace!(
