@@ -868,7 +868,12 @@ mod tests {
         let mut rows = crate::rows::pod(&ctx, &p);
         let json = json.to_string();
         rows.shape = crate::diff::text_shape("pods", &json);
-        rows.object = Some(crate::rows::object_row(&ctx, &Kind::Pods.gvk(), &p.metadata, json));
+        rows.object = Some(crate::rows::object_row(
+            &ctx,
+            &Kind::Pods.gvk(),
+            &p.metadata,
+            json,
+        ));
         Op::Upsert {
             kind: Kind::Pods,
             rows,

@@ -32,6 +32,11 @@ struct Args {
     /// How long each sustained-load run lasts.
     #[arg(long, default_value_t = 30)]
     load_secs: u64,
+    /// How long the probes' watchers wait between two queries, in milliseconds. Each query
+    /// scans the probed cluster's pods, so polling is itself a load on kqd's two cores: at
+    /// 2 ms, a query is running most of the time.
+    #[arg(long, default_value_t = 2)]
+    poll_ms: u64,
     /// Mirror into a PostgreSQL started for the run (initdb/pg_ctl on loopback): report the
     /// catch-up time, and under load the watch-to-PostgreSQL latency too.
     #[arg(long)]
@@ -349,6 +354,7 @@ async fn main() -> anyhow::Result<()> {
             pg_client.as_ref(),
             *rate,
             Duration::from_secs(args.load_secs),
+            Duration::from_millis(args.poll_ms),
         )
         .await?;
         r.print();
@@ -388,6 +394,8 @@ mod load {
         first: Duration,
         last: Duration,
         lost: usize,
+        /// The DuckDB probe's queries: how many, and their p50.
+        polls: Vec<Duration>,
     }
 
     impl Report {
@@ -447,6 +455,12 @@ mod load {
                     "≤ 1 s"
                 );
             }
+            println!(
+                "{:<44} {:>14} {:>22}",
+                format!("probe queries ({}), p50", self.polls.len()),
+                ms(percentile(&mut self.polls, 0.5)),
+                ""
+            );
             if self.lost > 0 {
                 println!("{} probes were never seen within 10 s", self.lost);
             }
@@ -463,6 +477,7 @@ mod load {
         pg: Option<&tokio_postgres::Client>,
         rate: u64,
         secs: Duration,
+        poll: Duration,
     ) -> anyhow::Result<Report> {
         let c0 = env.fleet.clusters[0].clone();
         if scenario::create_pod(&c0.store, "default", PROBE, "nginx:1.27").is_ok() {
@@ -565,15 +580,23 @@ mod load {
             last_probe.store(sent.last().map_or(0, |(n, _)| *n), Ordering::Relaxed);
             probed.map(|()| sent)
         };
-        let duck_watch = watch_duck_probe(client, &c0.name, &last_probe);
+        let duck_watch = watch_duck_probe(client, &c0.name, &last_probe, poll);
         let pg_watch = async {
             match pg {
-                Some(pg) => watch_pg_probe(pg, &c0.name, &last_probe).await.map(Some),
+                Some(pg) => watch_pg_probe(pg, &c0.name, &last_probe, poll)
+                    .await
+                    .map(Some),
                 None => Ok(None),
             }
         };
         let (sent, duck_seen, pg_seen) = futures::future::join3(send, duck_watch, pg_watch).await;
-        let (sent, duck_seen) = (sent?, duck_seen?);
+        let (
+            sent,
+            Watched {
+                seen: duck_seen,
+                polls,
+            },
+        ) = (sent?, duck_seen?);
         // Probe n was had once the label read n or a later probe.
         let had =
             |seen: &[(u64, Instant)], n: u64| seen.iter().find(|(v, _)| *v >= n).map(|(_, at)| *at);
@@ -591,7 +614,7 @@ mod load {
             .map(|(_, sent, in_duck)| in_duck.saturating_duration_since(*sent))
             .collect();
         let (mut pg_latencies, mut pg_after_duck) = (Vec::new(), Vec::new());
-        if let Some(pg_seen) = pg_seen? {
+        if let Some(Watched { seen: pg_seen, .. }) = pg_seen? {
             for (n, sent, in_duck) in &seen_in_duck {
                 match had(&pg_seen, *n) {
                     Some(at) => {
@@ -619,6 +642,7 @@ mod load {
             pg_latencies,
             pg_after_duck,
             lost,
+            polls,
         })
     }
 
@@ -630,7 +654,8 @@ mod load {
         pg: &tokio_postgres::Client,
         context: &str,
         last: &AtomicU64,
-    ) -> anyhow::Result<Vec<(u64, Instant)>> {
+        every: Duration,
+    ) -> anyhow::Result<Watched> {
         let deadline = Instant::now() + Duration::from_secs(30);
         let (instance, uid) = loop {
             let rows = pg
@@ -650,7 +675,7 @@ mod load {
                 "select labels->>'kq-bench-probe' from kq.pods where instance = $1 and context = $2 and uid = $3",
             )
             .await?;
-        watch_probe(last, async || {
+        watch_probe(last, every, async || {
             let rows = pg.query(&stmt, &[&instance, &context, &uid]).await?;
             Ok(rows
                 .first()
@@ -665,12 +690,13 @@ mod load {
         client: &mut kq_shell::Client,
         context: &str,
         last: &AtomicU64,
-    ) -> anyhow::Result<Vec<(u64, Instant)>> {
+        every: Duration,
+    ) -> anyhow::Result<Watched> {
         use kq_shell::arrow::array::{Array as _, StringArray};
         let sql = format!(
             "select labels->>'kq-bench-probe' as v from pods where context = '{context}' and name = '{PROBE}'"
         );
-        watch_probe(last, async || {
+        watch_probe(last, every, async || {
             let r = client.query(&sql).await?;
             Ok(r.batches.iter().find_map(|b| {
                 let a = b.column(0).as_any().downcast_ref::<StringArray>()?;
@@ -680,17 +706,30 @@ mod load {
         .await
     }
 
-    /// Polls the probe's label with `poll` every 2 ms until it reads `last` once that is set
+    /// What a probe's watcher saw: each value with when it was first seen, and how long
+    /// each of its polls took.
+    struct Watched {
+        seen: Vec<(u64, Instant)>,
+        polls: Vec<Duration>,
+    }
+
+    /// Polls the probe's label with `poll`, waiting `every` between two polls, until it reads
+    /// `last` once that is set
     /// (or 10 s after: a probe lost on the way is counted lost, not waited for), and returns
-    /// each value it took with when it was first seen.
+    /// each value it took with when it was first seen, and how long each poll took.
     async fn watch_probe(
         last: &AtomicU64,
+        every: Duration,
         mut poll: impl AsyncFnMut() -> anyhow::Result<Option<u64>>,
-    ) -> anyhow::Result<Vec<(u64, Instant)>> {
+    ) -> anyhow::Result<Watched> {
         let mut seen: Vec<(u64, Instant)> = Vec::new();
         let mut done_at: Option<Instant> = None;
+        let mut polls = Vec::new();
         loop {
-            if let Some(v) = poll().await?
+            let asked = Instant::now();
+            let read = poll().await?;
+            polls.push(asked.elapsed());
+            if let Some(v) = read
                 && seen.last().is_none_or(|(last, _)| v > *last)
             {
                 seen.push((v, Instant::now()));
@@ -701,10 +740,10 @@ mod load {
                 if seen.last().is_some_and(|(v, _)| *v >= last)
                     || at.elapsed() > Duration::from_secs(10)
                 {
-                    return Ok(seen);
+                    return Ok(Watched { seen, polls });
                 }
             }
-            tokio::time::sleep(Duration::from_millis(2)).await;
+            tokio::time::sleep(every).await;
         }
     }
 
