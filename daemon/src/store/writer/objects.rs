@@ -539,8 +539,13 @@ impl Writer {
     }
 
     /// The stored JSON of these objects, by (context, uid), in one statement whatever their
-    /// contexts: found by key (see [`KeySet`]), DuckDB reads the (large, compressed)
-    /// `object` column only of the vectors that hold one of them.
+    /// contexts, found by key (see [`KeySet`]). The `object` column is compressed a vector
+    /// of 2,048 rows at a time, and reaching a row decompresses its vector up to it: with a
+    /// few keys DuckDB filters the scan by them and decompresses only the vectors that hold
+    /// one; with more (about 50, where it stops pushing a join's keys into the scan) it
+    /// reads the whole column. Reading 1 / 5 / 10 / 60 / 200 objects of 286k in a throwaway
+    /// example (p50): 4.0 / 18.5 / 45 / 118 / 123 ms joined, 3.9 / 103 / 111 / 119 / 137 ms
+    /// as constants.
     fn stored_json<'a>(
         &self,
         wanted: impl Iterator<Item = (&'a str, &'a str)>,
