@@ -123,10 +123,21 @@ impl KeySet {
     /// changed. The joined form's text never changes, so its statement is cached; the
     /// constants' text changes every time, and would only push others out of the cache.
     fn execute(&self, conn: &Connection, sql: &str) -> Result<usize, StoreError> {
+        self.run(conn, sql, true)
+    }
+
+    /// [`KeySet::execute`] for a statement whose own text changes every time (it holds a
+    /// number), which is never cached.
+    fn execute_once(&self, conn: &Connection, sql: &str) -> Result<usize, StoreError> {
+        self.run(conn, sql, false)
+    }
+
+    fn run(&self, conn: &Connection, sql: &str, cache: bool) -> Result<usize, StoreError> {
         let sql = sql.replace("{keys}", self.operand());
         Ok(match self {
             KeySet::Constants(_) => conn.execute(&sql, [])?,
-            KeySet::Joined(list) => conn.prepare_cached(&sql)?.execute([list])?,
+            KeySet::Joined(list) if cache => conn.prepare_cached(&sql)?.execute([list])?,
+            KeySet::Joined(list) => conn.execute(&sql, [list])?,
         })
     }
 
@@ -522,7 +533,8 @@ impl Writer {
         };
         if let Some(gone) = keys(|s| s.gone) {
             let sql = record_deletes(kind, "WHERE m.object_key IN ({keys})", self.changes_seq);
-            self.changes_seq += gone.execute(&self.conn, &sql)? as i64;
+            // The statement numbers the records after the last change, so its text is new.
+            self.changes_seq += gone.execute_once(&self.conn, &sql)? as i64;
         }
         let all = keys(|_| true).expect("delete_stale is called with stale objects");
         all.execute(
